@@ -1,0 +1,40 @@
+# Every target creates the local virtualenv on first use, so a fresh clone needs
+# nothing but `make test` (or `make demo`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= server,postgres,plot,test,dev
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+DEMO_ARGS ?= --duration 20
+
+.PHONY: install test lint format bench demo docs clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check rstream tests bench
+	$(VENV)/bin/ruff format --check rstream tests bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format rstream tests bench
+	$(VENV)/bin/ruff check --fix rstream tests bench
+
+bench: install
+	$(PY) -m bench
+
+demo: install
+	$(VENV)/bin/rstream demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The pure state-stream engine: no sockets, no threads beyond a lock."""

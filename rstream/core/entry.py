@@ -1,0 +1,204 @@
+"""Entries: the snapshots and mutations a state stream is made of."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NoReturn
+
+from rstream.core.timestamps import (
+    TimeLike,
+    format_rfc3339,
+    from_micros,
+    parse_rfc3339,
+    to_micros,
+)
+from rstream.errors import EntryFormatError, InvalidTimestamp
+
+__all__ = ["Entry", "EntryKind"]
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry holds: the whole state, or what changed."""
+
+    SNAPSHOT = 0
+    MUTATION = 1
+
+    @classmethod
+    def parse(cls, value: object) -> EntryKind:
+        """Read ``0``/``1`` (the Go library's form) or ``"snapshot"``/``"mutation"``."""
+        if type(value) is int and value in (0, 1):
+            return _KINDS[value]
+        if isinstance(value, str):
+            kind = _KIND_NAMES.get(value.lower())
+            if kind is not None:
+                return kind
+        if isinstance(value, EntryKind):
+            return value
+        raise ValueError(f"entry type must be 0, 1, 'snapshot' or 'mutation', not {value!r}")
+
+
+_KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)
+_KIND_NAMES = {"snapshot": EntryKind.SNAPSHOT, "mutation": EntryKind.MUTATION}
+
+
+class Entry:
+    """One entry of a state stream: a snapshot or a mutation at a timestamp.
+
+    ``Entry(timestamp, kind, data)``: ``timestamp`` is an aware datetime or epoch
+    seconds, ``kind`` an :class:`EntryKind`, ``data`` the state (snapshot) or the
+    mutation. ``rev`` is the log revision at which the entry was last written
+    (``None`` until a log stores it); it is not part of equality.
+
+    Entries are immutable; ``micros`` is the exact timestamp as integer epoch
+    microseconds, which is what logs order by.
+    """
+
+    __slots__ = ("data", "kind", "micros", "rev")
+
+    micros: int
+    kind: EntryKind
+    data: dict[str, Any]
+    rev: int | None
+
+    def __init__(
+        self,
+        timestamp: TimeLike,
+        kind: EntryKind | int | str,
+        data: Mapping[str, Any],
+        rev: int | None = None,
+    ) -> None:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"entry data must be a JSON object (dict), not {type(data).__name__}")
+        setattr_ = object.__setattr__
+        setattr_(self, "micros", to_micros(timestamp))
+        setattr_(self, "kind", EntryKind.parse(kind))
+        setattr_(self, "data", data if type(data) is dict else dict(data))
+        setattr_(self, "rev", rev)
+
+    @classmethod
+    def from_micros(
+        cls, micros: int, kind: EntryKind, data: dict[str, Any], rev: int | None = None
+    ) -> Entry:
+        """Build an entry from already-validated parts (no checks; for storage code)."""
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "micros", micros)
+        setattr_(self, "kind", kind)
+        setattr_(self, "data", data)
+        setattr_(self, "rev", rev)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Entry is immutable; use entry.replace({name}=...)")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("Entry is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Entry.from_micros, (self.micros, self.kind, self.data, self.rev))
+
+    @property
+    def timestamp(self) -> datetime:
+        """The entry's time as an aware UTC datetime."""
+        return from_micros(self.micros)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.kind is EntryKind.SNAPSHOT
+
+    def replace(
+        self,
+        *,
+        micros: int | None = None,
+        kind: EntryKind | None = None,
+        data: dict[str, Any] | None = None,
+        rev: int | None = None,
+    ) -> Entry:
+        """A copy with some parts replaced."""
+        return Entry.from_micros(
+            self.micros if micros is None else micros,
+            self.kind if kind is None else kind,
+            self.data if data is None else data,
+            self.rev if rev is None else rev,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (
+            self.micros == other.micros and self.kind is other.kind and self.data == other.data
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # data is a mutable dict
+
+    def __repr__(self) -> str:
+        rev = "" if self.rev is None else f", rev={self.rev}"
+        return (
+            f"Entry({format_rfc3339(self.micros)!r}, {self.kind.name}, {self.data!r}{rev})"
+        )
+
+    # -- JSON form -------------------------------------------------------------
+
+    def to_json(self, *, with_rev: bool = False) -> dict[str, Any]:
+        """The JSON form: ``{"timestamp": RFC 3339 UTC, "type": 0|1, "data": {...}}``.
+
+        With ``with_rev`` (the wire form of the server) ``"rev"`` is added.
+        """
+        obj: dict[str, Any] = {
+            "timestamp": format_rfc3339(self.micros),
+            "type": int(self.kind),
+            "data": self.data,
+        }
+        if with_rev and self.rev is not None:
+            obj["rev"] = self.rev
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: object, *, where: str = "entry") -> Entry:
+        """Read the JSON form (as parsed by :func:`json.loads`).
+
+        Raises :class:`~rstream.EntryFormatError` naming the field and ``where``
+        (for example ``"line 12"``) when anything is malformed.
+        """
+        if not isinstance(obj, dict):
+            _bad(where, f"expected a JSON object, got {_json_type(obj)}")
+        try:
+            raw_ts = obj["timestamp"]
+            raw_kind = obj["type"]
+            data = obj["data"]
+        except KeyError as exc:
+            _bad(where, f"missing field {exc.args[0]!r}")
+        try:
+            micros = parse_rfc3339(raw_ts)
+        except InvalidTimestamp as exc:
+            _bad(where, f"field 'timestamp': {exc}")
+        try:
+            kind = EntryKind.parse(raw_kind)
+        except ValueError as exc:
+            _bad(where, f"field 'type': {exc}")
+        if not isinstance(data, dict):
+            _bad(where, f"field 'data' must be a JSON object, got {_json_type(data)}")
+        rev = obj.get("rev")
+        if rev is not None and (type(rev) is not int or rev < 0):
+            _bad(where, f"field 'rev' must be a non-negative integer, got {rev!r}")
+        return cls.from_micros(micros, kind, data, rev)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _bad(where: str, message: str) -> NoReturn:
+    raise EntryFormatError(f"malformed entry ({where}): {message}")

@@ -1,0 +1,129 @@
+"""Exact timestamps.
+
+Inside rstream a timestamp is an ``int`` of microseconds since the Unix epoch
+(UTC): exact to compare, cheap to store and index. At the public API a time is a
+timezone-aware :class:`~datetime.datetime` or epoch seconds (``int``/``float``);
+on the wire and in files it is RFC 3339 in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import TypeAlias
+
+from rstream.errors import InvalidTimestamp
+
+__all__ = [
+    "EPOCH",
+    "TimeLike",
+    "format_rfc3339",
+    "from_micros",
+    "parse_rfc3339",
+    "parse_time",
+    "to_micros",
+]
+
+TimeLike: TypeAlias = "datetime | int | float"
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+
+# RFC 3339 date-time: fraction of up to 9 digits, "Z" or a numeric offset.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+)
+
+
+def to_micros(value: TimeLike) -> int:
+    """Convert a public-API time to exact epoch microseconds.
+
+    Floats are read through their shortest decimal form, so ``1.000001`` is
+    exactly one second and one microsecond. Precision below a microsecond is
+    truncated toward the past.
+    """
+    kind = type(value)
+    if kind is int:
+        return value * 1_000_000  # type: ignore[operator]
+    if kind is datetime or isinstance(value, datetime):
+        assert isinstance(value, datetime)
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidTimestamp(
+                f"naive datetime {value.isoformat()!r} has no time zone; "
+                "pass an aware one, e.g. datetime.now(timezone.utc) or "
+                "value.replace(tzinfo=timezone.utc)"
+            )
+        return (value - EPOCH) // _ONE_US
+    if kind is float:
+        assert isinstance(value, float)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidTimestamp(f"timestamp {value!r} is not a finite number of seconds")
+        return int((Decimal(repr(value)) * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
+    if isinstance(value, bool):
+        raise InvalidTimestamp(f"a bool ({value!r}) is not a timestamp")
+    if isinstance(value, int):
+        return int(value) * 1_000_000
+    raise InvalidTimestamp(
+        f"timestamp must be an aware datetime or epoch seconds, not {kind.__name__}"
+    )
+
+
+def from_micros(micros: int) -> datetime:
+    """The aware UTC datetime of epoch microseconds."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def format_rfc3339(micros: int) -> str:
+    """RFC 3339 in UTC with trailing zeros of the fraction trimmed (as Go's RFC3339Nano)."""
+    seconds, frac = divmod(micros, 1_000_000)
+    text = (EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        return f"{text}.{frac:06d}".rstrip("0") + "Z"
+    return text + "Z"
+
+
+def parse_rfc3339(text: str) -> int:
+    """Parse RFC 3339 (any offset, up to 9 fractional digits) to epoch microseconds."""
+    if not isinstance(text, str):
+        raise InvalidTimestamp(f"RFC 3339 timestamp must be a string, not {type(text).__name__}")
+    match = _RFC3339.match(text)
+    if match is None:
+        raise InvalidTimestamp(
+            f"{text[:64]!r} is not an RFC 3339 timestamp (expected e.g. 2024-05-01T12:00:00.5Z)"
+        )
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    try:
+        base = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), min(int(second), 59),
+            tzinfo=timezone.utc,
+        )
+    except ValueError as exc:
+        raise InvalidTimestamp(f"{text[:64]!r} is not a valid date-time: {exc}") from None
+    micros = (base - EPOCH) // _ONE_US
+    if int(second) == 60:  # a leap second sorts as the last microsecond of its minute
+        micros += 999_999
+    elif frac:
+        micros += int(frac[:6].ljust(6, "0"))
+    if not zulu:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise InvalidTimestamp(f"{text[:64]!r} has an invalid UTC offset")
+        micros -= offset * 1_000_000 if sign == "+" else -offset * 1_000_000
+    return micros
+
+
+def parse_time(text: str) -> int:
+    """Parse a time given as text: RFC 3339 or epoch seconds (``"1714564800.25"``)."""
+    text = text.strip()
+    if text and (text[0].isdigit() or text[0] in "+-.") and "T" not in text.upper():
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            pass
+        else:
+            if not number.is_finite():
+                raise InvalidTimestamp(f"{text!r} is not a finite number of seconds")
+            return int((number * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
+    return parse_rfc3339(text)

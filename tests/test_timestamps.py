@@ -1,0 +1,76 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import rstream
+from rstream.core.timestamps import (
+    format_rfc3339,
+    from_micros,
+    parse_rfc3339,
+    parse_time,
+    to_micros,
+)
+
+
+def test_epoch_seconds_int_and_float_are_exact() -> None:
+    assert to_micros(1) == 1_000_000
+    assert to_micros(1.000001) == 1_000_001
+    assert to_micros(1714564800.123456) == 1714564800_123456
+    assert to_micros(-0.5) == -500_000
+
+
+def test_aware_datetimes_of_any_zone_compare_exactly() -> None:
+    utc = datetime(2024, 5, 1, 12, 0, 0, 1, tzinfo=timezone.utc)
+    plus2 = datetime(2024, 5, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))
+    assert to_micros(utc) == to_micros(plus2)
+    assert from_micros(to_micros(utc)) == utc
+
+
+def test_naive_datetime_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="tzinfo=timezone.utc") as info:
+        to_micros(datetime(2024, 5, 1))
+    assert isinstance(info.value, rstream.RStreamError)
+
+
+@pytest.mark.parametrize("bad", [True, "2024-01-01", None, float("nan"), float("inf")])
+def test_other_types_are_refused(bad: object) -> None:
+    with pytest.raises(rstream.InvalidTimestamp):
+        to_micros(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:00.000001Z", 1),
+        ("1970-01-01T00:00:00.123456789Z", 123456),
+        ("1970-01-01T00:00:00.5z", 500_000),
+        ("1970-01-01T02:00:00+02:00", 0),
+        ("1969-12-31T19:00:00-05:00", 0),
+        ("1970-01-01t00:00:01Z", 1_000_000),
+    ],
+)
+def test_parse_rfc3339(text: str, micros: int) -> None:
+    assert parse_rfc3339(text) == micros
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "2024-01-01", "2024-01-01T00:00:00", "2024-13-01T00:00:00Z",
+     "2024-01-01T00:00:00.1234567890Z", "2024-02-30T00:00:00Z", "2024-01-01T00:00:00+24:00"],
+)
+def test_parse_rfc3339_refuses_malformed(text: str) -> None:
+    with pytest.raises(rstream.InvalidTimestamp):
+        parse_rfc3339(text)
+
+
+def test_format_round_trips_and_trims_zeros() -> None:
+    assert format_rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert format_rfc3339(1_500_000) == "1970-01-01T00:00:01.5Z"
+    for micros in (0, 1, 999_999, 1714564800_123456, -1):
+        assert parse_rfc3339(format_rfc3339(micros)) == micros
+
+
+def test_parse_time_accepts_epoch_seconds_and_rfc3339() -> None:
+    assert parse_time("1.25") == 1_250_000
+    assert parse_time("1970-01-01T00:00:02Z") == 2_000_000
