@@ -1,0 +1,1 @@
+"""rstream benchmarks: ``make bench`` or ``python -m bench [NAME ...]``."""
