@@ -1,0 +1,417 @@
+"""Mutations: what changed between two states, in the Go library's "mutate" format.
+
+A mutation is a JSON object that mirrors the state's shape (see
+``docs/mutation.rst``). The top level always names fields of the state. Below
+it, a value is one of:
+
+* a non-object (number, string, bool, null, array): set the field to it;
+* an *operator object*, whose keys all start with ``$``, applied in the fixed
+  order ``$set``, ``$push``, ``$pull``, ``$truncate``, ``$mutateIdx``,
+  ``$unset`` (unknown operators are ignored);
+* any other object: a mutation of the sub-object (``{}`` changes nothing).
+
+:func:`apply_mutation` never changes its inputs. It copies only the objects and
+arrays on the changed paths, so a result shares its unchanged subtrees with the
+old state (and the values of ``$set``/``$push`` with the mutation): treat
+states as read-only, or :func:`copy_json` them before changing them in place.
+
+Errors in a mutation raise :class:`~rstream.MutationError` with the JSON path of
+the problem: ``$`` is the state, ``.name`` a field whose name is an identifier,
+``["any name"]`` any other field (JSON-quoted) and ``[3]`` an array item, as in
+``$.tasks[3].name`` or ``$.sensors["temp-1"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NoReturn, TypeAlias
+
+from rstream.errors import MutationError
+
+__all__ = [
+    "JSONObject",
+    "Mutation",
+    "apply_mutation",
+    "apply_mutation_with_inverse",
+    "build_mutation",
+    "copy_json",
+]
+
+JSONObject: TypeAlias = "dict[str, Any]"
+Mutation: TypeAlias = "dict[str, Any]"
+
+_MISSING: Any = object()  # a key that is absent (or removed by $unset)
+_SAME: Any = object()  # build: nothing to change
+_EMPTY: dict[str, Any] = {}  # recursion into a missing or null value starts here; never changed
+
+
+# -- copy ----------------------------------------------------------------------
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value: dicts and lists are copied, everything else shared.
+
+    Several times faster than :func:`copy.deepcopy`, which it replaces for JSON
+    (dict, list, str, int, float, bool, None). Other objects, dict and list
+    subclasses included, are shared like scalars.
+    """
+    kind = type(value)
+    if kind is dict:
+        return _copy_dict(value)
+    if kind is list:
+        return _copy_list(value)
+    return value
+
+
+def _copy_dict(obj: dict[str, Any]) -> dict[str, Any]:
+    out = obj.copy()
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is dict:
+            out[key] = _copy_dict(value)
+        elif kind is list:
+            out[key] = _copy_list(value)
+    return out
+
+
+def _copy_list(items: list[Any]) -> list[Any]:
+    out = items.copy()
+    for i, value in enumerate(items):
+        kind = type(value)
+        if kind is dict:
+            out[i] = _copy_dict(value)
+        elif kind is list:
+            out[i] = _copy_list(value)
+    return out
+
+
+# -- apply ---------------------------------------------------------------------
+
+
+class _InvalidMutationError(Exception):
+    """An invalid mutation; ``parts`` collects the path innermost first while unwinding."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.parts: list[str | int] = []
+
+
+def apply_mutation(state: JSONObject, mutation: Mutation) -> JSONObject:
+    """The state after ``mutation``; neither argument is changed.
+
+    The result shares unchanged subtrees with ``state`` and ``mutation`` (see
+    the module docs). Raises :class:`~rstream.MutationError` if the mutation is
+    invalid for this state.
+    """
+    _check_objects(state, mutation)
+    try:
+        return _apply_fields(state, mutation, None, False)
+    except _InvalidMutationError as fail:
+        raise MutationError(fail.reason, _format_path(fail.parts)) from None
+    except RecursionError:
+        raise MutationError("mutation is nested too deeply", "$") from None
+
+
+def apply_mutation_with_inverse(
+    state: JSONObject, mutation: Mutation
+) -> tuple[JSONObject, Mutation]:
+    """The state after ``mutation`` and the mutation that undoes it.
+
+    ``apply_mutation(new_state, inverse) == state`` always. The inverse costs
+    O(size of ``mutation``): for every field the mutation sets or operates on,
+    it holds ``{"$set": <old value>}`` (the old value itself, shared) or
+    ``{"$unset": true}`` when the field was missing.
+    """
+    _check_objects(state, mutation)
+    inverse: dict[str, Any] = {}
+    try:
+        return _apply_fields(state, mutation, inverse, False), inverse
+    except _InvalidMutationError as fail:
+        raise MutationError(fail.reason, _format_path(fail.parts)) from None
+    except RecursionError:
+        raise MutationError("mutation is nested too deeply", "$") from None
+
+
+def _check_objects(state: object, mutation: object) -> None:
+    if type(state) is not dict:
+        raise MutationError(f"the state must be a JSON object, not {_json_type(state)}", "$")
+    if type(mutation) is not dict:
+        raise MutationError(f"a mutation must be a JSON object, not {_json_type(mutation)}", "$")
+
+
+def _undo(prev: Any) -> dict[str, Any]:
+    """The inverse of any change to a field whose old value was ``prev``."""
+    return {"$unset": True} if prev is _MISSING else {"$set": prev}
+
+
+def _apply_fields(
+    old: dict[str, Any], mutation: dict[str, Any], inverse: dict[str, Any] | None, nested: bool
+) -> dict[str, Any]:
+    """Apply a field mutation to an object; fills ``inverse`` when given."""
+    new = old.copy()
+    for key, change in mutation.items():
+        if nested and type(key) is str and key[:1] == "$":
+            _fail(f"mutation object mixes operators ({key}) with fields")
+        if type(change) is not dict:
+            if inverse is not None:
+                inverse[key] = _undo(old.get(key, _MISSING))
+            new[key] = change
+            continue
+        if not change:
+            continue
+        prev = old.get(key, _MISSING)
+        try:
+            if inverse is not None and type(prev) is dict and not _is_operators(change):
+                sub: dict[str, Any] = {}
+                value = _apply_fields(prev, change, sub, True)
+                if sub:
+                    inverse[key] = sub
+            else:
+                value = _apply_nested(prev, change)
+                if inverse is not None:
+                    inverse[key] = _undo(prev)
+        except _InvalidMutationError as fail:
+            fail.parts.append(key)
+            raise
+        if value is _MISSING:
+            new.pop(key, None)
+        else:
+            new[key] = value
+    return new
+
+
+def _is_operators(change: dict[Any, Any]) -> bool:
+    """Whether a non-empty mutation object is an operator object (its first key says)."""
+    first = next(iter(change))
+    return type(first) is str and first[:1] == "$"
+
+
+def _apply_nested(prev: Any, change: dict[Any, Any]) -> Any:
+    """The new value of a field or item whose mutation is the non-empty object ``change``."""
+    first = next(iter(change))
+    if type(first) is str and first[:1] == "$":
+        return _apply_operators(prev, change)
+    if type(prev) is dict:
+        return _apply_fields(prev, change, None, True)
+    if prev is None or prev is _MISSING:
+        return _apply_fields(_EMPTY, change, None, True)
+    _fail(f"cannot apply a field mutation to {_json_type(prev)}")
+
+
+def _apply_operators(prev: Any, ops: dict[Any, Any]) -> Any:
+    for key in ops:
+        if type(key) is not str or key[:1] != "$":
+            _fail(f"mutation object mixes operators ({next(iter(ops))}) with fields ({key!r})")
+    value = ops.get("$set", prev)
+
+    arg = ops.get("$push", _MISSING)
+    if arg is not _MISSING:
+        if type(arg) is not list:
+            _fail(f"$push takes an array, not {_json_type(arg)}")
+        value = value + arg if type(value) is list else arg
+
+    arg = ops.get("$pull", _MISSING)
+    if arg is not _MISSING:
+        if type(arg) is not list:
+            _fail(f"$pull takes an array of indexes, not {_json_type(arg)}")
+        for index in arg:
+            if type(index) is not int or index < 0:
+                _fail(f"$pull index {index!r} is not a non-negative integer")
+        if arg and value is not None and value is not _MISSING:
+            if type(value) is not list:
+                _fail(f"$pull needs an array, found {_json_type(value)}")
+            size = len(value)
+            if max(arg) >= size:
+                _fail(f"$pull index {max(arg)} is out of range for {size} item(s)")
+            drop = set(arg)
+            value = [item for i, item in enumerate(value) if i not in drop]
+
+    arg = ops.get("$truncate", _MISSING)
+    if arg is not _MISSING:
+        if type(arg) is not int or arg < 0:
+            _fail(f"$truncate takes a non-negative integer, not {arg!r}")
+        if value is not None and value is not _MISSING:
+            if type(value) is not list:
+                _fail(f"$truncate needs an array, found {_json_type(value)}")
+            if arg < len(value):
+                value = value[:arg]
+
+    arg = ops.get("$mutateIdx", _MISSING)
+    if arg is not _MISSING:
+        if type(arg) is not dict:
+            _fail(f"$mutateIdx takes an object of index to mutation, not {_json_type(arg)}")
+        if arg:
+            value = _apply_indexes(value, arg)
+
+    arg = ops.get("$unset", _MISSING)
+    if arg is not _MISSING:
+        if type(arg) is not bool:
+            _fail(f"$unset takes true (or false, which does nothing), not {_json_type(arg)}")
+        if arg:
+            value = _MISSING
+    return value
+
+
+def _apply_indexes(items: Any, changes: dict[Any, Any]) -> list[Any]:
+    if type(items) is not list:
+        _fail(f"$mutateIdx needs an array, found {_json_type(items)}")
+    size = len(items)
+    out = items.copy()
+    for key, change in changes.items():
+        index = _parse_index(key)
+        if index < 0 or index >= size:
+            _fail(f"$mutateIdx index {key!r} is out of range for {size} item(s)")
+        if type(change) is not dict:
+            out[index] = change
+            continue
+        if not change:
+            continue
+        try:
+            value = _apply_nested(out[index], change)
+            if value is _MISSING:
+                _fail("$unset cannot remove an array item; use $pull")
+        except _InvalidMutationError as fail:
+            fail.parts.append(index)
+            raise
+        out[index] = value
+    return out
+
+
+def _parse_index(key: object) -> int:
+    """A ``$mutateIdx`` key: a decimal string such as ``"12"`` (or an int from Python)."""
+    if type(key) is int:
+        return key
+    if type(key) is str and key.isascii() and key.isdigit() and (key == "0" or key[0] != "0"):
+        return int(key) if len(key) < 19 else -1  # -1: out of range for any array
+    _fail(f"$mutateIdx key {key!r} is not a decimal array index")
+
+
+def _fail(reason: str) -> NoReturn:
+    raise _InvalidMutationError(reason)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _format_path(parts: list[str | int]) -> str:
+    """``$.tasks[3].name`` from parts collected innermost first."""
+    out = ["$"]
+    for part in reversed(parts):
+        if type(part) is int:
+            out.append(f"[{part}]")
+        elif type(part) is str and _IDENTIFIER.match(part):
+            out.append("." + part)
+        else:
+            out.append(f"[{json.dumps(str(part), ensure_ascii=False)}]")
+    return "".join(out)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if value is _MISSING:
+        return "a missing value"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# -- build ---------------------------------------------------------------------
+
+
+def build_mutation(old: JSONObject, new: JSONObject) -> Mutation:
+    """The mutation that turns ``old`` into ``new``: ``apply_mutation(old, m) == new``.
+
+    The result is exact about types (``True`` replaces ``1``, ``1.0`` replaces
+    ``1``) and may share subtrees with ``new``. A new or retyped object is sent
+    with ``$set``; arrays are diffed item by item (see ``docs/mutation.rst``).
+    """
+    if type(old) is not dict or type(new) is not dict:
+        raise TypeError(
+            f"build_mutation takes two JSON objects (dicts), not "
+            f"{type(old).__name__} and {type(new).__name__}"
+        )
+    return _diff_fields(old, new)
+
+
+def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kept = 0
+    for key, after in new.items():
+        before = old.get(key, _MISSING)
+        if before is after:
+            kept += 1
+            continue
+        if before is not _MISSING:
+            kept += 1
+        change = _diff_value(before, after)
+        if change is not _SAME:
+            out[key] = change
+    if kept != len(old):
+        for key in old:
+            if key not in new:
+                out[key] = {"$unset": True}
+    return out
+
+
+def _diff_value(before: Any, after: Any) -> Any:
+    kind = type(after)
+    if kind is dict:
+        if type(before) is not dict:
+            return {"$set": after}
+        change = _diff_fields(before, after)
+        if not change:
+            return _SAME
+        for key in change:
+            if type(key) is str and key[:1] == "$":
+                # A plain object with a "$" key would read as operators.
+                return {"$set": after}
+        return change
+    if kind is list:
+        if type(before) is not list:
+            return after
+        return _diff_list(before, after)
+    if type(before) is kind and before == after:
+        return _SAME
+    return after
+
+
+def _diff_list(before: list[Any], after: list[Any]) -> Any:
+    old_size = len(before)
+    new_size = len(after)
+    if not old_size or not new_size:
+        return after if old_size != new_size else _SAME
+    common = min(old_size, new_size)
+    changes: dict[str, Any] = {}
+    replaced = 0
+    for i in range(common):
+        item_before = before[i]
+        item_after = after[i]
+        if item_before is item_after:
+            continue
+        change = _diff_value(item_before, item_after)
+        if change is not _SAME:
+            changes[str(i)] = change
+            if type(change) is not dict or "$set" in change:
+                replaced += 1
+    if replaced * 2 > common:
+        # Most kept items are replaced outright: the whole array is smaller.
+        return after
+    out: dict[str, Any] = {}
+    if new_size > old_size:
+        out["$push"] = after[old_size:]
+    elif new_size < old_size:
+        out["$truncate"] = new_size
+    if changes:
+        out["$mutateIdx"] = changes
+    return out if out else _SAME
