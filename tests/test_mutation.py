@@ -1,0 +1,411 @@
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rstream
+from rstream.mutation import (
+    MutationError,
+    apply_mutation,
+    apply_mutation_with_inverse,
+    build_mutation,
+    copy_json,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same JSON types all the way down (``True`` is not ``1``)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def check_apply(state: dict[str, Any], mutation: dict[str, Any]) -> dict[str, Any]:
+    """Apply both ways, checking inputs stay unchanged and the inverse undoes it."""
+    state_before = copy.deepcopy(state)
+    mutation_before = copy.deepcopy(mutation)
+    new = apply_mutation(state, mutation)
+    new2, inverse = apply_mutation_with_inverse(state, mutation)
+    assert same(new, new2)
+    assert same(state, state_before)
+    assert same(mutation, mutation_before)
+    new_before = copy.deepcopy(new)
+    assert same(apply_mutation(new, inverse), state)
+    assert same(new, new_before)
+    return new
+
+
+# -- operators -------------------------------------------------------------------
+
+STATE = {"n": 1, "s": "x", "z": None, "arr": [10, 11, 12, 13], "obj": {"a": 1, "b": {"c": 2}}}
+
+
+@pytest.mark.parametrize(
+    ("mutation", "changed"),
+    [
+        ({"n": 2}, {"n": 2}),
+        ({"n": None}, {"n": None}),
+        ({"n": [1, 2]}, {"n": [1, 2]}),
+        ({"new": "v"}, {"new": "v"}),
+        ({"n": {"$set": {"deep": {}}}}, {"n": {"deep": {}}}),
+        ({"new": {"$set": 3}}, {"new": 3}),
+        ({"arr": {"$push": [14]}}, {"arr": [10, 11, 12, 13, 14]}),
+        ({"n": {"$push": [1]}}, {"n": [1]}),
+        ({"new": {"$push": [1]}}, {"new": [1]}),
+        ({"arr": {"$pull": [0, 2]}}, {"arr": [11, 13]}),
+        ({"arr": {"$pull": [3, 3]}}, {"arr": [10, 11, 12]}),
+        ({"arr": {"$pull": []}}, {}),
+        ({"z": {"$pull": [5]}}, {}),
+        ({"z": {"$truncate": 0}}, {}),
+        ({"arr": {"$truncate": 2}}, {"arr": [10, 11]}),
+        ({"arr": {"$truncate": 9}}, {}),
+        ({"arr": {"$mutateIdx": {"1": 0, "3": {"$set": [1]}}}}, {"arr": [10, 0, 12, [1]]}),
+        ({"obj": {"$unset": True}}, {"obj": rstream}),  # rstream marks "removed"
+        ({"obj": {"$unset": False}}, {}),
+        ({"missing": {"$unset": True}}, {}),
+        ({"obj": {"b": {"c": {"$unset": True}}}}, {"obj": {"a": 1, "b": {}}}),
+        ({"obj": {"a": 5, "b": {"d": True}}}, {"obj": {"a": 5, "b": {"c": 2, "d": True}}}),
+        ({"z": {"x": 1}}, {"z": {"x": 1}}),
+        ({"new": {"x": {"y": 1}}}, {"new": {"x": {"y": 1}}}),
+        ({"obj": {}}, {}),
+        ({"new": {}}, {}),
+        ({"n": {"$frobnicate": 1}}, {}),
+        ({"new": {"$frobnicate": 1}}, {}),
+        ({}, {}),
+    ],
+)
+def test_operator_table(mutation: dict[str, Any], changed: dict[str, Any]) -> None:
+    expected = dict(STATE)
+    for key, value in changed.items():
+        if value is rstream:
+            del expected[key]
+        else:
+            expected[key] = value
+    assert same(check_apply(STATE, mutation), expected)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "result"),
+    [
+        # $set, then $push, $pull (indexes into what is there then), $truncate, $mutateIdx
+        (
+            {
+                "$mutateIdx": {"0": "first"},
+                "$truncate": 3,
+                "$pull": [1],
+                "$push": [4],
+                "$set": [0, 1, 2, 3],
+            },
+            ["first", 2, 3],
+        ),
+        ({"$push": [3], "$pull": [0]}, [2, 3]),
+        ({"$truncate": 1, "$push": [3]}, [1]),
+        ({"$mutateIdx": {"1": "x"}, "$unset": True}, rstream),
+        ({"$set": 7, "$unset": True}, rstream),
+        ({"$unset": True, "$set": 7}, rstream),
+    ],
+)
+def test_operators_apply_in_fixed_order(mutation: dict[str, Any], result: Any) -> None:
+    new = check_apply({"a": [1, 2]}, {"a": mutation})
+    assert same(new, {} if result is rstream else {"a": result})
+
+
+def test_mutate_idx_recurses_into_items() -> None:
+    state = {"tasks": [{"id": 1, "p": 0}, None, {"id": 3, "p": 0.5}]}
+    mutation = {"tasks": {"$mutateIdx": {"0": {"p": 1}, "1": {"id": 2}, "2": {"$set": {}}}}}
+    assert same(check_apply(state, mutation), {"tasks": [{"id": 1, "p": 1}, {"id": 2}, {}]})
+
+
+def test_top_level_keys_are_always_fields() -> None:
+    assert same(check_apply({"$a": 1}, {"$a": 2, "$set": {"x": 1}}), {"$a": 2, "$set": {"x": 1}})
+
+
+def test_bool_int_and_float_are_distinct() -> None:
+    for old, new in [(1, True), (True, 1), (0, False), (1, 1.0), (1.0, 1), (False, 0.0)]:
+        mutation = build_mutation(
+            {"a": old, "b": [old], "c": {"d": old}}, {"a": new, "b": [new], "c": {"d": new}}
+        )
+        assert same(
+            apply_mutation({"a": old, "b": [old], "c": {"d": old}}, mutation),
+            {"a": new, "b": [new], "c": {"d": new}},
+        )
+
+
+def test_apply_shares_untouched_subtrees() -> None:
+    state = {"a": {"x": [1]}, "b": {"c": {"d": 1}, "e": [{"f": 1}, {"g": 2}]}}
+    new = apply_mutation(state, {"b": {"c": {"d": 2}, "e": {"$mutateIdx": {"1": {"g": 3}}}}})
+    assert new["a"] is state["a"]
+    assert new["b"]["e"][0] is state["b"]["e"][0]
+    assert new["b"] is not state["b"]
+    assert state == {"a": {"x": [1]}, "b": {"c": {"d": 1}, "e": [{"f": 1}, {"g": 2}]}}
+
+
+def test_inverse_is_small_and_shares_old_values() -> None:
+    big = {"k": list(range(1000))}
+    state = {"big": big, "small": {"x": 1, "y": 2}, "gone": None}
+    _new, inverse = apply_mutation_with_inverse(
+        state, {"small": {"x": 5, "z": 1}, "big": {"$push": [1]}, "added": 1}
+    )
+    assert inverse == {
+        "small": {"x": {"$set": 1}, "z": {"$unset": True}},
+        "big": {"$set": big},
+        "added": {"$unset": True},
+    }
+    assert inverse["big"]["$set"] is big
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "mutation", "path", "fragment"),
+    [
+        ({"a": 1}, {"a": {"b": 1}}, "$.a", "field mutation to a number"),
+        ({"a": "s"}, {"a": {"b": 1}}, "$.a", "to a string"),
+        ({"a": [1]}, {"a": {"b": 1}}, "$.a", "to an array"),
+        ({"a": {"b": 1}}, {"a": {"b": 1, "$set": 2}}, "$.a", "mixes"),
+        ({"a": {"b": 1}}, {"a": {"$set": 2, "b": 1}}, "$.a", "mixes"),
+        ({"a": [1]}, {"a": {"$push": 1}}, "$.a", "$push takes an array"),
+        ({"a": [1]}, {"a": {"$pull": 0}}, "$.a", "$pull takes an array"),
+        ({"a": [1]}, {"a": {"$pull": [True]}}, "$.a", "$pull index True"),
+        ({"a": [1]}, {"a": {"$pull": [-1]}}, "$.a", "$pull index -1"),
+        ({"a": [1]}, {"a": {"$pull": [1]}}, "$.a", "out of range"),
+        ({"a": 3}, {"a": {"$pull": [0]}}, "$.a", "$pull needs an array"),
+        ({"a": [1]}, {"a": {"$truncate": -1}}, "$.a", "$truncate"),
+        ({"a": [1]}, {"a": {"$truncate": 1.0}}, "$.a", "$truncate"),
+        ({"a": [1]}, {"a": {"$truncate": False}}, "$.a", "$truncate"),
+        ({"a": {}}, {"a": {"$truncate": 1}}, "$.a", "$truncate needs an array"),
+        ({"a": [1]}, {"a": {"$mutateIdx": [1]}}, "$.a", "$mutateIdx takes an object"),
+        ({"a": [1]}, {"a": {"$mutateIdx": {"1": 0}}}, "$.a", "out of range"),
+        ({"a": [1]}, {"a": {"$mutateIdx": {"-1": 0}}}, "$.a", "not a decimal"),
+        ({"a": [1]}, {"a": {"$mutateIdx": {"01": 0}}}, "$.a", "not a decimal"),
+        ({"a": [1]}, {"a": {"$mutateIdx": {"x": 0}}}, "$.a", "not a decimal"),
+        ({"a": [1]}, {"a": {"$mutateIdx": {"9" * 40: 0}}}, "$.a", "out of range"),
+        (
+            {"a": [1]},
+            {"a": {"$mutateIdx": {"0": {"$unset": True}}}},
+            "$.a[0]",
+            "cannot remove an array item",
+        ),
+        (
+            {"tasks": [{}, {}, {}, {"name": 1}]},
+            {"tasks": {"$mutateIdx": {"3": {"name": {"first": "x"}}}}},
+            "$.tasks[3].name",
+            "number",
+        ),
+        ({"a": None}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "found null"),
+        ({"a": [1]}, {"a": {"$unset": 1}}, "$.a", "$unset takes true"),
+        ({"x y": {"é": 1}}, {"x y": {"é": {"k": 1}}}, '$["x y"]["é"]', "number"),
+    ],
+)
+def test_invalid_mutations_name_the_path(
+    state: dict[str, Any], mutation: dict[str, Any], path: str, fragment: str
+) -> None:
+    before = copy.deepcopy(state)
+    with pytest.raises(rstream.MutationError) as info:
+        apply_mutation(state, mutation)
+    assert info.value.path == path
+    assert fragment in info.value.reason
+    assert path in str(info.value)
+    with pytest.raises(MutationError):
+        apply_mutation_with_inverse(state, mutation)
+    assert same(state, before)
+
+
+@pytest.mark.parametrize(("state", "mutation"), [({}, []), ({}, None), ([], {}), ("x", {})])
+def test_non_objects_are_rejected(state: Any, mutation: Any) -> None:
+    with pytest.raises(MutationError) as info:
+        apply_mutation(state, mutation)
+    assert info.value.path == "$"
+
+
+def test_deep_nesting_is_a_mutation_error() -> None:
+    mutation: dict[str, Any] = {}
+    for _ in range(5000):
+        mutation = {"a": mutation}
+    with pytest.raises(MutationError, match="nested too deeply"):
+        apply_mutation({}, mutation)
+
+
+def test_build_rejects_non_objects() -> None:
+    with pytest.raises(TypeError):
+        build_mutation([], {})  # type: ignore[arg-type]
+
+
+# -- build -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "mutation"),
+    [
+        ({"a": 1}, {"a": 1}, {}),
+        ({"a": 1}, {"a": 2}, {"a": 2}),
+        ({"a": 1}, {}, {"a": {"$unset": True}}),
+        ({}, {"a": {"b": 1}}, {"a": {"$set": {"b": 1}}}),
+        ({"a": 1}, {"a": {}}, {"a": {"$set": {}}}),
+        ({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}, {"a": {"c": 3}}),
+        ({"a": {"$b": 1}}, {"a": {"$b": 2}}, {"a": {"$set": {"$b": 2}}}),
+        ({"$a": {"b": 1}}, {"$a": {"b": 2}}, {"$a": {"b": 2}}),
+        ({"a": [1, 2]}, {"a": [1, 2, 3]}, {"a": {"$push": [3]}}),
+        ({"a": [1, 2, 3]}, {"a": [1]}, {"a": {"$truncate": 1}}),
+        ({"a": [1, 2, 3]}, {"a": []}, {"a": []}),
+        ({"a": []}, {"a": [1]}, {"a": [1]}),
+        ({"a": [1, 2, 3]}, {"a": [4, 5, 6]}, {"a": [4, 5, 6]}),
+        (
+            {"a": [{"p": 1}, {"p": 2}, {"p": 3}]},
+            {"a": [{"p": 1}, {"p": 5}]},
+            {"a": {"$truncate": 2, "$mutateIdx": {"1": {"p": 5}}}},
+        ),
+    ],
+)
+def test_build_table(old: dict[str, Any], new: dict[str, Any], mutation: dict[str, Any]) -> None:
+    built = build_mutation(old, new)
+    assert built == mutation
+    assert same(check_apply(old, built), new)
+
+
+# -- copy_json -------------------------------------------------------------------
+
+
+def test_copy_json_copies_containers_only() -> None:
+    value = {"a": [{"b": [1, 2.5, "s", None, True]}], "c": {}}
+    copied = copy_json(value)
+    assert same(copied, value)
+    assert copied is not value
+    assert copied["a"] is not value["a"]
+    assert copied["a"][0]["b"] is not value["a"][0]["b"]
+    assert copy_json(5) == 5
+    assert copy_json([[1]]) == [[1]]
+
+
+# -- properties ------------------------------------------------------------------
+
+KEYS = st.one_of(
+    st.sampled_from(["a", "b", "c", "$set", "$x", "", "0"]),
+    st.text(max_size=4),
+    st.text(max_size=3).map(lambda s: "$" + s),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=3),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(KEYS, children, max_size=5),
+    max_leaves=40,
+)
+OBJECTS = st.dictionaries(KEYS, JSON, max_size=6)
+
+
+def perturb(data: st.DataObject, value: Any, depth: int = 0) -> Any:
+    """A random edit of ``value``: most of it kept, some changed, added or removed."""
+    choice = data.draw(st.integers(0, 9))
+    if choice == 0:
+        return data.draw(JSON)
+    if choice == 1 and type(value) in (int, float, bool):
+        return data.draw(st.sampled_from([True, False, 1, 0, 1.0, 0.0, -1]))
+    if type(value) is dict:
+        out = {}
+        for key, item in value.items():
+            if data.draw(st.integers(0, 5)) == 0:
+                continue
+            out[key] = perturb(data, item, depth + 1)
+        for key in data.draw(st.lists(KEYS, max_size=2)):
+            out[key] = data.draw(JSON)
+        return out
+    if type(value) is list:
+        items = [perturb(data, item, depth + 1) for item in value]
+        cut = data.draw(st.integers(0, len(items)))
+        if data.draw(st.booleans()):
+            items = items[:cut]
+        return items + data.draw(st.lists(JSON, max_size=2))
+    return value
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OBJECTS, st.data())
+def test_law_build_then_apply_gives_new(old: dict[str, Any], data: st.DataObject) -> None:
+    new = perturb(data, old) if data.draw(st.booleans()) else data.draw(OBJECTS)
+    if type(new) is not dict:
+        new = {"v": new}
+    old_before = copy.deepcopy(old)
+    new_before = copy.deepcopy(new)
+    mutation = build_mutation(old, new)
+    assert same(old, old_before)
+    assert same(new, new_before)
+    assert same(check_apply(old, mutation), new)
+    assert same(check_apply(new, build_mutation(new, old)), old)
+    if same(old, new):
+        assert mutation == {}
+
+
+GARBAGE_KEYS = st.sampled_from(
+    [
+        "a",
+        "b",
+        "c",
+        "$set",
+        "$push",
+        "$pull",
+        "$truncate",
+        "$mutateIdx",
+        "$unset",
+        "$bogus",
+        "0",
+        "1",
+        "2",
+        "-1",
+        "01",
+        "x",
+    ]
+)
+GARBAGE = st.recursive(
+    st.one_of(
+        SCALARS,
+        st.integers(min_value=-2, max_value=4),
+        st.lists(st.one_of(st.integers(-1, 4), st.booleans(), st.none()), max_size=3),
+    ),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(GARBAGE_KEYS, children, max_size=4)
+    ),
+    max_leaves=25,
+)
+SMALL_STATES = st.dictionaries(
+    st.sampled_from(["a", "b", "c"]),
+    st.recursive(
+        st.one_of(st.none(), st.integers(0, 2), st.booleans()),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.sampled_from(["a", "b", "c"]), children, max_size=3)
+        ),
+        max_leaves=15,
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(SMALL_STATES, st.one_of(st.dictionaries(GARBAGE_KEYS, GARBAGE, max_size=4), GARBAGE))
+def test_fuzz_only_mutation_errors_escape(state: dict[str, Any], mutation: Any) -> None:
+    state_before = copy.deepcopy(state)
+    mutation_before = copy.deepcopy(mutation)
+    try:
+        new, inverse = apply_mutation_with_inverse(state, mutation)
+    except MutationError:
+        with pytest.raises(MutationError) as info:
+            apply_mutation(state, mutation)
+        assert info.value.path.startswith("$")
+    else:
+        assert same(apply_mutation(state, mutation), new)
+        assert same(apply_mutation(new, inverse), state)
+    assert same(state, state_before)
+    assert same(mutation, mutation_before)
