@@ -43,7 +43,14 @@ def check_apply(state: dict[str, Any], mutation: dict[str, Any]) -> dict[str, An
 
 # -- operators -------------------------------------------------------------------
 
-STATE = {"n": 1, "s": "x", "z": None, "arr": [10, 11, 12, 13], "obj": {"a": 1, "b": {"c": 2}}}
+REMOVED = object()  # in "changed" tables: the key is gone
+STATE: dict[str, Any] = {
+    "n": 1,
+    "s": "x",
+    "z": None,
+    "arr": [10, 11, 12, 13],
+    "obj": {"a": 1, "b": {"c": 2}},
+}
 
 
 @pytest.mark.parametrize(
@@ -66,7 +73,7 @@ STATE = {"n": 1, "s": "x", "z": None, "arr": [10, 11, 12, 13], "obj": {"a": 1, "
         ({"arr": {"$truncate": 2}}, {"arr": [10, 11]}),
         ({"arr": {"$truncate": 9}}, {}),
         ({"arr": {"$mutateIdx": {"1": 0, "3": {"$set": [1]}}}}, {"arr": [10, 0, 12, [1]]}),
-        ({"obj": {"$unset": True}}, {"obj": rstream}),  # rstream marks "removed"
+        ({"obj": {"$unset": True}}, {"obj": REMOVED}),
         ({"obj": {"$unset": False}}, {}),
         ({"missing": {"$unset": True}}, {}),
         ({"obj": {"b": {"c": {"$unset": True}}}}, {"obj": {"a": 1, "b": {}}}),
@@ -83,7 +90,7 @@ STATE = {"n": 1, "s": "x", "z": None, "arr": [10, 11, 12, 13], "obj": {"a": 1, "
 def test_operator_table(mutation: dict[str, Any], changed: dict[str, Any]) -> None:
     expected = dict(STATE)
     for key, value in changed.items():
-        if value is rstream:
+        if value is REMOVED:
             del expected[key]
         else:
             expected[key] = value
@@ -106,14 +113,14 @@ def test_operator_table(mutation: dict[str, Any], changed: dict[str, Any]) -> No
         ),
         ({"$push": [3], "$pull": [0]}, [2, 3]),
         ({"$truncate": 1, "$push": [3]}, [1]),
-        ({"$mutateIdx": {"1": "x"}, "$unset": True}, rstream),
-        ({"$set": 7, "$unset": True}, rstream),
-        ({"$unset": True, "$set": 7}, rstream),
+        ({"$mutateIdx": {"1": "x"}, "$unset": True}, REMOVED),
+        ({"$set": 7, "$unset": True}, REMOVED),
+        ({"$unset": True, "$set": 7}, REMOVED),
     ],
 )
 def test_operators_apply_in_fixed_order(mutation: dict[str, Any], result: Any) -> None:
     new = check_apply({"a": [1, 2]}, {"a": mutation})
-    assert same(new, {} if result is rstream else {"a": result})
+    assert same(new, {} if result is REMOVED else {"a": result})
 
 
 def test_mutate_idx_recurses_into_items() -> None:
@@ -138,7 +145,7 @@ def test_bool_int_and_float_are_distinct() -> None:
 
 
 def test_apply_shares_untouched_subtrees() -> None:
-    state = {"a": {"x": [1]}, "b": {"c": {"d": 1}, "e": [{"f": 1}, {"g": 2}]}}
+    state: dict[str, Any] = {"a": {"x": [1]}, "b": {"c": {"d": 1}, "e": [{"f": 1}, {"g": 2}]}}
     new = apply_mutation(state, {"b": {"c": {"d": 2}, "e": {"$mutateIdx": {"1": {"g": 3}}}}})
     assert new["a"] is state["a"]
     assert new["b"]["e"][0] is state["b"]["e"][0]
@@ -274,7 +281,7 @@ def test_build_table(old: dict[str, Any], new: dict[str, Any], mutation: dict[st
 
 
 def test_copy_json_copies_containers_only() -> None:
-    value = {"a": [{"b": [1, 2.5, "s", None, True]}], "c": {}}
+    value: dict[str, Any] = {"a": [{"b": [1, 2.5, "s", None, True]}], "c": {}}
     copied = copy_json(value)
     assert same(copied, value)
     assert copied is not value
