@@ -1,0 +1,234 @@
+"""The storage interface of the server: :class:`Storage` (the streams) and
+:class:`StreamLog` (one stream's entries), plus helpers every backend shares.
+
+A backend is a :class:`Storage`: it lists and creates streams and hands out one
+:class:`StreamLog` per stream. A :class:`StreamLog` is a core
+:class:`~rstream.core.log.Log` (so the core writer, :class:`rstream.core.stream.Stream`,
+runs on it unchanged) plus what the server needs on top:
+
+- micros-based lookups, so the server never converts its parsed times back to
+  datetimes: :meth:`~StreamLog.snapshot_before_us`,
+  :meth:`~StreamLog.snapshot_after_us`, :meth:`~StreamLog.entry_after_us`,
+  :meth:`~StreamLog.latest_snapshot`;
+- :meth:`~StreamLog.iter_range` (streamed, with open bounds and a limit) and
+  :meth:`~StreamLog.count_range` for the entries endpoint;
+- :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports.
+
+Micros arguments may be any int: values outside the storable range (see
+:data:`MIN_US`, :data:`MAX_US`) are clamped, since no entry can lie beyond it.
+
+Every backend rejects the same bad input the same way: data that is not JSON
+(NaN, Infinity, non-JSON types) raises :class:`~rstream.EntryFormatError`, a
+timestamp outside the storable range :class:`~rstream.InvalidTimestamp`, and
+nothing is written. The conformance suite, ``tests/test_storage.py``, holds
+every backend to these rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.log import Log
+from rstream.core.stream import RateConfig
+from rstream.core.timestamps import format_rfc3339, to_micros
+from rstream.errors import EntryFormatError, InvalidTimestamp, OutOfOrder
+
+__all__ = [
+    "MAX_US",
+    "MIN_US",
+    "STREAM_ID_PATTERN",
+    "Storage",
+    "StreamInfo",
+    "StreamLog",
+    "check_batch_order",
+    "check_entry_time",
+    "clamp_us",
+    "dump_json",
+    "is_valid_stream_id",
+    "load_json",
+]
+
+#: The first storable microsecond (0001-01-01T00:00:00Z), inclusive.
+MIN_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
+#: The end of the storable range (9999-12-31T23:59:59.999999Z), exclusive: every
+#: stored timestamp is below it, so ``[x, MAX_US)`` holds every entry from ``x`` on.
+MAX_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+
+#: Stream ids, as the protocol defines them (the URL-unreserved set, 1 to 128
+#: characters, not starting with ``.``).
+STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What the server tells about one stream (``GET /v1/streams/{id}``).
+
+    Times are epoch microseconds, ``None`` while the stream has no entry (or,
+    for ``latest_snapshot``, no snapshot).
+    """
+
+    id: str
+    rate: RateConfig
+    first: int | None
+    last: int | None
+    latest_snapshot: int | None
+    revision: int
+
+
+@runtime_checkable
+class StreamLog(Log, Protocol):
+    """One stream's log in a :class:`Storage`: a core :class:`~rstream.core.log.Log`
+    plus the micros-based reads and the batch append the server uses.
+
+    The :class:`~rstream.core.log.Log` methods keep their exact semantics
+    (public-API times; revision +1 per change; ``OutOfOrder`` changes nothing).
+    """
+
+    def first(self) -> Entry | None:
+        """The oldest entry."""
+        ...
+
+    def latest_snapshot(self) -> Entry | None:
+        """The newest snapshot: the start of the live window."""
+        ...
+
+    def snapshot_before_us(self, us: int) -> Entry | None:
+        """The last snapshot at or before ``us`` (epoch micros)."""
+        ...
+
+    def snapshot_after_us(self, us: int) -> Entry | None:
+        """The first snapshot strictly after ``us`` (epoch micros)."""
+        ...
+
+    def entry_after_us(self, us: int, kind: EntryKind | None = None) -> Entry | None:
+        """The first entry strictly after ``us`` (epoch micros), of ``kind`` when given."""
+        ...
+
+    def iter_range(
+        self, start_us: int | None, end_us: int | None, limit: int | None = None
+    ) -> Iterator[Entry]:
+        """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
+
+        ``None`` leaves a bound open. Backends stream the rows instead of
+        loading the range; close the iterator (or exhaust it) to free what it
+        holds, e.g. with :func:`contextlib.closing`.
+        """
+        ...
+
+    def count_range(self, start_us: int | None, end_us: int | None) -> int:
+        """How many entries :meth:`iter_range` would yield without a limit."""
+        ...
+
+    def append_many(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Append ``entries`` atomically, each strictly after the previous one.
+
+        All or nothing: when one entry is out of order (or its data is not
+        JSON), nothing is written, the revision is unchanged and the error
+        names the entry's index. Returns the stored entries with their revs
+        (consecutive revisions).
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where a server keeps its streams. Backends: :class:`~.memory.MemoryStorage`,
+    :class:`~.sqlite.SQLiteStorage`; open one from a URL with :func:`~.open_storage`.
+
+    Methods may be called from any thread.
+    """
+
+    def list_streams(self) -> list[StreamInfo]:
+        """Every stream, ordered by id."""
+        ...
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's metadata, or ``None`` when it does not exist."""
+        ...
+
+    def create_stream(self, stream_id: str, rate: RateConfig | None = None) -> bool:
+        """Create the stream; True if it was created by this call.
+
+        When it already exists and ``rate`` is given, its rate config is set to
+        ``rate``; without ``rate`` an existing stream is left as it is. A new
+        stream without ``rate`` gets ``RateConfig()``'s defaults.
+        """
+        ...
+
+    def log(self, stream_id: str) -> StreamLog:
+        """The stream's log; raises :class:`~rstream.StreamNotFound` for an unknown stream."""
+        ...
+
+    def close(self) -> None:
+        """Release every resource; idempotent. Later use raises ``ClientClosed``."""
+        ...
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def is_valid_stream_id(stream_id: object) -> bool:
+    """Whether ``stream_id`` is a stream id the protocol allows."""
+    return isinstance(stream_id, str) and STREAM_ID_PATTERN.match(stream_id) is not None
+
+
+def clamp_us(us: int) -> int:
+    """``us`` limited to ``[MIN_US, MAX_US]``: the same answer for every lookup
+    (no entry lies outside), and always representable (datetime, int64)."""
+    return MIN_US if us < MIN_US else MAX_US if us > MAX_US else us
+
+
+def check_entry_time(micros: int, where: str = "entry") -> None:
+    """Raise :class:`~rstream.InvalidTimestamp` unless an entry at ``micros`` can be stored."""
+    if not MIN_US <= micros < MAX_US:
+        raise InvalidTimestamp(
+            f"{where}: timestamp {micros} us is outside the storable range (years 1 to 9999)"
+        )
+
+
+def check_batch_order(last: Entry | None, entries: Sequence[Entry]) -> None:
+    """Raise :class:`~rstream.OutOfOrder` unless every entry of a batch is strictly
+    after the previous one (the first after ``last``); the message names the index."""
+    prev = last
+    for i, entry in enumerate(entries):
+        if prev is not None and entry.micros <= prev.micros:
+            raise OutOfOrder(
+                f"entry {i} of the batch, at {format_rfc3339(entry.micros)}, is not after "
+                f"the entry before it ({format_rfc3339(prev.micros)}); nothing was written",
+                last=prev.timestamp,
+                given=entry.timestamp,
+            )
+        prev = entry
+
+
+def dump_json(data: Any, where: str = "entry") -> str:
+    """Entry data as compact JSON text, as every backend stores it.
+
+    Raises :class:`~rstream.EntryFormatError` when ``data`` is not JSON: NaN or
+    Infinity (which JSON cannot carry, and PostgreSQL's ``jsonb`` refuses), a
+    type JSON has no form for, or nesting too deep to serialise.
+    """
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise EntryFormatError(f"malformed entry ({where}): data is not JSON: {exc}") from None
+    if not text.isascii():  # isascii() is O(1) in CPython; the encode check is not
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (``"\ud800"`` parsed from JSON) cannot be stored as
+            # UTF-8; the escaped ASCII form round-trips it exactly.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def load_json(text: str) -> dict[str, Any]:
+    """Entry data back from the text :func:`dump_json` wrote."""
+    data: dict[str, Any] = json.loads(text)
+    return data

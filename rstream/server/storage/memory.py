@@ -1,0 +1,205 @@
+"""In-memory storage: for tests, demos and ``memory://``. Nothing survives the process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from itertools import islice
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.log import MemoryLog
+from rstream.core.stream import RateConfig
+from rstream.core.timestamps import TimeLike, from_micros
+from rstream.errors import ClientClosed, StreamNotFound
+from rstream.server.storage.base import (
+    MAX_US,
+    MIN_US,
+    StreamInfo,
+    check_batch_order,
+    check_entry_time,
+    clamp_us,
+    dump_json,
+)
+
+__all__ = ["MemoryStorage", "MemoryStreamLog"]
+
+
+class MemoryStreamLog:
+    """A :class:`~rstream.server.storage.base.StreamLog` over a core
+    :class:`~rstream.core.log.MemoryLog`.
+
+    Reads go straight to the :class:`MemoryLog` (its own lock makes each one
+    consistent). Writes additionally take this log's write lock, so that
+    :meth:`append_many` can check a whole batch against the newest entry and
+    then append it with no other write in between. Readers may see a batch
+    arrive entry by entry (each entry is its own change with its own rev);
+    they never see a batch that later fails.
+
+    Entry data is checked as :mod:`rstream.server.storage.sqlite` would store
+    it (:func:`~rstream.server.storage.base.dump_json`), so both backends
+    accept and refuse the same entries.
+    """
+
+    __slots__ = ("_log", "_write_lock")
+
+    def __init__(self) -> None:
+        self._log = MemoryLog()
+        self._write_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStreamLog entries={len(self._log)} revision={self._log.revision}>"
+
+    # -- Log -----------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the newest change; 0 for an empty log."""
+        return self._log.revision
+
+    def snapshot_before(self, ts: TimeLike) -> Entry | None:
+        return self._log.snapshot_before(ts)
+
+    def entry_after(self, ts: TimeLike, kind: EntryKind | None = None) -> Entry | None:
+        return self._log.entry_after(ts, kind)
+
+    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
+        return self._log.range(start, end)
+
+    def last(self) -> Entry | None:
+        return self._log.last()
+
+    def changes_since(self, rev: int) -> list[Entry]:
+        return self._log.changes_since(rev)
+
+    def append(self, entry: Entry) -> Entry:
+        check_entry_time(entry.micros)
+        dump_json(entry.data)
+        with self._write_lock:
+            return self._log.append(entry)
+
+    def amend(self, entry: Entry) -> Entry:
+        dump_json(entry.data)
+        with self._write_lock:
+            return self._log.amend(entry)
+
+    # -- StreamLog -------------------------------------------------------------
+
+    def first(self) -> Entry | None:
+        return self._log.first()
+
+    def latest_snapshot(self) -> Entry | None:
+        return self._log.snapshot_before(from_micros(MAX_US))
+
+    def snapshot_before_us(self, us: int) -> Entry | None:
+        return self._log.snapshot_before(from_micros(clamp_us(us)))
+
+    def snapshot_after_us(self, us: int) -> Entry | None:
+        return self.entry_after_us(us, EntryKind.SNAPSHOT)
+
+    def entry_after_us(self, us: int, kind: EntryKind | None = None) -> Entry | None:
+        return self._log.entry_after(from_micros(clamp_us(us)), kind)
+
+    def _range_us(self, start_us: int | None, end_us: int | None) -> list[Entry]:
+        lo = MIN_US if start_us is None else clamp_us(start_us)
+        hi = MAX_US if end_us is None else clamp_us(end_us)
+        if lo >= hi:
+            return []
+        return self._log.range(from_micros(lo), from_micros(hi))
+
+    def iter_range(
+        self, start_us: int | None, end_us: int | None, limit: int | None = None
+    ) -> Iterator[Entry]:
+        entries = self._range_us(start_us, end_us)  # a copy: later writes do not show
+        return iter(entries) if limit is None else islice(entries, max(limit, 0))
+
+    def count_range(self, start_us: int | None, end_us: int | None) -> int:
+        return len(self._range_us(start_us, end_us))
+
+    def summary(self) -> tuple[int, Entry | None, Entry | None, Entry | None]:
+        """``(revision, first, last, latest_snapshot)``, all of one moment."""
+        with self._write_lock:  # no write in between, so the four agree
+            return self._log.revision, self._log.first(), self._log.last(), self.latest_snapshot()
+
+    def append_many(self, entries: Sequence[Entry]) -> list[Entry]:
+        for i, entry in enumerate(entries):
+            where = f"entry {i} of the batch"
+            check_entry_time(entry.micros, where)
+            dump_json(entry.data, where)
+        with self._write_lock:
+            check_batch_order(self._log.last(), entries)
+            # Checked under the write lock, so no append below can fail on order.
+            return [self._log.append(entry) for entry in entries]
+
+
+class MemoryStorage:
+    """A :class:`~rstream.server.storage.base.Storage` in memory (``memory://``).
+
+    Thread-safe. Usable as a context manager; after :meth:`close` every method
+    raises :class:`~rstream.ClientClosed`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: dict[str, tuple[MemoryStreamLog, RateConfig]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryStorage streams={len(self._streams)}{' closed' if self._closed else ''}>"
+
+    def __enter__(self) -> MemoryStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the storage is closed")
+
+    def list_streams(self) -> list[StreamInfo]:
+        with self._lock:
+            self._check_open()
+            items = sorted(self._streams.items())
+        return [_info(stream_id, log, rate) for stream_id, (log, rate) in items]
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        with self._lock:
+            self._check_open()
+            found = self._streams.get(stream_id)
+        return None if found is None else _info(stream_id, *found)
+
+    def create_stream(self, stream_id: str, rate: RateConfig | None = None) -> bool:
+        with self._lock:
+            self._check_open()
+            found = self._streams.get(stream_id)
+            if found is None:
+                self._streams[stream_id] = (MemoryStreamLog(), rate or RateConfig())
+                return True
+            if rate is not None:
+                self._streams[stream_id] = (found[0], rate)
+            return False
+
+    def log(self, stream_id: str) -> MemoryStreamLog:
+        with self._lock:
+            self._check_open()
+            found = self._streams.get(stream_id)
+        if found is None:
+            raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+        return found[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._streams.clear()
+
+
+def _info(stream_id: str, log: MemoryStreamLog, rate: RateConfig) -> StreamInfo:
+    revision, first, last, snap = log.summary()
+    return StreamInfo(
+        id=stream_id,
+        rate=rate,
+        first=None if first is None else first.micros,
+        last=None if last is None else last.micros,
+        latest_snapshot=None if snap is None else snap.micros,
+        revision=revision,
+    )
