@@ -1,0 +1,172 @@
+"""Retry policies: which failures are worth another attempt, and how long to wait.
+
+The policies are :class:`tenacity.Retrying` objects. The transport decides *what*
+an attempt is (one pass over the server URLs) and raises :class:`RetryableError` for a
+failure that may go away (a connection error, a timeout, a 5xx, a 429); tenacity
+decides *whether* and *when* to try again. A user's policy (``Client(retry=...)``)
+is a template: it is copied with :meth:`tenacity.Retrying.copy`, never mutated.
+
+Defaults: exponential backoff with full jitter from 0.5 s, capped at 30 s; for
+blocking calls at most 5 attempts and 60 s, for the live tail no limit. A
+``Retry-After`` from the server is a floor under the backoff.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import requests
+import tenacity
+from tenacity import RetryCallState
+from tenacity.retry import RetryBaseT
+
+__all__ = [
+    "DEFAULT_INITIAL_WAIT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_DELAY",
+    "DEFAULT_MAX_WAIT",
+    "MAX_RETRY_AFTER",
+    "RetryableError",
+    "blocking_policy",
+    "default_template",
+    "is_retryable",
+    "live_policy",
+    "parse_retry_after",
+    "wait_retry_after",
+]
+
+DEFAULT_INITIAL_WAIT = 0.5
+DEFAULT_MAX_WAIT = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_DELAY = 60.0
+# A Retry-After beyond this is treated as this: a misconfigured server must not
+# park a client for hours.
+MAX_RETRY_AFTER = 300.0
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class RetryableError(Exception):
+    """One attempt failed in a way that may succeed later.
+
+    Internal to the retry loop: the transport turns the last one into a public
+    error (:class:`~rstream.TransportError` or :class:`~rstream.ServerError`)
+    once the policy gives up. ``response`` is the failed response (closed), if
+    any; ``cause`` the connection error, if any; ``retry_after`` the server's
+    ``Retry-After`` in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        response: requests.Response | None = None,
+        cause: BaseException | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.response = response
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether tenacity should try again after ``exc``."""
+    return isinstance(exc, RetryableError)
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.fromtimestamp(now(), UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801  (tenacity's naming)
+    """``max(backoff, Retry-After)``: never retry sooner than the server asked."""
+
+    def __init__(self, backoff: tenacity.wait.WaitBaseT) -> None:
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.backoff(retry_state))
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            exc = outcome.exception()
+            if isinstance(exc, RetryableError) and exc.retry_after is not None:
+                wait = max(wait, exc.retry_after)
+        return wait
+
+
+def default_template() -> tenacity.Retrying:
+    """The default policy: jittered exponential backoff 0.5 s .. 30 s, 5 attempts, 60 s."""
+    return tenacity.Retrying(
+        wait=tenacity.wait_exponential_jitter(
+            initial=DEFAULT_INITIAL_WAIT, max=DEFAULT_MAX_WAIT, jitter=DEFAULT_INITIAL_WAIT
+        ),
+        stop=tenacity.stop_after_attempt(DEFAULT_MAX_ATTEMPTS)
+        | tenacity.stop_after_delay(DEFAULT_MAX_DELAY),
+    )
+
+
+def _derive(
+    template: tenacity.Retrying,
+    sleep: Callable[[float], None],
+    stop: tenacity.stop.StopBaseT | None,
+) -> tenacity.Retrying:
+    # The user's own retry predicate still applies, but only on top of ours: a
+    # 404 or a 401 is never worth repeating whatever the template says.
+    retry: RetryBaseT = tenacity.retry_if_exception(is_retryable)
+    user_retry = template.retry
+    if not _is_tenacity_default_retry(user_retry):
+        retry = tenacity.retry_all(retry, user_retry)
+    return template.copy(
+        sleep=sleep,
+        retry=retry,
+        wait=wait_retry_after(template.wait),
+        stop=template.stop if stop is None else stop,
+        reraise=True,
+    )
+
+
+def _is_tenacity_default_retry(retry: object) -> bool:
+    # Retrying()'s default is retry_if_exception_type(Exception): "anything",
+    # which would only be noise combined with ours.
+    return (
+        isinstance(retry, tenacity.retry_if_exception_type)
+        and getattr(retry, "exception_types", None) is Exception
+    )
+
+
+def blocking_policy(
+    template: tenacity.Retrying | None, *, sleep: Callable[[float], None]
+) -> tenacity.Retrying:
+    """The policy for blocking calls: bounded (the template's stop, or 5 attempts / 60 s)."""
+    return _derive(template or default_template(), sleep, None)
+
+
+def live_policy(
+    template: tenacity.Retrying | None, *, sleep: Callable[[float], None]
+) -> tenacity.Retrying:
+    """The policy for the live tail: without a user template, it never gives up."""
+    if template is None:
+        return _derive(default_template(), sleep, tenacity.stop_never)
+    return _derive(template, sleep, None)

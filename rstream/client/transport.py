@@ -1,0 +1,571 @@
+"""HTTP transport: one pooled session, auth, retries, failover across replicas.
+
+Everything the client sends goes through :meth:`Transport.request`:
+
+* one shared :class:`requests.Session` with a connection pool per server, so
+  the worker threads of a :class:`~rstream.Client` reuse connections;
+* ``Authorization: Bearer`` from a token string or a callable asked again for
+  every request (a 401 asks it once more, then raises :class:`~rstream.AuthError`);
+* an *attempt* is one pass over the server URLs starting at the last one that
+  answered, so a dead replica costs one connection error, not a backoff;
+* between attempts a tenacity policy (:mod:`rstream.client.retry`) waits, with
+  ``Retry-After`` as a floor, and stops after a bounded number of attempts;
+* error responses become the exceptions of :mod:`rstream.errors`
+  (:func:`raise_for_response`).
+
+``close()`` interrupts a backoff wait and makes every later call raise
+:class:`~rstream.ClientClosed`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import requests
+import requests.adapters
+import tenacity
+import urllib3.exceptions
+
+from rstream.client.retry import (
+    RETRYABLE_STATUSES,
+    RetryableError,
+    blocking_policy,
+    default_template,
+    live_policy,
+    parse_retry_after,
+)
+from rstream.errors import (
+    AuthError,
+    ClientClosed,
+    OutOfOrder,
+    OutOfRange,
+    ProtocolError,
+    RStreamError,
+    ServerError,
+    StreamNotFound,
+    TransportError,
+)
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Transport",
+    "json_body",
+    "quote_stream_id",
+    "raise_for_response",
+]
+
+logger = logging.getLogger("rstream.client")
+
+Token = str | Callable[[], str] | None
+Timeout = float | tuple[float, float]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# 429 and 503 say the server did nothing, so even a POST may be repeated.
+_NOTHING_DONE_STATUSES = frozenset({429, 503})
+
+_STREAM_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}\Z")
+_SNIPPET = 200
+
+
+# -- pure helpers ---------------------------------------------------------------
+
+
+def quote_stream_id(stream_id: str) -> str:
+    """``stream_id`` as a URL path segment, after checking the protocol's rules.
+
+    Raises :class:`ValueError` for an id the server would refuse (1 to 128
+    characters of ``A-Z a-z 0-9 . _ ~ -``, not starting with ``.``).
+    """
+    if not isinstance(stream_id, str):
+        raise TypeError(f"stream id must be a str, not {type(stream_id).__name__}")
+    if not _STREAM_ID.match(stream_id):
+        raise ValueError(
+            f"invalid stream id {stream_id[:140]!r}: use 1 to 128 characters from "
+            "A-Z a-z 0-9 . _ ~ -, not starting with '.'"
+        )
+    # Unreserved characters need no quoting; quote anyway so the invariant
+    # "a path segment is quoted" does not depend on the regex above.
+    return urllib.parse.quote(stream_id, safe="")
+
+
+def _normalise_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    items = [urls] if isinstance(urls, str) else list(urls)
+    if not items:
+        raise ValueError("no server URL given; pass e.g. 'http://127.0.0.1:8080'")
+    out = []
+    for url in items:
+        if not isinstance(url, str):
+            raise TypeError(f"server URL must be a str, not {type(url).__name__}")
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"server URL {url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8080'"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"server URL {url!r} must not have a query or fragment")
+        out.append(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+    return tuple(u.rstrip("/") for u in out)
+
+
+def _normalise_timeout(timeout: Timeout) -> tuple[float, float]:
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (float(connect), float(read))
+    return (float(timeout), float(timeout))
+
+
+def _snippet(response: requests.Response) -> str:
+    try:
+        text = response.content[:_SNIPPET].decode("utf-8", "replace")
+    except (requests.RequestException, RuntimeError):
+        return "<body unreadable>"
+    return text
+
+
+def _error_body(response: requests.Response) -> tuple[str | None, str | None]:
+    """``(code, message)`` of a protocol error body, or ``(None, None)``."""
+    try:
+        body = jsonlib.loads(response.content)
+    except (ValueError, requests.RequestException, RuntimeError):
+        return None, None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return None, None
+    message = error.get("message")
+    return error["code"], message if isinstance(message, str) else ""
+
+
+def raise_for_response(response: requests.Response, *, stream_id: str | None = None) -> None:
+    """Raise the :mod:`rstream.errors` exception for an error response (status >= 400).
+
+    The protocol's ``{"error": {"code", "message"}}`` picks the class:
+    ``stream_not_found`` -> :class:`~rstream.StreamNotFound`, ``out_of_range`` ->
+    :class:`~rstream.OutOfRange`, ``out_of_order`` -> :class:`~rstream.OutOfOrder`,
+    401/403 -> :class:`~rstream.AuthError`, any other code, a 5xx or a 429 ->
+    :class:`~rstream.ServerError`. Any other error status without a protocol
+    body (for example a proxy's HTML page) -> :class:`~rstream.ProtocolError`.
+    """
+    status = response.status_code
+    if status < 400:
+        return
+    code, message = _error_body(response)
+    method = response.request.method if response.request is not None else "request"
+    where = f"{method} {response.url}"
+    detail = message or _snippet(response).strip() or response.reason or ""
+    what = f"{status} {code}" if code else str(status)
+    if status in (401, 403):
+        hint = (
+            "the token is not allowed to write; use the write token"
+            if status == 403
+            else "pass a valid token= (the server's read or write token)"
+        )
+        raise AuthError(f"{where} was refused ({what}: {detail}); {hint}", status=status)
+    if code == "stream_not_found":
+        raise StreamNotFound(
+            f"stream {stream_id!r} does not exist on the server ({detail}); "
+            "check the id, or create it with write_state()",
+            stream_id=stream_id,
+        )
+    if code == "out_of_range":
+        raise OutOfRange(
+            f"no state at that time: {detail or 'no snapshot at or before it'}; "
+            "ask for a time at or after the stream's first entry"
+        )
+    if code == "out_of_order":
+        raise OutOfOrder(
+            f"the server refused the write ({detail}); "
+            "a timestamp must be after the stream's newest entry"
+        )
+    if code is not None or status >= 500 or status == 429:
+        hint = {
+            "not_found": "; is this an rstream v1 server? check the URL (no path prefix)",
+            "too_large": "; send smaller states or batches",
+            "unavailable": "; the server's storage is unreachable, try again later",
+            "too_many_subscribers": "; too many live subscribers, try again later",
+        }.get(code or "", "")
+        raise ServerError(
+            f"{where} failed ({what}: {detail}){hint}", status=status, code=code, url=response.url
+        )
+    raise ProtocolError(
+        f"{where} answered {status} without an rstream error body ({detail[:_SNIPPET]!r}); "
+        "is the URL an rstream v1 server?"
+    )
+
+
+def json_body(response: requests.Response) -> Any:
+    """The parsed JSON of a successful response; :class:`~rstream.ProtocolError` if it is not."""
+    try:
+        return jsonlib.loads(response.content)
+    except ValueError as exc:
+        raise ProtocolError(
+            f"{response.request.method} {response.url} answered {response.status_code} with "
+            f"a body that is not JSON ({exc}): {_snippet(response)!r}"
+        ) from None
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    """Whether the request certainly never reached the server (safe to resend a POST)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+def _is_transient(exc: requests.RequestException) -> bool:
+    # A TLS failure is configuration (verify=, cert=), not bad luck.
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return isinstance(
+        exc,
+        requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError,
+    )
+
+
+# -- the transport --------------------------------------------------------------
+
+
+class Transport:
+    """The HTTP side of a client: a pooled session to one store served by ``urls``.
+
+    ``urls`` are replicas of one store; a request goes to the last one that
+    answered and fails over to the next on a connection error, a 5xx or a 429.
+    ``timeout`` is ``(connect, read)`` seconds (one number sets both). ``verify``
+    and ``cert`` go to requests (TLS verification is on by default). ``retry`` is
+    a template :class:`tenacity.Retrying` (copied, never changed); ``sleep`` is
+    what waits between attempts (inject one in tests). Thread-safe.
+    """
+
+    urls: tuple[str, ...]
+    session: requests.Session
+    timeout: tuple[float, float]
+    retry: tenacity.Retrying
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        token: Token = None,
+        timeout: Timeout = (3.05, 30.0),
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        retry: tenacity.Retrying | None = None,
+        pool_maxsize: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if token is not None and not (isinstance(token, str) or callable(token)):
+            raise TypeError("token must be a str, a callable returning one, or None")
+        self.urls = _normalise_urls(urls)
+        self.timeout = _normalise_timeout(timeout)
+        self.retry = retry if retry is not None else default_template()
+        self._token = token
+        self._user_sleep = sleep
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._good = 0  # index of the URL that answered last
+
+        from rstream import __version__  # here: rstream/__init__ may import this module
+
+        session = requests.Session()
+        # max_retries=0: retrying is ours (tenacity), urllib3 must not add its own.
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=max(len(self.urls), 1), pool_maxsize=pool_maxsize, max_retries=0
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.verify = verify
+        session.cert = cert
+        session.headers["User-Agent"] = (
+            f"rstream/{__version__} python-requests/{requests.__version__}"
+        )
+        self.session = session
+
+        self.blocking_retry = blocking_policy(retry, sleep=self.sleep)
+        """The policy of blocking calls (bounded); derived from ``retry``."""
+        self.live_retry = live_policy(retry, sleep=self.sleep)
+        """The policy of the live tail (no attempt limit unless ``retry`` sets one)."""
+
+    # -- small API ---------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def closed_event(self) -> threading.Event:
+        """Set by :meth:`close`; wait on it to cut a wait short at shutdown."""
+        return self._closed
+
+    def sleep(self, seconds: float) -> None:
+        """Wait between attempts; returns early when the transport is closed.
+
+        With the default ``time.sleep`` this waits on the close event, so
+        ``close()`` ends the wait at once; an injected ``sleep`` is called as is.
+        """
+        if self._closed.is_set():
+            return
+        if self._user_sleep is time.sleep:
+            self._closed.wait(seconds)
+        else:
+            self._user_sleep(seconds)
+
+    def auth_headers(self, *, refresh: bool = False) -> dict[str, str]:
+        """``Authorization`` for the token; a callable token is asked on every call.
+
+        ``refresh`` says the last token was refused (a callable is asked again
+        either way; a fixed string cannot be refreshed).
+        """
+        token = self._token
+        if callable(token):
+            token = token()
+            if token is not None and not isinstance(token, str):
+                raise TypeError(f"the token callable returned {type(token).__name__}, not str")
+        if not token:
+            return {}
+        return {"Authorization": f"Bearer {token}"}
+
+    def url_for(self, index: int, path: str) -> str:
+        """Base URL ``index`` (modulo the number of URLs) joined with ``path``."""
+        if not path.startswith("/"):
+            path = "/" + path
+        return self.urls[index % len(self.urls)] + path
+
+    @property
+    def current_index(self) -> int:
+        """The index of the URL that answered last (where the next request goes first)."""
+        return self._good
+
+    # -- requests ----------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        stream_id: str | None = None,
+        timeout: Timeout | None = None,
+        retry: tenacity.Retrying | None = None,
+        idempotent: bool | None = None,
+    ) -> requests.Response:
+        """Send a request with retries and failover; return a successful response.
+
+        Raises the :mod:`rstream.errors` exception of an error response (see
+        :func:`raise_for_response`), :class:`~rstream.TransportError` when no
+        server could be reached within the retry policy, and
+        :class:`~rstream.ClientClosed` after :meth:`close`. ``stream_id`` names
+        the stream in errors. ``retry`` replaces the blocking policy for this call
+        (for example :attr:`live_retry`, or ``tenacity.Retrying(stop=stop_after_attempt(1))``
+        passed through :func:`rstream.client.retry.blocking_policy`). A POST is
+        repeated only when it certainly had no effect (connection refused, 429, 503)
+        unless ``idempotent=True``.
+        """
+        self._check_open()
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        policy = (retry if retry is not None else self.blocking_retry).copy()
+        call = _Call(
+            method=method,
+            path=path,
+            params=params,
+            json=json,
+            data=data,
+            headers=headers,
+            stream=stream,
+            stream_id=stream_id,
+            timeout=self.timeout if timeout is None else _normalise_timeout(timeout),
+            idempotent=idempotent,
+        )
+        try:
+            return policy(self._attempt, call)
+        except RetryableError as exc:
+            self._check_open()
+            attempts = policy.statistics.get("attempt_number", 1)
+            self._give_up(exc, call, attempts)
+
+    def get_json(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        stream_id: str | None = None,
+    ) -> Any:
+        """``GET path`` and return its parsed JSON body."""
+        response = self.request("GET", path, params=params, stream_id=stream_id)
+        try:
+            return json_body(response)
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        """Stop: wake a backoff wait, close pooled connections. Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.session.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Transport {', '.join(self.urls)} ({state})>"
+
+    # -- internals ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise ClientClosed("the client is closed; create a new rstream.Client")
+
+    def _attempt(self, call: _Call) -> requests.Response:
+        """One attempt: each URL once, starting with the one that answered last."""
+        self._check_open()
+        start = self._good
+        count = len(self.urls)
+        last: RetryableError | None = None
+        for k in range(count):
+            index = (start + k) % count
+            url = self.url_for(index, call.path)
+            try:
+                response = self._send(call, url)
+            except requests.RequestException as exc:
+                self._check_open()  # the dying read of a closed session is not news
+                if not _is_transient(exc):
+                    raise TransportError(
+                        f"{call.method} {url} failed: {exc}; "
+                        "check the URL and the TLS settings (verify=, cert=)"
+                    ) from exc
+                if not (call.idempotent or _is_connect_error(exc)):
+                    raise TransportError(
+                        f"{call.method} {url} failed after it was sent ({exc}); "
+                        "it may or may not have taken effect"
+                    ) from exc
+                logger.info("%s %s failed: %s", call.method, url, exc)
+                last = RetryableError(f"{call.method} {url}: {exc}", url=url, cause=exc)
+                continue
+            status = response.status_code
+            if status in RETRYABLE_STATUSES and (
+                call.idempotent or status in _NOTHING_DONE_STATUSES
+            ):
+                response.content  # noqa: B018  (read the small error body, free the connection)
+                response.close()
+                logger.info("%s %s answered %s", call.method, url, status)
+                last = RetryableError(
+                    f"{call.method} {url}: {status}",
+                    url=url,
+                    response=response,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+                continue
+            if self._good != index:
+                logger.info("failing over to %s", self.urls[index])
+                with self._lock:
+                    self._good = index
+            if status >= 400:
+                try:
+                    raise_for_response(response, stream_id=call.stream_id)
+                finally:
+                    response.close()
+            return response
+        # Next time, begin with the URL after the one that failed first; with
+        # one URL this is a no-op.
+        with self._lock:
+            self._good = (start + 1) % count
+        assert last is not None
+        raise last
+
+    def _send(self, call: _Call, url: str) -> requests.Response:
+        headers = dict(call.headers or {})
+        headers.update(self.auth_headers())
+        response = self._send_once(call, url, headers)
+        if response.status_code == 401 and callable(self._token):
+            # A callable token may have expired: ask for a fresh one, once.
+            response.close()
+            headers.update(self.auth_headers(refresh=True))
+            response = self._send_once(call, url, headers)
+        return response
+
+    def _send_once(self, call: _Call, url: str, headers: dict[str, str]) -> requests.Response:
+        return self.session.request(
+            call.method,
+            url,
+            params=call.params,
+            json=call.json,
+            data=call.data,
+            headers=headers,
+            stream=call.stream,
+            timeout=call.timeout,
+        )
+
+    def _give_up(self, exc: RetryableError, call: _Call, attempts: int) -> NoReturn:
+        if exc.response is not None:
+            try:
+                raise_for_response(exc.response, stream_id=call.stream_id)
+            except RStreamError as err:
+                if isinstance(err, ServerError):
+                    err.args = (f"{err.args[0]} (after {attempts} attempt(s))",)
+                raise err from None
+        servers = ", ".join(self.urls)
+        raise TransportError(
+            f"{call.method} {call.path} failed: no server answered after {attempts} "
+            f"attempt(s) ({servers}); last error: {exc.cause or exc}. "
+            "Check that the server is running and reachable."
+        ) from exc.cause
+
+
+class _Call:
+    """The arguments of one request, shared by its attempts."""
+
+    __slots__ = (
+        "data",
+        "headers",
+        "idempotent",
+        "json",
+        "method",
+        "params",
+        "path",
+        "stream",
+        "stream_id",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: bytes | str | None,
+        headers: Mapping[str, str] | None,
+        stream: bool,
+        stream_id: str | None,
+        timeout: tuple[float, float],
+        idempotent: bool,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.params = params
+        self.json = json
+        self.data = data
+        self.headers = headers
+        self.stream = stream
+        self.stream_id = stream_id
+        self.timeout = timeout
+        self.idempotent = idempotent
