@@ -339,7 +339,7 @@ def perturb(data: st.DataObject, value: Any, depth: int = 0) -> Any:
     return value
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OBJECTS, st.data())
 def test_law_build_then_apply_gives_new(old: dict[str, Any], data: st.DataObject) -> None:
     new = perturb(data, old) if data.draw(st.booleans()) else data.draw(OBJECTS)
@@ -400,7 +400,7 @@ SMALL_STATES = st.dictionaries(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(SMALL_STATES, st.one_of(st.dictionaries(GARBAGE_KEYS, GARBAGE, max_size=4), GARBAGE))
 def test_fuzz_only_mutation_errors_escape(state: dict[str, Any], mutation: Any) -> None:
     state_before = copy.deepcopy(state)
