@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log
 from rstream.core.stream import RateConfig
-from rstream.core.timestamps import format_rfc3339, to_micros
+from rstream.core.timestamps import format_rfc3339, from_micros, to_micros
 from rstream.errors import EntryFormatError, InvalidTimestamp, OutOfOrder
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "Storage",
     "StreamInfo",
     "StreamLog",
+    "check_amend",
+    "check_append",
     "check_batch_order",
     "check_entry_time",
     "clamp_us",
@@ -192,19 +194,55 @@ def check_entry_time(micros: int, where: str = "entry") -> None:
         )
 
 
-def check_batch_order(last: Entry | None, entries: Sequence[Entry]) -> None:
+def check_batch_order(last_us: int | None, entries: Sequence[Entry]) -> None:
     """Raise :class:`~rstream.OutOfOrder` unless every entry of a batch is strictly
-    after the previous one (the first after ``last``); the message names the index."""
-    prev = last
+    after the previous one (the first after ``last_us``, the newest stored entry's
+    time); the message names the entry's index in the batch."""
+    prev = last_us
     for i, entry in enumerate(entries):
-        if prev is not None and entry.micros <= prev.micros:
+        if prev is not None and entry.micros <= prev:
+            before = "the entry before it" if i else "the last entry"
             raise OutOfOrder(
                 f"entry {i} of the batch, at {format_rfc3339(entry.micros)}, is not after "
-                f"the entry before it ({format_rfc3339(prev.micros)}); nothing was written",
-                last=prev.timestamp,
+                f"{before} ({format_rfc3339(prev)}); nothing was written",
+                last=from_micros(prev),
                 given=entry.timestamp,
             )
-        prev = entry
+        prev = entry.micros
+
+
+def check_append(last_us: int | None, entry: Entry) -> None:
+    """Raise :class:`~rstream.OutOfOrder` unless ``entry`` is strictly after ``last_us``."""
+    if last_us is not None and entry.micros <= last_us:
+        raise OutOfOrder(
+            f"entry at {format_rfc3339(entry.micros)} is not after the last entry "
+            f"({format_rfc3339(last_us)})",
+            last=from_micros(last_us),
+            given=entry.timestamp,
+        )
+
+
+def check_amend(last_us: int | None, last_kind: EntryKind | None, entry: Entry) -> None:
+    """Raise :class:`~rstream.OutOfOrder` unless ``entry`` may amend the newest entry
+    (at ``last_us``, of ``last_kind``): both mutations, at the same time."""
+    problem = None
+    if last_us is None:
+        problem = "cannot amend an empty log"
+    elif last_kind is not EntryKind.MUTATION:
+        problem = "cannot amend the last entry: it is a snapshot (only a mutation can be amended)"
+    elif entry.kind is not EntryKind.MUTATION:
+        problem = "cannot amend with a snapshot: an amend replaces a mutation by a mutation"
+    elif entry.micros != last_us:
+        problem = (
+            f"cannot amend the last entry ({format_rfc3339(last_us)}) with an entry "
+            f"at another time ({format_rfc3339(entry.micros)})"
+        )
+    if problem is not None:
+        raise OutOfOrder(
+            problem,
+            last=None if last_us is None else from_micros(last_us),
+            given=entry.timestamp,
+        )
 
 
 def dump_json(data: Any, where: str = "entry") -> str:

@@ -126,7 +126,8 @@ class MemoryStreamLog:
             check_entry_time(entry.micros, where)
             dump_json(entry.data, where)
         with self._write_lock:
-            check_batch_order(self._log.last(), entries)
+            last = self._log.last()
+            check_batch_order(None if last is None else last.micros, entries)
             # Checked under the write lock, so no append below can fail on order.
             return [self._log.append(entry) for entry in entries]
 
