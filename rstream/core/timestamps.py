@@ -46,9 +46,8 @@ def to_micros(value: TimeLike) -> int:
     """
     kind = type(value)
     if kind is int:
-        return value * 1_000_000  # type: ignore[operator]
-    if kind is datetime or isinstance(value, datetime):
-        assert isinstance(value, datetime)
+        return value * 1_000_000  # type: ignore[operator, return-value]
+    if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidTimestamp(
                 f"naive datetime {value.isoformat()!r} has no time zone; "
@@ -56,8 +55,7 @@ def to_micros(value: TimeLike) -> int:
                 "value.replace(tzinfo=timezone.utc)"
             )
         return (value - EPOCH) // _ONE_US
-    if kind is float:
-        assert isinstance(value, float)
+    if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidTimestamp(f"timestamp {value!r} is not a finite number of seconds")
         return int((Decimal(repr(value)) * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
