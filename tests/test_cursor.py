@@ -1,0 +1,368 @@
+import copy
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rstream
+from rstream import Entry, EntryKind
+from rstream.core.cursor import TRANSITIONS, Cursor, CursorKind, Move, Where, plan
+from rstream.core.log import MemoryLog
+from rstream.core.mutation import apply_mutation, build_mutation
+from rstream.core.timestamps import TimeLike, from_micros, to_micros
+
+S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+READ_KINDS = [CursorKind.READ_FORWARD, CursorKind.READ_BIDIRECTIONAL]
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+class CountingLog(MemoryLog):
+    """A real MemoryLog that counts the entries its range() hands out."""
+
+    __slots__ = ("fetched",)
+
+    def __init__(self, entries: Sequence[Entry] = ()) -> None:
+        self.fetched = 0
+        super().__init__(entries)
+
+    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
+        entries = super().range(start, end)
+        self.fetched += len(entries)
+        return entries
+
+
+def naive_state_at(entries: Sequence[Entry], micros: int) -> dict[str, Any] | None:
+    """Replay from the first entry: the answer every cursor must agree with."""
+    state: dict[str, Any] | None = None
+    for entry in entries:
+        if entry.micros > micros:
+            break
+        if entry.is_snapshot:
+            state = copy.deepcopy(entry.data)
+        elif state is not None:
+            state = apply_mutation(state, entry.data)
+    return state
+
+
+def build_log(states: Sequence[dict[str, Any]], snapshot_every: int, log: MemoryLog) -> None:
+    """One entry per second from T0: a snapshot every ``snapshot_every`` entries."""
+    prev: dict[str, Any] | None = None
+    for i, state in enumerate(states):
+        if prev is None or i % snapshot_every == 0:
+            log.append(Entry(at(i), S, state))
+        else:
+            log.append(Entry(at(i), M, build_mutation(prev, state)))
+        prev = state
+
+
+def counter_log(n: int = 30, snapshot_every: int = 10) -> CountingLog:
+    log = CountingLog()
+    build_log(
+        [{"i": i, "fixed": {"deep": [1, 2, {"x": "y"}]}} for i in range(n)], snapshot_every, log
+    )
+    return log
+
+
+# -- the transition table ----------------------------------------------------------
+
+
+def test_every_kind_has_a_move_for_every_place() -> None:
+    assert set(TRANSITIONS) == set(itertools.product(CursorKind, Where))
+    assert plan(CursorKind.READ_FORWARD, Where.BEHIND) is Move.REANCHOR
+    assert plan(CursorKind.READ_BIDIRECTIONAL, Where.BEHIND) is Move.BACKWARD
+    assert plan(CursorKind.WRITE, Where.BEHIND) is Move.REFUSE
+
+
+def test_kind_must_be_a_cursor_kind() -> None:
+    with pytest.raises(TypeError):
+        Cursor(MemoryLog(), "write")  # type: ignore[arg-type]
+
+
+# -- read cursors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_unplaced_cursor(kind: CursorKind) -> None:
+    cursor = Cursor(counter_log(), kind)
+    assert cursor.state is None
+    assert cursor.timestamp is None
+    assert cursor.micros is None
+    assert cursor.rev is None
+    assert cursor.snapshot_micros is None
+    assert not cursor.at_mutation
+    assert cursor.base is None
+    assert "unplaced" in repr(cursor)
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_out_of_range_before_the_first_snapshot(kind: CursorKind) -> None:
+    with pytest.raises(rstream.OutOfRange) as info:
+        Cursor(MemoryLog(), kind).state_at(at(0))
+    assert info.value.when == at(0)
+    log = MemoryLog([Entry(at(5), S, {})])
+    with pytest.raises(rstream.OutOfRange) as info:
+        Cursor(log, kind).state_at(at(4.5))
+    assert isinstance(info.value, LookupError)
+    assert info.value.when == at(4.5)
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_state_at_exact_between_and_after(kind: CursorKind) -> None:
+    cursor = Cursor(counter_log(), kind)
+    assert cursor.state_at(at(3))["i"] == 3
+    assert cursor.timestamp == at(3)
+    assert cursor.micros == to_micros(at(3))
+    assert cursor.rev == 4
+    assert cursor.at_mutation
+    assert cursor.snapshot_micros == to_micros(at(0))
+    assert cursor.state_at(at(3.5))["i"] == 3
+    assert cursor.timestamp == at(3)
+    assert cursor.state_at(at(10))["i"] == 10
+    assert not cursor.at_mutation
+    assert cursor.state_at(at(500))["i"] == 29
+    assert cursor.timestamp == at(29)
+    assert cursor.state_at(to_micros(at(7)) // 1_000_000)["i"] == 7  # epoch seconds
+    assert cursor.state_at(at(2)) == {"i": 2, "fixed": {"deep": [1, 2, {"x": "y"}]}}
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_returned_states_and_the_log_are_never_modified(kind: CursorKind) -> None:
+    log = counter_log()
+    before = copy.deepcopy(list(log))
+    cursor = Cursor(log, kind)
+    kept = [(t, cursor.state_at(at(t))) for t in [0, 5, 3, 9, 1, 12, 11, 25, 0, 29, 20]]
+    for t, state in kept:
+        assert state["i"] == t
+    assert list(log) == before
+
+
+def test_forward_moves_fetch_only_the_entries_in_between() -> None:
+    log = counter_log()
+    cursor = Cursor(log, CursorKind.READ_FORWARD)
+    cursor.state_at(at(2))
+    assert log.fetched == 2  # mutations 1 and 2; the snapshot comes from snapshot_before
+    log.fetched = 0
+    for t in range(3, 10):
+        cursor.state_at(at(t))
+    assert log.fetched == 7
+    log.fetched = 0
+    cursor.state_at(at(14))  # a snapshot in between: re-anchor at 10
+    assert log.fetched == 4
+    log.fetched = 0
+    cursor.state_at(at(12))  # backward: a forward cursor re-anchors
+    assert log.fetched == 2
+
+
+def test_a_bidirectional_cursor_moves_back_without_the_log() -> None:
+    log = counter_log()
+    cursor = Cursor(log, CursorKind.READ_BIDIRECTIONAL)
+    assert cursor.state_at(at(18))["i"] == 18
+    log.fetched = 0
+    for t in [17, 15, 16, 11, 10, 13]:
+        assert cursor.state_at(at(t))["i"] == t
+        assert cursor.timestamp == at(t)
+    assert log.fetched == 1 + 3  # only the moves forward: 15 to 16, 10 to 13
+    assert cursor.state_at(at(5))["i"] == 5  # another window: re-anchor
+    assert cursor.state_at(at(1))["i"] == 1
+    assert cursor.rev == 2
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_notices_its_entry_was_amended(kind: CursorKind) -> None:
+    log = counter_log(n=5)
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(10))["i"] == 4
+    log.amend(Entry(at(4), M, {"i": 40}))
+    assert cursor.state_at(at(10))["i"] == 40
+    log.amend(Entry(at(4), M, {"i": 41}))
+    log.append(Entry(at(5), M, {"i": 5}))
+    assert cursor.state_at(at(4))["i"] == 41
+    assert cursor.state_at(at(5))["i"] == 5
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_follows_entries_appended_after_it(kind: CursorKind) -> None:
+    log = counter_log(n=5)
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(100))["i"] == 4
+    log.append(Entry(at(5), M, {"i": 5}))
+    log.append(Entry(at(6), S, {"i": 6, "new": True}))
+    log.append(Entry(at(7), M, {"i": 7}))
+    assert cursor.state_at(at(100)) == {"i": 7, "new": True}
+    assert cursor.snapshot_micros == to_micros(at(6))
+    assert cursor.state_at(at(6.5)) == {"i": 6, "new": True}
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_advance_moves_a_read_cursor_to_the_newest_entry(kind: CursorKind) -> None:
+    assert Cursor(MemoryLog(), kind).advance() is None
+    log = counter_log()
+    cursor = Cursor(log, kind)
+    state = cursor.advance()
+    assert state is not None
+    assert state["i"] == 29
+
+
+def test_a_bad_mutation_leaves_the_cursor_where_it_was() -> None:
+    log = MemoryLog([Entry(at(0), S, {"a": 1}), Entry(at(1), M, {"a": {"$truncate": 0}})])
+    for kind in READ_KINDS:
+        cursor = Cursor(log, kind)
+        assert cursor.state_at(at(0.5)) == {"a": 1}
+        with pytest.raises(rstream.MutationError):
+            cursor.state_at(at(1))
+        assert cursor.timestamp == at(0)
+        assert cursor.state == {"a": 1}
+
+
+# -- WRITE cursors -------------------------------------------------------------------
+
+
+def test_a_write_cursor_sits_at_the_newest_state() -> None:
+    empty = MemoryLog()
+    cursor = Cursor(empty, CursorKind.WRITE)
+    assert cursor.state is None
+    assert cursor.advance() is None
+    with pytest.raises(rstream.OutOfRange):
+        cursor.state_at(at(0))
+
+    log = counter_log(n=15)
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert log.fetched == 4  # recovered from the snapshot at 10, not from the start
+    assert cursor.state is not None
+    assert cursor.state["i"] == 14
+    assert cursor.base is not None
+    assert cursor.base["i"] == 13
+    assert cursor.state_at(at(14))["i"] == 14
+    assert cursor.state_at(at(99))["i"] == 14
+    with pytest.raises(rstream.OutOfRange, match="WRITE cursor"):
+        cursor.state_at(at(13))
+
+
+def test_a_write_cursor_catches_up_with_appends_and_amends() -> None:
+    log = counter_log(n=15)
+    cursor = Cursor(log, CursorKind.WRITE)
+    log.amend(Entry(at(14), M, {"i": 140}))
+    assert cursor.advance() == {"i": 140, "fixed": {"deep": [1, 2, {"x": "y"}]}}
+    log.append(Entry(at(15), M, {"i": 15}))
+    log.amend(Entry(at(15), M, {"i": 150}))
+    log.append(Entry(at(16), M, {"i": 16}))
+    assert cursor.state_at(at(16))["i"] == 16
+    assert cursor.base is not None
+    assert cursor.base["i"] == 150
+    log.append(Entry(at(17), S, {"i": 17}))
+    assert cursor.advance() == {"i": 17}
+    assert cursor.base is None
+    assert cursor.snapshot_micros == to_micros(at(17))
+
+
+def test_a_write_cursor_far_behind_catches_up() -> None:
+    log = counter_log(n=5)
+    cursor = Cursor(log, CursorKind.WRITE)
+    for i in range(5, 200):
+        log.append(Entry(at(i), S if i % 10 == 0 else M, {"i": i}))
+    assert cursor.advance() == {"i": 199}
+    assert cursor.base == {"i": 198}
+
+
+def test_wrote_records_the_owners_entries() -> None:
+    log = MemoryLog()
+    cursor = Cursor(log, CursorKind.WRITE)
+    stored = log.append(Entry(at(0), S, {"a": 1}))
+    cursor.wrote(stored, {"a": 1})
+    assert cursor.state == {"a": 1}
+    stored = log.append(Entry(at(1), M, {"a": 2}))
+    cursor.wrote(stored, {"a": 2})
+    assert cursor.base == {"a": 1}
+    stored = log.amend(Entry(at(1), M, {"a": 3}))
+    cursor.wrote(stored, {"a": 3})
+    assert cursor.base == {"a": 1}
+    assert cursor.state == {"a": 3}
+    # Someone else wrote in between: the cursor trusts the log, not the caller.
+    log.append(Entry(at(2), M, {"b": 1}))
+    stored = log.append(Entry(at(3), M, {"c": 1}))
+    cursor.wrote(stored, {"wrong": True})
+    assert cursor.state == {"a": 3, "b": 1, "c": 1}
+    with pytest.raises(TypeError):
+        Cursor(log).wrote(stored, {})
+
+
+# -- properties: every cursor agrees with a replay from the start -----------------
+
+keys = st.sampled_from(["a", "b", "c", "d", "list", "obj"])
+scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", "yy", ""])
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=10,
+)
+states = st.dictionaries(keys, values, max_size=5)
+logs = st.tuples(
+    st.lists(states, min_size=1, max_size=25),
+    st.lists(st.integers(1, 3), min_size=25, max_size=25),  # gaps between entries, µs
+    st.integers(1, 6),  # a snapshot every this many entries
+)
+
+
+def make_log(spec: tuple[list[dict[str, Any]], list[int], int]) -> MemoryLog:
+    history, gaps, every = spec
+    log = MemoryLog()
+    micros, prev = 1_000, None
+    for i, state in enumerate(history):
+        micros += gaps[i]
+        if prev is None or i % every == 0:
+            log.append(Entry.from_micros(micros, S, state))
+        else:
+            log.append(Entry.from_micros(micros, M, build_mutation(prev, state)))
+        prev = state
+    return log
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    logs, st.lists(st.integers(990, 1_080), min_size=1, max_size=25), st.sampled_from(READ_KINDS)
+)
+def test_state_at_equals_a_replay(
+    spec: tuple[list[dict[str, Any]], list[int], int], times: list[int], kind: CursorKind
+) -> None:
+    log = make_log(spec)
+    entries = list(log)
+    cursor = Cursor(log, kind)
+    fresh_results = []
+    for micros in times:
+        expected = naive_state_at(entries, micros)
+        if expected is None:
+            with pytest.raises(rstream.OutOfRange):
+                cursor.state_at(from_micros(micros))
+            continue
+        got = cursor.state_at(from_micros(micros))
+        assert got == expected
+        fresh_results.append((got, copy.deepcopy(got)))
+        placed = [e for e in entries if e.micros <= micros][-1]
+        assert cursor.micros == placed.micros
+        assert Cursor(log, kind).state_at(from_micros(micros)) == expected
+    for got, snapshot in fresh_results:  # nothing returned was changed later
+        assert got == snapshot
+
+
+@settings(max_examples=120, deadline=None)
+@given(logs, st.lists(st.integers(-12, 12), min_size=1, max_size=40))
+def test_a_bidirectional_random_walk_equals_a_replay(
+    spec: tuple[list[dict[str, Any]], list[int], int], steps: list[int]
+) -> None:
+    log = make_log(spec)
+    entries = list(log)
+    cursor = Cursor(log, CursorKind.READ_BIDIRECTIONAL)
+    position = 0
+    for step in steps:
+        position = max(0, min(len(entries) - 1, position + step))
+        micros = entries[position].micros
+        assert cursor.state_at(from_micros(micros)) == naive_state_at(entries, micros)
+        assert cursor.micros == micros

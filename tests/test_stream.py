@@ -1,0 +1,424 @@
+import copy
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rstream
+from rstream import Entry, EntryKind
+from rstream.core.cursor import Cursor, CursorKind
+from rstream.core.log import MemoryLog
+from rstream.core.mutation import apply_mutation
+from rstream.core.stream import RateConfig, Stream, WriteAction, decide
+from rstream.core.timestamps import from_micros, to_micros
+
+S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
+SECOND = 1_000_000
+RATE = RateConfig(keyframe_frequency=timedelta(seconds=10), change_frequency=timedelta(seconds=1))
+
+
+class Clock:
+    """A clock the test sets: epoch microseconds."""
+
+    def __init__(self, now: int = 1_000 * SECOND) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += int(seconds * SECOND)
+
+
+def replay(log: MemoryLog, micros: int) -> dict[str, Any] | None:
+    state: dict[str, Any] | None = None
+    for entry in log:
+        if entry.micros > micros:
+            break
+        state = (
+            copy.deepcopy(entry.data)
+            if entry.is_snapshot
+            else apply_mutation(state or {}, entry.data)
+        )
+    return state
+
+
+def make(rate: RateConfig = RATE) -> tuple[MemoryLog, Stream, Clock]:
+    log, clock = MemoryLog(), Clock()
+    return log, Stream(log, rate, clock=clock), clock
+
+
+# -- RateConfig ---------------------------------------------------------------------
+
+
+def test_rate_config_defaults_and_json() -> None:
+    rate = RateConfig()
+    assert rate.keyframe_frequency == timedelta(seconds=60)
+    assert rate.change_frequency == timedelta(seconds=1)
+    assert rate.to_json() == {"keyframe_frequency": 60_000, "change_frequency": 1_000}
+    assert RateConfig.from_json(rate.to_json()) == rate
+    assert RateConfig.from_json({}) == rate
+    odd = RateConfig(timedelta(microseconds=1500), timedelta(0))
+    assert odd.to_json() == {"keyframe_frequency": 1.5, "change_frequency": 0}
+    assert RateConfig.from_json(odd.to_json()) == odd
+    assert RateConfig.from_json({"change_frequency": 250}).change_frequency == timedelta(
+        milliseconds=250
+    )
+    with pytest.raises(AttributeError):
+        rate.change_frequency = timedelta(0)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"keyframe_frequency": -1},
+        {"change_frequency": "1000"},
+        {"change_frequency": True},
+        {"change_frequency": float("nan")},
+        {"keyframe_frequency": float("inf")},
+        [],
+    ],
+)
+def test_rate_config_from_json_rejects_garbage(obj: Any) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        RateConfig.from_json(obj)
+
+
+def test_rate_config_validates() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        RateConfig(change_frequency=timedelta(seconds=-1))
+    with pytest.raises(TypeError):
+        RateConfig(keyframe_frequency=60)  # type: ignore[arg-type]
+
+
+def test_decide_is_the_rule_table() -> None:
+    def run(when: int, changed: bool = True, **kw: Any) -> WriteAction:
+        args: dict[str, Any] = {
+            "last_micros": 5 * SECOND,
+            "last_is_mutation": True,
+            "snapshot_micros": 0,
+        }
+        args.update(kw)
+        return decide(RATE, when=when, changed=lambda: changed, **args)
+
+    assert run(1, last_micros=None, snapshot_micros=None) is WriteAction.SNAPSHOT
+    assert run(10 * SECOND + 1, changed=False) is WriteAction.SNAPSHOT
+    # not *more* than the keyframe frequency after the snapshot
+    assert run(10 * SECOND, last_micros=10 * SECOND - 1) is WriteAction.AMEND
+    assert run(6 * SECOND - 1) is WriteAction.AMEND
+    assert run(6 * SECOND) is WriteAction.MUTATION
+    assert run(5 * SECOND + 1, last_is_mutation=False) is WriteAction.MUTATION
+    assert run(5 * SECOND + 1, changed=False) is WriteAction.NONE
+
+
+# -- the write rules --------------------------------------------------------------
+
+
+def test_first_write_is_a_snapshot_then_mutations_amends_and_nothing() -> None:
+    log, stream, clock = make()
+    assert stream.state is None
+    assert stream.timestamp is None
+    state = {"battery": 0.9, "pos": {"x": 0, "y": 0}}
+    first = stream.write_state(state)
+    assert first is not None
+    assert stream.last_action is WriteAction.SNAPSHOT
+    assert stream.last_write == first
+    assert first.kind is S
+    assert first.rev == 1
+    assert first.micros == clock.now
+    assert stream.timestamp == from_micros(clock.now)
+
+    clock.tick(0.5)
+    assert stream.write_state(state) is None  # unchanged
+    assert stream.last_action is WriteAction.NONE
+    assert stream.last_write is None
+
+    state["pos"]["x"] = 1  # the Stream copied the state, so this is a change
+    clock.tick(1)
+    mutation = stream.write_state(state)
+    assert stream.last_action is WriteAction.MUTATION
+    assert mutation is not None
+    assert mutation.kind is M
+    mutation_time = clock.now
+
+    state["pos"]["y"] = 2
+    clock.tick(0.5)
+    amended = stream.write_state(state)
+    assert stream.last_action is WriteAction.AMEND
+    assert amended is not None
+    assert amended.micros == mutation_time  # an amend keeps the mutation's timestamp
+    assert amended.rev == 3
+    assert len(log) == 2
+    assert replay(log, clock.now) == state
+    assert stream.state == state
+
+    state["battery"] = 0.8
+    clock.tick(0.6)  # 1.1 s after the mutation: a new one
+    assert stream.write_state(state) is not None
+    assert stream.last_action is WriteAction.MUTATION
+    assert len(log) == 3
+
+    clock.tick(10)
+    assert stream.write_state(state) is not None  # unchanged, but a keyframe is due
+    assert stream.last_action is WriteAction.SNAPSHOT
+    assert replay(log, clock.now) == state
+
+
+def test_an_amend_back_to_the_old_state_is_an_empty_mutation() -> None:
+    log, stream, clock = make()
+    stream.write_state({"a": 1})
+    clock.tick(2)
+    stream.write_state({"a": 2})
+    clock.tick(0.1)
+    entry = stream.write_state({"a": 1})
+    assert stream.last_action is WriteAction.AMEND
+    assert entry is not None
+    assert apply_mutation({"a": 1}, entry.data) == {"a": 1}
+    assert replay(log, clock.now) == {"a": 1}
+
+
+def test_an_amend_is_built_against_the_state_before_the_mutation() -> None:
+    log, stream, clock = make()
+    stream.write_state({"a": 1, "b": 1, "c": [1, 2, 3]})
+    clock.tick(2)
+    stream.write_state({"a": 2, "b": 1, "c": [1, 2, 3]})
+    for i in range(5):
+        clock.tick(0.1)
+        stream.write_state({"a": 2, "b": 10 + i, "c": [1, 2, 3, i]})
+        assert stream.last_action is WriteAction.AMEND
+    assert len(log) == 2
+    assert replay(log, clock.now) == {"a": 2, "b": 14, "c": [1, 2, 3, 4]}
+
+
+def test_change_frequency_zero_never_amends() -> None:
+    log, stream, clock = make(RateConfig(change_frequency=timedelta(0)))
+    for i in range(5):
+        stream.write_state({"i": i})
+        clock.tick(0.000001)
+    assert len(log) == 5
+    assert [e.kind for e in log] == [S, M, M, M, M]
+
+
+def test_keyframe_frequency_zero_writes_only_snapshots() -> None:
+    log, stream, clock = make(RateConfig(keyframe_frequency=timedelta(0)))
+    for i in range(3):
+        stream.write_state({"i": i})
+        clock.tick(1)
+    assert [e.kind for e in log] == [S, S, S]
+
+
+def test_writes_must_be_after_the_last_change() -> None:
+    log, stream, _clock = make()
+    stream.write_state({"a": 1}, timestamp=100)
+    with pytest.raises(rstream.OutOfOrder) as info:
+        stream.write_state({"a": 2}, timestamp=100)
+    assert info.value.last == from_micros(100 * SECOND)
+    assert info.value.given == from_micros(100 * SECOND)
+    with pytest.raises(rstream.OutOfOrder):
+        stream.write_state({"a": 2}, timestamp=99.5)
+    stream.write_state({"a": 2}, timestamp=102)
+    stream.write_state({"a": 3}, timestamp=102.5)  # an amend, kept at 102
+    assert stream.last_action is WriteAction.AMEND
+    with pytest.raises(rstream.OutOfOrder):  # after the entry, but before the last change
+        stream.write_state({"a": 4}, timestamp=102.25)
+    assert replay(log, 200 * SECOND) == {"a": 3}
+    assert log.revision == 3
+
+
+def test_a_clock_behind_the_log_never_makes_an_error() -> None:
+    _log, stream, _clock = make()
+    stream.write_state({"a": 1}, timestamp=datetime(2030, 1, 1, tzinfo=UTC))
+    first = stream.write_state({"a": 2})  # the clock says 1970
+    assert first is not None
+    assert first.micros == to_micros(datetime(2030, 1, 1, tzinfo=UTC)) + 1
+    second = stream.write_state({"a": 3})
+    assert second is not None
+    assert stream.last_action is WriteAction.AMEND
+    third = stream.write_state({"a": 3}, timestamp=datetime(2030, 1, 1, 0, 0, 2, tzinfo=UTC))
+    assert third is None
+
+
+def test_the_clock_may_return_a_datetime() -> None:
+    log = MemoryLog()
+    when = datetime(2024, 5, 1, tzinfo=UTC)
+    stream = Stream(log, clock=lambda: when)
+    entry = stream.write_state({"a": 1})
+    assert entry is not None
+    assert entry.timestamp == when
+    bad = Stream(MemoryLog(), clock=lambda: 1.5)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="clock"):
+        bad.write_state({})
+
+
+def test_the_default_clock_is_the_wall_clock() -> None:
+    stream = Stream(MemoryLog())
+    before = datetime.now(UTC)
+    entry = stream.write_state({"a": 1})
+    assert entry is not None
+    assert before - timedelta(seconds=1) <= entry.timestamp <= datetime.now(UTC)
+    assert "Stream at" in repr(stream)
+
+
+def test_states_must_be_objects() -> None:
+    _, stream, _ = make()
+    with pytest.raises(TypeError):
+        stream.write_state([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Stream(MemoryLog(), rate=60)  # type: ignore[arg-type]
+
+
+def test_the_state_property_is_a_copy() -> None:
+    log, stream, clock = make()
+    stream.write_state({"a": {"b": 1}})
+    state = stream.state
+    assert state is not None
+    state["a"]["b"] = 2  # the natural read-modify-write must still be seen as a change
+    clock.tick(5)
+    assert stream.write_state(state) is not None
+    assert replay(log, clock.now) == {"a": {"b": 2}}
+
+
+# -- write_entry -------------------------------------------------------------------
+
+
+def test_write_entry_appends_raw_entries() -> None:
+    log, stream, _ = make()
+    with pytest.raises(rstream.MutationError):
+        stream.write_entry(Entry(1, M, {"a": 1}))
+    snap = stream.write_entry(Entry(1, S, {"a": [1]}))
+    assert snap.rev == 1
+    assert stream.last_action is WriteAction.SNAPSHOT
+    mut = stream.write_entry(Entry(2, M, {"a": {"$push": [2]}}))
+    assert stream.last_action is WriteAction.MUTATION
+    assert stream.last_write == mut
+    assert stream.state == {"a": [1, 2]}
+    with pytest.raises(rstream.MutationError):
+        stream.write_entry(Entry(3, M, {"a": {"b": 1}}))
+    with pytest.raises(rstream.OutOfOrder):
+        stream.write_entry(Entry(2, M, {"a": 1}))
+    assert log.revision == 2
+    assert stream.state == {"a": [1, 2]}
+    with pytest.raises(TypeError):
+        stream.write_entry({"a": 1})  # type: ignore[arg-type]
+
+
+def test_write_entry_data_is_copied() -> None:
+    log, stream, clock = make()
+    data = {"a": {"b": 1}}
+    stream.write_entry(Entry(1, S, data))
+    data["a"]["b"] = 2
+    assert stream.state == {"a": {"b": 1}}
+    clock.now = 5 * SECOND
+    assert stream.write_state({"a": {"b": 2}}) is not None
+    assert replay(log, clock.now) == {"a": {"b": 2}}
+
+
+# -- restarts, other writers, threads ----------------------------------------------
+
+
+def test_a_new_stream_over_a_log_recovers_the_newest_state() -> None:
+    log, stream, clock = make()
+    for i in range(40):
+        clock.tick(0.7)
+        stream.write_state({"i": i, "half": i // 2})
+    again = Stream(log, RATE, clock=clock)
+    assert again.state == {"i": 39, "half": 19}
+    assert again.timestamp == stream.timestamp
+    clock.tick(0.1)
+    again.write_state({"i": 40, "half": 20})
+    assert again.last_action is WriteAction.AMEND  # the base was recovered too
+    assert replay(log, clock.now) == {"i": 40, "half": 20}
+
+
+def test_a_stream_notices_another_writer() -> None:
+    log, one, clock = make()
+    two = Stream(log, RATE, clock=clock)
+    for i in range(30):
+        clock.tick(0.4)
+        writer = one if i % 3 else two
+        writer.write_state({"i": i, "by": "one" if i % 3 else "two"})
+        assert replay(log, clock.now) == {"i": i, "by": "one" if i % 3 else "two"}
+    assert one.state == two.state
+
+
+def test_threads_share_a_stream() -> None:
+    log = MemoryLog()
+    stream = Stream(log, RateConfig(change_frequency=timedelta(microseconds=50)))
+    per_thread = 200
+
+    def writer(name: str) -> None:
+        for i in range(per_thread):
+            state = stream.state or {}
+            state[name] = i
+            stream.write_state(state)
+
+    threads = [threading.Thread(target=writer, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    last = log.last()
+    assert last is not None
+    assert replay(log, last.micros) == stream.state
+    assert Cursor(log, CursorKind.READ_FORWARD).advance() == stream.state
+
+
+# -- property: the log says what was written ----------------------------------------
+
+keys = st.sampled_from(["a", "b", "c", "list", "obj"])
+scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", ""])
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=8,
+)
+writes = st.lists(
+    st.tuples(st.dictionaries(keys, values, max_size=4), st.integers(1, 1_500_000)),
+    min_size=1,
+    max_size=30,
+)
+rates = st.builds(
+    RateConfig,
+    keyframe_frequency=st.integers(0, 4_000_000).map(lambda us: timedelta(microseconds=us)),
+    change_frequency=st.integers(0, 1_000_000).map(lambda us: timedelta(microseconds=us)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(writes, rates, st.booleans())
+def test_the_log_says_what_was_written(
+    history: list[tuple[dict[str, Any], int]], rate: RateConfig, restart: bool
+) -> None:
+    log, clock = MemoryLog(), Clock()
+    stream = Stream(log, rate, clock=clock)
+    written: list[tuple[int, int, dict[str, Any]]] = []  # (write time, entry time, state)
+    for n, (state, gap) in enumerate(history):
+        clock.tick(gap / SECOND)
+        entry = stream.write_state(state)
+        if entry is not None:
+            written.append((clock.now, entry.micros, copy.deepcopy(state)))
+        else:
+            assert written
+            assert written[-1][2] == state
+        if restart and n % 4 == 3:
+            stream = Stream(log, rate, clock=clock)
+    assert stream.state == history[-1][0]
+    cursor = Cursor(log, CursorKind.READ_BIDIRECTIONAL)
+    for write_time, entry_time, _ in written:
+        # The state at a time is the last state written whose entry is at or
+        # before it: amends replace what their mutation said, from its time on.
+        expected = [s for _, t, s in written if t <= write_time][-1]
+        assert cursor.state_at(from_micros(write_time)) == expected
+        expected_at_entry = [s for _, t, s in written if t <= entry_time][-1]
+        assert cursor.state_at(from_micros(entry_time)) == expected_at_entry
+    # Windows never need more than keyframe_frequency of mutations.
+    last_snapshot = None
+    for entry in log:
+        if entry.is_snapshot:
+            last_snapshot = entry.micros
+        else:
+            assert last_snapshot is not None
+            assert entry.micros - last_snapshot <= rate.keyframe_micros
