@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import rstream
 from rstream import Entry, EntryKind
 from rstream.core.cursor import TRANSITIONS, Cursor, CursorKind, Move, Where, plan
-from rstream.core.log import MemoryLog
+from rstream.core.log import Log, MemoryLog
 from rstream.core.mutation import apply_mutation, build_mutation
 from rstream.core.timestamps import TimeLike, from_micros, to_micros
 
@@ -33,10 +33,42 @@ class CountingLog(MemoryLog):
         self.fetched = 0
         super().__init__(entries)
 
-    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
-        entries = super().range(start, end)
+    def range_micros(self, start: int, end: int) -> list[Entry]:  # range() calls it too
+        entries = super().range_micros(start, end)
         self.fetched += len(entries)
         return entries
+
+
+class PlainLog:
+    """A Log with only the Protocol's methods (no micros fast paths)."""
+
+    def __init__(self, log: MemoryLog) -> None:
+        self.inner = log
+
+    @property
+    def revision(self) -> int:
+        return self.inner.revision
+
+    def snapshot_before(self, ts: TimeLike) -> Entry | None:
+        return self.inner.snapshot_before(ts)
+
+    def entry_after(self, ts: TimeLike, kind: EntryKind | None = None) -> Entry | None:
+        return self.inner.entry_after(ts, kind)
+
+    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
+        return self.inner.range(start, end)
+
+    def append(self, entry: Entry) -> Entry:
+        return self.inner.append(entry)
+
+    def amend(self, entry: Entry) -> Entry:
+        return self.inner.amend(entry)
+
+    def last(self) -> Entry | None:
+        return self.inner.last()
+
+    def changes_since(self, rev: int) -> list[Entry]:
+        return self.inner.changes_since(rev)
 
 
 def naive_state_at(entries: Sequence[Entry], micros: int) -> dict[str, Any] | None:
@@ -220,6 +252,21 @@ def test_a_bad_mutation_leaves_the_cursor_where_it_was() -> None:
             cursor.state_at(at(1))
         assert cursor.timestamp == at(0)
         assert cursor.state == {"a": 1}
+
+
+def test_cursors_work_over_any_log() -> None:
+    inner = counter_log()
+    log = PlainLog(inner)
+    assert isinstance(log, Log)
+    for kind in READ_KINDS:
+        cursor = Cursor(log, kind)
+        for t in [3, 1, 15, 29, 12]:
+            assert cursor.state_at(at(t))["i"] == t
+    writer = Cursor(log, CursorKind.WRITE)
+    assert writer.state is not None
+    assert writer.state["i"] == 29
+    log.append(Entry(at(30), M, {"i": 30}))
+    assert writer.state_at(at(30))["i"] == 30
 
 
 # -- WRITE cursors -------------------------------------------------------------------

@@ -28,6 +28,7 @@ A cursor is not thread-safe: use one per thread (the log may be shared).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -103,6 +104,8 @@ class Cursor:
     __slots__ = (
         "_anchor",
         "_base",
+        "_fetch",
+        "_find_snapshot",
         "_inverses",
         "_is_mutation",
         "_micros",
@@ -118,6 +121,13 @@ class Cursor:
             raise TypeError(f"kind must be a CursorKind, not {kind!r}")
         self.log = log
         self.kind = kind
+        # Logs that take epoch microseconds (MemoryLog) save two conversions a move.
+        self._find_snapshot: Callable[[int], Entry | None] = getattr(
+            log, "snapshot_before_micros", None
+        ) or (lambda micros: log.snapshot_before(from_micros(micros)))
+        self._fetch: Callable[[int, int], Sequence[Entry]] = getattr(log, "range_micros", None) or (
+            lambda start, end: log.range(from_micros(start), from_micros(end))
+        )
         self._unplace()
         if kind is CursorKind.WRITE:
             self.advance()
@@ -203,7 +213,7 @@ class Cursor:
         else:
             revision = log.revision
             self._check_amended(revision)
-            anchor = log.snapshot_before(from_micros(micros))
+            anchor = self._find_snapshot(micros)
             if anchor is None:
                 raise OutOfRange(
                     f"no snapshot at or before {format_rfc3339(micros)}: "
@@ -294,7 +304,7 @@ class Cursor:
         micros = self._micros
         if micros is None or self._settled or revision == self._rev:
             return
-        here = self.log.range(from_micros(micros), from_micros(micros + 1))
+        here = self._fetch(micros, micros + 1)
         if here and here[0].rev == self._rev:
             self._settled = True  # unchanged, and no longer the newest
         else:
@@ -313,7 +323,7 @@ class Cursor:
         assert start is not None
         if micros == start:
             return
-        entries = self.log.range(from_micros(start + 1), from_micros(micros + 1))
+        entries = self._fetch(start + 1, micros + 1)
         if not entries:
             return
         state = self._state
@@ -356,7 +366,7 @@ class Cursor:
         self._state, self._micros, self._rev, self._is_mutation = state, at, rev, is_mutation
         self._settled = True  # an entry that was followed can no longer be amended
         if at > micros:  # cannot happen: the inverses reach back to the snapshot
-            anchor = self.log.snapshot_before(from_micros(micros))
+            anchor = self._find_snapshot(micros)
             assert anchor is not None
             self._reanchor(anchor, micros)
 
@@ -369,7 +379,7 @@ class Cursor:
         last = log.last()
         if last is None:
             return
-        anchor = log.snapshot_before(from_micros(last.micros))
+        anchor = self._find_snapshot(last.micros)
         if anchor is None:
             raise OutOfRange(
                 f"the log has no snapshot at or before its newest entry "
@@ -380,7 +390,7 @@ class Cursor:
         self._micros = self._anchor = anchor.micros
         self._rev = anchor.rev if anchor.rev is not None else -1
         if not self._catch_up(
-            log.range(from_micros(anchor.micros + 1), from_micros(last.micros + 1))
+            self._fetch(anchor.micros + 1, last.micros + 1)
         ):  # pragma: no cover - the log changed its past under us
             self._unplace()
             raise OutOfRange("the log changed while the cursor was placed; try again")

@@ -86,6 +86,9 @@ class MemoryLog:
     :meth:`last`, :meth:`range`, ...) share the log's data and must be treated
     as read-only; copy ``entry.data`` with ``copy_json`` before changing it.
 
+    ``snapshot_before_micros`` and ``range_micros`` take epoch microseconds and
+    save cursors two conversions per move; the public-time methods call them.
+
     Errors: :meth:`append` of an entry not strictly after the last raises
     :class:`~rstream.OutOfOrder`; so does :meth:`amend` of an empty log, of a
     last entry that is a snapshot, by a snapshot, or at another timestamp. Both
@@ -145,7 +148,10 @@ class MemoryLog:
 
     def snapshot_before(self, ts: TimeLike) -> Entry | None:
         """The last snapshot at or before ``ts``."""
-        micros = to_micros(ts)
+        return self.snapshot_before_micros(to_micros(ts))
+
+    def snapshot_before_micros(self, micros: int) -> Entry | None:
+        """:meth:`snapshot_before` with the time in epoch microseconds (for cursors)."""
         with self._lock:
             i = bisect_right(self._snap_micros, micros)
             return self._entries[self._snaps[i - 1]] if i else None
@@ -171,9 +177,13 @@ class MemoryLog:
 
     def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
         """The entries with ``start <= timestamp < end``, in order."""
-        lo, hi = to_micros(start), to_micros(end)
+        return self.range_micros(to_micros(start), to_micros(end))
+
+    def range_micros(self, start: int, end: int) -> list[Entry]:
+        """:meth:`range` with the times in epoch microseconds (for cursors)."""
         with self._lock:
-            return self._entries[bisect_left(self._micros, lo) : bisect_left(self._micros, hi)]
+            micros = self._micros
+            return self._entries[bisect_left(micros, start) : bisect_left(micros, end)]
 
     def changes_since(self, rev: int) -> list[Entry]:
         """Entries written or amended after revision ``rev``, in revision order."""
