@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -114,11 +114,11 @@ class StreamLog(Log, Protocol):
 
     def iter_range(
         self, start_us: int | None, end_us: int | None, limit: int | None = None
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, None]:
         """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
 
         ``None`` leaves a bound open. Backends stream the rows instead of
-        loading the range; close the iterator (or exhaust it) to free what it
+        loading the range; close the generator (or exhaust it) to free what it
         holds, e.g. with :func:`contextlib.closing`.
         """
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from itertools import islice
 
 from rstream.core.entry import Entry, EntryKind
@@ -108,9 +108,9 @@ class MemoryStreamLog:
 
     def iter_range(
         self, start_us: int | None, end_us: int | None, limit: int | None = None
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, None]:
         entries = self._range_us(start_us, end_us)  # a copy: later writes do not show
-        return iter(entries) if limit is None else islice(entries, max(limit, 0))
+        yield from (entries if limit is None else islice(entries, max(limit, 0)))
 
     def count_range(self, start_us: int | None, end_us: int | None) -> int:
         return len(self._range_us(start_us, end_us))

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -107,6 +107,7 @@ class SQLiteStorage:
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        conn = None
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -114,13 +115,15 @@ class SQLiteStorage:
                 isolation_level=None,  # autocommit: transactions are explicit
                 check_same_thread=False,  # pooled: used by one thread at a time
             )
-        except sqlite3.Error as exc:
-            raise RStreamError(f"cannot open SQLite storage {self.path!r}: {exc}") from exc
-        try:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:  # no such directory, not a database, ...
+            if conn is not None:
+                conn.close()
+            raise RStreamError(f"cannot open SQLite storage {self.path!r}: {exc}") from exc
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise
         return conn
 
@@ -202,9 +205,7 @@ class SQLiteStorage:
         change_us = config.change_frequency // _ONE_US
 
         def create(conn: sqlite3.Connection) -> bool:
-            created = conn.execute(
-                _SQL.insert_stream, (stream_id, keyframe_us, change_us)
-            ).rowcount
+            created = conn.execute(_SQL.insert_stream, (stream_id, keyframe_us, change_us)).rowcount
             if not created and rate is not None:
                 conn.execute(_SQL.update_stream_rate, (keyframe_us, change_us, stream_id))
             return bool(created)
@@ -396,7 +397,7 @@ class SQLiteLog:
 
     def iter_range(
         self, start_us: int | None, end_us: int | None, limit: int | None = None
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, None]:
         """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
 
         Streams rows from one statement (one consistent view of the log) and
@@ -408,7 +409,7 @@ class SQLiteLog:
             return self._iter(self._sql.range, (self.stream_id, lo, hi))
         return self._iter(self._sql.range_limit, (self.stream_id, lo, hi, max(limit, 0)))
 
-    def _iter(self, sql: str, params: tuple[Any, ...]) -> Iterator[Entry]:
+    def _iter(self, sql: str, params: tuple[Any, ...]) -> Generator[Entry, None, None]:
         with self._storage._connection() as conn:
             cursor = conn.execute(sql, params)
             try:
