@@ -1,0 +1,193 @@
+"""Client: the entry point of the SDK, holding what its streams share.
+
+One :class:`Client` owns one :class:`~rstream.client.transport.Transport` (a
+pooled ``requests`` session to one store, possibly served by several replica
+URLs), one worker pool for fetching history pages, and one
+:class:`~rstream.client.remote.RemoteStream` per stream id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import tenacity
+
+from rstream.client.remote import RemoteStream, StreamMetadata
+from rstream.client.transport import Timeout, Token, Transport
+from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
+from rstream.errors import ClientClosed, ProtocolError
+
+__all__ = ["Client", "connect"]
+
+
+class Client:
+    """A client of one rstream store: ``with rstream.Client(url) as client: ...``.
+
+    ``urls``: one base URL or a list of replicas of one store (requests fail
+    over between them). ``token``: a string, or a callable asked again for every
+    request (and once more after a 401). ``timeout``: ``(connect, read)``
+    seconds. ``max_workers``: threads fetching history pages (also the number
+    of pages requested ahead). ``retry``: a :class:`tenacity.Retrying` used as
+    a template. ``heartbeat_timeout``, ``max_event_bytes``: for the live tail.
+    ``max_cached_entries``: budget of the window cache of each stream.
+    ``page_size``: entries per page asked of the server (default: the server's).
+    ``sleep``: what waits between retries (inject one in tests).
+
+    Thread-safe. ``close()`` (or leaving the ``with`` block) stops every live
+    tail, the worker pool and the connections; later calls raise
+    :class:`~rstream.ClientClosed`.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        token: Token = None,
+        timeout: Timeout = (3.05, 30.0),
+        max_workers: int = 4,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        retry: tenacity.Retrying | None = None,
+        heartbeat_timeout: float | None = None,
+        max_event_bytes: int = 16 * 2**20,
+        max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
+        page_size: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        if page_size is not None and page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.transport = Transport(
+            urls,
+            token=token,
+            timeout=timeout,
+            verify=verify,
+            cert=cert,
+            retry=retry,
+            # A connection per worker, plus live tails and the caller's own.
+            pool_maxsize=max_workers + 4,
+            sleep=sleep,
+        )
+        self.max_workers = max_workers
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="rstream-fetch")
+        self._stream_options: dict[str, Any] = {
+            "max_cached_entries": max_cached_entries,
+            "prefetch": max_workers,
+            "page_size": page_size,
+            "heartbeat_timeout": heartbeat_timeout,
+            "max_event_bytes": max_event_bytes,
+            "sleep": sleep,
+        }
+        self._lock = threading.Lock()
+        self._streams: dict[str, RemoteStream] = {}
+        self._closed = False
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.transport.urls
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<rstream.Client {', '.join(self.urls)}{' (closed)' if self._closed else ''}>"
+
+    def stream(self, stream_id: str) -> RemoteStream:
+        """The :class:`RemoteStream` for ``stream_id`` (the same object for the same id)."""
+        with self._lock:
+            self._check_open()
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                stream = RemoteStream(
+                    self.transport,
+                    stream_id,
+                    executor=self._pool,
+                    on_close=self._forget,
+                    **self._stream_options,
+                )
+                self._streams[stream_id] = stream
+            return stream
+
+    def streams(self) -> list[StreamMetadata]:
+        """Every stream of the store, ordered by id (``GET /v1/streams``)."""
+        self._check_open()
+        body = self.transport.get_json("/v1/streams")
+        items = body.get("streams") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(f"malformed stream list {body!r:.200}")
+        return [StreamMetadata.from_json(item) for item in items]
+
+    def ping(self) -> bool:
+        """Whether a server answers ``GET /v1/health`` with ``{"status": "ok"}``."""
+        self._check_open()
+        body = self.transport.get_json("/v1/health")
+        return isinstance(body, dict) and body.get("status") == "ok"
+
+    def close(self) -> None:
+        """Close every stream, the worker pool and the connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            streams = list(self._streams.values())
+            self._streams.clear()
+        # The transport first: its close wakes backoff waits and makes every
+        # request in flight fail fast, so the joins below are quick.
+        self.transport.close()
+        for stream in streams:
+            stream.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed; create a new rstream.Client")
+
+    def _forget(self, stream: RemoteStream) -> None:
+        with self._lock:
+            if self._streams.get(stream.id) is stream:
+                del self._streams[stream.id]
+
+
+class _OwnedStream(RemoteStream):
+    """A RemoteStream that owns its Client (from :func:`connect`)."""
+
+    _client: Client
+
+    def close(self) -> None:
+        super().close()
+        self._client.close()
+
+
+def connect(url: str | Sequence[str], stream_id: str, **client_options: Any) -> RemoteStream:
+    """A :class:`RemoteStream` with a client of its own; ``robot.close()`` closes both.
+
+    ``client_options`` are those of :class:`Client`.
+    """
+    client = Client(url, **client_options)
+    try:
+        with client._lock:
+            stream = _OwnedStream(
+                client.transport,
+                stream_id,
+                executor=client._pool,
+                on_close=client._forget,
+                **client._stream_options,
+            )
+            stream._client = client
+            client._streams[stream_id] = stream
+    except BaseException:
+        client.close()
+        raise
+    return stream

@@ -1,0 +1,558 @@
+"""The window store: the windows of one stream the client has fetched, in time order.
+
+A *window* runs from one snapshot up to (not including) the next. Every window
+but the newest is immutable, so once fetched it never needs fetching again. The
+store keeps them sorted by start (bisect on epoch microseconds), shares one fetch
+between concurrent requests for the same window, and evicts the least recently
+used complete windows past a budget of entries.
+
+A window moves through the states of :class:`WindowState`; the allowed moves
+are the :data:`TRANSITIONS` table, and every move goes through
+:meth:`WindowStore._transition`, which checks it::
+
+    PENDING --bounds--> WAITING --> PULLING --entries--> COMMITTED
+       |                   |           |
+       +--(end is null)--> LIVE -------+--(next snapshot seen)--> COMMITTED
+       +--------+----------+-----------+--> ERROR (dropped; the next request retries)
+
+This module does no I/O: it calls the ``fetch_bounds`` and ``fetch_entries``
+functions it is given (the remote stream passes HTTP ones; tests pass fakes),
+on the thread that first asked for the window. Other threads asking for the
+same window wait for that fetch (a future per window) instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import apply_mutation
+from rstream.core.timestamps import format_rfc3339
+from rstream.errors import ClientClosed, OutOfRange, ProtocolError
+
+__all__ = [
+    "TRANSITIONS",
+    "Bounds",
+    "StoreStats",
+    "Window",
+    "WindowState",
+    "WindowStore",
+    "split_windows",
+    "state_in",
+]
+
+State = dict[str, Any]
+
+DEFAULT_MAX_CACHED_ENTRIES = 1_000_000
+
+
+class WindowState(enum.Enum):
+    """Where a window is in its life."""
+
+    PENDING = "pending"  # asking the server for the bounds around a time
+    WAITING = "waiting"  # bounds known, entries not asked for yet
+    PULLING = "pulling"  # fetching the entries
+    LIVE = "live"  # the open window: it still grows, so it is never cached
+    COMMITTED = "committed"  # complete and immutable; kept until evicted
+    ERROR = "error"  # a fetch failed; the window is dropped
+
+
+TRANSITIONS: dict[WindowState, frozenset[WindowState]] = {
+    WindowState.PENDING: frozenset({WindowState.WAITING, WindowState.LIVE, WindowState.ERROR}),
+    WindowState.WAITING: frozenset({WindowState.PULLING, WindowState.ERROR}),
+    WindowState.PULLING: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
+    WindowState.LIVE: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
+    WindowState.COMMITTED: frozenset(),
+    WindowState.ERROR: frozenset(),
+}
+"""The allowed moves: ``state -> states it may become``. COMMITTED and ERROR are final."""
+
+INITIAL_STATES = frozenset({WindowState.PENDING, WindowState.LIVE})
+"""A window is born PENDING (asked for a time) or LIVE (seen by the live tail)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The server's answer to ``GET /window``: ``end`` is None for the live window."""
+
+    start: int
+    end: int | None
+    revision: int
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters, for tests and tuning."""
+
+    hits: int = 0  # requests answered from a committed window
+    bounds_fetches: int = 0
+    entries_fetches: int = 0
+    evictions: int = 0
+    errors: int = 0
+
+
+class Window:
+    """One window: its bounds, state and (once COMMITTED) entries.
+
+    ``start``/``end`` are epoch microseconds (``end`` None while unknown or
+    live). ``entries`` is set only when COMMITTED; ``micros`` holds their
+    timestamps for bisecting. ``end_known`` is False for a window committed by
+    the live tail before the next snapshot's time was known: its end is then
+    provisional (just after its last entry) until the server confirms it.
+    """
+
+    __slots__ = (
+        "_bounds_future",
+        "_done_future",
+        "asked_at",
+        "end",
+        "end_known",
+        "entries",
+        "error",
+        "micros",
+        "revision",
+        "start",
+        "state",
+    )
+
+    def __init__(self, state: WindowState, *, asked_at: int | None = None) -> None:
+        if state not in INITIAL_STATES:
+            raise ValueError(f"a window cannot start {state.name}")
+        self.state = state
+        self.asked_at = asked_at
+        self.start: int | None = None
+        self.end: int | None = None
+        self.end_known = True
+        self.revision: int | None = None
+        self.entries: list[Entry] | None = None
+        self.micros: list[int] | None = None
+        self.error: BaseException | None = None
+        self._bounds_future: Future[Window] = Future()
+        self._done_future: Future[list[Entry]] = Future()
+
+    def covers(self, at: int) -> bool:
+        """Whether ``at`` falls in the window (a live window covers all times after its start)."""
+        if self.start is None or at < self.start:
+            return False
+        return self.end is None or at < self.end
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) if self.entries is not None else 0
+
+    def __repr__(self) -> str:
+        start = "?" if self.start is None else format_rfc3339(self.start)
+        end = "open" if self.end is None else format_rfc3339(self.end)
+        return f"<Window {self.state.name} [{start}, {end}) {self.size} entries>"
+
+
+class WindowStore:
+    """The windows of one stream, sorted by start, with one fetch per window.
+
+    ``fetch_bounds(at)`` returns the :class:`Bounds` of the window around ``at``
+    (raising :class:`~rstream.OutOfRange` before the first snapshot);
+    ``fetch_entries(start, end)`` returns the entries of ``[start, end)``.
+    At most ``max_cached_entries`` entries of committed windows are kept.
+    Thread-safe; the fetch functions are called without the lock held.
+    """
+
+    def __init__(
+        self,
+        fetch_bounds: Callable[[int], Bounds],
+        fetch_entries: Callable[[int, int], list[Entry]],
+        *,
+        max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
+    ) -> None:
+        if max_cached_entries < 0:
+            raise ValueError("max_cached_entries must be >= 0")
+        self._fetch_bounds = fetch_bounds
+        self._fetch_entries = fetch_entries
+        self.max_cached_entries = max_cached_entries
+        self._lock = threading.Lock()
+        self._starts: list[int] = []  # sorted; parallel to _windows
+        self._windows: list[Window] = []
+        self._pending: Window | None = None
+        self._lru: OrderedDict[int, Window] = OrderedDict()  # committed, by start
+        self._cached_entries = 0
+        self._closed = False
+        self.stats = StoreStats()
+
+    # -- looking up ----------------------------------------------------------------
+
+    def get(self, at: int) -> Window:
+        """The window covering ``at``: COMMITTED (with entries) or LIVE (without).
+
+        Fetches what is missing: first the bounds (one pending request at a
+        time), then the entries. Raises what the fetch raised, to every thread
+        that waited for it.
+        """
+        while True:
+            with self._lock:
+                self._check_open()
+                window = self._covering(at)
+                if window is not None and window.state is WindowState.COMMITTED:
+                    self._touch(window)
+                    self.stats.hits += 1
+                    return window
+                if window is not None and window.state is WindowState.LIVE:
+                    return window
+                pending = self._pending
+                lead = window is None and pending is None
+                if lead:
+                    pending = self._pending = Window(WindowState.PENDING, asked_at=at)
+            if window is not None:  # WAITING or PULLING: another thread fetches it
+                window._done_future.result()
+                # Return it even if already evicted: its entries stay valid.
+                return window
+            assert pending is not None
+            if lead:
+                self._lead(pending, at)
+                if pending.state in (WindowState.COMMITTED, WindowState.LIVE):
+                    return pending
+                continue  # merged into a window learned meanwhile
+            # Someone else is asking for bounds: theirs may cover our time too.
+            try:
+                pending._bounds_future.result()
+            except OutOfRange:
+                # Out of range for their time says nothing about a later one.
+                assert pending.asked_at is not None
+                if at <= pending.asked_at:
+                    raise
+            # Loop: re-check coverage with what is now known.
+
+    def covering(self, at: int) -> Window | None:
+        """The known window covering ``at`` (any state but PENDING), without fetching."""
+        with self._lock:
+            return self._covering(at)
+
+    def windows(self) -> list[Window]:
+        """The windows in the store, by start (a copy of the list)."""
+        with self._lock:
+            return list(self._windows)
+
+    def next_start_after(self, at: int) -> int | None:
+        """The start of the first committed window starting after ``at``."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, at)
+            for window in self._windows[i:]:
+                if window.state is WindowState.COMMITTED:
+                    return window.start
+            return None
+
+    @property
+    def cached_entries(self) -> int:
+        """The number of entries held by committed windows."""
+        return self._cached_entries
+
+    @property
+    def pending(self) -> Window | None:
+        """The window whose bounds are being asked for, if any."""
+        return self._pending
+
+    # -- learning windows from elsewhere ----------------------------------------------
+
+    def commit(self, entries: Sequence[Entry], end: int | None) -> Window:
+        """Record a complete window learned elsewhere (a history pass, the live tail).
+
+        ``entries`` run from the window's snapshot up to ``end``, the next
+        snapshot's time; ``end=None`` means "not known yet": the window then ends
+        provisionally just after its last entry until the server confirms it.
+        A window already committed is kept as is (and returned).
+        """
+        entries = list(entries)
+        _check_window_entries(entries, entries[0].micros if entries else 0, end)
+        start = entries[0].micros
+        with self._lock:
+            self._check_open()
+            existing = self._find(start)
+            if existing is not None and existing.state is WindowState.COMMITTED:
+                if not existing.end_known and end is not None:
+                    existing.end, existing.end_known = end, True
+                return existing
+            if existing is not None and existing.state is WindowState.LIVE:
+                window = existing
+            elif existing is not None:
+                # WAITING/PULLING: its own fetch will commit it; nothing to add.
+                return existing
+            else:
+                window = Window(WindowState.LIVE)
+                window.start = start
+                self._insert(window)
+            window.end = end if end is not None else entries[-1].micros + 1
+            window.end_known = end is not None
+            self._commit(window, entries)
+        window._done_future.set_result(entries)
+        return window
+
+    def commit_live_window(self, entries: list[Entry]) -> None:
+        """``on_commit`` of the live tail: the previous live window, now complete."""
+        if entries and not self._closed:
+            self.commit(entries, None)
+
+    def observe_live(self, start: int) -> Window:
+        """Record that the live window starts at ``start``; returns it (LIVE)."""
+        with self._lock:
+            self._check_open()
+            existing = self._find(start)
+            if existing is not None:
+                return existing
+            window = Window(WindowState.LIVE)
+            window.start = start
+            self._drop_stale_live(start)
+            self._insert(window)
+            return window
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop every window and wake waiters with :class:`~rstream.ClientClosed`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting = list(self._windows)
+            if self._pending is not None:
+                waiting.append(self._pending)
+            self._windows.clear()
+            self._starts.clear()
+            self._lru.clear()
+            self._cached_entries = 0
+            self._pending = None
+        closed = ClientClosed("the client is closed; create a new rstream.Client")
+        for window in waiting:
+            _fail(window._bounds_future, closed)
+            _fail(window._done_future, closed)
+
+    # -- internals (the caller holds the lock unless said otherwise) --------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed; create a new rstream.Client")
+
+    def _transition(self, window: Window, new: WindowState) -> None:
+        """The one place a window changes state."""
+        if new not in TRANSITIONS[window.state]:
+            # A bug in this module, not a condition callers handle.
+            raise RuntimeError(
+                f"illegal transition: window {window!r} cannot go "
+                f"from {window.state.name} to {new.name}"
+            )
+        window.state = new
+
+    def _covering(self, at: int) -> Window | None:
+        i = bisect.bisect_right(self._starts, at) - 1
+        if i < 0:
+            return None
+        window = self._windows[i]
+        return window if window.covers(at) else None
+
+    def _find(self, start: int) -> Window | None:
+        i = bisect.bisect_left(self._starts, start)
+        if i < len(self._starts) and self._starts[i] == start:
+            return self._windows[i]
+        return None
+
+    def _insert(self, window: Window) -> None:
+        assert window.start is not None
+        i = bisect.bisect_left(self._starts, window.start)
+        self._starts.insert(i, window.start)
+        self._windows.insert(i, window)
+
+    def _remove(self, window: Window) -> None:
+        if window.start is None:
+            return
+        self._unlink(window)
+        if self._lru.pop(window.start, None) is not None:
+            self._cached_entries -= window.size
+
+    def _unlink(self, window: Window) -> None:
+        assert window.start is not None
+        i = bisect.bisect_left(self._starts, window.start)
+        if i < len(self._windows) and self._windows[i] is window:
+            del self._starts[i]
+            del self._windows[i]
+
+    def _drop_stale_live(self, newer_start: int) -> None:
+        # A live window older than the live one now known has closed; its
+        # entries were never cached, so it simply leaves the store (the next
+        # request for a time in it asks for its bounds).
+        for window in [w for w in self._windows if w.state is WindowState.LIVE]:
+            assert window.start is not None
+            if window.start < newer_start:
+                self._remove(window)
+
+    def _touch(self, window: Window) -> None:
+        assert window.start is not None
+        self._lru.move_to_end(window.start)
+
+    def _commit(self, window: Window, entries: list[Entry]) -> None:
+        assert window.start is not None
+        self._transition(window, WindowState.COMMITTED)
+        window.entries = entries
+        window.micros = [e.micros for e in entries]
+        self._lru[window.start] = window
+        self._cached_entries += len(entries)
+        self._evict()
+
+    def _evict(self) -> None:
+        # Only committed windows are in the LRU, so the live one is never evicted.
+        while self._cached_entries > self.max_cached_entries and self._lru:
+            _, window = self._lru.popitem(last=False)
+            self._cached_entries -= window.size
+            self._unlink(window)
+            self.stats.evictions += 1
+
+    def _fail_window(self, window: Window, exc: BaseException) -> None:
+        self._transition(window, WindowState.ERROR)
+        window.error = exc
+        self._remove(window)
+        self.stats.errors += 1
+
+    def _lead(self, window: Window, at: int) -> None:
+        """Fetch the bounds, then the entries, of ``window`` (lock NOT held)."""
+        try:
+            bounds = self._fetch_bounds(at)
+            _check_bounds(bounds, at)
+        except BaseException as exc:
+            with self._lock:
+                if self._pending is window:
+                    self._pending = None
+                if window.state is WindowState.PENDING:
+                    self._fail_window(window, exc)
+            _fail(window._bounds_future, exc)
+            _fail(window._done_future, exc)
+            raise
+        with self._lock:
+            self.stats.bounds_fetches += 1
+            if self._pending is window:
+                self._pending = None
+            if self._closed:
+                fetch = False
+            else:
+                existing = self._find(bounds.start)
+                if existing is not None and existing.state is not WindowState.LIVE:
+                    # Learned meanwhile (a history pass, the live tail): this
+                    # pending window is not needed; it never joins the store.
+                    if not existing.end_known and bounds.end is not None:
+                        existing.end, existing.end_known = bounds.end, True
+                    fetch = False
+                else:
+                    if existing is not None:  # a LIVE window that has since closed
+                        self._remove(existing)
+                    window.start, window.end = bounds.start, bounds.end
+                    window.revision = bounds.revision
+                    if bounds.end is None:
+                        self._transition(window, WindowState.LIVE)
+                        self._drop_stale_live(bounds.start)
+                        fetch = False
+                    else:
+                        self._transition(window, WindowState.WAITING)
+                        self._transition(window, WindowState.PULLING)
+                        fetch = True
+                    self._insert(window)
+        _resolve(window._bounds_future, window)
+        if not fetch:
+            return
+        assert window.start is not None
+        assert window.end is not None
+        try:
+            entries = list(self._fetch_entries(window.start, window.end))
+            _check_window_entries(entries, window.start, window.end)
+        except BaseException as exc:
+            with self._lock:
+                if window.state is WindowState.PULLING:
+                    self._fail_window(window, exc)
+            _fail(window._done_future, exc)
+            raise
+        with self._lock:
+            self.stats.entries_fetches += 1
+            if window.state is WindowState.PULLING and not self._closed:
+                self._commit(window, entries)
+        _resolve(window._done_future, entries)
+
+
+def _resolve(future: Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _check_bounds(bounds: Bounds, at: int) -> None:
+    if bounds.start > at or (bounds.end is not None and bounds.end <= at):
+        end = "open" if bounds.end is None else format_rfc3339(bounds.end)
+        raise ProtocolError(
+            f"the server answered a window [{format_rfc3339(bounds.start)}, {end}) "
+            f"that does not contain the time asked for ({format_rfc3339(at)})"
+        )
+
+
+def _check_window_entries(entries: Sequence[Entry], start: int, end: int | None) -> None:
+    """A window's entries: a snapshot at ``start``, then mutations, all before ``end``."""
+    if not entries:
+        raise ProtocolError(
+            f"the window starting {format_rfc3339(start)} came back empty; its snapshot is missing"
+        )
+    first = entries[0]
+    if first.micros != start or first.kind is not EntryKind.SNAPSHOT:
+        raise ProtocolError(
+            f"the window starting {format_rfc3339(start)} does not begin with its snapshot "
+            f"(got {first!r})"
+        )
+    previous = start
+    for entry in entries[1:]:
+        if entry.micros <= previous or entry.kind is not EntryKind.MUTATION:
+            raise ProtocolError(
+                f"the window starting {format_rfc3339(start)} has an entry out of order "
+                f"or a second snapshot: {entry!r}"
+            )
+        previous = entry.micros
+    if end is not None and previous >= end:
+        raise ProtocolError(
+            f"the window [{format_rfc3339(start)}, {format_rfc3339(end)}) holds an entry "
+            "at or after its end"
+        )
+
+
+# -- pure helpers over a window's entries -------------------------------------------
+
+
+def state_in(entries: Sequence[Entry], micros: Sequence[int], at: int) -> tuple[int, State]:
+    """``(index, state)`` at time ``at`` in a window's entries (snapshot first).
+
+    ``micros`` are the entries' timestamps. The state is shared with the entries
+    (read-only): copy it before giving it away.
+    """
+    index = bisect.bisect_right(micros, at) - 1
+    if index < 0:
+        raise OutOfRange(f"no state at {format_rfc3339(at)}: it is before the window")
+    state = entries[0].data
+    for i in range(1, index + 1):
+        state = apply_mutation(state, entries[i].data)
+    return index, state
+
+
+def split_windows(entries: Iterable[Entry]) -> Iterable[list[Entry]]:
+    """Cut an ordered run of entries at every snapshot.
+
+    Yields lists that each start with a snapshot, except possibly the first
+    (the tail of a window whose snapshot came before the run).
+    """
+    run: list[Entry] = []
+    for entry in entries:
+        if entry.kind is EntryKind.SNAPSHOT and run:
+            yield run
+            run = []
+        run.append(entry)
+    if run:
+        yield run
