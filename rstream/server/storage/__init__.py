@@ -4,7 +4,7 @@ Open a backend from a URL with :func:`open_storage`:
 
 - ``memory://``: :class:`MemoryStorage`, nothing survives the process;
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
-  (SQLAlchemy style): :class:`~rstream.server.storage.sqlite.SQLiteStorage`;
+  (SQLAlchemy style): :class:`SQLiteStorage`;
 - ``postgresql://...``: not available yet.
 
 See ``docs/storage.rst`` for the schema and what each backend guarantees.
@@ -22,10 +22,13 @@ from rstream.server.storage.base import (
     is_valid_stream_id,
 )
 from rstream.server.storage.memory import MemoryStorage, MemoryStreamLog
+from rstream.server.storage.sqlite import SQLiteLog, SQLiteStorage
 
 __all__ = [
     "MemoryStorage",
     "MemoryStreamLog",
+    "SQLiteLog",
+    "SQLiteStorage",
     "Storage",
     "StreamInfo",
     "StreamLog",
@@ -50,8 +53,6 @@ def open_storage(url: str) -> Storage:
             raise RStreamError(f"storage URL {url!r}: memory:// takes no path")
         return MemoryStorage()
     if scheme == "sqlite":
-        from rstream.server.storage.sqlite import SQLiteStorage
-
         return SQLiteStorage(sqlite_path(url))
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         raise RStreamError(

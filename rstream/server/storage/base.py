@@ -143,8 +143,13 @@ class Storage(Protocol):
     """Where a server keeps its streams. Backends: :class:`~.memory.MemoryStorage`,
     :class:`~.sqlite.SQLiteStorage`; open one from a URL with :func:`~.open_storage`.
 
-    Methods may be called from any thread.
+    Methods may be called from any thread. A storage is a context manager
+    that closes it.
     """
+
+    def __enter__(self) -> Storage: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     def list_streams(self) -> list[StreamInfo]:
         """Every stream, ordered by id."""
