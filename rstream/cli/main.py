@@ -16,6 +16,7 @@ from rstream.cli.demo import demo
 from rstream.cli.history import history
 from rstream.cli.output import report_errors
 from rstream.cli.plot import plot
+from rstream.cli.serve import serve
 from rstream.cli.state import state
 from rstream.cli.streams import streams
 from rstream.cli.tail import tail
@@ -50,3 +51,4 @@ main.add_command(export_entries)
 main.add_command(import_entries)
 main.add_command(plot)
 main.add_command(demo)
+main.add_command(serve)

@@ -1,0 +1,756 @@
+"""The reference server: the routes of ``docs/protocol.rst`` over a :class:`Storage`.
+
+Storage calls are synchronous (sqlite3), so every handler runs them in the
+thread pool and keeps the event loop free for the live tail. Writes go through
+one :class:`~rstream.core.stream.Stream` per stream id (created lazily), under a
+per-stream lock so the answer's ``action`` is the one of this write, and then
+notify the :class:`~rstream.server.live.Hub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+import anyio.to_thread
+from sse_starlette.event import ServerSentEvent
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import apply_mutation
+from rstream.core.stream import Clock, RateConfig, Stream
+from rstream.core.timestamps import (
+    format_rfc3339,
+    from_micros,
+    parse_rfc3339,
+    parse_time,
+    to_micros,
+)
+from rstream.errors import (
+    EntryFormatError,
+    InvalidTimestamp,
+    MutationError,
+    OutOfRange,
+    StreamNotFound,
+)
+from rstream.server.auth import Tokens
+from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
+from rstream.server.limits import Limits
+from rstream.server.live import Hub, Subscriber, encode_entry, live_events
+from rstream.server.openapi import openapi_document
+from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("rstream.server")
+
+NDJSON = "application/x-ndjson"
+IMMUTABLE = "public, max-age=31536000, immutable"
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 300.0
+_ABORT_KEY = "rstream.abort_connection"
+_STATE_FIELDS = frozenset({"state", "timestamp"})
+# The methods of each route under /v1/streams/{id}, by path suffix.
+_ALLOWED = {
+    "": ("GET", "HEAD", "PUT"),
+    "/window": ("GET", "HEAD"),
+    "/entries": ("GET", "HEAD", "POST"),
+    "/live": ("GET", "HEAD"),
+    "/state": ("POST",),
+}
+
+
+def create_app(
+    storage: Storage,
+    *,
+    read_token: str | None = None,
+    write_token: str | None = None,
+    heartbeat: float = 15.0,
+    retry_ms: int = 1000,
+    limits: Limits | None = None,
+    clock: Clock | None = None,
+) -> Starlette:
+    """The ASGI application of the rstream protocol over ``storage``.
+
+    ``heartbeat``: seconds between ``: ping`` comments on live responses (a
+    request may ask for another with ``?heartbeat=``). ``retry_ms``: the SSE
+    ``retry:`` sent first. ``clock``: the writers' clock (epoch micros or an
+    aware datetime), for tests. The app does not close ``storage``.
+
+    ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
+    with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
+    """
+    if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
+        raise ValueError(f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} s")
+    if type(retry_ms) is not int or retry_ms < 0:
+        raise ValueError(f"retry_ms must be a non-negative int, not {retry_ms!r}")
+    server = _Server(
+        storage,
+        Tokens(read_token, write_token),
+        heartbeat=heartbeat,
+        retry_ms=retry_ms,
+        limits=limits or Limits(),
+        clock=clock,
+    )
+    return server.app
+
+
+@dataclass
+class _Page:
+    body: bytes
+    count: int
+    next_start: int | None
+    immutable: bool
+
+
+class _Server:
+    def __init__(
+        self,
+        storage: Storage,
+        tokens: Tokens,
+        *,
+        heartbeat: float,
+        retry_ms: int,
+        limits: Limits,
+        clock: Clock | None,
+    ) -> None:
+        self.storage = storage
+        self.tokens = tokens
+        self.heartbeat = heartbeat
+        self.retry_ms = retry_ms
+        self.limits = limits
+        self.clock = clock
+        self.hub = Hub(limits)
+        self._writers: dict[str, Stream] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        stream = "/v1/streams/{stream_id}"
+        routes = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/openapi.json", self.openapi, methods=["GET"]),
+            Route("/v1/streams", self.list_streams, methods=["GET"]),
+            Route(stream, self.get_stream, methods=["GET"]),
+            Route(stream, self.put_stream, methods=["PUT"]),
+            Route(stream + "/window", self.window, methods=["GET"]),
+            Route(stream + "/entries", self.get_entries, methods=["GET"]),
+            Route(stream + "/entries", self.post_entries, methods=["POST"]),
+            Route(stream + "/live", self.live, methods=["GET"]),
+            Route(stream + "/state", self.post_state, methods=["POST"]),
+            # Ids with a "/" (decoded %2F, "../x") match no route above.
+            Route(
+                "/v1/streams/{rest:path}",
+                self.bad_path,
+                methods=["GET", "PUT", "POST", "DELETE", "PATCH"],
+            ),
+        ]
+        starlette = _App(
+            routes=routes,
+            exception_handlers=exception_handlers(),
+            lifespan=self._lifespan,
+        )
+        starlette.state.hub = self.hub
+        starlette.state.storage = storage
+        self.app = starlette
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.hub.bind(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            self.hub.close()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _lock(self, stream_id: str) -> threading.Lock:
+        with self._locks_lock:
+            lock = self._locks.get(stream_id)
+            if lock is None:
+                lock = self._locks[stream_id] = threading.Lock()
+            return lock
+
+    def _writer(self, stream_id: str, rate: RateConfig) -> Stream:
+        # Called under the stream's lock.
+        writer = self._writers.get(stream_id)
+        if writer is None:
+            writer = Stream(self.storage.log(stream_id), rate, clock=self.clock)
+            self._writers[stream_id] = writer
+        return writer
+
+    def _info(self, stream_id: str) -> StreamInfo:
+        info = self.storage.info(stream_id)
+        if info is None:
+            raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+        return info
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to be too large."""
+        limit = self.limits.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                fail(400, "bad_request", "Content-Length is not a number")
+            if int(length) > limit:
+                fail(413, "too_large", f"request body of {int(length)} bytes is over {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    fail(413, "too_large", f"request body is over {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            fail(400, "bad_request", "the request body was cut short")
+        return b"".join(chunks)
+
+    async def _read_json(self, request: Request) -> Any:
+        return _loads(await self._read_body(request), "request body")
+
+    def _check_state_size(self, data: Mapping[str, Any], where: str, raw_len: int) -> None:
+        limit = self.limits.max_state_bytes
+        # Compact UTF-8 JSON is at most about the size of the text it was parsed
+        # from, so small bodies need no re-encoding to be measured.
+        if raw_len * 2 <= limit:
+            return
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > limit:
+            fail(413, "too_large", f"{where} is {size} bytes of JSON, over the limit of {limit}")
+
+    # -- routes --------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def bad_path(self, request: Request) -> Response:
+        rest = request.path_params["rest"]
+        stream_id, allowed = rest, _ALLOWED[""]
+        for suffix, methods in _ALLOWED.items():
+            if suffix and rest.endswith(suffix):
+                stream_id, allowed = rest[: -len(suffix)], methods
+                break
+        if not is_valid_stream_id(stream_id):
+            fail(400, "invalid_stream_id", _bad_id_message(stream_id))
+        if "/" not in stream_id:  # a known route, another method
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here",
+                {"Allow": ", ".join(allowed)},
+            )
+        fail(404, "not_found", f"no route for {request.url.path[:200]!r}")
+
+    async def list_streams(self, request: Request) -> Response:
+        self.tokens.check_read(request)
+        infos = await anyio.to_thread.run_sync(self.storage.list_streams)
+        return JSONResponse(
+            {
+                "streams": [
+                    {
+                        "id": i.id,
+                        "first": _time(i.first),
+                        "last": _time(i.last),
+                        "revision": i.revision,
+                    }
+                    for i in infos
+                ]
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def get_stream(self, request: Request) -> Response:
+        self.tokens.check_read(request)
+        stream_id = _stream_id(request)
+        info = await anyio.to_thread.run_sync(self._info, stream_id)
+        return _metadata(info)
+
+    async def put_stream(self, request: Request) -> Response:
+        self.tokens.check_write(request)
+        stream_id = _stream_id(request)
+        body = await self._read_body(request)
+        rate: RateConfig | None = None
+        if body.strip():
+            obj = _loads(body, "request body")
+            if not isinstance(obj, dict):
+                fail(400, "bad_request", "the body must be a JSON object")
+            extra = set(obj) - {"record_rate"}
+            if extra:
+                fail(400, "bad_request", f"unknown field(s) {sorted(extra)!r}")
+            if "record_rate" in obj:
+                rate = _rate(obj["record_rate"])
+
+        def put() -> tuple[bool, StreamInfo]:
+            with self._lock(stream_id):
+                created = self.storage.create_stream(stream_id, rate)
+                writer = self._writers.get(stream_id)
+                if writer is not None and rate is not None:
+                    writer.rate = rate
+                return created, self._info(stream_id)
+
+        created, info = await anyio.to_thread.run_sync(put)
+        return _metadata(info, status=201 if created else 200)
+
+    async def window(self, request: Request) -> Response:
+        self.tokens.check_read(request)
+        stream_id = _stream_id(request)
+        at = _time_param(request, "at")
+
+        def window() -> dict[str, Any]:
+            self._info(stream_id)
+            log = self.storage.log(stream_id)
+            revision = log.revision
+            if at is None:
+                start = log.latest_snapshot()
+                if start is None:
+                    raise OutOfRange(f"stream {stream_id!r} has no entries yet")
+                return {"start": _time(start.micros), "end": None, "revision": revision}
+            start = log.snapshot_before_us(at)
+            if start is None:
+                raise OutOfRange(f"no snapshot at or before {format_rfc3339(at)}", when=at)
+            after = log.snapshot_after_us(at)
+            return {
+                "start": _time(start.micros),
+                "end": None if after is None else _time(after.micros),
+                "revision": revision,
+            }
+
+        body = await anyio.to_thread.run_sync(window)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def get_entries(self, request: Request) -> Response:
+        self.tokens.check_read(request)
+        stream_id = _stream_id(request)
+        start = _time_param(request, "start")
+        end = _time_param(request, "end")
+        limit = self.limits.page_size
+        raw_limit = request.query_params.get("limit")
+        if raw_limit is not None:
+            if not raw_limit.isdigit() or int(raw_limit) < 1:
+                fail(400, "bad_request", f"limit must be a positive integer, not {raw_limit!r}")
+            limit = min(int(raw_limit[:12]), limit)
+
+        page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit)
+        headers = {"Content-Type": NDJSON}
+        if page.next_start is not None:
+            next_start = format_rfc3339(page.next_start)
+            query = {k: v for k, v in request.query_params.items() if k != "start"}
+            query["start"] = next_start
+            headers["RStream-Next-Start"] = next_start
+            headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+        if not page.immutable:
+            headers["Cache-Control"] = "no-store"
+            return Response(page.body, headers=headers, media_type=NDJSON)
+        digest = hashlib.blake2b(page.body, digest_size=16)
+        digest.update(b"|%d" % (page.next_start if page.next_start is not None else -1))
+        etag = f'"{digest.hexdigest()}"'
+        headers["ETag"] = etag
+        headers["Cache-Control"] = IMMUTABLE
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(
+                status_code=304,
+                headers={
+                    "ETag": etag,
+                    "Cache-Control": IMMUTABLE,
+                    **{k: v for k, v in headers.items() if k in ("RStream-Next-Start", "Link")},
+                },
+            )
+        return Response(page.body, headers=headers, media_type=NDJSON)
+
+    def _page(self, stream_id: str, start: int | None, end: int | None, limit: int) -> _Page:
+        info = self._info(stream_id)
+        log = self.storage.log(stream_id)
+        immutable = (
+            end is not None and info.latest_snapshot is not None and end <= info.latest_snapshot
+        )
+        lines: list[bytes] = []
+        size = 0
+        next_start: int | None = None
+        budget = self.limits.page_bytes
+        with contextlib.closing(log.iter_range(start, end, limit + 1)) as entries:
+            for entry in entries:
+                if len(lines) >= limit or size >= budget:
+                    next_start = entry.micros
+                    break
+                line = encode_entry(entry) + b"\n"
+                lines.append(line)
+                size += len(line)
+        return _Page(b"".join(lines), len(lines), next_start, immutable)
+
+    async def post_state(self, request: Request) -> Response:
+        self.tokens.check_write(request)
+        stream_id = _stream_id(request)
+        body = await self._read_body(request)
+        obj = _loads(body, "request body")
+        if not isinstance(obj, dict):
+            fail(400, "bad_request", 'the body must be a JSON object {"state": {...}}')
+        extra = set(obj) - _STATE_FIELDS
+        if extra:
+            fail(400, "bad_request", f"unknown field(s) {sorted(extra)!r}")
+        if "state" not in obj:
+            fail(400, "bad_request", "missing field 'state'")
+        state = obj["state"]
+        if not isinstance(state, dict):
+            fail(400, "bad_request", "'state' must be a JSON object")
+        when = _body_time(obj.get("timestamp"))
+        self._check_state_size(state, "the state", len(body))
+
+        def write() -> tuple[bool, str, Entry | None, int]:
+            with self._lock(stream_id):
+                info = self.storage.info(stream_id)
+                created = False
+                if info is None:
+                    created = self.storage.create_stream(stream_id)
+                    info = self._info(stream_id)
+                writer = self._writer(stream_id, info.rate)
+                entry = writer.write_state(state, None if when is None else from_micros(when))
+                action = writer.last_action.value
+                revision = entry.rev if entry is not None and entry.rev else writer.log.revision
+                return created, action, entry, revision
+
+        created, action, entry, revision = await anyio.to_thread.run_sync(write)
+        payload: Any = None
+        if entry is not None:
+            encoded = encode_entry(entry)
+            self.hub.notify(stream_id, revision, len(encoded))
+            payload = entry.to_json(with_rev=True)
+        return JSONResponse(
+            {"action": action, "entry": payload, "revision": revision},
+            status_code=201 if created else 200,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def post_entries(self, request: Request) -> Response:
+        self.tokens.check_write(request)
+        stream_id = _stream_id(request)
+        body = await self._read_body(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        entries = _parse_entries(body, ndjson=content_type == NDJSON)
+        for i, entry in enumerate(entries):
+            self._check_state_size(entry.data, f"entry {i} of the batch", len(body))
+
+        def append() -> tuple[bool, list[Entry], int]:
+            with self._lock(stream_id):
+                created = False
+                info = self.storage.info(stream_id)
+                if info is None:
+                    if not entries:
+                        raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+                    created = self.storage.create_stream(stream_id)
+                    info = self._info(stream_id)
+                writer = self._writer(stream_id, info.rate)
+                if not entries:
+                    return created, [], writer.log.revision
+                _check_mutations(writer.state, entries)
+                stored = self.storage.log(stream_id).append_many(entries)
+                return created, stored, stored[-1].rev or 0
+
+        created, stored, revision = await anyio.to_thread.run_sync(append)
+        if stored:
+            self.hub.notify(stream_id, revision, sum(len(encode_entry(e)) for e in stored))
+        return JSONResponse(
+            {"count": len(stored), "revision": revision},
+            status_code=201 if created else 200,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def live(self, request: Request) -> Response:
+        self.tokens.check_read(request)
+        stream_id = _stream_id(request)
+        since, reset_reason = _resume_point(request)
+        heartbeat = self.heartbeat
+        raw = request.query_params.get("heartbeat")
+        if raw is not None:
+            try:
+                heartbeat = float(raw)
+            except ValueError:
+                heartbeat = float("nan")
+            if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
+                fail(
+                    400,
+                    "bad_request",
+                    f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} seconds",
+                )
+        await anyio.to_thread.run_sync(self._info, stream_id)
+        log = self.storage.log(stream_id)
+        subscriber = self.hub.subscribe(stream_id)
+        try:
+            content = live_events(
+                self.hub,
+                subscriber,
+                log,
+                _window_reader(log),
+                since=since,
+                reset_reason=reset_reason,
+                retry_ms=self.retry_ms,
+            )
+            return _LiveResponse(
+                content,
+                hub=self.hub,
+                subscriber=subscriber,
+                ping=heartbeat,
+                sep="\n",
+                ping_message_factory=_ping,
+                headers={"RStream-Heartbeat": f"{heartbeat:g}", "Cache-Control": "no-store"},
+            )
+        except BaseException:
+            self.hub.unsubscribe(subscriber)
+            raise
+
+
+# -- the live response ------------------------------------------------------------
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep="\n")
+
+
+def _window_reader(log: StreamLog) -> Callable[[int | None, int], list[Entry]]:
+    def read(after_us: int | None, limit: int) -> list[Entry]:
+        if after_us is None:
+            start = log.latest_snapshot() or log.first()
+            if start is None:
+                return []
+            first_us = start.micros
+        else:
+            first_us = after_us + 1
+        with contextlib.closing(log.iter_range(first_us, None, limit)) as entries:
+            return list(entries)
+
+    return read
+
+
+class _LiveResponse(EventSourceResponse):
+    """An SSE response the hub can cut off (a subscriber too far behind)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, hub: Hub, subscriber: Subscriber, **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._hub = hub
+        self._subscriber = subscriber
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscriber = self._subscriber
+        try:
+            with anyio.CancelScope() as cancel:
+                subscriber.on_overflow = cancel.cancel
+                if subscriber.overflowed:
+                    cancel.cancel()
+                await super().__call__(scope, receive, send)
+            if cancel.cancelled_caught:
+                # The response cannot be finished (the client is not reading), so
+                # the connection is dropped; the client resumes by revision.
+                abort = scope.get(_ABORT_KEY)
+                if abort is not None:
+                    abort()
+                    # Let the server see the connection lost before we return,
+                    # so it does not report an unfinished response.
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+        finally:
+            subscriber.on_overflow = None
+            self._hub.unsubscribe(subscriber)
+
+
+# -- the outermost layer: no traceback ever leaves -----------------------------------
+
+
+class _App(Starlette):
+    """Starlette, plus: anything that escaped is answered with a JSON 500 (logged
+    once, never shown), and the live tail may drop a connection it cannot finish."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        scope[_ABORT_KEY] = _aborter(send)
+        try:
+            await super().__call__(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                # Starlette's handler for Exception already logged and answered.
+                logger.debug("error after the response started", exc_info=exc)
+                return
+            response = unexpected_response(scope.get("method", ""), scope.get("path", ""), exc)
+            await response(scope, receive, send)
+
+
+def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] | None:
+    # uvicorn's send is a bound method of the request cycle, which holds the
+    # transport; other servers get no abort and close the connection themselves.
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    return abort if callable(abort) else None
+
+
+# -- request parsing ---------------------------------------------------------------
+
+
+def _stream_id(request: Request) -> str:
+    stream_id: str = request.path_params["stream_id"]
+    if not is_valid_stream_id(stream_id):
+        fail(400, "invalid_stream_id", _bad_id_message(stream_id))
+    return stream_id
+
+
+def _bad_id_message(stream_id: str) -> str:
+    shown = stream_id if len(stream_id) <= 40 else stream_id[:40] + "..."
+    return (
+        f"invalid stream id {shown!r}: use 1 to 128 characters from A-Z a-z 0-9 . _ ~ -, "
+        "not starting with '.'"
+    )
+
+
+def _time_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_time(raw)
+    except InvalidTimestamp as exc:
+        raise InvalidTimestamp(f"query parameter {name!r}: {exc}") from None
+
+
+def _body_time(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_rfc3339(value)
+        except InvalidTimestamp as exc:
+            raise InvalidTimestamp(f"field 'timestamp': {exc}") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return to_micros(value)
+    raise InvalidTimestamp(
+        f"field 'timestamp' must be RFC 3339 text or epoch seconds, not {type(value).__name__}"
+    )
+
+
+def _resume_point(request: Request) -> tuple[int | None, str | None]:
+    """``(since, reset_reason)``: the header wins over ``?since``; an unusable
+    Last-Event-ID (browsers send whatever id they saw) is answered with a reset."""
+    header = request.headers.get("last-event-id")
+    if header is not None and header.strip():
+        text = header.strip()
+        if text.isdigit() and len(text) <= 18:
+            return int(text), None
+        return None, f"Last-Event-ID {text[:40]!r} is not a revision"
+    raw = request.query_params.get("since")
+    if raw is None:
+        return None, None
+    if not raw.isdigit() or len(raw) > 18:
+        fail(400, "bad_request", f"since must be a non-negative integer revision, not {raw[:40]!r}")
+    return int(raw), None
+
+
+def _loads(body: bytes, what: str) -> Any:
+    if not body.strip():
+        fail(400, "invalid_json", f"{what} is empty")
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        fail(400, "invalid_json", f"{what} is not valid JSON: {exc}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _rate(value: object) -> RateConfig:
+    if not isinstance(value, dict):
+        fail(400, "bad_request", "'record_rate' must be a JSON object")
+    extra = set(value) - {"keyframe_frequency", "change_frequency"}
+    if extra:
+        fail(400, "bad_request", f"unknown record_rate field(s) {sorted(extra)!r}")
+    try:
+        return RateConfig.from_json(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        fail(400, "bad_request", f"record_rate: {exc}")
+
+
+def _parse_entries(body: bytes, *, ndjson: bool) -> list[Entry]:
+    if ndjson:
+        entries = []
+        for n, line in enumerate(body.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            entries.append(Entry.from_json(_loads(line, f"line {n}"), where=f"line {n}"))
+        return entries
+    obj = _loads(body, "request body")
+    if isinstance(obj, dict):
+        return [Entry.from_json(obj)]
+    if isinstance(obj, list):
+        return [Entry.from_json(item, where=f"entry {i}") for i, item in enumerate(obj)]
+    raise EntryFormatError("malformed entry: expected an entry object, an array or NDJSON")
+
+
+def _check_mutations(state: dict[str, Any] | None, entries: list[Entry]) -> None:
+    """Raise MutationError unless every mutation applies to the state before it."""
+    for i, entry in enumerate(entries):
+        if entry.kind is EntryKind.SNAPSHOT:
+            state = entry.data
+            continue
+        if state is None:
+            raise MutationError(
+                f"entry {i} of the batch is a mutation, but the stream has no snapshot before it"
+            )
+        try:
+            state = apply_mutation(state, entry.data)
+        except MutationError as exc:
+            raise MutationError(f"entry {i} of the batch: {exc.reason}", exc.path) from None
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+# -- responses ---------------------------------------------------------------------
+
+
+def _time(micros: int | None) -> str | None:
+    return None if micros is None else format_rfc3339(micros)
+
+
+def _metadata(info: StreamInfo, status: int = 200) -> Response:
+    return JSONResponse(
+        {
+            "id": info.id,
+            "record_rate": info.rate.to_json(),
+            "first": _time(info.first),
+            "last": _time(info.last),
+            "revision": info.revision,
+            "latest_snapshot": _time(info.latest_snapshot),
+        },
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )

@@ -1,0 +1,359 @@
+"""The live tail: an in-process fan-out hub and the Server-Sent Events generator.
+
+Writers only *notify* (:meth:`Hub.notify`, callable from any thread); they never
+wait for a subscriber. A notification wakes every subscriber of that stream,
+and each subscriber reads what it has not sent yet, by revision, from a small
+per-stream cache of recent changes (one storage read of
+``log.changes_since(rev)`` fills it for every subscriber). Revisions are the
+only cursor, so resuming after a disconnect is exact, and a storage with its
+own change feed (PostgreSQL LISTEN/NOTIFY) drives the same hub by calling
+``notify``.
+
+A subscriber that falls further behind than the limits allow (events or
+bytes written but not yet handed to its connection) is disconnected; unsent
+events are never buffered per subscriber (they stay in the log), so a slow
+reader costs the server its socket buffers and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from bisect import bisect_right
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.to_thread
+
+from rstream.core.entry import Entry
+from rstream.server.errors import fail
+from rstream.server.limits import Limits
+
+__all__ = ["Change", "Hub", "Subscriber", "encode_entry", "live_events"]
+
+logger = logging.getLogger("rstream.server.live")
+
+_FRAME_CHUNK = 256 * 1024  # join small events into writes of about this size
+_WINDOW_PAGE = 1_000  # entries per storage read while sending the live window
+_FOREVER_US = 2**62  # an end time after every entry
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The compact JSON wire form of an entry (with ``rev``), as UTF-8."""
+    return json.dumps(
+        entry.to_json(with_rev=True), ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change as sent to subscribers: its revision, time and encoded entry."""
+
+    rev: int
+    micros: int
+    payload: bytes
+
+
+class LiveLog(Protocol):
+    """What the live tail needs of a stream's log (a subset of ``StreamLog``)."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def changes_since(self, rev: int) -> Sequence[Entry]: ...
+
+
+class Subscriber:
+    """One live connection's position in the hub. Used on the event loop only."""
+
+    __slots__ = (
+        "closing",
+        "on_overflow",
+        "overflowed",
+        "sent_cum",
+        "sent_rev",
+        "stream_id",
+        "wake",
+    )
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.wake = asyncio.Event()
+        self.sent_rev: int | None = None  # None until the first catch-up is sent
+        self.sent_cum = 0
+        self.closing = False  # the server is stopping: end the response cleanly
+        self.overflowed = False  # too far behind: the connection is dropped
+        self.on_overflow: Callable[[], object] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.stream_id!r} sent_rev={self.sent_rev}>"
+
+
+class _Topic:
+    """A stream's subscribers, notification counters and tail cache."""
+
+    __slots__ = ("cum", "hi", "items", "lo", "lock", "marks", "rev", "subscribers")
+
+    def __init__(self, marks: int) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.rev = 0  # newest revision notified (or read)
+        self.cum = 0  # bytes notified so far
+        self.marks: deque[tuple[int, int, int]] = deque(maxlen=marks)  # (rev, cum after, nbytes)
+        # The cache holds every change with lo < rev <= hi, oldest first.
+        self.lo: int | None = None
+        self.hi = 0
+        self.items: list[Change] = []
+        self.lock = asyncio.Lock()  # one storage read at a time fills the cache
+
+    def cum_at(self, rev: int) -> int:
+        if rev >= self.rev or not self.marks:
+            return self.cum
+        revs = [m[0] for m in self.marks]
+        i = bisect_right(revs, rev)
+        if i:
+            return self.marks[i - 1][1]
+        _, first_cum, first_bytes = self.marks[0]
+        return first_cum - first_bytes
+
+    def after(self, rev: int) -> list[Change]:
+        i = bisect_right([c.rev for c in self.items], rev)
+        return self.items[i:]
+
+    def add(self, changes: Sequence[Change], limit: int) -> None:
+        for change in changes:
+            if change.rev > self.hi:
+                self.items.append(change)
+                self.hi = change.rev
+        self.rev = max(self.rev, self.hi)
+        if len(self.items) > limit:
+            drop = len(self.items) - limit
+            self.lo = self.items[drop - 1].rev
+            del self.items[:drop]
+
+
+class Hub:
+    """Fans writes out to live subscribers, per stream.
+
+    ``notify(stream_id, rev, nbytes)`` may be called from any thread once the
+    hub is bound to its event loop (:meth:`bind`); everything else runs on
+    that loop.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._topics: dict[str, _Topic] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.overflows = 0  # subscribers disconnected for being too slow
+
+    # -- any thread ---------------------------------------------------------------
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the hub to the event loop its subscribers live on."""
+        self._loop = loop
+        self._closed = False
+
+    def notify(self, stream_id: str, rev: int, nbytes: int = 0) -> None:
+        """Revision ``rev`` of ``stream_id`` was written (``nbytes``: its encoded size).
+
+        Thread-safe and non-blocking; a no-op before :meth:`bind` or after close.
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            loop.call_soon_threadsafe(self._dispatch, stream_id, rev, nbytes)
+
+    # -- event loop ---------------------------------------------------------------
+
+    def subscribe(self, stream_id: str) -> Subscriber:
+        """Register a subscriber; 429 ``too_many_subscribers`` past the limit."""
+        if self._closed:
+            fail(503, "unavailable", "the server is shutting down")
+        topic = self._topics.get(stream_id)
+        if topic is None:
+            topic = self._topics[stream_id] = _Topic(self.limits.subscriber_events + 1)
+        if len(topic.subscribers) >= self.limits.max_subscribers:
+            fail(
+                429,
+                "too_many_subscribers",
+                f"stream {stream_id!r} has {len(topic.subscribers)} subscribers (the limit)",
+            )
+        subscriber = Subscriber(stream_id)
+        topic.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Forget a subscriber (idempotent); a stream without subscribers drops its cache."""
+        topic = self._topics.get(subscriber.stream_id)
+        if topic is None:
+            return
+        topic.subscribers.discard(subscriber)
+        if not topic.subscribers:
+            del self._topics[subscriber.stream_id]
+
+    def subscriber_count(self, stream_id: str) -> int:
+        topic = self._topics.get(stream_id)
+        return 0 if topic is None else len(topic.subscribers)
+
+    def close(self) -> None:
+        """Ask every subscriber to end its response, and refuse new ones."""
+        self._closed = True
+        for topic in self._topics.values():
+            for subscriber in topic.subscribers:
+                subscriber.closing = True
+                subscriber.wake.set()
+
+    def _dispatch(self, stream_id: str, rev: int, nbytes: int) -> None:
+        topic = self._topics.get(stream_id)
+        if topic is None:
+            return
+        if rev > topic.rev:
+            topic.rev = rev
+        topic.cum += nbytes
+        topic.marks.append((rev, topic.cum, nbytes))
+        max_events = self.limits.subscriber_events
+        max_bytes = self.limits.subscriber_bytes
+        for subscriber in topic.subscribers:
+            subscriber.wake.set()
+            if subscriber.sent_rev is None or subscriber.overflowed:
+                continue
+            if (
+                topic.rev - subscriber.sent_rev > max_events
+                or topic.cum - subscriber.sent_cum > max_bytes
+            ):
+                self._overflow(subscriber, topic)
+
+    def _overflow(self, subscriber: Subscriber, topic: _Topic) -> None:
+        subscriber.overflowed = True
+        self.overflows += 1
+        logger.warning(
+            "disconnecting a slow subscriber of %r: %d events / %d bytes behind",
+            subscriber.stream_id,
+            topic.rev - (subscriber.sent_rev or 0),
+            topic.cum - subscriber.sent_cum,
+        )
+        if subscriber.on_overflow is not None:
+            subscriber.on_overflow()
+
+    def mark_sent(self, subscriber: Subscriber, rev: int) -> None:
+        """``subscriber``'s connection has been handed every change up to ``rev``."""
+        subscriber.sent_rev = rev
+        topic = self._topics.get(subscriber.stream_id)
+        if topic is not None:
+            subscriber.sent_cum = topic.cum_at(rev)
+
+    async def changes_after(self, subscriber: Subscriber, rev: int, log: LiveLog) -> list[Change]:
+        """The changes with a revision after ``rev``, from the cache when it has them."""
+        topic = self._topics.get(subscriber.stream_id)
+        if topic is None:  # not subscribed (closing): read directly
+            return await _read_changes(log, rev)
+        if topic.lo is not None and rev >= topic.lo and topic.rev <= topic.hi:
+            return topic.after(rev)
+        if topic.lo is not None and rev < topic.lo:
+            return await _read_changes(log, rev)  # behind the cache: a read of its own
+        async with topic.lock:
+            if topic.lo is None:
+                changes = await _read_changes(log, rev)
+                if topic.lo is None:
+                    topic.lo = topic.hi = rev
+                    topic.add(changes, self.limits.tail_cache_events)
+                return changes
+            if topic.rev > topic.hi:
+                topic.add(await _read_changes(log, topic.hi), self.limits.tail_cache_events)
+        if rev >= topic.lo:
+            return topic.after(rev)
+        return await _read_changes(log, rev)
+
+
+async def _read_changes(log: LiveLog, rev: int) -> list[Change]:
+    def read() -> list[Change]:
+        return [Change(e.rev or 0, e.micros, encode_entry(e)) for e in log.changes_since(rev)]
+
+    return await anyio.to_thread.run_sync(read)
+
+
+# -- the event stream --------------------------------------------------------------
+
+
+def _frame(event: str, rev: int, payload: bytes) -> bytes:
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), rev, payload)
+
+
+#: Reads the live window in pages: ``(after_us, limit) -> entries`` (``after_us``
+#: None: from the window's snapshot).
+WindowReader = Callable[[int | None, int], list[Entry]]
+
+
+async def live_events(
+    hub: Hub,
+    subscriber: Subscriber,
+    log: LiveLog,
+    read_window: WindowReader,
+    *,
+    since: int | None,
+    reset_reason: str | None = None,
+    retry_ms: int,
+) -> AsyncIterator[bytes]:
+    """The bytes of one live response: ``retry:``, the catch-up, then each change.
+
+    ``since`` is the resume revision (None: start with the live window);
+    ``reset_reason`` forces a ``reset`` event first (an unreadable resume point).
+    ``read_window(after_us, limit)`` returns the live window's entries after
+    ``after_us`` (None: from its snapshot), at most ``limit`` of them.
+    """
+    yield b"retry: %d\n\n" % retry_ms
+    newest_us: int | None = None
+    if since is not None or reset_reason is not None:
+        revision = await anyio.to_thread.run_sync(lambda: log.revision)
+        if since is not None and since > revision:
+            reset_reason = f"resume point {since} is ahead of the stream (revision {revision})"
+        if reset_reason is not None:
+            yield _reset_frame(reset_reason, revision)
+            since = None
+    if since is None:
+        # The live window, in pages; revisions grow along the log, so the last
+        # entry sent is the revision to continue from.
+        since = 0
+        after_us: int | None = None
+        while True:
+            page = await anyio.to_thread.run_sync(read_window, after_us, _WINDOW_PAGE)
+            if not page:
+                break
+            yield b"".join(_frame("entry", e.rev or 0, encode_entry(e)) for e in page)
+            since = max(since, page[-1].rev or 0)
+            after_us = newest_us = page[-1].micros
+            if len(page) < _WINDOW_PAGE:
+                break
+    hub.mark_sent(subscriber, since)
+    while not subscriber.closing:
+        subscriber.wake.clear()
+        changes = await hub.changes_after(subscriber, since, log)
+        if not changes:
+            await subscriber.wake.wait()
+            continue
+        chunk: list[bytes] = []
+        size = 0
+        for change in changes:
+            event = "amend" if change.micros == newest_us else "entry"
+            frame = _frame(event, change.rev, change.payload)
+            chunk.append(frame)
+            size += len(frame)
+            newest_us = change.micros
+            if size >= _FRAME_CHUNK:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+                hub.mark_sent(subscriber, change.rev)
+        if chunk:
+            yield b"".join(chunk)
+        since = changes[-1].rev
+        hub.mark_sent(subscriber, since)
+
+
+def _reset_frame(reason: str, revision: int) -> bytes:
+    data: dict[str, Any] = {"reason": reason, "revision": revision}
+    return _frame("reset", revision, json.dumps(data, separators=(",", ":")).encode())
