@@ -120,7 +120,7 @@ def default_template() -> tenacity.Retrying:
     """The default policy: jittered exponential backoff 0.5 s .. 30 s, 5 attempts, 60 s."""
     return tenacity.Retrying(
         wait=tenacity.wait_exponential_jitter(
-            initial=DEFAULT_INITIAL_WAIT, max=DEFAULT_MAX_WAIT, jitter=DEFAULT_INITIAL_WAIT
+            multiplier=DEFAULT_INITIAL_WAIT, max=DEFAULT_MAX_WAIT, jitter=DEFAULT_INITIAL_WAIT
         ),
         stop=tenacity.stop_after_attempt(DEFAULT_MAX_ATTEMPTS)
         | tenacity.stop_after_delay(DEFAULT_MAX_DELAY),
