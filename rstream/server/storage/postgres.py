@@ -1,0 +1,1000 @@
+"""PostgreSQL storage: one database shared by several server replicas.
+
+``PostgresStorage("postgresql://user@host/db")`` keeps the schema of
+:mod:`rstream.server.storage.sql` (the same statements as SQLite, rendered for
+psycopg) in a schema of its own choosing (``?schema=name`` on the URL, or the
+``schema=`` argument; default: the connection's ``search_path``). The server
+creates and migrates it itself, under a transaction-scoped advisory lock, so
+replicas that start together do not race.
+
+Guarantees, and what they rest on:
+
+- **Revisions.** Every write runs in one transaction that first locks the
+  stream's row (``SELECT ... FOR UPDATE``), reads the revision and the newest
+  entry, checks order, writes and bumps the revision. Writers on any replica
+  serialise on that row lock, so revisions never repeat or go backwards, and
+  a write whose timestamp is no longer after the newest entry once the lock is
+  held fails with :class:`~rstream.OutOfOrder` (HTTP 409) and changes nothing.
+- **Decisions made on fresh state.** The core writer
+  (:class:`rstream.core.stream.Stream`) decides snapshot / mutation / amend from
+  its cursor. Across replicas that cursor can be stale between its check and
+  its write, so the server wraps each write in :meth:`PostgresLog.write_lock`:
+  the row lock is taken *before* the writer looks at the log, the writer's
+  reads on that thread go through the locked transaction, and the write
+  commits and releases the lock. The decision, the server-assigned timestamp
+  (``max(now, newest + 1 us)``) and the write therefore see one state.
+- **Live fan-out.** Each write calls ``pg_notify`` in its transaction (delivered
+  on commit) on the storage's channel with the stream id and revision. A
+  :class:`ChangeListener` (see :meth:`PostgresStorage.listen`) blocks on its
+  ``LISTEN`` connection's socket and hands every notification to a callback
+  (the server's fan-out hub); after any reconnect it re-announces the current
+  revision of every stream that has subscribers, so nothing published while it
+  was disconnected is missed. Subscribers always read the changes themselves
+  from the table (``changes_since``): a notification is only a wake-up.
+
+Errors: an unreachable database (refused connection, a dropped connection, no
+pooled connection free within ``pool_timeout``) raises
+:class:`~rstream.ServerError` with ``status=503`` and ``code="unavailable"``, which
+the server answers as the protocol's 503. Reads are retried once on a fresh
+connection when a pooled one turns out to be dead (after a database restart);
+writes only when the connection fails on ``BEGIN``, before anything was sent
+that could have been applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import select
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import tenacity
+from psycopg import sql as pgsql
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import copy_json
+from rstream.core.stream import RateConfig
+from rstream.core.timestamps import TimeLike, to_micros
+from rstream.errors import ClientClosed, RStreamError, ServerError, StreamNotFound
+from rstream.server.storage.base import (
+    MAX_US,
+    MIN_US,
+    StreamInfo,
+    check_amend,
+    check_append,
+    check_batch_order,
+    check_entry_time,
+    clamp_us,
+    dump_json,
+    load_json,
+)
+from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, Statements, statements
+
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "ChangeListener",
+    "PostgresLog",
+    "PostgresStorage",
+    "parse_postgres_url",
+]
+
+log = logging.getLogger("rstream.server.storage.postgres")
+
+_SQL = statements(POSTGRES)
+_KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)
+_ONE_US = timedelta(microseconds=1)
+_T = TypeVar("_T")
+_Row = tuple[int, int, str, int]  # ts_us, kind, data, rev
+
+#: The notification channel of a storage in the default schema; a storage in
+#: schema ``s`` uses ``rstream_changes_s`` (channels are per database, and
+#: schemas of one database must not wake each other's subscribers).
+DEFAULT_CHANNEL = "rstream_changes"
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_RANGE_PAGE = 1_000  # rows per query while iterating a range
+
+# PostgreSQL-only statements (the shared ones live in rstream.server.storage.sql).
+_NOTIFY = "SELECT pg_notify(%s, %s)"
+_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {}"
+
+# Liveness of long-lived connections: the kernel notices a dead peer within
+# about 20 s even when no packet arrives (a partition, a powered-off host).
+_KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
+
+
+def _entry(row: _Row) -> Entry:
+    return Entry.from_micros(row[0], _KINDS[row[1]], load_json(row[2]), row[3])
+
+
+def parse_postgres_url(url: str) -> tuple[str, str | None]:
+    """Split an rstream PostgreSQL URL into a libpq URL and the ``schema`` option.
+
+    ``postgresql://user:pw@host:5432/db?schema=rs&sslmode=require`` gives
+    ``("postgresql://user:pw@host:5432/db?sslmode=require", "rs")``; every other
+    query parameter is libpq's. ``postgres://`` is accepted as well.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise RStreamError(f"{_redact(url)!r} is not a postgresql:// URL")
+    schema: str | None = None
+    query: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            query.append((key, value))
+    if schema is not None:
+        _check_schema(schema)
+    libpq = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    return libpq, schema
+
+
+def _check_schema(schema: str) -> None:
+    if not _SCHEMA_NAME.match(schema):
+        raise RStreamError(
+            f"PostgreSQL schema name {schema!r} is not allowed: use 1 to 63 characters "
+            "from a-z, 0-9 and _, not starting with a digit"
+        )
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def channel_for(schema: str | None) -> str:
+    """The notification channel of a storage in ``schema`` (None: the default)."""
+    if schema is None:
+        return DEFAULT_CHANNEL
+    name = f"{DEFAULT_CHANNEL}_{schema}"
+    if len(name) > 63:  # NAMEDATALEN - 1: longer channel names are refused
+        name = f"{DEFAULT_CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
+    return name
+
+
+def _unavailable(exc: BaseException, what: str) -> ServerError:
+    return ServerError(
+        f"PostgreSQL storage unavailable ({what}): {exc}; retry later",
+        status=503,
+        code="unavailable",
+    )
+
+
+@dataclass
+class _Bound:
+    """A write transaction bound to one thread by :meth:`PostgresLog.write_lock`."""
+
+    log: PostgresLog
+    conn: psycopg.Connection[Any]
+    open: bool = True  # False once the write committed (or the block ended)
+
+
+class PostgresStorage:
+    """A :class:`~rstream.server.storage.base.Storage` in a PostgreSQL database.
+
+    ``PostgresStorage(url, *, schema=None, min_size=1, max_size=10,
+    pool_timeout=10.0, connect_timeout=5.0)``: ``url`` is a libpq URL or
+    connection string (``?schema=`` is read and removed, see
+    :func:`parse_postgres_url`); ``schema`` overrides it. Connections come from a
+    :class:`psycopg_pool.ConnectionPool` of ``min_size`` to ``max_size``
+    autocommit connections; waiting longer than ``pool_timeout`` seconds for
+    one is a 503.
+
+    Thread-safe; usable as a context manager. :meth:`close` closes the pool and
+    every listener; afterwards every method raises :class:`~rstream.ClientClosed`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        pool_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if "://" in url:
+            conninfo, url_schema = parse_postgres_url(url)
+        else:
+            conninfo, url_schema = url, None
+        schema = url_schema if schema is None else schema
+        if schema is not None:
+            _check_schema(schema)
+        self.schema = schema
+        self.channel = channel_for(schema)
+        self.origin = uuid.uuid4().hex  # tags this storage's own notifications
+        self._display = _redact(conninfo) + (f" (schema {schema})" if schema else "")
+        self._conninfo = conninfo
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,  # reads are single statements; writes BEGIN themselves
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": "rstream",
+            **_KEEPALIVE,
+        }
+        if schema is not None:
+            self._connect_kwargs["options"] = f"-c search_path={schema}"
+        self._pool_timeout = pool_timeout
+        self._lock = threading.Lock()  # guards the three below
+        self._closed = False
+        self._logs: dict[str, PostgresLog] = {}
+        self._listeners: list[ChangeListener] = []
+        self._local = threading.local()  # .bound: the thread's _Bound, if any
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            conninfo,
+            kwargs=self._connect_kwargs,
+            min_size=min_size,
+            max_size=max(min_size, max_size),
+            timeout=pool_timeout,
+            name="rstream",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout + 1)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise RStreamError(
+                f"cannot connect to PostgreSQL storage {self._display} within "
+                f"{connect_timeout + 1:g} s; is the server running and the URL right?"
+            ) from exc
+        try:
+            with self._connection() as conn:
+                _migrate(conn, schema, self._display)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<PostgresStorage {self._display}{' closed' if self._closed else ''}>"
+
+    def __enter__(self) -> PostgresStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections -------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise ClientClosed(f"the storage {self._display} is closed")
+        try:
+            with self._pool.connection(timeout=self._pool_timeout) as conn:
+                yield conn
+        except PoolClosed:
+            raise ClientClosed(f"the storage {self._display} is closed") from None
+        except PoolTimeout as exc:
+            raise _unavailable(exc, "no connection free") from exc
+
+    def _read(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``fn`` on a pooled connection, once more on a fresh one if it was dead."""
+        for attempt in (1, 2):
+            with self._connection() as conn:
+                try:
+                    return fn(conn)
+                except psycopg.OperationalError as exc:
+                    if attempt == 2 or not conn.closed:
+                        raise _unavailable(exc, "read failed") from exc
+                    log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
+        raise AssertionError("unreachable")
+
+    def _write(self, log_: PostgresLog | None, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``fn`` in a write transaction and commit; roll back if it raises.
+
+        Inside :meth:`PostgresLog.write_lock` of the same log the thread's bound
+        transaction is used (and committed, releasing the row lock).
+        """
+        bound: _Bound | None = getattr(self._local, "bound", None)
+        if bound is not None and log_ is not None and bound.log is log_ and bound.open:
+            try:
+                result = fn(bound.conn)
+            except psycopg.OperationalError as exc:
+                raise _unavailable(exc, "write failed") from exc
+            bound.open = False  # committed or not, the lock is gone after this
+            try:
+                bound.conn.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                raise _unavailable(exc, "commit failed") from exc
+            return result
+        for attempt in (1, 2):
+            with self._connection() as conn:
+                try:
+                    conn.execute(POSTGRES.begin_write)
+                except psycopg.OperationalError as exc:
+                    if attempt == 2 or not conn.closed:
+                        raise _unavailable(exc, "cannot begin a write") from exc
+                    log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
+                    continue
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except psycopg.OperationalError as exc:
+                    _rollback(conn)
+                    raise _unavailable(exc, "write failed") from exc
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                return result
+        raise AssertionError("unreachable")
+
+    def _notify(self, conn: psycopg.Connection[Any], stream_id: str, rev: int, nbytes: int) -> None:
+        payload = json.dumps(
+            {"stream": stream_id, "rev": rev, "bytes": nbytes, "origin": self.origin},
+            separators=(",", ":"),
+        )
+        conn.execute(_NOTIFY, (self.channel, payload))
+
+    def close(self) -> None:
+        """Stop every listener and close the pool; idempotent."""
+        with self._lock:
+            self._closed = True
+            listeners, self._listeners = self._listeners, []
+            self._logs.clear()
+        for listener in listeners:
+            listener.close()
+        self._pool.close()
+
+    # -- Storage -----------------------------------------------------------------
+
+    def list_streams(self) -> list[StreamInfo]:
+        """Every stream, ordered by id."""
+        return self._read(lambda conn: [_info(row) for row in conn.execute(_SQL.list_streams)])
+
+    def info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's metadata, or ``None`` when it does not exist."""
+        row = self._read(lambda conn: conn.execute(_SQL.stream_info, (stream_id,)).fetchone())
+        return None if row is None else _info(row)
+
+    def create_stream(self, stream_id: str, rate: RateConfig | None = None) -> bool:
+        """Create the stream (True), or set an existing one's rate when given (False)."""
+        config = rate or RateConfig()
+        keyframe_us = config.keyframe_frequency // _ONE_US
+        change_us = config.change_frequency // _ONE_US
+
+        def create(conn: psycopg.Connection[Any]) -> bool:
+            cur = conn.execute(_SQL.insert_stream, (stream_id, keyframe_us, change_us))
+            created = cur.rowcount > 0
+            if not created and rate is not None:
+                conn.execute(_SQL.update_stream_rate, (keyframe_us, change_us, stream_id))
+            return created
+
+        created = self._write(None, create)
+        if created:
+            log.debug("created stream %r in %s", stream_id, self._display)
+        return created
+
+    def log(self, stream_id: str) -> PostgresLog:
+        """The stream's log; :class:`~rstream.StreamNotFound` when there is no such stream."""
+        with self._lock:
+            if self._closed:
+                raise ClientClosed(f"the storage {self._display} is closed")
+            found = self._logs.get(stream_id)
+        if found is not None:
+            return found
+        row = self._read(lambda conn: conn.execute(_SQL.stream_revision, (stream_id,)).fetchone())
+        if row is None:
+            raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+        with self._lock:
+            return self._logs.setdefault(stream_id, PostgresLog(self, stream_id))
+
+    # -- live fan-out --------------------------------------------------------------
+
+    def listen(
+        self,
+        on_change: Callable[[str, int, int], object],
+        streams: Callable[[], Iterable[str]] | None = None,
+        *,
+        retry: tenacity.Retrying | None = None,
+        ping_interval: float = 30.0,
+    ) -> ChangeListener:
+        """Start a :class:`ChangeListener` on this storage's channel; closed by :meth:`close`.
+
+        ``on_change(stream_id, rev, nbytes)`` is called on the listener's thread
+        for every write committed by any replica (``nbytes`` is 0 for this
+        storage's own writes, whose size the server has counted already).
+        ``streams()`` names the streams that have subscribers: after every
+        (re)connect each gets ``on_change(stream_id, current_revision, 0)``.
+        """
+        listener = ChangeListener(
+            self._conninfo,
+            self.channel,
+            on_change,
+            streams or _no_streams,
+            revision_of=self._revision_of,
+            origin=self.origin,
+            connect_kwargs=self._connect_kwargs,
+            retry=retry,
+            ping_interval=ping_interval,
+        )
+        with self._lock:
+            if self._closed:
+                raise ClientClosed(f"the storage {self._display} is closed")
+            self._listeners.append(listener)
+        listener.start()
+        return listener
+
+    def _revision_of(self, stream_id: str) -> int | None:
+        row = self._read(lambda conn: conn.execute(_SQL.stream_revision, (stream_id,)).fetchone())
+        return None if row is None else int(row[0])
+
+
+def _no_streams() -> Iterable[str]:
+    return ()
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()  # the pool discards a closed connection
+
+
+def _info(row: tuple[Any, ...]) -> StreamInfo:
+    stream_id, keyframe_us, change_us, revision, first, last, snap = row
+    return StreamInfo(
+        id=stream_id,
+        rate=RateConfig(
+            keyframe_frequency=timedelta(microseconds=keyframe_us),
+            change_frequency=timedelta(microseconds=change_us),
+        ),
+        first=first,
+        last=last,
+        latest_snapshot=snap,
+        revision=revision,
+    )
+
+
+def _lock_key(schema: str | None) -> int:
+    """The advisory lock key of a schema's migration (a signed 64-bit int)."""
+    digest = hashlib.sha256(f"rstream.migrate:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _migrate(conn: psycopg.Connection[Any], schema: str | None, display: str) -> None:
+    """Create the schema, or bring an older one up to date; one replica at a time."""
+    with conn.transaction():
+        # Replicas starting together take turns here; the lock ends with the
+        # transaction, so a crashed migration never leaves it held.
+        conn.execute(_MIGRATION_LOCK, (_lock_key(schema),))
+        if schema is not None:
+            conn.execute(pgsql.SQL(_CREATE_SCHEMA).format(pgsql.Identifier(schema)))
+        conn.execute(_SQL.create_schema_table)
+        row = conn.execute(_SQL.schema_version).fetchone()
+        version = None if row is None else int(row[0])
+        if version is None:
+            for stmt in _SQL.schema:
+                conn.execute(stmt)
+            conn.execute(_SQL.insert_schema_version, (SCHEMA_VERSION,))
+            log.info("created the rstream schema (version %d) in %s", SCHEMA_VERSION, display)
+        elif version > SCHEMA_VERSION:
+            raise RStreamError(
+                f"PostgreSQL storage {display} has schema version {version}, newer than "
+                f"this rstream understands ({SCHEMA_VERSION}); upgrade rstream"
+            )
+        elif version < SCHEMA_VERSION:
+            log.info("migrating %s from schema %d to %d", display, version, SCHEMA_VERSION)
+            for step in _SQL.migrations[version - 1 :]:
+                for stmt in step:
+                    conn.execute(stmt)
+            conn.execute(_SQL.update_schema_version, (SCHEMA_VERSION,))
+
+
+class PostgresLog:
+    """One stream's :class:`~rstream.server.storage.base.StreamLog` in a
+    :class:`PostgresStorage`. Get it from :meth:`PostgresStorage.log`.
+
+    Holds no state of its own: every read asks the database, so it sees the
+    writes of every replica.
+    """
+
+    __slots__ = ("_local_lock", "_sql", "_storage", "stream_id")
+
+    def __init__(self, storage: PostgresStorage, stream_id: str) -> None:
+        self._storage = storage
+        self._sql: Statements = _SQL
+        self.stream_id = stream_id
+        self._local_lock = threading.Lock()  # this process's writers queue here first
+
+    def __repr__(self) -> str:
+        return f"<PostgresLog {self.stream_id!r} in {self._storage._display}>"
+
+    # -- the write lock ------------------------------------------------------------
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the stream's row lock while deciding and making one write.
+
+        Inside the block, this thread's reads of this log go through a
+        transaction that holds ``SELECT ... FOR UPDATE`` on the stream's row, so
+        they see the newest committed state and no replica can write in
+        between; the first write (``append``, ``amend`` or ``append_many``)
+        commits that transaction and releases the lock. A block that writes
+        nothing rolls back. Wrap each ``Stream.write_state`` in it::
+
+            with log.write_lock():
+                stream.write_state(state)
+
+        Take it *before* any lock of your own that a write needs (the
+        Stream's), never inside one. Not re-entrant.
+        """
+        storage = self._storage
+        if getattr(storage._local, "bound", None) is not None:
+            raise RuntimeError("write_lock() is not re-entrant (this thread holds one)")
+        with self._local_lock, storage._connection() as conn:
+            try:
+                conn.execute(POSTGRES.begin_write)
+                self._lock_stream(conn)
+            except psycopg.OperationalError as exc:
+                _rollback(conn)
+                raise _unavailable(exc, "cannot lock the stream") from exc
+            except BaseException:
+                _rollback(conn)
+                raise
+            bound = _Bound(self, conn)
+            storage._local.bound = bound
+            try:
+                yield
+            finally:
+                storage._local.bound = None
+                if bound.open:
+                    bound.open = False
+                    _rollback(conn)
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """A read: on the thread's locked transaction when it holds one, else pooled."""
+        bound: _Bound | None = getattr(self._storage._local, "bound", None)
+        if bound is not None and bound.log is self and bound.open:
+            try:
+                return fn(bound.conn)
+            except psycopg.OperationalError as exc:
+                raise _unavailable(exc, "read failed") from exc
+        return self._storage._read(fn)
+
+    def _one(self, query: str, params: tuple[Any, ...]) -> Entry | None:
+        row = self._run(lambda conn: conn.execute(query, params).fetchone())
+        return None if row is None else _entry(row)
+
+    def _all(self, query: str, params: tuple[Any, ...]) -> list[Entry]:
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        return [_entry(row) for row in rows]
+
+    # -- Log -----------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the newest change; 0 for an empty log."""
+        row = self._run(
+            lambda conn: conn.execute(self._sql.stream_revision, (self.stream_id,)).fetchone()
+        )
+        if row is None:
+            raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
+        return int(row[0])
+
+    def snapshot_before(self, ts: TimeLike) -> Entry | None:
+        """The last snapshot at or before ``ts``."""
+        return self.snapshot_before_us(to_micros(ts))
+
+    def entry_after(self, ts: TimeLike, kind: EntryKind | None = None) -> Entry | None:
+        """The first entry strictly after ``ts`` (of ``kind``, when given)."""
+        return self.entry_after_us(to_micros(ts), kind)
+
+    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
+        """The entries with ``start <= timestamp < end``, in order."""
+        lo, hi = clamp_us(to_micros(start)), clamp_us(to_micros(end))
+        return self._all(self._sql.range, (self.stream_id, lo, hi))
+
+    def last(self) -> Entry | None:
+        """The newest entry."""
+        return self._one(self._sql.last_entry, (self.stream_id,))
+
+    def changes_since(self, rev: int) -> list[Entry]:
+        """Entries written or amended after revision ``rev``, in revision order."""
+        return self._all(self._sql.changes_since, (self.stream_id, max(rev, -1)))
+
+    def append(self, entry: Entry) -> Entry:
+        """Add ``entry`` strictly after the last; returns it with its revision.
+
+        Raises :class:`~rstream.OutOfOrder` (and changes nothing) otherwise.
+        """
+        check_entry_time(entry.micros)
+        text = dump_json(entry.data)
+
+        def append(conn: psycopg.Connection[Any]) -> Entry:
+            rev = self._lock_stream(conn)
+            check_append(self._last_key(conn)[0], entry)
+            return self._insert(conn, rev, [(entry, text)])[0]
+
+        return self._storage._write(self, append)
+
+    def amend(self, entry: Entry) -> Entry:
+        """Replace the last entry, a mutation, by ``entry``, a mutation at the same
+        timestamp; returns it with its new revision.
+
+        Raises :class:`~rstream.OutOfOrder` (and changes nothing) otherwise.
+        """
+        text = dump_json(entry.data)
+
+        def amend(conn: psycopg.Connection[Any]) -> Entry:
+            rev = self._lock_stream(conn) + 1
+            last_us, last_kind = self._last_key(conn)
+            check_amend(last_us, last_kind, entry)
+            conn.execute(self._sql.amend_entry, (text, rev, self.stream_id, entry.micros))
+            conn.execute(self._sql.set_revision, (rev, self.stream_id))
+            self._storage._notify(conn, self.stream_id, rev, len(text) + 64)
+            return Entry.from_micros(entry.micros, EntryKind.MUTATION, copy_json(entry.data), rev)
+
+        return self._storage._write(self, amend)
+
+    # -- StreamLog -------------------------------------------------------------
+
+    def first(self) -> Entry | None:
+        """The oldest entry."""
+        return self._one(self._sql.first_entry, (self.stream_id,))
+
+    def latest_snapshot(self) -> Entry | None:
+        """The newest snapshot: the start of the live window."""
+        return self._one(self._sql.latest_snapshot, (self.stream_id,))
+
+    def snapshot_before_us(self, us: int) -> Entry | None:
+        """The last snapshot at or before ``us`` (epoch micros)."""
+        return self._one(self._sql.snapshot_before, (self.stream_id, clamp_us(us)))
+
+    def snapshot_after_us(self, us: int) -> Entry | None:
+        """The first snapshot strictly after ``us`` (epoch micros)."""
+        return self.entry_after_us(us, EntryKind.SNAPSHOT)
+
+    def entry_after_us(self, us: int, kind: EntryKind | None = None) -> Entry | None:
+        """The first entry strictly after ``us`` (epoch micros), of ``kind`` when given."""
+        if kind is None:
+            return self._one(self._sql.entry_after, (self.stream_id, clamp_us(us)))
+        return self._one(self._sql.entry_after_kind, (self.stream_id, int(kind), clamp_us(us)))
+
+    def iter_range(
+        self, start_us: int | None, end_us: int | None, limit: int | None = None
+    ) -> Iterator[Entry]:
+        """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
+
+        Reads pages of rows by key (``ts_us``), each page one short query on a
+        pooled connection, so an iterator holds no connection between pages
+        and an abandoned one holds nothing at all. Entries below ``end_us``
+        written while iterating may be included; entries already passed are
+        never repeated.
+        """
+        lo = MIN_US if start_us is None else clamp_us(start_us)
+        hi = MAX_US if end_us is None else clamp_us(end_us)
+        remaining = None if limit is None else max(limit, 0)
+        return self._pages(lo, hi, remaining)
+
+    def _pages(self, lo: int, hi: int, remaining: int | None) -> Iterator[Entry]:
+        while remaining is None or remaining > 0:
+            size = _RANGE_PAGE if remaining is None else min(_RANGE_PAGE, remaining)
+            page = self._all(self._sql.range_limit, (self.stream_id, lo, hi, size))
+            yield from page
+            if len(page) < size:
+                return
+            lo = page[-1].micros + 1
+            if remaining is not None:
+                remaining -= len(page)
+
+    def count_range(self, start_us: int | None, end_us: int | None) -> int:
+        """How many entries :meth:`iter_range` would yield without a limit."""
+        lo = MIN_US if start_us is None else clamp_us(start_us)
+        hi = MAX_US if end_us is None else clamp_us(end_us)
+        row = self._run(
+            lambda conn: conn.execute(self._sql.count_range, (self.stream_id, lo, hi)).fetchone()
+        )
+        assert row is not None
+        return int(row[0])
+
+    def append_many(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Append ``entries`` in one transaction, each strictly after the previous one.
+
+        All or nothing: on an entry out of order (or whose data is not JSON)
+        nothing is written and the error names the entry's index.
+        """
+        items = []
+        for i, entry in enumerate(entries):
+            where = f"entry {i} of the batch"
+            check_entry_time(entry.micros, where)
+            items.append((entry, dump_json(entry.data, where)))
+        if not items:
+            return []
+
+        def append_many(conn: psycopg.Connection[Any]) -> list[Entry]:
+            rev = self._lock_stream(conn)
+            check_batch_order(self._last_key(conn)[0], entries)
+            return self._insert(conn, rev, items)
+
+        return self._storage._write(self, append_many)
+
+    # -- inside a write transaction ----------------------------------------------
+
+    def _lock_stream(self, conn: psycopg.Connection[Any]) -> int:
+        """The stream's revision, read under its row lock (held until commit)."""
+        row = conn.execute(self._sql.lock_stream, (self.stream_id,)).fetchone()
+        if row is None:
+            raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
+        return int(row[0])
+
+    def _last_key(self, conn: psycopg.Connection[Any]) -> tuple[int | None, EntryKind | None]:
+        row = conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone()
+        return (None, None) if row is None else (int(row[0]), _KINDS[row[1]])
+
+    def _insert(
+        self, conn: psycopg.Connection[Any], rev: int, items: Sequence[tuple[Entry, str]]
+    ) -> list[Entry]:
+        with conn.cursor() as cur:
+            cur.executemany(
+                self._sql.insert_entry,
+                [
+                    (self.stream_id, entry.micros, int(entry.kind), text, rev + i)
+                    for i, (entry, text) in enumerate(items, 1)
+                ],
+            )
+        new_rev = rev + len(items)
+        conn.execute(self._sql.set_revision, (new_rev, self.stream_id))
+        nbytes = sum(len(text) + 64 for _, text in items)  # about the encoded events' size
+        self._storage._notify(conn, self.stream_id, new_rev, nbytes)
+        return [
+            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
+            for i, (entry, _) in enumerate(items, 1)
+        ]
+
+
+# -- LISTEN / NOTIFY -----------------------------------------------------------------
+
+
+def _default_retry() -> tenacity.Retrying:
+    return tenacity.Retrying(
+        wait=tenacity.wait_exponential_jitter(initial=0.1, max=5.0),
+        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
+        reraise=True,
+    )
+
+
+class ChangeListener:
+    """Follows a storage's notification channel on a thread of its own.
+
+    The thread holds one dedicated connection that ``LISTEN``\\s on the channel
+    and blocks in :func:`select.select` on its socket and on a wake-up socket
+    (no polling: it wakes for a notification, for :meth:`close`, or every
+    ``ping_interval`` seconds to check the connection is alive). Every
+    notification becomes ``on_change(stream_id, rev, nbytes)``. When the
+    connection fails it reconnects with ``retry`` (a :class:`tenacity.Retrying`
+    used as a template; default exponential backoff with jitter, 0.1 s to 5 s,
+    for as long as it takes), and after every (re)connect calls
+    ``on_change(stream_id, revision, 0)`` for each of ``streams()`` with the
+    revision read from the database, since notifications sent while it was
+    away are lost.
+
+    Callbacks run on the listener's thread and should be quick (the server's
+    hub only schedules work on its event loop). An exception in one is logged
+    and does not stop the listener.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str,
+        on_change: Callable[[str, int, int], object],
+        streams: Callable[[], Iterable[str]],
+        *,
+        revision_of: Callable[[str], int | None],
+        origin: str | None = None,
+        connect_kwargs: dict[str, Any] | None = None,
+        retry: tenacity.Retrying | None = None,
+        ping_interval: float = 30.0,
+    ) -> None:
+        self.channel = channel
+        self._conninfo = conninfo
+        self._on_change = on_change
+        self._streams = streams
+        self._revision_of = revision_of
+        self._origin = origin
+        self._connect_kwargs = {**(connect_kwargs or {}), "autocommit": True}
+        self._retry = retry or _default_retry()
+        self._ping_interval = ping_interval
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"rstream-listen-{channel}", daemon=True
+        )
+        self._started = False
+        self._closed = False
+        self._state_lock = threading.Lock()
+        #: Set while the listener is connected and listening.
+        self.listening = threading.Event()
+        #: Connections made so far (1 after the first; more after reconnects).
+        self.connects = 0
+        #: Notifications received.
+        self.received = 0
+
+    def __repr__(self) -> str:
+        state = "listening" if self.listening.is_set() else "not listening"
+        return f"<ChangeListener {self.channel!r} {state} connects={self.connects}>"
+
+    def start(self) -> None:
+        """Start the listener thread (idempotent)."""
+        with self._state_lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close the connection; idempotent."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started
+        self._stop.set()
+        with suppress(OSError):  # the thread may be gone already
+            self._wake_w.send(b"x")
+        if started:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("%r did not stop within %g s", self, timeout)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def wait_listening(self, timeout: float | None = None) -> bool:
+        """Wait until the listener is connected and listening; False on timeout."""
+        return self.listening.wait(timeout)
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = self._connect()
+            except (psycopg.Error, tenacity.RetryError) as exc:
+                # Only when stopping, or when a retry policy with a limit gave up.
+                if not self._stop.is_set():
+                    log.error("listener on %r gave up connecting: %s", self.channel, exc)
+                return
+            if conn is None:
+                return
+            try:
+                self._listen(conn)
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning(
+                        "listener on %r lost its connection (%s); reconnecting", self.channel, exc
+                    )
+            finally:
+                self.listening.clear()
+                self._conn = None
+                conn.close()
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        base_stop = self._retry.stop
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            return self._stop.is_set() or bool(base_stop(state))
+
+        retrying = self._retry.copy(
+            sleep=self._sleep,
+            stop=stop,
+            before_sleep=self._log_retry,
+        )
+        conn: psycopg.Connection[Any] | None = None
+        for attempt in retrying:
+            with attempt:
+                if self._stop.is_set():
+                    return None
+                conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
+                try:
+                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self.channel)))
+                except BaseException:
+                    conn.close()
+                    raise
+        if conn is None or self._stop.is_set():
+            if conn is not None:
+                conn.close()
+            return None
+        return conn
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "listener on %r cannot connect (attempt %d): %s",
+            self.channel,
+            state.attempt_number,
+            exc,
+        )
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        conn.add_notify_handler(self._handle)  # notifications that arrive during a ping
+        self.connects += 1
+        if self.connects > 1:
+            log.info("listener on %r reconnected (connection %d)", self.channel, self.connects)
+        self.listening.set()
+        self._resync()
+        pgconn = conn.pgconn
+        fileno = conn.fileno()
+        wake = self._wake_r.fileno()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fileno, wake], [], [], self._ping_interval)
+            if self._stop.is_set():
+                return
+            if not ready:
+                conn.execute("SELECT 1")  # a dead connection fails here, not silently
+                continue
+            if fileno in ready:
+                pgconn.consume_input()
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    raise psycopg.OperationalError("the connection to the server was lost")
+                while (notify := pgconn.notifies()) is not None:
+                    self._handle(
+                        psycopg.Notify(
+                            notify.relname.decode(), notify.extra.decode(), notify.be_pid
+                        )
+                    )
+
+    def _resync(self) -> None:
+        """Announce the current revision of every followed stream (after a (re)connect)."""
+        try:
+            names = list(self._streams())
+        except Exception:
+            log.exception("listener on %r: streams() failed", self.channel)
+            return
+        for stream_id in names:
+            try:
+                rev = self._revision_of(stream_id)
+            except ClientClosed:
+                return  # the storage is closing
+            except RStreamError as exc:  # unreachable again: reconnect and resync later
+                raise psycopg.OperationalError(f"cannot read revisions: {exc}") from exc
+            if rev is not None:
+                self._call(stream_id, rev, 0)
+
+    def _handle(self, notify: psycopg.Notify) -> None:
+        self.received += 1
+        try:
+            message = json.loads(notify.payload)
+            stream_id = message["stream"]
+            rev = message["rev"]
+            nbytes = 0 if message.get("origin") == self._origin else int(message.get("bytes", 0))
+        except (ValueError, KeyError, TypeError):
+            log.warning("listener on %r: ignoring a malformed notification", self.channel)
+            return
+        if isinstance(stream_id, str) and type(rev) is int:
+            self._call(stream_id, rev, nbytes)
+
+    def _call(self, stream_id: str, rev: int, nbytes: int) -> None:
+        try:
+            self._on_change(stream_id, rev, nbytes)
+        except Exception:
+            log.exception("listener on %r: on_change(%r, %d) failed", self.channel, stream_id, rev)
