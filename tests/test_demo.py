@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +131,87 @@ def test_device_stops_when_its_client_is_closed() -> None:
 def test_device_rejects_a_silly_rate() -> None:
     with pytest.raises(ValueError, match="rate"):
         SimulatedDevice(lambda s: None, rate=0)
+
+
+# -- rstream demo, as a user runs it ----------------------------------------------
+
+
+def _demo_command(*args: str) -> list[str]:
+    exe = Path(sys.executable).parent / "rstream"
+    if exe.exists():
+        return [str(exe), "demo", *args]
+    return [sys.executable, "-c", "from rstream.cli.main import main; main()", "demo", *args]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    env["COLUMNS"] = "120"
+    return env
+
+
+LIVE = re.compile(r"^\[\s*([\d.]+)s\] live +(\S+) mode=\w+ battery=[\d.]+ .*revision (\d+)")
+HISTORY = re.compile(r"^\[\s*([\d.]+)s\] history (\S+) mode=\w+ battery=[\d.]+ .*state_at")
+
+
+def test_demo_runs_for_a_duration_and_shows_live_and_history() -> None:
+    done = subprocess.run(
+        _demo_command("--duration", "5", "--lag", "2"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    out = done.stdout.splitlines()
+    live = [m for m in map(LIVE.match, out) if m]
+    history = [m for m in map(HISTORY.match, out) if m]
+    assert len(live) >= 4  # a summary every second, not a redrawn screen
+    revisions = [int(m.group(3)) for m in live]
+    assert revisions == sorted(revisions)
+    assert revisions[-1] - revisions[0] >= 20  # ~20 states/s arrived live
+    assert len(history) >= 2
+    # The historic state is from about --lag seconds before the live one printed with it.
+    for m in history:
+        line_at = m.group(1)
+        live_ts = next(x.group(2) for x in live if x.group(1) == line_at)
+        lag = (_parse(live_ts) - _parse(m.group(2))).total_seconds()
+        assert 1.0 < lag < 3.5
+    assert out[-1].startswith("rstream demo: stopped after")
+    db = re.search(r"\(SQLite (.+)\)", done.stdout)
+    assert db is not None
+    assert not Path(db.group(1)).exists()
+    assert not Path(db.group(1)).parent.exists()
+
+
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        _demo_command("--rate", "50"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        db = re.search(r"\(SQLite (.+)\)", first)
+        assert db is not None, first
+        for line in proc.stdout:
+            if LIVE.match(line):
+                break
+        assert Path(db.group(1)).exists()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "rstream demo: stopped after" in out
+    assert not Path(db.group(1)).parent.exists()
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -119,7 +119,9 @@ class ClientOptions:
         }
         if self.retries is not None:
             kwargs["retry"] = tenacity.Retrying(
-                wait=tenacity.wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5),
+                # (wait_exponential_jitter's arguments differ between tenacity versions)
+                wait=tenacity.wait_exponential(multiplier=0.5, max=30.0)
+                + tenacity.wait_random(0, 0.5),
                 stop=tenacity.stop_after_attempt(self.retries + 1),
             )
         kwargs.update(overrides)

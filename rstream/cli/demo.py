@@ -30,7 +30,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from rstream.cli.common import format_time
+from rstream.cli.common import STREAM, format_time
 from rstream.cli.output import CLIError
 from rstream.cli.views import (
     RateMeter,
@@ -128,7 +128,9 @@ class _Viewer:
     show_default=True,
     help="Show the state of this many seconds ago next to the live one.",
 )
-@click.option("--stream", "stream_id", default="robot-1", show_default=True, help="Stream id.")
+@click.option(
+    "--stream", "stream_id", type=STREAM, default="robot-1", show_default=True, help="Stream id."
+)
 def demo(duration: float | None, rate: float, lag: float, stream_id: str) -> None:
     """Run a server, a simulated robot and a live view of its state.
 
@@ -141,7 +143,6 @@ def demo(duration: float | None, rate: float, lag: float, stream_id: str) -> Non
     console = Console()
     interactive = console.is_terminal
     started = time.monotonic()
-    deadline = None if duration is None else started + duration
     say = console.print if interactive else click.echo
     device: SimulatedDevice | None = None
     viewer: _Viewer | None = None
@@ -160,6 +161,8 @@ def demo(duration: float | None, rate: float, lag: float, stream_id: str) -> Non
             device = SimulatedDevice(device_client.stream(stream_id).write_state, rate=rate)
             stack_.callback(device.close)
             device.start()
+            started = time.monotonic()  # the clock of the output starts with the device
+            deadline = None if duration is None else started + duration
             viewer = _Viewer(
                 viewer_client.stream(stream_id), timedelta(seconds=lag), time.monotonic
             )
@@ -236,7 +239,7 @@ def _run_live(
         live_ts, live = viewer.live if viewer.live else (None, None)
         past_ts, past = viewer.past if viewer.past else (None, None)
         elapsed = time.monotonic() - started
-        left = state_panel(f"{stream_id} live", live_ts, live, viewer.status())
+        left = state_panel(f"{stream_id} live", live_ts, live)
         right = state_panel(
             f"{stream_id} {lag:g} s ago (state_at)",
             past_ts,
@@ -244,7 +247,8 @@ def _run_live(
             None if past is not None else f"available after {lag:g} s",
         )
         footer = Text(
-            f"{elapsed:.0f} s  |  {viewer.received} states received live  |  Ctrl-C stops",
+            f"{elapsed:.0f} s  |  {viewer.status()}  |  {viewer.received} states received "
+            "live  |  Ctrl-C stops",
             style="dim",
         )
         return stack(side_by_side(left, right), footer)

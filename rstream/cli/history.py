@@ -11,29 +11,32 @@ from rstream.cli.output import progress, set_target
 from rstream.cli.timeparse import DURATION, TIME
 
 
-def time_range_options(default_start: str | None) -> list[click.Option]:
-    """``--start``/``--end`` shared by history, export and plot."""
+def time_range_options(
+    default_start: str | None, default_end: str | None = "now"
+) -> list[click.Option]:
+    """``--start``/``--end`` shared by history, export and plot (``None``: the stream's own)."""
     return [
         click.Option(
             ["--start"],
             type=TIME,
             default=default_start,
-            required=default_start is None,
             show_default=default_start is not None,
-            help="From this time (included): RFC 3339, epoch seconds, 'now' or -5m, -1h30m.",
+            help="From this time (included): RFC 3339, epoch seconds, 'now' or -5m, -1h30m."
+            + ("" if default_start is not None else "  [default: the first entry]"),
         ),
         click.Option(
             ["--end"],
             type=TIME,
-            default="now",
-            show_default=True,
-            help="Up to this time (excluded).",
+            default=default_end,
+            show_default=default_end is not None,
+            help="Up to this time (excluded)."
+            + ("" if default_end is not None else "  [default: after the newest entry]"),
         ),
     ]
 
 
-def check_range(start: datetime, end: datetime) -> None:
-    if end <= start:
+def check_range(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and end <= start:
         raise click.BadParameter(
             f"--end ({format_time(end)}) must be after --start ({format_time(start)})",
             param_hint="'--end'",

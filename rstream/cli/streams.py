@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from rstream.cli.common import URL, ClientOptions, client_options, dump_json
-from rstream.errors import ProtocolError
+from rstream.cli.common import URL, ClientOptions, client_options, dump_json, format_time
 
 
-def _check(body: Any) -> list[dict[str, Any]]:
-    streams = body.get("streams") if isinstance(body, dict) else None
-    if not isinstance(streams, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("id"), str) for s in streams
-    ):
-        raise ProtocolError(f"GET /v1/streams answered {str(body)[:200]!r}, not a stream list")
-    return streams
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else format_time(value)
 
 
 @click.command()
@@ -26,29 +20,27 @@ def _check(body: Any) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @client_options
 def streams(url: tuple[str, ...], as_json: bool, opts: ClientOptions) -> None:
-    """List the streams on the server at URL: id, first and last entry, revision."""
+    """List the streams on the server at URL: id, first and last entry, revision.
+
+    On a terminal a table; otherwise tab-separated lines "id first last
+    revision" (with "-" for an empty stream's times), or JSON with --json.
+    """
     with opts.client(url) as client:
-        found = _check(client.transport.get_json("/v1/streams"))
+        found = client.streams()
+    rows = [(s.id, _time(s.first), _time(s.last), s.revision) for s in found]
     if as_json:
-        for item in found:
-            click.echo(dump_json(item))
+        for sid, first, last, revision in rows:
+            click.echo(dump_json({"id": sid, "first": first, "last": last, "revision": revision}))
         return
     console = Console()
     if not console.is_terminal:
-        # Tab-separated for scripts (cut, awk): id, first, last, revision.
-        for item in found:
-            fields = (item.get("id"), item.get("first"), item.get("last"), item.get("revision"))
-            click.echo("\t".join("-" if f is None else str(f) for f in fields))
+        for row in rows:
+            click.echo("\t".join("-" if f is None else str(f) for f in row))
         return
-    if not found:
+    if not rows:
         console.print(f"no streams on {url[0]} yet")
         return
     table = Table("stream", "first entry", "last entry", "revision")
-    for item in found:
-        table.add_row(
-            item["id"],
-            str(item.get("first") or "-"),
-            str(item.get("last") or "-"),
-            str(item.get("revision", "-")),
-        )
+    for sid, first, last, revision in rows:
+        table.add_row(sid, first or "-", last or "-", str(revision))
     console.print(table)

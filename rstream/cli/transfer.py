@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO
 
 import click
@@ -36,7 +36,7 @@ DEFAULT_BATCH_ENTRIES = 1000
 DEFAULT_BATCH_BYTES = 2 * 2**20
 
 
-@click.command("export", params=time_range_options("0"))
+@click.command("export", params=time_range_options(None, None))
 @click.argument("url", type=URL)
 @click.argument("stream", type=STREAM)
 @click.option(
@@ -50,24 +50,31 @@ DEFAULT_BATCH_BYTES = 2 * 2**20
 def export_entries(
     url: tuple[str, ...],
     stream: str,
-    start: datetime,
-    end: datetime,
+    start: datetime | None,
+    end: datetime | None,
     output: IO[str],
     opts: ClientOptions,
 ) -> None:
     """Write the raw entries of STREAM in [--start, --end) as NDJSON.
 
-    Default range: the whole stream up to now. Restore with 'rstream import'.
+    Default range: the whole stream. Restore with 'rstream import'.
     """
     check_range(start, end)
-    set_target(click.get_current_context(), url[0], stream, format_time(start))
-    with opts.client(url) as client, TimeProgress(start, end, f"export {stream}") as bar:
+    set_target(
+        click.get_current_context(), url[0], stream, None if start is None else format_time(start)
+    )
+    with opts.client(url) as client:
         robot = client.stream(stream)
-        for entry in robot.entries(start, end):
-            output.write(dump_json(entry.to_json(with_rev=True)))
-            output.write("\n")
-            bar.advance_to(entry.timestamp)
-    output.flush()
+        info = robot.info()  # also: a clear "not found" before any output
+        first = start or info.first
+        last = end or (info.last and info.last + timedelta(microseconds=1))
+        if first is not None and last is not None and first < last:
+            with TimeProgress(first, last, f"export {stream}") as bar:
+                for entry in robot.entries(start, end):
+                    output.write(dump_json(entry.to_json(with_rev=True)))
+                    output.write("\n")
+                    bar.advance_to(entry.timestamp)
+    output.flush()  # an empty stream or range still makes an (empty) file
 
 
 def read_batches(
