@@ -1,0 +1,617 @@
+"""The live tail: one reader thread that follows a stream's ``/live`` event stream.
+
+:class:`LiveTail` reads ``GET /v1/streams/{id}/live`` (Server-Sent Events,
+``docs/protocol.rst``) over a streamed response from the transport's shared
+session, feeds each complete event to the pure
+:class:`~rstream.client.livestate.LiveState`, and hands every state change to
+its subscribers: callback :class:`~rstream.client.subscription.Subscription`\\ s
+(each on its own dispatcher thread) and :class:`~rstream.client.queues.StateQueue`\\ s.
+
+Reconnecting (see ``docs/live.rst``):
+
+* A clean close, a network error, a read timeout (no byte for
+  ``heartbeat_timeout``: a dead or half-open connection), a 5xx, a 429, a
+  malformed event: reconnect, resuming with ``Last-Event-ID`` = the revision of
+  the last entry applied, on the next server URL when the connection failed.
+* 204 ends the tail; 401 (after asking a callable token once more), 403, 404
+  and other 4xx stop it with the error, reported to every subscriber.
+* The waits come from tenacity: the transport's retry template is copied with
+  ``stop_never`` and full-jitter exponential backoff (0.5 s doubling, capped
+  at 30 s), never below the server's ``retry:`` or ``Retry-After``. The
+  backoff grows while connections fail or end without delivering anything,
+  and starts over after a healthy connection (one that applied an event or
+  stayed open ``healthy_after`` seconds).
+
+``close()`` interrupts the blocked read (``HTTPResponse.shutdown()``), so it
+returns at once from any thread, and joins the threads it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any, NoReturn, Protocol
+
+import requests
+import tenacity
+import urllib3.exceptions
+
+from rstream.client.health import ConnectionState, Health, HealthTracker
+from rstream.client.livestate import LiveState, Step
+from rstream.client.queues import Overflow, StateQueue
+from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
+from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, EventStream, SSEEvent, iter_chunks
+from rstream.client.subscription import ErrorCallback, StateCallback, Subscription
+from rstream.client.transport import quote_stream_id, raise_for_response
+from rstream.core.entry import Entry
+from rstream.core.mutation import copy_json
+from rstream.errors import (
+    ClientClosed,
+    ProtocolError,
+    RStreamError,
+    ServerError,
+    TransportError,
+)
+
+__all__ = [
+    "DEFAULT_HEALTHY_AFTER",
+    "HEARTBEAT_FACTOR",
+    "LiveTail",
+    "LiveTransport",
+    "default_wait",
+]
+
+log = logging.getLogger("rstream.live")
+
+HEARTBEAT_FACTOR = 2.5
+"""The read timeout is this many heartbeat intervals (``RStream-Heartbeat``)."""
+DEFAULT_HEALTHY_AFTER = 10.0
+"""A connection open this long (seconds) counts as healthy even if the stream was quiet."""
+_MAX_SERVER_FLOOR = 600.0  # a retry:/Retry-After above this is a misconfiguration
+
+
+def default_wait() -> tenacity.wait.wait_base:
+    """Full-jitter exponential backoff: uniform in [0, 0.5 s * 2**n], capped at 30 s."""
+    return tenacity.wait_random_exponential(multiplier=0.5, max=30)
+
+
+class LiveTransport(Protocol):
+    """What the live tail needs from :class:`rstream.client.transport.Transport`."""
+
+    session: requests.Session
+    timeout: tuple[float, float]
+    retry: tenacity.Retrying
+
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def auth_headers(self, *, refresh: bool = False) -> dict[str, str]: ...
+
+    def url_for(self, index: int, path: str) -> str: ...
+
+
+class _ReconnectError(Exception):
+    """A connection ended without making progress; tenacity waits and tries again."""
+
+    def __init__(self, cause: BaseException, retry_after: float | None = None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+class _StopError(Exception):
+    """close() was called (or the transport closed): leave quietly."""
+
+
+class _ServerEndedError(Exception):
+    """The server answered 204: it wants this client to stop following."""
+
+
+# The errors of a dying or broken connection: all mean "reconnect".
+_CONNECTION_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+class LiveTail:
+    """Follow one stream live: exact states, in order, once, across reconnects.
+
+    ``heartbeat_timeout`` is the read timeout that detects a dead connection
+    (default: 2.5x the server's ``RStream-Heartbeat``, or the transport's read
+    timeout until the server has told it). ``on_commit(entries)`` is called on
+    the reader thread, outside any lock, when a new snapshot arrives live, with
+    the previous live window (complete, snapshot first; read-only entries).
+    ``sleep`` replaces the interruptible backoff wait (tests record waits with
+    it); ``wait`` replaces the backoff strategy; ``clock`` (monotonic) and
+    ``wall_clock`` (epoch, for :attr:`health`) are injectable.
+    """
+
+    def __init__(
+        self,
+        transport: LiveTransport,
+        stream_id: str,
+        *,
+        heartbeat_timeout: float | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        on_commit: Callable[[list[Entry]], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        wait: tenacity.wait.WaitBaseT | None = None,
+        healthy_after: float = DEFAULT_HEALTHY_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if heartbeat_timeout is not None and heartbeat_timeout <= 0:
+            raise ValueError(f"heartbeat_timeout must be positive, not {heartbeat_timeout}")
+        self.transport = transport
+        self.stream_id = stream_id
+        self._path = f"/v1/streams/{quote_stream_id(stream_id)}/live"
+        self._heartbeat_timeout = heartbeat_timeout
+        self._max_event_bytes = max_event_bytes
+        self._on_commit = on_commit
+        self._user_sleep = sleep
+        self._wait = wait if wait is not None else default_wait()
+        self._healthy_after = healthy_after
+        self._clock = clock
+
+        self._lock = threading.Lock()  # guards _state, _inboxes, _subscriptions, _closed
+        self._changed = threading.Condition(self._lock)  # anchoring, closing, failing
+        self._state = LiveState()
+        self._inboxes: list[StateQueue] = []
+        self._subscriptions: list[Subscription] = []
+        self._closed = False
+        self._fatal: BaseException | None = None
+        self._stop = threading.Event()
+        self._health = HealthTracker(wall_clock)
+        self._thread: threading.Thread | None = None
+        self._response: requests.Response | None = None
+        self._response_lock = threading.Lock()
+
+        # Owned by the reader thread.
+        self._url_index = getattr(transport, "current_index", 0)
+        self._server_retry = 0.0  # the server's retry:, seconds
+        self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
+
+    # -- public API ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reader thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._check_usable()
+            self._thread = threading.Thread(
+                target=self._run, name=f"rstream-live-{self.stream_id}", daemon=True
+            )
+            self._thread.start()
+
+    def subscribe(
+        self,
+        on_state: StateCallback,
+        on_error: ErrorCallback | None = None,
+        *,
+        maxsize: int = 10_000,
+        overflow: Overflow | str = "block",
+    ) -> Subscription:
+        """Call ``on_state(ts, state)`` with the current state, then with every change.
+
+        The callback runs on the subscription's own thread; see
+        :class:`~rstream.client.subscription.Subscription`.
+        """
+        subscription = Subscription(
+            on_state, on_error, maxsize=maxsize, overflow=overflow, name=self.stream_id
+        )
+        self._register(subscription.queue, subscription)
+        subscription.start()
+        self.start()
+        return subscription
+
+    def states(
+        self,
+        maxsize: int = 1000,
+        overflow: Overflow | str = "block",
+        *,
+        on_error: ErrorCallback | None = None,
+    ) -> StateQueue:
+        """A queue of ``(ts, state)``: the current state, then every change."""
+        queue = StateQueue(maxsize, overflow, on_error=on_error)
+        self._register(queue, None)
+        self.start()
+        return queue
+
+    def latest(self, timeout: float | None = None) -> tuple[datetime, dict[str, Any]]:
+        """The newest state (a private copy), once the tail is anchored on the live window.
+
+        Raises :class:`TimeoutError` when it is not anchored within ``timeout``
+        seconds, the fatal error that stopped the tail, or
+        :class:`~rstream.ClientClosed`.
+        """
+        self.start()
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._lock:
+            while True:
+                self._check_usable()
+                current = self._state.current
+                if current is not None:
+                    return current.timestamp, copy_json(current.state)
+                remaining = None if deadline is None else deadline - self._clock()
+                if remaining is not None and remaining <= 0:
+                    health = self._health.snapshot()
+                    raise TimeoutError(
+                        f"no live state for stream {self.stream_id!r} within {timeout} s "
+                        f"(connection {health.state.name}, last error: {health.last_error})"
+                    )
+                self._changed.wait(remaining)
+
+    def live_window(self) -> list[Entry] | None:
+        """The live window received so far (snapshot first; read-only entries), or None."""
+        with self._lock:
+            return self._state.window()
+
+    @property
+    def revision(self) -> int | None:
+        """The revision of the last change applied (None before anchoring)."""
+        with self._lock:
+            return self._state.resume_rev
+
+    @property
+    def health(self) -> Health:
+        """Connection state, last data time, revision, reconnects, last error."""
+        return self._health.snapshot()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop following: interrupt the read, end every subscriber, join threads.
+
+        Idempotent; every call from another thread than the tail's own waits
+        (at most about 1 s) for its threads to end. Queues keep the states
+        already in them (then ``get`` raises :class:`~rstream.ClientClosed`);
+        callback subscriptions drop theirs.
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            inboxes, self._inboxes = self._inboxes, []
+            subscriptions = self._subscriptions
+            thread = self._thread
+            self._changed.notify_all()
+        if first:
+            self._stop.set()
+            self._interrupt()
+            for subscription in subscriptions:
+                subscription.queue.close()
+            for inbox in inboxes:
+                inbox.finish()  # also wakes a reader blocked on a full queue
+        deadline = time.monotonic() + 1.0
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            if thread.is_alive():
+                log.warning("live tail reader for %r did not stop within 1 s", self.stream_id)
+        for subscription in subscriptions:
+            subscription.join(max(deadline - time.monotonic(), 0.0))
+        self._health.try_move(ConnectionState.CLOSED)
+
+    def __enter__(self) -> LiveTail:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        health = self._health.snapshot()
+        return (
+            f"<LiveTail {self.stream_id!r} {health.state.name} rev={health.revision} "
+            f"reconnects={health.reconnects}>"
+        )
+
+    # -- subscribers --------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClientClosed(
+                f"the live tail of stream {self.stream_id!r} is closed; "
+                "follow the stream again from a new client"
+            )
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _register(self, queue: StateQueue, subscription: Subscription | None) -> None:
+        queue.set_on_close(self._forget)
+        with self._lock:
+            self._check_usable()
+            current = self._state.current
+            if current is not None:
+                queue.put((current.timestamp, current.state))  # empty queue: never blocks
+            self._inboxes.append(queue)
+            if subscription is not None:
+                self._subscriptions.append(subscription)
+
+    def _forget(self, queue: StateQueue) -> None:
+        with self._lock:
+            if queue in self._inboxes:
+                self._inboxes.remove(queue)
+            if not self._closed:  # once closed, close() still joins every dispatcher
+                self._subscriptions = [s for s in self._subscriptions if s.queue is not queue]
+
+    def _deliver(self, step: Step, inboxes: list[StateQueue]) -> None:
+        """Hand one step's results out, on the reader thread, outside the lock."""
+        if step.gap is not None:
+            log.warning("stream %r: %s", self.stream_id, step.gap)
+            for inbox in inboxes:
+                inbox.put_error(step.gap)
+        change = step.change
+        if change is not None:
+            item = (change.timestamp, change.state)
+            for inbox in inboxes:
+                inbox.put(item)  # "block": back-pressure on this thread, woken by close()
+        if step.committed is not None and self._on_commit is not None:
+            try:
+                self._on_commit(list(step.committed))
+            except Exception:
+                log.exception("on_commit callback for stream %r raised", self.stream_id)
+
+    # -- the reader thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._check_stop()
+                retrying = self._retrying()
+                retrying(self._connect_once)
+                # A healthy connection ended: the backoff starts over, but never
+                # sooner than the server asked.
+                self._backoff(max(self._floor(None), float(self._wait(self._fresh(retrying)))))
+        except _StopError:
+            pass
+        except _ServerEndedError:
+            log.info("the server ended the live tail of %r (204)", self.stream_id)
+            self._finish(
+                ClientClosed(
+                    f"the server ended the live tail of stream {self.stream_id!r} "
+                    "(204 No Content); subscribe again later"
+                ),
+                fatal=False,
+            )
+        except RStreamError as exc:
+            self._finish(exc, fatal=True)
+        except Exception as exc:  # a bug: fail visibly rather than hang the subscribers
+            log.exception("live tail of %r crashed", self.stream_id)
+            self._finish(exc, fatal=True)
+        finally:
+            self._set_response(None)
+
+    def _finish(self, error: BaseException, *, fatal: bool) -> None:
+        """The tail stops by itself: tell every subscriber, end their inboxes."""
+        with self._lock:
+            if self._closed:
+                return
+            if fatal:
+                self._fatal = error
+            inboxes = list(self._inboxes)
+            self._changed.notify_all()
+        if fatal:
+            log.error("live tail of %r stopped: %s", self.stream_id, error)
+            self._health.try_move(ConnectionState.FAILED, error=error)
+            for inbox in inboxes:
+                inbox.finish(error)
+        else:
+            self._health.try_move(ConnectionState.CLOSED)
+            for inbox in inboxes:
+                inbox.put_error(error)
+                inbox.finish()
+
+    def _retrying(self) -> tenacity.Retrying:
+        # The transport's policy is a template: copied, never changed.
+        return self.transport.retry.copy(
+            stop=tenacity.stop_never,
+            retry=tenacity.retry_if_exception_type(_ReconnectError),
+            wait=self._wait_with_floor,
+            sleep=self._backoff,
+            reraise=True,
+        )
+
+    @staticmethod
+    def _fresh(retrying: tenacity.Retrying) -> tenacity.RetryCallState:
+        return tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+
+    def _wait_with_floor(self, retry_state: tenacity.RetryCallState) -> float:
+        retry_after = None
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            exc = outcome.exception()
+            if isinstance(exc, _ReconnectError):
+                retry_after = exc.retry_after
+        return max(float(self._wait(retry_state)), self._floor(retry_after))
+
+    def _floor(self, retry_after: float | None) -> float:
+        floor = max(self._server_retry, retry_after or 0.0)
+        return min(floor, _MAX_SERVER_FLOOR)
+
+    def _backoff(self, seconds: float) -> None:
+        self._health.try_move(ConnectionState.BACKOFF)
+        log.debug("live tail of %r: reconnecting in %.3f s", self.stream_id, seconds)
+        if self._user_sleep is not None:
+            self._check_stop()
+            self._user_sleep(seconds)
+        else:
+            self._stop.wait(seconds)
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set() or self.transport.closed:
+            raise _StopError
+
+    def _connect_once(self) -> None:
+        """One connection: returns when it was healthy and ended, raises _ReconnectError
+        when it made no progress, a public error when the tail must stop."""
+        self._check_stop()
+        url = self.transport.url_for(self._url_index, self._path)
+        self._health.connecting(url)
+        with self._lock:
+            resume = self._state.resume_rev
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if resume is not None:
+            headers["Last-Event-ID"] = str(resume)
+        try:
+            response = self._open(url, headers)
+        except _CONNECTION_ERRORS as exc:
+            self._check_stop()
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise TransportError(
+                    f"GET {url} failed: {exc}; check the TLS settings (verify=, cert=)"
+                ) from exc
+            self._failed_over(TransportError(f"GET {url} failed: {exc}"))
+        try:
+            return self._read(response, url)
+        finally:
+            self._set_response(None)
+            response.close()
+
+    def _open(self, url: str, headers: dict[str, str]) -> requests.Response:
+        response = self._get(url, {**headers, **self.transport.auth_headers()})
+        if response.status_code == 401:
+            # The token may have expired: ask (a callable token) once more.
+            self._set_response(None)
+            response.close()
+            response = self._get(url, {**headers, **self.transport.auth_headers(refresh=True)})
+        return response
+
+    def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
+        connect, read = self.transport.timeout
+        if self._heartbeat_timeout is not None:
+            read = self._heartbeat_timeout
+        elif self._server_heartbeat is not None:
+            read = self._server_heartbeat * HEARTBEAT_FACTOR
+        response = self.transport.session.get(
+            url, headers=headers, stream=True, timeout=(connect, read)
+        )
+        self._set_response(response)
+        return response
+
+    def _set_response(self, response: requests.Response | None) -> None:
+        with self._response_lock:
+            self._response = response
+        if response is not None and self._stop.is_set():
+            self._interrupt()  # close() ran while we were connecting
+
+    def _interrupt(self) -> None:
+        """Wake the reader blocked in a socket read (called from any thread)."""
+        with self._response_lock:
+            response = self._response
+        if response is None:
+            return
+        try:
+            response.raw.shutdown()  # urllib3 >= 2.3: the blocked recv() returns at once
+        except (AttributeError, ValueError, RuntimeError, OSError):
+            try:
+                response.close()  # older urllib3: closing is the next best thing
+            except Exception:  # whatever the dying connection raises
+                log.debug("closing the live response raised", exc_info=True)
+
+    def _failed_over(self, cause: BaseException, retry_after: float | None = None) -> NoReturn:
+        """Give up on this connection; the next one goes to the next server URL."""
+        self._health.error(cause)
+        log.info("live tail of %r: %s", self.stream_id, cause)
+        self._url_index += 1
+        raise _ReconnectError(cause, retry_after)
+
+    def _read(self, response: requests.Response, url: str) -> None:
+        status = response.status_code
+        if status == 204:
+            raise _ServerEndedError
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            try:
+                raise_for_response(response, stream_id=self.stream_id)
+            except RStreamError as exc:
+                self._failed_over(exc, retry_after)
+            self._failed_over(ServerError(f"GET {url} answered {status}", status=status))
+        if status >= 400:
+            if status == 401:
+                response.content  # noqa: B018 (read the error body for the message)
+            raise_for_response(response, stream_id=self.stream_id)  # fatal: 401/403/404/4xx
+        content_type = response.headers.get("Content-Type", "")
+        if status != 200 or not content_type.startswith("text/event-stream"):
+            self._failed_over(
+                ProtocolError(
+                    f"GET {url} answered {status} {content_type or 'without a Content-Type'}, "
+                    "not an event stream; is this an rstream v1 server?"
+                )
+            )
+        self._learn_heartbeat(response)
+        self._health.move(ConnectionState.OPEN)
+        opened = self._clock()
+        progressed = False
+        events = EventStream(
+            self._observe(iter_chunks(response)),
+            max_event_bytes=self._max_event_bytes,
+        )
+        cause: BaseException
+        try:
+            for event in events:
+                if self._apply(event):
+                    progressed = True
+            cause = TransportError(f"the server closed the live stream ({url})")
+        except ProtocolError as exc:
+            cause = exc
+        except _CONNECTION_ERRORS as exc:
+            self._check_stop()  # the dying read after close() is not news
+            cause = TransportError(f"the live stream from {url} broke: {exc}")
+        finally:
+            if events.retry_ms is not None:
+                self._server_retry = events.retry_ms / 1000
+        self._check_stop()
+        if progressed or self._clock() - opened >= self._healthy_after:
+            self._health.error(cause)
+            log.info("live tail of %r: %s; resuming", self.stream_id, cause)
+            return
+        self._failed_over(cause)
+
+    def _learn_heartbeat(self, response: requests.Response) -> None:
+        value = response.headers.get("RStream-Heartbeat")
+        try:
+            heartbeat = float(value) if value is not None else None
+        except ValueError:
+            heartbeat = None
+        if heartbeat is None or not 0 < heartbeat < 86_400:
+            return
+        self._server_heartbeat = heartbeat
+        if self._heartbeat_timeout is not None:
+            return
+        # The first request did not know the heartbeat: tighten this socket's timeout now.
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(heartbeat * HEARTBEAT_FACTOR)
+
+    def _observe(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        data = self._health.data
+        for chunk in chunks:
+            data()
+            yield chunk
+
+    def _apply(self, event: SSEEvent) -> bool:
+        """Apply one event and deliver its results; True when it changed the live state."""
+        with self._lock:
+            step = self._state.feed(event.event, event.data, event.id)
+            inboxes = list(self._inboxes) if step.change or step.gap else []
+            if step.applied:
+                self._health.revision(self._state.resume_rev)
+                self._changed.notify_all()
+        if inboxes or step.committed is not None:
+            self._deliver(step, inboxes)
+        return step.applied

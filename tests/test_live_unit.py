@@ -1,0 +1,785 @@
+"""Unit tests of the live tail: the pure event logic, queues, health, and the
+reconnect policy against scripted connections (``responses``, injected sleep)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import requests
+import responses
+import tenacity
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from responses.registries import OrderedRegistry
+
+from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
+from rstream.client.live import LiveTail
+from rstream.client.livestate import LiveState
+from rstream.client.queues import StateQueue
+from rstream.client.sse import EventStream
+from rstream.client.subscription import Subscription
+from rstream.client.transport import Transport
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import apply_mutation, build_mutation
+from rstream.core.timestamps import from_micros, to_micros
+from rstream.errors import (
+    AuthError,
+    ClientClosed,
+    Gap,
+    ProtocolError,
+    ServerError,
+    StreamNotFound,
+)
+
+BASE = "http://rstream.test"
+LIVE = f"{BASE}/v1/streams/robot-1/live"
+T0 = 1_714_564_800_000_000  # 2024-05-01T12:00:00Z in micros
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def snap(i: int, data: dict[str, Any], rev: int) -> Entry:
+    return Entry.from_micros(T0 + i * 1000, EntryKind.SNAPSHOT, data, rev)
+
+
+def mut(i: int, data: dict[str, Any], rev: int) -> Entry:
+    return Entry.from_micros(T0 + i * 1000, EntryKind.MUTATION, data, rev)
+
+
+def ev(entry: Entry, event: str = "entry") -> tuple[str, str, str]:
+    return (event, json.dumps(entry.to_json(with_rev=True)), str(entry.rev))
+
+
+def sse(*events: tuple[str, str, str | None], retry: int | None = None) -> bytes:
+    out = [] if retry is None else [f"retry: {retry}\n\n"]
+    for name, data, event_id in events:
+        head = f"event: {name}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+        out.append(head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n")
+    return "".join(out).encode()
+
+
+def states_of(entries: list[Entry]) -> list[tuple[int, dict[str, Any]]]:
+    """Replay entries with the core: the state after each one."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    state: dict[str, Any] = {}
+    for entry in entries:
+        state = entry.data if entry.is_snapshot else apply_mutation(state, entry.data)
+        out.append((entry.micros, state))
+    return out
+
+
+# A small log: a window of 3 entries, then a new snapshot and a mutation.
+LOG = [
+    snap(0, {"battery": 1.0, "pos": [0, 0]}, 1),
+    mut(1, {"battery": 0.9}, 2),
+    mut(2, {"pos": {"$mutateIdx": {"0": 5}}}, 3),
+    snap(3, {"battery": 0.8, "pos": [5, 0]}, 4),
+    mut(4, {"mode": "dock"}, 5),
+]
+
+
+# -- LiveState: the pure event logic ----------------------------------------------
+
+
+def test_fresh_start_delivers_every_state_exactly() -> None:
+    live = LiveState()
+    assert live.resume_rev is None
+    assert not live.anchored
+    assert live.current is None
+    steps = live.feed_all([ev(e) for e in LOG])
+    got = [(s.change.micros, s.change.state) for s in steps if s.change]
+    assert got == states_of(LOG)
+    assert [s.change.rev for s in steps if s.change] == [1, 2, 3, 4, 5]
+    assert live.resume_rev == 5
+    committed = [s.committed for s in steps if s.committed is not None]
+    assert committed == [tuple(LOG[:3])]
+    assert live.window() == LOG[3:]
+
+
+def test_duplicates_are_skipped_never_delivered_twice() -> None:
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:3]])
+    # A resume that overlaps: the same entries again, and one older by time.
+    for entry in (LOG[0], LOG[1], LOG[2]):
+        step = live.feed(*ev(entry))
+        assert step.change is None
+        assert not step.applied
+    assert live.resume_rev == 3
+    step = live.feed(*ev(LOG[3]))
+    assert step.change is not None
+    assert step.change.rev == 4
+
+
+def test_amend_replaces_the_newest_mutation() -> None:
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:2]])
+    amended = mut(1, {"battery": 0.85, "note": "x"}, 3)
+    step = live.feed(*ev(amended, "amend"))
+    assert step.change is not None
+    assert step.change.state == {"battery": 0.85, "pos": [0, 0], "note": "x"}
+    assert step.change.micros == amended.micros
+    assert live.resume_rev == 3
+    assert live.window() == [LOG[0], amended]
+
+
+def test_entry_with_the_newest_timestamp_is_an_amend() -> None:
+    # On a resume, an amended entry may come as "entry" with the newest timestamp.
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:2]])
+    step = live.feed(*ev(mut(1, {"battery": 0.7}, 4)))
+    assert step.change is not None
+    assert step.change.state["battery"] == 0.7
+    assert len(live.window() or []) == 2
+    # And a snapshot-only window can have its snapshot replaced.
+    live2 = LiveState()
+    live2.feed(*ev(LOG[0]))
+    step = live2.feed(*ev(snap(0, {"battery": 0.5}, 2)))
+    assert step.change is not None
+    assert step.change.state == {"battery": 0.5}
+
+
+def test_reset_reanchors_and_reports_a_gap() -> None:
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:3]])
+    step = live.feed("reset", json.dumps({"reason": "ahead", "revision": 2}), "2")
+    assert step.applied
+    assert step.change is None
+    assert step.gap is None
+    assert live.resume_rev is None
+    assert not live.anchored
+    # Mutations cannot come before the new window's snapshot.
+    with pytest.raises(ProtocolError):
+        live.feed(*ev(mut(9, {"a": 1}, 2)))
+    step = live.feed(*ev(snap(7, {"fresh": True}, 2)))
+    assert step.change is not None
+    assert step.change.state == {"fresh": True}
+    assert isinstance(step.gap, Gap)
+    assert (step.gap.after_rev, step.gap.resumed_rev) == (3, 2)
+    assert live.resume_rev == 2
+    assert step.committed is None
+    # The gap is reported once.
+    assert live.feed(*ev(mut(8, {"b": 2}, 3))).gap is None
+
+
+def test_rev_comes_from_the_event_id_when_the_entry_has_none() -> None:
+    live = LiveState()
+    data = json.dumps(LOG[0].to_json())
+    live.feed("entry", data, "41")
+    assert live.resume_rev == 41
+    with pytest.raises(ProtocolError, match="without a revision"):
+        LiveState().feed("entry", data, None)
+
+
+def test_unknown_events_are_ignored() -> None:
+    live = LiveState()
+    assert live.feed("message", "hello", None).change is None
+    assert live.feed("future-thing", "{}", "9").change is None
+    assert live.resume_rev is None
+
+
+@pytest.mark.parametrize(
+    ("event", "data"),
+    [
+        ("entry", "not json"),
+        ("entry", "[1, 2]"),
+        ("entry", '{"timestamp": "yesterday", "type": 0, "data": {}, "rev": 9}'),
+        ("entry", '{"timestamp": "2024-05-01T12:00:09Z", "type": 7, "data": {}, "rev": 9}'),
+        ("entry", '{"timestamp": "2024-05-01T12:00:09Z", "type": 1, "data": 3, "rev": 9}'),
+        ("entry", '{"timestamp": "2024-05-01T12:00:09Z", "type": 1, "rev": 9}'),
+        # a mutation that does not apply to the live state ($mutateIdx on a number)
+        (
+            "entry",
+            '{"timestamp": "2024-05-01T12:00:09Z", "type": 1, '
+            '"data": {"battery": {"$mutateIdx": {"0": 1}}}, "rev": 9}',
+        ),
+        # an amend whose timestamp is not the newest entry's
+        ("amend", '{"timestamp": "2024-05-01T12:00:09Z", "type": 1, "data": {}, "rev": 9}'),
+        # a snapshot replacing a mutation
+        ("entry", json.dumps(snap(2, {}, 9).to_json(with_rev=True))),
+        ("reset", "[]"),
+        ("entry", "[" * 100_000),
+    ],
+)
+def test_garbage_raises_protocol_error_and_changes_nothing(event: str, data: str) -> None:
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:3]])
+    before = (live.current, live.window(), live.resume_rev)
+    with pytest.raises(ProtocolError):
+        live.feed(event, data, "9")
+    assert (live.current, live.window(), live.resume_rev) == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(["entry", "amend", "reset"]))
+def test_fuzzed_event_data_only_ever_raises_protocol_error(data: str, event: str) -> None:
+    live = LiveState()
+    live.feed_all([ev(e) for e in LOG[:2]])
+    with contextlib.suppress(ProtocolError):
+        live.feed(event, data, "7")
+
+
+def _random_log(rng: random.Random, n: int) -> list[Entry]:
+    """A log the way a writer makes one: snapshots, mutations, some amends folded in."""
+    entries: list[Entry] = []
+    state: dict[str, Any] = {}
+    for i in range(n):
+        new = {"v": rng.randrange(4), "k": {"x": rng.random() < 0.5}, "l": [i % 3] * (i % 4)}
+        if not entries or rng.random() < 0.2:
+            entries.append(snap(i, new, i + 1))
+        else:
+            entries.append(mut(i, build_mutation(state, new), i + 1))
+        state = new
+    return entries
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5))))
+def test_resumes_with_overlap_deliver_the_log_exactly_once(
+    seed: int, cuts: list[tuple[int, int]]
+) -> None:
+    """Connections that end anywhere and resume with overlap deliver each state once."""
+    log = _random_log(random.Random(seed), 30)
+    live = LiveState()
+    delivered: list[tuple[int, dict[str, Any]]] = []
+    position = 0  # how far the "server" got
+    for length, overlap in [*cuts, (len(log), 0)]:
+        since = live.resume_rev
+        start = 0 if since is None else max(since - overlap, 0)  # revs are 1-based positions
+        end = min(max(start, position) + length, len(log))
+        for entry in log[start:end]:
+            step = live.feed(*ev(entry))
+            if step.change:
+                delivered.append((step.change.micros, step.change.state))
+        position = max(position, end)
+    assert delivered == states_of(log)
+
+
+def test_event_stream_byte_by_byte_and_partial_event_at_eof() -> None:
+    body = sse(*(ev(e) for e in LOG[:3]), retry=2000)
+    cut = body.rindex(b"event: entry")  # the last event arrives incomplete
+    body = body[: cut + 30]
+    live = LiveState()
+    events = EventStream(body[i : i + 1] for i in range(len(body)))
+    got = [live.feed(e.event, e.data, e.id).change for e in events]
+    assert [c.rev for c in got if c] == [1, 2]
+    assert events.saw_eof_mid_event
+    assert events.retry_ms == 2000
+    assert live.resume_rev == 2
+
+
+# -- health ----------------------------------------------------------------------
+
+
+def test_health_transitions_follow_the_table() -> None:
+    clock = iter(range(100, 200)).__next__
+    tracker = HealthTracker(clock=lambda: float(clock()))
+    assert tracker.snapshot().state is ConnectionState.IDLE
+    tracker.connecting("http://a")
+    tracker.move(ConnectionState.OPEN)
+    tracker.data()
+    tracker.move(ConnectionState.BACKOFF)
+    tracker.connecting("http://b")
+    health = tracker.snapshot()
+    assert health.reconnects == 1
+    assert health.url == "http://b"
+    assert health.following
+    assert health.last_data_at is not None
+    with pytest.raises(RuntimeError, match="cannot go from CONNECTING to IDLE"):
+        tracker.move(ConnectionState.IDLE)
+    tracker.move(ConnectionState.FAILED, error=AuthError("no"))
+    assert isinstance(tracker.snapshot().last_error, AuthError)
+    assert not tracker.snapshot().following
+    tracker.move(ConnectionState.CLOSED)
+    assert TRANSITIONS[ConnectionState.CLOSED] == frozenset()
+    for state in ConnectionState:  # every state is in the table, and CLOSED is reachable
+        assert state in TRANSITIONS
+        assert state is ConnectionState.CLOSED or ConnectionState.CLOSED in TRANSITIONS[state]
+
+
+# -- queues and subscriptions ----------------------------------------------------
+
+
+def item(i: int) -> tuple[datetime, dict[str, Any]]:
+    return from_micros(T0 + i), {"i": i, "nested": {"i": i}}
+
+
+def test_queue_drop_oldest_and_latest() -> None:
+    q = StateQueue(3, "drop_oldest")
+    for i in range(5):
+        assert q.put(item(i))
+    assert q.qsize() == 3
+    assert q.dropped == 2
+    assert [q.get_nowait()[1]["i"] for _ in range(3)] == [2, 3, 4]
+    latest = StateQueue(overflow="latest")
+    gap = Gap("g", after_rev=1, resumed_rev=2)
+    latest.put(item(0))
+    latest.put_error(gap)
+    for i in range(1, 4):
+        latest.put(item(i))
+    seen: list[BaseException] = []
+    latest.on_error = seen.append
+    assert latest.get_nowait()[1]["i"] == 3
+    assert latest.dropped == 3
+    assert seen == [gap]  # errors are never dropped
+    with pytest.raises(TimeoutError):
+        latest.get(timeout=0.01)
+
+
+def test_queue_block_applies_back_pressure_until_get() -> None:
+    q = StateQueue(1, "block")
+    q.put(item(0))
+    done = threading.Event()
+
+    def producer() -> None:
+        q.put(item(1))
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert not done.wait(0.05)  # blocked: the queue is full
+    assert q.get()[1]["i"] == 0
+    assert done.wait(2)
+    thread.join()
+    assert q.get()[1]["i"] == 1
+    assert q.dropped == 0
+
+
+def test_queue_close_wakes_blocked_calls_and_iteration_ends() -> None:
+    q = StateQueue(1)
+    q.put(item(0))
+    results: list[object] = []
+
+    def blocked_put() -> None:
+        results.append(q.put(item(1)))
+
+    thread = threading.Thread(target=blocked_put)
+    thread.start()
+    q.close()
+    thread.join(2)
+    assert results == [False]
+    with pytest.raises(ClientClosed):
+        q.get(timeout=1)
+    assert list(q) == []
+    q.close()  # idempotent
+
+
+def test_queue_finish_drains_then_raises_the_fatal_error() -> None:
+    q = StateQueue(5)
+    q.put(item(0))
+    q.finish(StreamNotFound("gone", stream_id="robot-1"))
+    assert q.get()[1]["i"] == 0
+    with pytest.raises(StreamNotFound):
+        q.get()
+    iterating = iter(q)
+    with pytest.raises(StreamNotFound):  # iteration raises it too: it is not a normal end
+        next(iterating)
+    normal = StateQueue(5)
+    normal.put(item(1))
+    normal.finish()
+    assert [s["i"] for _, s in normal] == [1]
+
+
+def test_each_consumer_gets_its_own_copy() -> None:
+    shared = item(0)
+    a, b = StateQueue(), StateQueue()
+    a.put(shared)
+    b.put(shared)
+    state_a = a.get()[1]
+    state_a["nested"]["i"] = "changed"
+    assert b.get()[1] == {"i": 0, "nested": {"i": 0}}
+    assert shared[1] == {"i": 0, "nested": {"i": 0}}
+
+
+def test_queue_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="overflow"):
+        StateQueue(overflow="drop_newest")
+    with pytest.raises(ValueError, match="maxsize"):
+        StateQueue(0)
+
+
+def test_subscription_raising_callback_goes_to_on_error_and_continues() -> None:
+    errors: list[BaseException] = []
+    got: list[int] = []
+    done = threading.Event()
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        if state["i"] == 1:
+            raise RuntimeError("boom")
+        got.append(state["i"])
+        if state["i"] == 2:
+            done.set()
+
+    sub = Subscription(on_state, errors.append)
+    sub.start()
+    for i in range(3):
+        sub.queue.put(item(i))
+    assert done.wait(2)
+    sub.close()
+    assert got == [0, 2]
+    assert [str(e) for e in errors] == ["boom"]
+    assert not sub.thread.is_alive()
+    sub.close()
+
+
+# -- LiveTail against scripted connections --------------------------------------
+
+
+class Waits:
+    """An injected sleep: records each wait; after ``limit`` waits it closes the tail."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.waits: list[float] = []
+        self.tail: LiveTail | None = None
+        self.done = threading.Event()
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if len(self.waits) >= self.limit:
+            assert self.tail is not None
+            self.tail.close()  # from the reader thread: must not join itself
+            self.done.set()
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(registry=OrderedRegistry, assert_all_requests_are_fired=False) as r:
+        yield r
+
+
+def make_tail(
+    waits: Waits,
+    *,
+    token: str | Callable[[], str] | None = None,
+    urls: str | list[str] = BASE,
+    **kwargs: Any,
+) -> tuple[LiveTail, Transport]:
+    transport = Transport(urls, token=token, retry=tenacity.Retrying())
+    tail = LiveTail(transport, "robot-1", sleep=waits, **kwargs)
+    waits.tail = tail
+    return tail, transport
+
+
+def run_script(tail: LiveTail, transport: Transport, waits: Waits) -> None:
+    tail.start()
+    assert waits.done.wait(5), f"the tail did not reach {waits.limit} waits: {waits.waits}"
+    tail.close()
+    transport.close()
+
+
+def add_sse(mocked: responses.RequestsMock, body: bytes, url: str = LIVE, **headers: str) -> None:
+    mocked.add(
+        responses.GET,
+        url,
+        body=body,
+        status=200,
+        content_type="text/event-stream",
+        headers={"RStream-Heartbeat": "15", **headers},
+    )
+
+
+def add_error(mocked: responses.RequestsMock, status: int, code: str, **headers: str) -> None:
+    mocked.add(
+        responses.GET,
+        LIVE,
+        json={"error": {"code": code, "message": "scripted"}},
+        status=status,
+        headers=headers,
+    )
+
+
+def test_resume_sends_last_applied_revision(mocked: responses.RequestsMock) -> None:
+    add_sse(mocked, sse(*(ev(e) for e in LOG[:3])))
+    add_sse(mocked, sse(ev(LOG[2]), ev(LOG[3])))  # overlapping resume
+    add_sse(mocked, b'event: entry\nid: 5\ndata: {"timestamp"')  # cut mid-event
+    add_sse(mocked, sse(ev(LOG[4])))
+    waits = Waits(4)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
+    got: list[tuple[int, dict[str, Any]]] = []
+    commits: list[list[Entry]] = []
+    tail._on_commit = commits.append
+    q = tail.states()
+    run_script(tail, transport, waits)
+    sent = [c.request.headers.get("Last-Event-ID") for c in mocked.calls]
+    assert sent == [None, "3", "4", "4"]  # the cut event was not applied
+    for ts, state in q:
+        got.append((to_micros(ts), state))
+    assert got == states_of(LOG)
+    assert commits == [LOG[:3]]
+    assert tail.health.state is ConnectionState.CLOSED
+    assert tail.health.revision == 5
+
+
+def test_garbage_event_reconnects_from_last_applied(mocked: responses.RequestsMock) -> None:
+    add_sse(mocked, sse(ev(LOG[0]), ("entry", "{broken", "2"), ev(LOG[1])))
+    add_sse(mocked, sse(ev(LOG[1])))
+    waits = Waits(2)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
+    q = tail.states()
+    run_script(tail, transport, waits)
+    assert [c.request.headers.get("Last-Event-ID") for c in mocked.calls][:2] == [None, "1"]
+    assert [s for _, s in q] == [s for _, s in states_of(LOG[:2])]
+    assert isinstance(tail.health.last_error, Exception)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
+def test_retryable_statuses_reconnect(mocked: responses.RequestsMock, status: int) -> None:
+    add_error(mocked, status, "unavailable")
+    add_sse(mocked, sse(ev(LOG[0])))
+    waits = Waits(2)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0.25))
+    q = tail.states()
+    run_script(tail, transport, waits)
+    assert len(mocked.calls) >= 2
+    assert q.get()[1] == LOG[0].data
+    assert waits.waits[0] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (404, "stream_not_found", StreamNotFound),
+        (403, "forbidden", AuthError),
+        (400, "invalid_stream_id", ServerError),
+    ],
+)
+def test_fatal_statuses_stop_the_tail(
+    mocked: responses.RequestsMock, status: int, code: str, error: type[Exception]
+) -> None:
+    add_error(mocked, status, code)
+    waits = Waits(1)
+    tail, transport = make_tail(waits)
+    errors: list[BaseException] = []
+    failed = threading.Event()
+
+    def on_error(error: BaseException) -> None:
+        errors.append(error)
+        failed.set()
+
+    tail.subscribe(lambda ts, s: None, on_error)
+    q = tail.states()
+    assert failed.wait(5)
+    with pytest.raises(error):
+        q.get(timeout=5)
+    assert [type(e) for e in errors] == [error]
+    assert tail.health.state is ConnectionState.FAILED
+    assert len(mocked.calls) == 1
+    assert waits.waits == []
+    with pytest.raises(error):
+        tail.states()
+    tail.close()
+    transport.close()
+    assert tail.health.state.name == "CLOSED"
+
+
+def test_204_ends_the_tail(mocked: responses.RequestsMock) -> None:
+    mocked.add(responses.GET, LIVE, status=204)
+    tail, transport = make_tail(Waits(1))
+    q = tail.states()
+    assert list(q) == []  # iteration ends: no more states will come
+    assert tail.health.state is ConnectionState.CLOSED
+    assert len(mocked.calls) == 1
+    tail.close()
+    transport.close()
+
+
+def test_401_asks_the_token_once_more_then_gives_up(mocked: responses.RequestsMock) -> None:
+    add_error(mocked, 401, "unauthorized")
+    add_error(mocked, 401, "unauthorized")
+    asked: list[str] = []
+
+    def token() -> str:
+        asked.append(f"t{len(asked)}")
+        return asked[-1]
+
+    tail, transport = make_tail(Waits(1), token=token)
+    q = tail.states()
+    with pytest.raises(AuthError):
+        q.get(timeout=5)
+    assert [c.request.headers["Authorization"] for c in mocked.calls] == [
+        "Bearer t0",
+        "Bearer t1",
+    ]
+    assert tail.health.state is ConnectionState.FAILED
+    tail.close()
+    transport.close()
+
+
+def test_token_is_asked_again_on_every_reconnect(mocked: responses.RequestsMock) -> None:
+    add_error(mocked, 401, "unauthorized")  # expired: refreshed once, then accepted
+    add_sse(mocked, sse(ev(LOG[0])))
+    add_sse(mocked, sse(ev(LOG[1])))
+    waits = Waits(2)
+    counter = iter(range(100))
+    tail, transport = make_tail(
+        waits, token=lambda: f"t{next(counter)}", wait=tenacity.wait_fixed(0)
+    )
+    tail.start()
+    run_script(tail, transport, waits)
+    auth = [c.request.headers["Authorization"] for c in mocked.calls[:3]]
+    assert auth == ["Bearer t0", "Bearer t1", "Bearer t2"]
+
+
+def test_backoff_grows_and_resets_after_a_healthy_connection(
+    mocked: responses.RequestsMock,
+) -> None:
+    for _ in range(4):
+        add_error(mocked, 503, "unavailable")
+    add_sse(mocked, sse(ev(LOG[0])))  # healthy: it applied an event
+    for _ in range(2):
+        add_error(mocked, 503, "unavailable")
+    waits = Waits(7)
+    tail, transport = make_tail(waits, wait=tenacity.wait_exponential(multiplier=0.5, max=30))
+    run_script(tail, transport, waits)
+    assert waits.waits == [0.5, 1.0, 2.0, 4.0, 0.5, 0.5, 1.0]
+
+
+def test_backoff_grows_when_the_server_accepts_and_closes_at_once(
+    mocked: responses.RequestsMock,
+) -> None:
+    for _ in range(5):
+        add_sse(mocked, b": ping\n\n")  # no event: not a healthy connection
+    waits = Waits(5)
+    tail, transport = make_tail(waits, wait=tenacity.wait_exponential(multiplier=0.5, max=4))
+    run_script(tail, transport, waits)
+    assert waits.waits == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert tail.health.reconnects == 4
+
+
+def test_long_open_connection_counts_as_healthy(mocked: responses.RequestsMock) -> None:
+    add_error(mocked, 503, "unavailable")
+    add_error(mocked, 503, "unavailable")
+    add_sse(mocked, b": ping\n\n")
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 11.0  # each reading 11 s later: the quiet connection lasted long enough
+        return now[0]
+
+    waits = Waits(3)
+    tail, transport = make_tail(
+        waits, wait=tenacity.wait_exponential(multiplier=1, max=30), clock=clock
+    )
+    run_script(tail, transport, waits)
+    assert waits.waits == [1.0, 2.0, 1.0]
+
+
+def test_waits_never_go_below_server_retry_or_retry_after(
+    mocked: responses.RequestsMock,
+) -> None:
+    add_sse(mocked, b"retry: 5000\n\n")
+    add_error(mocked, 503, "unavailable", **{"Retry-After": "7"})
+    add_sse(mocked, sse(ev(LOG[0])))
+    add_sse(mocked, b"")
+    waits = Waits(4)
+    tail, transport = make_tail(waits)  # default: full jitter from 0.5 s
+    run_script(tail, transport, waits)
+    assert waits.waits[0] == 5.0  # retry: is a floor
+    assert waits.waits[1] == 7.0  # so is Retry-After
+    assert waits.waits[2] >= 5.0
+    assert waits.waits[3] >= 5.0
+
+
+def test_default_backoff_is_full_jitter_with_a_cap(mocked: responses.RequestsMock) -> None:
+    random.seed(1234)
+    waits = Waits(40)  # every request fails to connect (nothing is registered)
+    tail, transport = make_tail(waits)
+    run_script(tail, transport, waits)
+    for attempt, wait in enumerate(waits.waits, start=1):
+        assert 0 <= wait <= min(30.0, 0.5 * 2 ** (attempt - 1))
+    late = waits.waits[10:]
+    assert max(late) > 15
+    assert min(late) < max(late) / 2
+
+
+def test_failover_to_the_next_url(mocked: responses.RequestsMock) -> None:
+    other = "http://replica.test"
+    mocked.add(responses.GET, LIVE, body=requests.ConnectionError("refused"))
+    add_sse(mocked, sse(ev(LOG[0]), ev(LOG[1])), url=f"{other}/v1/streams/robot-1/live")
+    # A healthy connection that ended: the tail stays with the server that answered.
+    add_sse(mocked, sse(ev(LOG[2])), url=f"{other}/v1/streams/robot-1/live")
+    waits = Waits(3)
+    tail, transport = make_tail(waits, urls=[BASE, other], wait=tenacity.wait_fixed(0))
+    q = tail.states()
+    run_script(tail, transport, waits)
+    hosts = [str(c.request.url).split("/v1")[0] for c in mocked.calls]
+    assert hosts == [BASE, other, other]
+    assert mocked.calls[2].request.headers["Last-Event-ID"] == "2"
+    assert [s for _, s in q] == [s for _, s in states_of(LOG[:3])]
+
+
+def test_not_an_event_stream_reconnects(mocked: responses.RequestsMock) -> None:
+    mocked.add(responses.GET, LIVE, body="<html>proxy</html>", content_type="text/html")
+    waits = Waits(1)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
+    run_script(tail, transport, waits)
+    assert isinstance(tail.health.last_error, ProtocolError)
+
+
+def test_subscriber_gets_current_state_first_then_changes(mocked: responses.RequestsMock) -> None:
+    add_sse(mocked, sse(*(ev(e) for e in LOG[:3])))
+    waits = Waits(1)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
+    first = tail.states()
+    run_script(tail, transport, waits)
+    assert len(list(first)) == 3
+    late = StateQueue()
+    # After closing, subscribing is refused.
+    with pytest.raises(ClientClosed):
+        tail.states()
+    with pytest.raises(ClientClosed):
+        tail.latest(timeout=0)
+    late.close()
+
+
+def test_latest_and_a_late_subscriber_see_the_current_state(
+    mocked: responses.RequestsMock,
+) -> None:
+    add_sse(mocked, sse(*(ev(e) for e in LOG[:3])))
+    add_sse(mocked, sse(ev(LOG[3])))
+    gate = threading.Event()
+    waits = Waits(2)
+
+    def sleep(seconds: float) -> None:
+        gate.wait(5)  # hold the second connection until the late subscriber is in
+        waits(seconds)
+
+    transport = Transport(BASE, retry=tenacity.Retrying())
+    tail = LiveTail(transport, "robot-1", sleep=sleep, wait=tenacity.wait_fixed(0))
+    waits.tail = tail
+    _ts, state = tail.latest(timeout=5)
+    assert state == states_of(LOG[:3])[-1][1]
+    assert tail.live_window() == LOG[:3]
+    state["pos"].append("mine")  # a private copy
+    late = tail.states()
+    gate.set()
+    assert waits.done.wait(5)
+    tail.close()
+    transport.close()
+    assert [s for _, s in late] == [states_of(LOG[:3])[-1][1], LOG[3].data]
+
+
+def test_close_from_a_callback_does_not_deadlock(mocked: responses.RequestsMock) -> None:
+    add_sse(mocked, sse(*(ev(e) for e in LOG)))
+    transport = Transport(BASE, retry=tenacity.Retrying())
+    tail = LiveTail(transport, "robot-1", sleep=lambda s: None, wait=tenacity.wait_fixed(0))
+    closed = threading.Event()
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        tail.close()
+        closed.set()
+
+    sub = tail.subscribe(on_state)
+    assert closed.wait(5)
+    tail.close()
+    transport.close()
+    assert not sub.thread.is_alive()
+    assert tail.health.state is ConnectionState.CLOSED
