@@ -1,0 +1,315 @@
+"""The client against a real server: windows, history, pagination, cache, failover, close."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from rstream.client import Client, RemoteStream, connect
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.timestamps import from_micros
+from rstream.errors import ClientClosed, OutOfOrder, OutOfRange, StreamNotFound
+from rstream.server.limits import Limits
+from tests.serverutil import running_server
+
+T0 = 1_700_000_000  # epoch seconds of the first entry
+PER_WINDOW = 10
+COUNT = 95  # 9 complete windows and a live one of 5
+
+
+def make_entries(count: int = COUNT, per_window: int = PER_WINDOW) -> list[Entry]:
+    """Entry i at T0 + i seconds; a snapshot every ``per_window``; state {"i", "w", "log"}."""
+    out = []
+    for i in range(count):
+        if i % per_window == 0:
+            out.append(Entry(T0 + i, EntryKind.SNAPSHOT, {"i": i, "w": i // per_window, "log": []}))
+        else:
+            out.append(Entry(T0 + i, EntryKind.MUTATION, {"i": i, "log": {"$push": [i]}}))
+    return out
+
+
+def expected_state(i: int) -> dict[str, Any]:
+    """The state after entry ``i``."""
+    snap = i - i % PER_WINDOW
+    return {"i": i, "w": i // PER_WINDOW, "log": list(range(snap + 1, i + 1))}
+
+
+def at(seconds: float) -> datetime:
+    return from_micros(round((T0 + seconds) * 1_000_000))
+
+
+class Counter:
+    """Counts the HTTP requests a session sends (a response hook)."""
+
+    def __init__(self, session: requests.Session) -> None:
+        self.urls: list[str] = []
+        session.hooks["response"].append(self.hook)
+
+    def hook(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        self.urls.append(response.url)
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    # A small page size, so every range spans several pages.
+    with running_server(limits=Limits(page_size=7)) as url:
+        with Client(url) as client:
+            client.stream("robot-1").append_entries(make_entries())
+        yield url
+
+
+@pytest.fixture
+def client(server_url: str) -> Iterator[Client]:
+    with Client(server_url, max_workers=3) as client:
+        yield client
+
+
+@pytest.fixture
+def robot(client: Client) -> RemoteStream:
+    return client.stream("robot-1")
+
+
+# -- latest and state_at --------------------------------------------------------------
+
+
+def test_latest_is_the_newest_state(robot: RemoteStream) -> None:
+    ts, state = robot.latest()
+    assert ts == at(COUNT - 1)
+    assert state == expected_state(COUNT - 1)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "index"),
+    [
+        (0, 0),  # the first snapshot
+        (0.5, 0),
+        (9.999999, 9),  # just before a snapshot
+        (10, 10),  # at a snapshot
+        (10.000001, 10),  # just after
+        (47.5, 47),
+        (90, 90),  # the live window's snapshot
+        (93, 93),  # inside the live window
+        (10_000, 94),  # after the newest entry
+    ],
+)
+def test_state_at(robot: RemoteStream, seconds: float, index: int) -> None:
+    assert robot.state_at(at(seconds)) == expected_state(index)
+
+
+def test_state_at_before_the_first_snapshot_is_out_of_range(robot: RemoteStream) -> None:
+    when = at(-0.000001)
+    with pytest.raises(OutOfRange, match="before the first snapshot") as info:
+        robot.state_at(when)
+    assert info.value.when == when
+
+
+def test_state_at_returns_a_copy_the_caller_owns(robot: RemoteStream) -> None:
+    state = robot.state_at(at(15))
+    state["log"].append("mine")
+    state["i"] = -1
+    assert robot.state_at(at(15)) == expected_state(15)
+
+
+def test_state_at_in_a_cached_window_makes_no_request(client: Client, robot: RemoteStream) -> None:
+    counter = Counter(client.transport.session)
+    robot.state_at(at(23))
+    made = len(counter.urls)
+    assert made == 2 + 1  # bounds, then the window's entries in two pages of 7
+    for seconds in (20, 21.5, 29.999999, 23):
+        robot.state_at(at(seconds))
+    assert len(counter.urls) == made
+
+
+def test_concurrent_state_at_in_one_window_shares_one_fetch(
+    client: Client, robot: RemoteStream
+) -> None:
+    counter = Counter(client.transport.session)
+    results: dict[int, dict[str, Any]] = {}
+    start = threading.Barrier(6)
+
+    def ask(i: int) -> None:
+        start.wait(5)
+        results[i] = robot.state_at(at(60 + i))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert results == {i: expected_state(60 + i) for i in range(6)}
+    bounds = [u for u in counter.urls if "/window" in u]
+    pages = [u for u in counter.urls if "/entries" in u]
+    assert len(bounds) == 1
+    assert len(pages) == 2  # one window of 10 entries, pages of 7
+
+
+def test_unknown_stream(client: Client) -> None:
+    with pytest.raises(StreamNotFound) as info:
+        client.stream("nobody").state_at(at(1))
+    assert info.value.stream_id == "nobody"
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def test_history_yields_the_state_at_start_then_every_change(robot: RemoteStream) -> None:
+    items = list(robot.history(at(12.5), at(31)))
+    assert items[0] == (at(12.5), expected_state(12))
+    assert items[1:] == [(at(i), expected_state(i)) for i in range(13, 31)]
+
+
+def test_history_from_an_entry_starts_with_it(robot: RemoteStream) -> None:
+    items = list(robot.history(at(20), at(22)))
+    assert items == [(at(20), expected_state(20)), (at(21), expected_state(21))]
+
+
+def test_history_whole_stream_and_into_the_live_window(robot: RemoteStream) -> None:
+    items = list(robot.history())
+    assert items == [(at(i), expected_state(i)) for i in range(COUNT)]
+    assert list(robot.history(at(-50), at(3))) == [(at(i), expected_state(i)) for i in range(3)]
+    assert list(robot.history(at(88), None))[-1] == (at(COUNT - 1), expected_state(COUNT - 1))
+
+
+def test_history_before_the_stream_or_empty_range(robot: RemoteStream) -> None:
+    assert list(robot.history(at(-50), at(-1))) == []
+    assert list(robot.history(at(5), at(5))) == []
+
+
+def test_history_sampled_with_step(robot: RemoteStream) -> None:
+    items = list(robot.history(at(-2), at(31), step=timedelta(seconds=7.5)))
+    # -2 and 5.5 ... : the first sample time with a state is 5.5
+    times = [5.5, 13, 20.5, 28]
+    assert items == [(at(t), expected_state(int(t))) for t in times]
+
+
+def test_history_step_must_be_positive(robot: RemoteStream) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        robot.history(at(0), at(1), step=timedelta(0))
+
+
+def test_second_history_pass_makes_no_request(client: Client, robot: RemoteStream) -> None:
+    first = list(robot.history(at(3.5), at(71)))
+    counter = Counter(client.transport.session)
+    second = list(robot.history(at(3.5), at(71)))
+    assert second == first
+    assert counter.urls == []
+    robot.state_at(at(44))  # windows history walked are cached for state_at too
+    assert counter.urls == []
+
+
+def test_history_states_are_copies_unless_asked(robot: RemoteStream) -> None:
+    for _, state in robot.history(at(10), at(15)):
+        state["log"].append("mine")
+    assert robot.state_at(at(14)) == expected_state(14)
+    shared = [s for _, s in robot.history(at(10), at(15), copy=False)]
+    assert shared[-1] == expected_state(14)
+
+
+def test_a_tiny_cache_still_answers(server_url: str) -> None:
+    with Client(server_url, max_cached_entries=5) as client:
+        robot = client.stream("robot-1")
+        assert list(robot.history(at(0), at(40))) == [(at(i), expected_state(i)) for i in range(40)]
+        assert robot.state_at(at(33)) == expected_state(33)
+        assert robot.windows.cached_entries <= 5
+
+
+# -- entries --------------------------------------------------------------------------------
+
+
+def test_entries_follow_pagination(client: Client, robot: RemoteStream) -> None:
+    counter = Counter(client.transport.session)
+    got = list(robot.entries(at(3), at(40)))
+    assert got == make_entries()[3:40]
+    assert [e.rev for e in got] == list(range(4, 41))
+    assert len(counter.urls) == 6  # 37 entries in pages of 7
+    assert list(robot.entries()) == make_entries()
+
+
+def test_stopping_early_leaves_nothing_running(client: Client, robot: RemoteStream) -> None:
+    before = set(threading.enumerate())
+    for entry in robot.entries():
+        if entry.micros >= at(8).timestamp() * 1_000_000:
+            break
+    assert robot.state_at(at(8)) == expected_state(8)
+    assert all(t in before or t.name.startswith("rstream-fetch") for t in threading.enumerate())
+
+
+# -- writes -------------------------------------------------------------------------------------
+
+
+def test_write_state_and_read_it_back(server_url: str) -> None:
+    with connect(server_url, "writer-test") as robot:
+        first = robot.write_state({"a": 1}, timestamp=T0)
+        assert first is not None
+        assert first.kind is EntryKind.SNAPSHOT
+        assert robot.write_state({"a": 1}, timestamp=T0 + 1) is None  # unchanged
+        second = robot.write_state({"a": 2}, timestamp=T0 + 2)
+        assert second is not None
+        assert second.kind is EntryKind.MUTATION
+        assert robot.latest() == (at(2), {"a": 2})
+        assert robot.state_at(at(1)) == {"a": 1}
+        with pytest.raises(OutOfOrder):
+            robot.write_state({"a": 3}, timestamp=T0)
+        assert robot.info().revision == 2
+
+
+def test_streams_and_same_object_per_id(client: Client) -> None:
+    ids = [s.id for s in client.streams()]
+    assert "robot-1" in ids
+    assert ids == sorted(ids)
+    assert client.stream("robot-1") is client.stream("robot-1")
+    assert client.ping()
+
+
+# -- failover and shutdown ----------------------------------------------------------------------
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_two_urls_with_the_first_dead(server_url: str) -> None:
+    waits: list[float] = []
+    with Client([closed_port_url(), server_url], sleep=waits.append) as client:
+        robot = client.stream("robot-1")
+        assert robot.state_at(at(55)) == expected_state(55)
+        assert list(robot.history(at(0), at(3))) == [(at(i), expected_state(i)) for i in range(3)]
+        assert client.transport.current_index == 1
+    assert waits == []
+
+
+def test_close_joins_threads_and_later_calls_raise(server_url: str) -> None:
+    before = set(threading.enumerate())
+    client = Client(server_url, max_workers=4)
+    robot = client.stream("robot-1")
+    items = robot.history(at(0), None)
+    next(items)  # pages in flight on the pool
+    client.close()
+    client.close()
+    leaked = [t for t in threading.enumerate() if t not in before]
+    assert leaked == []
+    with pytest.raises(ClientClosed):
+        robot.state_at(at(1))
+    with pytest.raises(ClientClosed):
+        client.stream("robot-1")
+    with pytest.raises(ClientClosed):
+        list(items)
+
+
+def test_connect_owns_its_client(server_url: str) -> None:
+    robot = connect(server_url, "robot-1")
+    assert robot.state_at(at(1)) == expected_state(1)
+    robot.close()
+    robot.close()
+    with pytest.raises(ClientClosed):
+        robot.latest()
