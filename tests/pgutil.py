@@ -18,18 +18,23 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from rstream.server.storage.postgres import PostgresStorage as PostgresStorageT
 
 URL_VARIABLE = "RSTREAM_TEST_POSTGRES_URL"
 REQUIRE_VARIABLE = "RSTREAM_REQUIRE_POSTGRES"
 
 __all__ = [
-    "PgSchema",
     "URL_VARIABLE",
+    "PgSchema",
     "create_schema",
     "drop_schema",
+    "fresh_storage",
     "pg_schema",
     "pg_storage",
     "postgres_url",
@@ -43,8 +48,7 @@ def postgres_url() -> str:
     if url:
         return url
     message = (
-        f"needs PostgreSQL: set {URL_VARIABLE} "
-        "(e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
+        f"needs PostgreSQL: set {URL_VARIABLE} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
     )
     if os.environ.get(REQUIRE_VARIABLE, "").strip() not in ("", "0"):
         pytest.fail(f"{message}; {REQUIRE_VARIABLE} is set, so PostgreSQL tests must run")
@@ -123,3 +127,24 @@ def pg_storage(pg_schema: PgSchema) -> Iterator[object]:
         yield storage
     finally:
         storage.close()
+
+
+def fresh_storage(**kwargs: object) -> PostgresStorageT:
+    """A PostgresStorage in a fresh schema of its own; closing it drops the schema.
+
+    For factories that only get to return a storage (``tests/test_storage.py``).
+    """
+    from rstream.server.storage.postgres import PostgresStorage
+
+    class _SchemaStorage(PostgresStorage):
+        def close(self) -> None:
+            super().close()
+            drop_schema(url, name)  # idempotent: IF EXISTS
+
+    url = postgres_url()
+    name = create_schema(url)
+    try:
+        return _SchemaStorage(with_schema(url, name), **kwargs)  # type: ignore[arg-type]
+    except BaseException:
+        drop_schema(url, name)
+        raise

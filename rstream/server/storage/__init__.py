@@ -5,7 +5,9 @@ Open a backend from a URL with :func:`open_storage`:
 - ``memory://``: :class:`MemoryStorage`, nothing survives the process;
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
   (SQLAlchemy style): :class:`SQLiteStorage`;
-- ``postgresql://...``: not available yet.
+- ``postgresql://user@host:5432/db?schema=name`` (libpq URL; ``schema`` is
+  optional): :class:`~rstream.server.storage.postgres.PostgresStorage`, for
+  several server replicas on one database (``docs/deploy.rst``).
 
 See ``docs/storage.rst`` for the schema and what each backend guarantees.
 """
@@ -55,14 +57,21 @@ def open_storage(url: str) -> Storage:
     if scheme == "sqlite":
         return SQLiteStorage(sqlite_path(url))
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise RStreamError(
-            f"storage URL {_redact(url)!r}: PostgreSQL support is not installed/implemented "
-            "yet; use sqlite:///path.db"
-        )
+        try:
+            from rstream.server.storage.postgres import PostgresStorage
+        except ImportError as exc:  # psycopg is the optional "postgres" extra
+            raise RStreamError(
+                f"storage URL {_redact(url)!r}: PostgreSQL needs psycopg and psycopg-pool "
+                f"({exc}); pip install 'remote-state-stream[postgres]'"
+            ) from None
+        return PostgresStorage(url)
     raise RStreamError(f"storage URL {_redact(url)!r}: unknown scheme {scheme!r}; {_FORMS}")
 
 
-_FORMS = "expected memory://, sqlite:///relative.db or sqlite:////absolute/path.db"
+_FORMS = (
+    "expected memory://, sqlite:///relative.db, sqlite:////absolute/path.db "
+    "or postgresql://user@host/db"
+)
 
 
 def sqlite_path(url: str) -> str:

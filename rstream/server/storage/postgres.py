@@ -51,7 +51,7 @@ import select
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -130,10 +130,12 @@ def parse_postgres_url(url: str) -> tuple[str, str | None]:
 
     ``postgresql://user:pw@host:5432/db?schema=rs&sslmode=require`` gives
     ``("postgresql://user:pw@host:5432/db?sslmode=require", "rs")``; every other
-    query parameter is libpq's. ``postgres://`` is accepted as well.
+    query parameter is libpq's. ``postgres://`` and ``postgresql+psycopg://`` are
+    accepted as well.
     """
     parts = urlsplit(url)
-    if parts.scheme.lower() not in ("postgresql", "postgres"):
+    # "postgresql+psycopg://" (SQLAlchemy style) names the same database.
+    if parts.scheme.lower().partition("+")[0] not in ("postgresql", "postgres"):
         raise RStreamError(f"{_redact(url)!r} is not a postgresql:// URL")
     schema: str | None = None
     query: list[tuple[str, str]] = []
@@ -251,6 +253,15 @@ class PostgresStorage:
             name="rstream",
             open=False,
         )
+        # One connection first: it fails fast with libpq's own reason (the pool
+        # would retry quietly until its timeout), and it runs the migration.
+        try:
+            with psycopg.connect(conninfo, **self._connect_kwargs) as conn:
+                _migrate(conn, schema, self._display)
+        except psycopg.OperationalError as exc:
+            raise RStreamError(
+                f"cannot connect to PostgreSQL storage {self._display}: {exc}".strip()
+            ) from None
         try:
             self._pool.open(wait=True, timeout=connect_timeout + 1)
         except PoolTimeout as exc:
@@ -259,12 +270,6 @@ class PostgresStorage:
                 f"cannot connect to PostgreSQL storage {self._display} within "
                 f"{connect_timeout + 1:g} s; is the server running and the URL right?"
             ) from exc
-        try:
-            with self._connection() as conn:
-                _migrate(conn, schema, self._display)
-        except BaseException:
-            self.close()
-            raise
 
     def __repr__(self) -> str:
         return f"<PostgresStorage {self._display}{' closed' if self._closed else ''}>"
@@ -676,7 +681,7 @@ class PostgresLog:
 
     def iter_range(
         self, start_us: int | None, end_us: int | None, limit: int | None = None
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, None]:
         """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
 
         Reads pages of rows by key (``ts_us``), each page one short query on a
@@ -690,7 +695,7 @@ class PostgresLog:
         remaining = None if limit is None else max(limit, 0)
         return self._pages(lo, hi, remaining)
 
-    def _pages(self, lo: int, hi: int, remaining: int | None) -> Iterator[Entry]:
+    def _pages(self, lo: int, hi: int, remaining: int | None) -> Generator[Entry, None, None]:
         while remaining is None or remaining > 0:
             size = _RANGE_PAGE if remaining is None else min(_RANGE_PAGE, remaining)
             page = self._all(self._sql.range_limit, (self.stream_id, lo, hi, size))
