@@ -148,8 +148,8 @@ def client_options(func: F) -> F:
         "--retries",
         type=click.IntRange(min=0),
         default=None,
-        help="Retries after a connection error or 5xx (default: 4 for requests; "
-        "forever for live tails).",
+        help="Retries of a request after a connection error or 5xx (default 4; "
+        "a live tail always reconnects).",
     )
     @click.option(
         "--ca-bundle",

@@ -52,8 +52,8 @@ DEMO_CHANGE = timedelta(milliseconds=200)
 
 
 @contextlib.contextmanager
-def embedded_server(heartbeat: float = 1.0) -> Iterator[tuple[str, Path, Any]]:
-    """A real server on a free loopback port with a temporary SQLite database.
+def embedded_server(port: int = 0, heartbeat: float = 1.0) -> Iterator[tuple[str, Path, Any]]:
+    """A real server on a loopback port (0: a free one) with a temporary SQLite database.
 
     Yields ``(url, db_path, storage)``; everything is closed and the database
     removed on exit.
@@ -71,7 +71,15 @@ def embedded_server(heartbeat: float = 1.0) -> Iterator[tuple[str, Path, Any]]:
         storage = SQLiteStorage(db)
         try:
             app = create_app(storage, heartbeat=heartbeat)
-            with ServerThread(app, host="127.0.0.1", port=0) as server:
+            server = ServerThread(app, host="127.0.0.1", port=port)
+            try:
+                server.start()
+            except OSError as exc:
+                raise CLIError(
+                    f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}): pick another "
+                    "--port, or leave it out for a free one"
+                ) from None
+            with server:
                 yield server.url, db, storage
         finally:
             storage.close()
@@ -92,6 +100,7 @@ class _Viewer:
     def take(self, item: tuple[datetime, dict[str, Any]]) -> None:
         self.received += 1
         self.live = item
+        self.meter.observe(self.robot.health.revision)
 
     def look_back(self) -> None:
         """Fetch the state of ``lag`` ago through the history API (not the tail)."""
@@ -129,9 +138,16 @@ class _Viewer:
     help="Show the state of this many seconds ago next to the live one.",
 )
 @click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Loopback port of the server (0: a free one).",
+)
+@click.option(
     "--stream", "stream_id", type=STREAM, default="robot-1", show_default=True, help="Stream id."
 )
-def demo(duration: float | None, rate: float, lag: float, stream_id: str) -> None:
+def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: str) -> None:
     """Run a server, a simulated robot and a live view of its state.
 
     On a terminal the view redraws in place; otherwise a summary line is
@@ -148,7 +164,7 @@ def demo(duration: float | None, rate: float, lag: float, stream_id: str) -> Non
     viewer: _Viewer | None = None
     try:
         with contextlib.ExitStack() as stack_:
-            url, db, storage = stack_.enter_context(embedded_server())
+            url, db, storage = stack_.enter_context(embedded_server(port))
             storage.create_stream(stream_id, RateConfig(DEMO_KEYFRAME, DEMO_CHANGE))
             say(f"rstream demo: server {url} (SQLite {db})")
             say(
