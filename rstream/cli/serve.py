@@ -52,7 +52,8 @@ def _token(path: str | None, env: str) -> str | None:
 @click.option(
     "--db",
     metavar="URL",
-    help="Storage: sqlite:///relative.db, sqlite:////abs/path.db or memory:// "
+    help="Storage: sqlite:///relative.db, sqlite:////abs/path.db, memory:// or "
+    "postgresql://user@host/db[?schema=name] for several replicas on one database "
     "(default: streams.db in the user data directory).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")

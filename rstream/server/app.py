@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -168,10 +168,16 @@ class _Server:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.bind(asyncio.get_running_loop())
+        # A storage shared by replicas (PostgreSQL) feeds the hub the writes of
+        # the other replicas; see docs/deploy.rst.
+        listen = getattr(self.storage, "listen", None)
+        listener = listen(self.hub.notify, self.hub.streams) if callable(listen) else None
         try:
             yield
         finally:
             self.hub.close()
+            if listener is not None:
+                await anyio.to_thread.run_sync(listener.close)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -239,15 +245,14 @@ class _Server:
         return JSONResponse(openapi_document())
 
     async def bad_path(self, request: Request) -> Response:
-        rest = request.path_params["rest"]
-        stream_id, allowed = rest, _ALLOWED[""]
-        for suffix, methods in _ALLOWED.items():
-            if suffix and rest.endswith(suffix):
-                stream_id, allowed = rest[: -len(suffix)], methods
-                break
+        # Split the raw path: a %2F inside the id must not look like a route.
+        raw = _raw_path(request).removeprefix("/v1/streams/")
+        first, _, rest = raw.partition("/")
+        stream_id = unquote(first, errors="strict") if _decodable(first) else "\ufffd"
         if not is_valid_stream_id(stream_id):
             fail(400, "invalid_stream_id", _bad_id_message(stream_id))
-        if "/" not in stream_id:  # a known route, another method
+        allowed = _ALLOWED.get("/" + rest if rest else "")
+        if allowed is not None:  # a known route, another method
             return error_response(
                 405,
                 "method_not_allowed",
@@ -418,9 +423,13 @@ class _Server:
                     created = self.storage.create_stream(stream_id)
                     info = self._info(stream_id)
                 writer = self._writer(stream_id, info.rate)
-                entry = writer.write_state(state, None if when is None else from_micros(when))
-                action = writer.last_action.value
-                revision = entry.rev if entry is not None and entry.rev else writer.log.revision
+                writer.rate = info.rate  # another replica may have changed it
+                with _write_lock(writer.log):
+                    entry = writer.write_state(state, None if when is None else from_micros(when))
+                    action = writer.last_action.value
+                    revision = (
+                        entry.rev if entry is not None and entry.rev else writer.log.revision
+                    )
                 return created, action, entry, revision
 
         created, action, entry, revision = await anyio.to_thread.run_sync(write)
@@ -456,8 +465,9 @@ class _Server:
                 writer = self._writer(stream_id, info.rate)
                 if not entries:
                     return created, [], writer.log.revision
-                _check_mutations(writer.state, entries)
-                stored = self.storage.log(stream_id).append_many(entries)
+                with _write_lock(writer.log):
+                    _check_mutations(writer.state, entries)
+                    stored = self.storage.log(stream_id).append_many(entries)
                 return created, stored, stored[-1].rev or 0
 
         created, stored, revision = await anyio.to_thread.run_sync(append)
@@ -511,6 +521,13 @@ class _Server:
         except BaseException:
             self.hub.unsubscribe(subscriber)
             raise
+
+
+def _write_lock(log: object) -> contextlib.AbstractContextManager[object]:
+    """The stream's lock across replicas, held while a write is decided and made
+    (``PostgresLog.write_lock``); nothing for storages of one process."""
+    lock = getattr(log, "write_lock", None)
+    return lock() if callable(lock) else contextlib.nullcontext()
 
 
 # -- the live response ------------------------------------------------------------
@@ -612,9 +629,26 @@ def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] |
 
 def _stream_id(request: Request) -> str:
     stream_id: str = request.path_params["stream_id"]
-    if not is_valid_stream_id(stream_id):
+    # Routing matches the decoded path, so "a%2Fwindow" arrives as id "a": check
+    # that the raw path has no encoded "/" (no valid id contains one).
+    if not is_valid_stream_id(stream_id) or "%2f" in _raw_path(request).lower():
         fail(400, "invalid_stream_id", _bad_id_message(stream_id))
     return stream_id
+
+
+def _raw_path(request: Request) -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.decode("latin-1").partition("?")[0]
+    return quote(request.url.path)
+
+
+def _decodable(text: str) -> bool:
+    try:
+        unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _bad_id_message(stream_id: str) -> str:

@@ -196,6 +196,16 @@ class Hub:
         if not topic.subscribers:
             del self._topics[subscriber.stream_id]
 
+    def streams(self) -> list[str]:
+        """The ids of the streams that have subscribers; callable from any thread.
+
+        A storage's change feed asks this after reconnecting, to re-announce
+        those streams' revisions (``notify``) so no subscriber misses a change.
+        """
+        # list(dict) copies in C without running Python code, so the loop thread
+        # cannot change the dict mid-copy (CPython's GIL).
+        return list(self._topics)
+
     def subscriber_count(self, stream_id: str) -> int:
         topic = self._topics.get(stream_id)
         return 0 if topic is None else len(topic.subscribers)

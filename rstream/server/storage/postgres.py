@@ -313,7 +313,12 @@ class PostgresStorage:
         transaction is used (and committed, releasing the row lock).
         """
         bound: _Bound | None = getattr(self._local, "bound", None)
-        if bound is not None and log_ is not None and bound.log is log_ and bound.open:
+        if (
+            bound is not None
+            and log_ is not None
+            and bound.log.stream_id == log_.stream_id
+            and bound.open
+        ):
             try:
                 result = fn(bound.conn)
             except psycopg.OperationalError as exc:
@@ -414,14 +419,17 @@ class PostgresStorage:
         *,
         retry: tenacity.Retrying | None = None,
         ping_interval: float = 30.0,
+        include_own: bool = False,
     ) -> ChangeListener:
         """Start a :class:`ChangeListener` on this storage's channel; closed by :meth:`close`.
 
         ``on_change(stream_id, rev, nbytes)`` is called on the listener's thread
-        for every write committed by any replica (``nbytes`` is 0 for this
-        storage's own writes, whose size the server has counted already).
-        ``streams()`` names the streams that have subscribers: after every
-        (re)connect each gets ``on_change(stream_id, current_revision, 0)``.
+        for every write committed by another replica (another storage object),
+        ``nbytes`` being about the size of its events. Writes made through this
+        storage are skipped unless ``include_own``: the server notifies its hub
+        of its own writes itself. ``streams()`` names the streams that have
+        subscribers: after every (re)connect each gets
+        ``on_change(stream_id, current_revision, 0)``.
         """
         listener = ChangeListener(
             self._conninfo,
@@ -429,7 +437,7 @@ class PostgresStorage:
             on_change,
             streams or _no_streams,
             revision_of=self._revision_of,
-            origin=self.origin,
+            origin=None if include_own else self.origin,
             connect_kwargs=self._connect_kwargs,
             retry=retry,
             ping_interval=ping_interval,
@@ -573,7 +581,7 @@ class PostgresLog:
     def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """A read: on the thread's locked transaction when it holds one, else pooled."""
         bound: _Bound | None = getattr(self._storage._local, "bound", None)
-        if bound is not None and bound.log is self and bound.open:
+        if bound is not None and bound.log.stream_id == self.stream_id and bound.open:
             try:
                 return fn(bound.conn)
             except psycopg.OperationalError as exc:
@@ -795,7 +803,8 @@ class ChangeListener:
     for as long as it takes), and after every (re)connect calls
     ``on_change(stream_id, revision, 0)`` for each of ``streams()`` with the
     revision read from the database, since notifications sent while it was
-    away are lost.
+    away are lost. Notifications tagged with ``origin`` (writes of the storage
+    that started the listener) are skipped.
 
     Callbacks run on the listener's thread and should be quick (the server's
     hub only schedules work on its event loop). An exception in one is logged
@@ -991,10 +1000,13 @@ class ChangeListener:
             message = json.loads(notify.payload)
             stream_id = message["stream"]
             rev = message["rev"]
-            nbytes = 0 if message.get("origin") == self._origin else int(message.get("bytes", 0))
+            nbytes = int(message.get("bytes", 0))
+            origin = message.get("origin")
         except (ValueError, KeyError, TypeError):
             log.warning("listener on %r: ignoring a malformed notification", self.channel)
             return
+        if self._origin is not None and origin == self._origin:
+            return  # a write of our own storage: the server has notified it already
         if isinstance(stream_id, str) and type(rev) is int:
             self._call(stream_id, rev, nbytes)
 
