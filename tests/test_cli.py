@@ -42,9 +42,7 @@ def history_entries(seconds: int = 30) -> list[Entry]:
                 Entry(ts, EntryKind.SNAPSHOT, {"battery": 1.0 - i / 100, "tick": i, "tags": []})
             )
         else:
-            entries.append(
-                Entry(ts, EntryKind.MUTATION, {"battery": 1.0 - i / 100, "tick": i})
-            )
+            entries.append(Entry(ts, EntryKind.MUTATION, {"battery": 1.0 - i / 100, "tick": i}))
     return entries
 
 
@@ -145,8 +143,7 @@ def test_unknown_stream_says_how_to_find_the_id(url: str) -> None:
     result = run("state", url, "robot-404")
     assert result.exit_code == EXIT_NOT_FOUND
     assert result.stderr == (
-        f"error: stream 'robot-404' not found on {url}: check the id with "
-        f"'rstream streams {url}'\n"
+        f"error: stream 'robot-404' not found on {url}: check the id with 'rstream streams {url}'\n"
     )
 
 
@@ -405,3 +402,16 @@ def test_the_installed_entry_point(url: str, dead_url: str) -> None:
     assert done.returncode == EXIT_CONNECTION
     assert done.stderr.decode().startswith("error: cannot reach")
     assert b"Traceback" not in done.stderr
+
+
+def test_tail_view_on_a_terminal_redraws_the_state(url: str) -> None:
+    with Client(url) as client:
+        client.stream("viewed").write_state({"battery": 0.5, "nested": {"temp": 40}})
+    # TTY_COMPATIBLE makes rich treat the captured output as a terminal.
+    env = {"RSTREAM_TOKEN": "", "TTY_COMPATIBLE": "1", "COLUMNS": "100"}
+    result = run("tail", url, "viewed", "--count", "1", env=env)
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" in result.stdout  # drawn with escape sequences, not printed as lines
+    assert "viewed" in result.stdout
+    assert '"temp"' in result.stdout
+    assert "revision 1" in result.stdout

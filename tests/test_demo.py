@@ -213,5 +213,24 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
     assert not Path(db.group(1)).parent.exists()
 
 
+def test_demo_on_a_terminal_draws_live_and_past_side_by_side() -> None:
+    env = _env()
+    env["TTY_COMPATIBLE"] = "1"  # rich draws as on a terminal
+    done = subprocess.run(
+        _demo_command("--duration", "2", "--lag", "0.5"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\x1b[" in done.stdout
+    assert "robot-1 live" in done.stdout
+    assert "robot-1 0.5 s ago (state_at)" in done.stdout
+    assert "entries/s" in done.stdout
+    assert '"battery"' in done.stdout
+    assert LIVE.match(done.stdout.splitlines()[-1]) is None  # no plain summary lines
+
+
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
