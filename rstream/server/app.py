@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -245,15 +245,14 @@ class _Server:
         return JSONResponse(openapi_document())
 
     async def bad_path(self, request: Request) -> Response:
-        rest = request.path_params["rest"]
-        stream_id, allowed = rest, _ALLOWED[""]
-        for suffix, methods in _ALLOWED.items():
-            if suffix and rest.endswith(suffix):
-                stream_id, allowed = rest[: -len(suffix)], methods
-                break
+        # Split the raw path: a %2F inside the id must not look like a route.
+        raw = _raw_path(request).removeprefix("/v1/streams/")
+        first, _, rest = raw.partition("/")
+        stream_id = unquote(first, errors="strict") if _decodable(first) else "\ufffd"
         if not is_valid_stream_id(stream_id):
             fail(400, "invalid_stream_id", _bad_id_message(stream_id))
-        if "/" not in stream_id:  # a known route, another method
+        allowed = _ALLOWED.get("/" + rest if rest else "")
+        if allowed is not None:  # a known route, another method
             return error_response(
                 405,
                 "method_not_allowed",
@@ -428,9 +427,7 @@ class _Server:
                 with _write_lock(writer.log):
                     entry = writer.write_state(state, None if when is None else from_micros(when))
                     action = writer.last_action.value
-                    revision = (
-                        entry.rev if entry is not None and entry.rev else writer.log.revision
-                    )
+                    revision = entry.rev if entry is not None and entry.rev else writer.log.revision
                 return created, action, entry, revision
 
         created, action, entry, revision = await anyio.to_thread.run_sync(write)
@@ -630,9 +627,26 @@ def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] |
 
 def _stream_id(request: Request) -> str:
     stream_id: str = request.path_params["stream_id"]
-    if not is_valid_stream_id(stream_id):
+    # Routing matches the decoded path, so "a%2Fwindow" arrives as id "a": check
+    # that the raw path has no encoded "/" (no valid id contains one).
+    if not is_valid_stream_id(stream_id) or "%2f" in _raw_path(request).lower():
         fail(400, "invalid_stream_id", _bad_id_message(stream_id))
     return stream_id
+
+
+def _raw_path(request: Request) -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.decode("latin-1").partition("?")[0]
+    return quote(request.url.path)
+
+
+def _decodable(text: str) -> bool:
+    try:
+        unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _bad_id_message(stream_id: str) -> str:

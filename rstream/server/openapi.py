@@ -1,12 +1,395 @@
-"""The OpenAPI 3 document of the protocol, served at ``GET /v1/openapi.json``."""
+"""The OpenAPI 3 document of the protocol, served at ``GET /v1/openapi.json``.
+
+Written by hand from ``docs/protocol.rst`` (the contract); ``tests/test_server_openapi.py``
+checks the server against it with schemathesis.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 __all__ = ["openapi_document"]
 
+_TIME = {"type": "string", "description": "RFC 3339, UTC (e.g. 2024-05-01T12:00:00.25Z)"}
+_NULLABLE_TIME = {**_TIME, "nullable": True}
+_TIME_PARAM = {
+    "type": "string",
+    "description": "RFC 3339 (URL-encoded) or epoch seconds with up to six decimals",
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "enum": [
+                            "bad_request",
+                            "invalid_json",
+                            "invalid_stream_id",
+                            "invalid_entry",
+                            "invalid_time",
+                            "unauthorized",
+                            "forbidden",
+                            "stream_not_found",
+                            "out_of_range",
+                            "not_found",
+                            "method_not_allowed",
+                            "out_of_order",
+                            "too_large",
+                            "invalid_mutation",
+                            "too_many_subscribers",
+                            "unavailable",
+                            "internal",
+                        ],
+                    },
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Entry": {
+        "type": "object",
+        "required": ["timestamp", "type", "data"],
+        "properties": {
+            "timestamp": _TIME,
+            "type": {
+                "description": "0 (or 'snapshot'): data is the state; 1 ('mutation'): a mutation",
+                "oneOf": [
+                    {"type": "integer", "enum": [0, 1]},
+                    {"type": "string", "enum": ["snapshot", "mutation"]},
+                ],
+            },
+            "data": {"type": "object"},
+            "rev": {"type": "integer", "minimum": 0},
+        },
+    },
+    "RecordRate": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "keyframe_frequency": {"type": "number", "minimum": 0, "description": "ms"},
+            "change_frequency": {"type": "number", "minimum": 0, "description": "ms"},
+        },
+    },
+    "StreamSummary": {
+        "type": "object",
+        "required": ["id", "first", "last", "revision"],
+        "properties": {
+            "id": {"type": "string"},
+            "first": _NULLABLE_TIME,
+            "last": _NULLABLE_TIME,
+            "revision": {"type": "integer", "minimum": 0},
+        },
+    },
+    "StreamMetadata": {
+        "type": "object",
+        "required": ["id", "record_rate", "first", "last", "revision", "latest_snapshot"],
+        "properties": {
+            "id": {"type": "string"},
+            "record_rate": {"$ref": "#/components/schemas/RecordRate"},
+            "first": _NULLABLE_TIME,
+            "last": _NULLABLE_TIME,
+            "revision": {"type": "integer", "minimum": 0},
+            "latest_snapshot": _NULLABLE_TIME,
+        },
+    },
+    "Window": {
+        "type": "object",
+        "required": ["start", "end", "revision"],
+        "properties": {
+            "start": _TIME,
+            "end": _NULLABLE_TIME,
+            "revision": {"type": "integer", "minimum": 0},
+        },
+    },
+    "StateWrite": {
+        "type": "object",
+        "required": ["state"],
+        "additionalProperties": False,
+        "properties": {
+            "state": {"type": "object"},
+            "timestamp": {
+                "description": "RFC 3339 or epoch seconds; default: the server's clock",
+                "oneOf": [{"type": "string"}, {"type": "number"}],
+            },
+        },
+    },
+    "StateWritten": {
+        "type": "object",
+        "required": ["action", "entry", "revision"],
+        "properties": {
+            "action": {"type": "string", "enum": ["snapshot", "mutation", "amend", "none"]},
+            "entry": {"allOf": [{"$ref": "#/components/schemas/Entry"}], "nullable": True},
+            "revision": {"type": "integer", "minimum": 0},
+        },
+    },
+    "EntriesWritten": {
+        "type": "object",
+        "required": ["count", "revision"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "revision": {"type": "integer", "minimum": 0},
+        },
+    },
+}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_REF = {name: {"$ref": f"#/components/schemas/{name}"} for name in _SCHEMAS}
+_STRING = {"schema": {"type": "string"}}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+_READ_ERRORS = {
+    "400": _error("bad_request, invalid_stream_id or invalid_time"),
+    "401": _error("unauthorized", {"WWW-Authenticate": _STRING}),
+    "404": _error("stream_not_found, out_of_range or not_found"),
+    "503": _error("unavailable", _RETRY_AFTER),
+}
+_WRITE_ERRORS = {
+    **_READ_ERRORS,
+    "400": _error("bad_request, invalid_json, invalid_stream_id, invalid_entry or invalid_time"),
+    "403": _error("forbidden: a read token on a write endpoint"),
+    "409": _error("out_of_order"),
+    "413": _error("too_large"),
+    "422": _error("invalid_mutation"),
+}
+_STREAM_ID = {
+    "name": "stream_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}$"},
+}
+
+
+def _time_query(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": _TIME_PARAM,
+    }
+
+
+_PATHS: dict[str, Any] = {
+    "/v1/health": {
+        "get": {
+            "summary": "Liveness; never needs a token",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    "ok",
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    },
+                )
+            },
+        }
+    },
+    "/v1/streams": {
+        "get": {
+            "summary": "Every stream, ordered by id",
+            "responses": {
+                "200": _json(
+                    "the streams",
+                    {
+                        "type": "object",
+                        "required": ["streams"],
+                        "properties": {
+                            "streams": {"type": "array", "items": _REF["StreamSummary"]}
+                        },
+                    },
+                ),
+                "401": _READ_ERRORS["401"],
+                "503": _READ_ERRORS["503"],
+            },
+        }
+    },
+    "/v1/streams/{stream_id}": {
+        "parameters": [_STREAM_ID],
+        "get": {
+            "summary": "A stream's metadata",
+            "responses": {"200": _json("metadata", _REF["StreamMetadata"]), **_READ_ERRORS},
+        },
+        "put": {
+            "summary": "Create a stream (201) or set its rate config (200)",
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"record_rate": _REF["RecordRate"]},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("updated", _REF["StreamMetadata"]),
+                "201": _json("created", _REF["StreamMetadata"]),
+                **_WRITE_ERRORS,
+            },
+        },
+    },
+    "/v1/streams/{stream_id}/window": {
+        "parameters": [_STREAM_ID],
+        "get": {
+            "summary": "The window (snapshot to next snapshot) holding a time",
+            "parameters": [_time_query("at", "default: the live window")],
+            "responses": {"200": _json("the window", _REF["Window"]), **_READ_ERRORS},
+        },
+    },
+    "/v1/streams/{stream_id}/entries": {
+        "parameters": [_STREAM_ID],
+        "get": {
+            "summary": "Entries with start <= timestamp < end, as NDJSON, paginated",
+            "parameters": [
+                _time_query("start", "default: the beginning"),
+                _time_query("end", "default: after the newest entry"),
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "one entry per line",
+                    "headers": {
+                        "RStream-Next-Start": _STRING,
+                        "Link": _STRING,
+                        "ETag": _STRING,
+                        "Cache-Control": _STRING,
+                    },
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                },
+                "304": {"description": "not modified (If-None-Match on an immutable range)"},
+                **_READ_ERRORS,
+            },
+        },
+        "post": {
+            "summary": "Append raw entries, all or nothing",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                _REF["Entry"],
+                                {"type": "array", "items": _REF["Entry"]},
+                            ]
+                        }
+                    },
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "200": _json("appended", _REF["EntriesWritten"]),
+                "201": _json("appended to a new stream", _REF["EntriesWritten"]),
+                **_WRITE_ERRORS,
+            },
+        },
+    },
+    "/v1/streams/{stream_id}/live": {
+        "parameters": [_STREAM_ID],
+        "get": {
+            "summary": "The live tail (Server-Sent Events)",
+            "parameters": [
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                {
+                    "name": "heartbeat",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "minimum": 0.05, "maximum": 300},
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "entry, amend and reset events; : ping comments",
+                    "headers": {"RStream-Heartbeat": _STRING},
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_READ_ERRORS,
+                "429": _error("too_many_subscribers", _RETRY_AFTER),
+            },
+        },
+    },
+    "/v1/streams/{stream_id}/state": {
+        "parameters": [_STREAM_ID],
+        "post": {
+            "summary": "Write a state through the stream's writer",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _REF["StateWrite"]}},
+            },
+            "responses": {
+                "200": _json("written", _REF["StateWritten"]),
+                "201": _json("written to a new stream", _REF["StateWritten"]),
+                **_WRITE_ERRORS,
+            },
+        },
+    },
+    "/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json("OpenAPI 3", {"type": "object"})},
+        }
+    },
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "rstream",
+        "version": "1",
+        "description": "Remote state streams: history over HTTP, live tail over SSE. "
+        "The contract is docs/protocol.rst.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}, {}],
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+}
+
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 description of every endpoint of ``docs/protocol.rst``."""
-    return {"openapi": "3.0.3", "info": {"title": "rstream", "version": "1"}, "paths": {}}
+    return copy.deepcopy(_DOCUMENT)

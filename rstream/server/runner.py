@@ -75,7 +75,9 @@ class ServerThread:
             if self._thread is not None:
                 raise RuntimeError("a ServerThread can be started once")
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets
+            # whose proto says TCP; with proto 0, Nagle + delayed ACK cost 40 ms a request.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, self.port))
