@@ -86,7 +86,7 @@ def main() -> None:
             stream_id = "bench"
             with Client(url) as client:
                 robot = client.stream(stream_id)
-                fill, _ = timed(
+                timed(
                     f"fill: {COUNT} entries in batches of {BATCH}",
                     lambda: [
                         robot.append_entries(make_ndjson(i, BATCH)) for i in range(0, COUNT, BATCH)
