@@ -7,6 +7,7 @@ Output and exit codes are checked for each command, including the error paths
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -49,6 +50,17 @@ def history_entries(seconds: int = 30) -> list[Entry]:
 def _put_history(url: str, stream_id: str, token: str | None = None) -> None:
     with Client(url, token=token) as client:
         client.stream(stream_id).append_entries(history_entries())
+
+
+@pytest.fixture(autouse=True)
+def _no_lasting_log_handler() -> Iterator[None]:
+    """The commands add a stderr handler to the "rstream" logger; keep it to one test."""
+    logger = logging.getLogger("rstream")
+    before = list(logger.handlers)
+    yield
+    for handler in logger.handlers[:]:
+        if handler not in before:
+            logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +427,13 @@ def test_tail_view_on_a_terminal_redraws_the_state(url: str) -> None:
     assert "viewed" in result.stdout
     assert '"temp"' in result.stdout
     assert "revision 1" in result.stdout
+
+
+def test_library_warnings_are_shown_as_lines(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rstream.cli.output import show_library_warnings
+
+    show_library_warnings()
+    show_library_warnings()  # once only
+    logging.getLogger("rstream.live").warning("reconnected after %s", "a reset")
+    logging.getLogger("rstream.live").info("not shown")
+    assert capsys.readouterr().err == "warning: reconnected after a reset\n"

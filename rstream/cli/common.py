@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 
 import click
 
-from rstream.cli.output import EXIT_AUTH, CLIError, set_target, set_verbose
+from rstream.cli.output import (
+    EXIT_AUTH,
+    CLIError,
+    set_target,
+    set_verbose,
+    show_library_warnings,
+)
 
 if TYPE_CHECKING:
     from rstream.client import Client
@@ -169,6 +175,7 @@ def client_options(func: F) -> F:
     ) -> Any:
         ctx = click.get_current_context()
         set_verbose(ctx, verbose)
+        show_library_warnings()
         urls = kwargs.get("url")
         if urls:
             set_target(ctx, urls[0], kwargs.get("stream"))

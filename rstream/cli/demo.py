@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.text import Text
 
 from rstream.cli.common import STREAM, format_time
-from rstream.cli.output import CLIError
+from rstream.cli.output import CLIError, show_library_warnings
 from rstream.cli.views import (
     RateMeter,
     health_line,
@@ -156,6 +156,7 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
     from rstream.client import Client
     from rstream.core.stream import RateConfig
 
+    show_library_warnings()
     console = Console()
     interactive = console.is_terminal
     started = time.monotonic()

@@ -15,6 +15,7 @@ Exit codes:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -50,6 +51,7 @@ __all__ = [
     "describe_error",
     "progress",
     "report_errors",
+    "show_library_warnings",
 ]
 
 EXIT_OK = 0
@@ -223,3 +225,31 @@ def _isatty(stream: IO[Any] | None) -> bool:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class _EchoHandler(logging.Handler):
+    """Library warnings as ``warning: ...`` lines on the *current* stderr.
+
+    Looked up at each record (click.echo), not bound at creation, so a
+    replaced ``sys.stderr`` (tests, redirection) is honoured.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def show_library_warnings() -> None:
+    """Show the library's warnings (a reconnect that lost events, a failed write) on stderr.
+
+    For the client commands and the demo. Idempotent; does nothing when the
+    ``rstream`` logger already has a handler.
+    """
+    logger = logging.getLogger("rstream")
+    if logger.handlers:
+        return
+    # The handler's level, not the logger's: `rstream serve` logs INFO through
+    # the root logger and must keep doing so.
+    logger.addHandler(_EchoHandler(logging.WARNING))
