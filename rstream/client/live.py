@@ -160,7 +160,8 @@ class LiveTail:
         self._heartbeat_timeout = heartbeat_timeout
         self._max_event_bytes = max_event_bytes
         self._on_commit = on_commit
-        self._user_sleep = sleep
+        # time.sleep cannot be interrupted by close(): use the stop event instead.
+        self._user_sleep = None if sleep is time.sleep else sleep
         self._wait = wait if wait is not None else default_wait()
         self._healthy_after = healthy_after
         self._clock = clock
