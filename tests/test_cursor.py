@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rstream
@@ -413,3 +413,57 @@ def test_a_bidirectional_random_walk_equals_a_replay(
         micros = entries[position].micros
         assert cursor.state_at(from_micros(micros)) == naive_state_at(entries, micros)
         assert cursor.micros == micros
+
+
+live_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["append", "snapshot", "amend", "query", "query"]),
+        states,
+        st.sampled_from([0, 0, 0, 1, 3, 40]),  # how far back from the newest entry to look
+    ),
+    min_size=8,
+    max_size=40,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(live_ops)
+@example([("append", {"a": 1}, 0), ("query", {}, 0), ("amend", {"a": 2}, 0), ("query", {}, 0)])
+@example(  # a cursor that moves on to the newest entry must watch it for amends again
+    [
+        ("append", {}, 0),
+        ("query", {}, 0),
+        ("append", {"a": 1}, 0),
+        ("query", {}, 0),
+        ("amend", {"a": 2}, 0),
+        ("query", {}, 0),
+    ]
+)
+def test_cursors_stay_exact_on_a_live_log(ops: list[tuple[str, dict[str, Any], int]]) -> None:
+    """Appends and amends between moves: every cursor still agrees with a replay."""
+    log = MemoryLog([Entry.from_micros(0, S, {})])
+    state: dict[str, Any] = {}
+    before_last: dict[str, Any] = {}  # the state before the newest entry, for amends
+    readers = [Cursor(log, kind) for kind in READ_KINDS]
+    writer = Cursor(log, CursorKind.WRITE)
+    micros = 0
+    for op, new, back in ops:
+        last = log.last()
+        assert last is not None
+        if op == "append":
+            micros += 1
+            log.append(Entry.from_micros(micros, M, build_mutation(state, new)))
+            before_last, state = state, new
+        elif op == "snapshot":
+            micros += 1
+            log.append(Entry.from_micros(micros, S, new))
+            before_last, state = state, new
+        elif op == "amend" and last.kind is M:
+            log.amend(Entry.from_micros(micros, M, build_mutation(before_last, new)))
+            state = new
+        else:
+            entries = list(log)
+            t = max(0, micros - back)
+            for reader in readers:
+                assert reader.state_at(from_micros(t)) == naive_state_at(entries, t)
+        assert writer.advance() == state

@@ -227,6 +227,7 @@ class Cursor:
             else:
                 where = Where.BEHIND
 
+        placed_at = self._micros
         move = plan(self.kind, where)
         if move is Move.REFUSE:
             raise OutOfRange(
@@ -241,10 +242,13 @@ class Cursor:
         elif move is Move.REANCHOR:
             assert anchor is not None
             self._reanchor(anchor, micros)
-        if self.kind is not CursorKind.WRITE and not self._settled:
-            # Only the newest entry can be amended, and the newest entry's rev is
-            # the log's revision: an older rev means an entry followed ours.
-            self._settled = self._rev < revision
+        if self.kind is not CursorKind.WRITE:
+            if self._micros != placed_at:
+                self._settled = False  # a new entry: not known to be followed yet
+            if not self._settled:
+                # Only the newest entry can be amended, and the newest entry's rev
+                # is the log's revision: an older rev means an entry followed ours.
+                self._settled = self._rev < revision
         assert self._state is not None
         return self._state
 
@@ -364,7 +368,6 @@ class Cursor:
             state = apply_mutation(state, inverse)
         del inverses[n:]
         self._state, self._micros, self._rev, self._is_mutation = state, at, rev, is_mutation
-        self._settled = True  # an entry that was followed can no longer be amended
         if at > micros:  # cannot happen: the inverses reach back to the snapshot
             anchor = self._find_snapshot(micros)
             assert anchor is not None
