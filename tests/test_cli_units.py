@@ -293,3 +293,8 @@ def test_summarize_state() -> None:
         }
     )
     assert text == "mode=working battery=0.500 pos=(1.0, 2.0) tasks=2 motor=40.1C"
+
+
+def test_out_of_range_without_a_time_means_an_empty_stream() -> None:
+    described = describe_error(OutOfRange("x"), Target("http://h:1", "s"))
+    assert described == ("stream 's' on http://h:1 has no state yet: nothing was written to it", 3)

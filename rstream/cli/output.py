@@ -113,12 +113,13 @@ def describe_error(exc: BaseException, target: Target | None = None) -> tuple[st
         return f"{name} not found{where}: check the id with {streams_hint}", EXIT_NOT_FOUND
     if isinstance(exc, OutOfRange):
         name = f"stream {t.stream!r}" if t.stream else "the stream"
-        when = f" at {t.when}" if t.when else ""
-        return (
-            f"{name} has no state{when}{where} ({exc}): pick a time after its first "
-            f"entry (listed by {streams_hint})",
-            EXIT_NOT_FOUND,
-        )
+        if t.when:
+            return (
+                f"{name} has no state at {t.when}{where}: that is before its first snapshot; "
+                f"pick a later time (first entries are listed by {streams_hint})",
+                EXIT_NOT_FOUND,
+            )
+        return f"{name}{where} has no state yet: nothing was written to it", EXIT_NOT_FOUND
     if isinstance(exc, AuthError):
         status = f" (HTTP {exc.status})" if exc.status else ""
         if exc.status == 403:
