@@ -56,8 +56,15 @@ def test_parse_rfc3339(text: str, micros: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "2024-01-01", "2024-01-01T00:00:00", "2024-13-01T00:00:00Z",
-     "2024-01-01T00:00:00.1234567890Z", "2024-02-30T00:00:00Z", "2024-01-01T00:00:00+24:00"],
+    [
+        "",
+        "2024-01-01",
+        "2024-01-01T00:00:00",
+        "2024-13-01T00:00:00Z",
+        "2024-01-01T00:00:00.1234567890Z",
+        "2024-02-30T00:00:00Z",
+        "2024-01-01T00:00:00+24:00",
+    ],
 )
 def test_parse_rfc3339_refuses_malformed(text: str) -> None:
     with pytest.raises(rstream.InvalidTimestamp):
@@ -74,3 +81,24 @@ def test_format_round_trips_and_trims_zeros() -> None:
 def test_parse_time_accepts_epoch_seconds_and_rfc3339() -> None:
     assert parse_time("1.25") == 1_250_000
     assert parse_time("1970-01-01T00:00:02Z") == 2_000_000
+
+
+def test_cached_prefix_path_agrees_with_the_full_parser() -> None:
+    # The second parse of a prefix goes through the cache; both must agree,
+    # and the cache must not make malformed fractions acceptable.
+    for text in ("2024-05-01T12:00:07Z", "2024-05-01T12:00:07.5Z", "2024-05-01T12:00:07.000001Z"):
+        first = parse_rfc3339(text)
+        assert parse_rfc3339(text) == first
+    assert (
+        parse_rfc3339("2024-05-01T12:00:07.123456789Z") - parse_rfc3339("2024-05-01T12:00:07Z")
+        == 123456
+    )
+    for bad in (
+        "2024-05-01T12:00:07.Z",
+        "2024-05-01T12:00:07.1234567890Z",
+        "2024-05-01T12:00:07.12a4Z",
+        "2024-05-01T12:00:07.\u0661Z",
+        "2024-05-01T12:00:07xZ",
+    ):
+        with pytest.raises(rstream.InvalidTimestamp):
+            parse_rfc3339(bad)
