@@ -52,8 +52,8 @@ def to_micros(value: TimeLike) -> int:
         if value.tzinfo is None or value.utcoffset() is None:
             raise InvalidTimestamp(
                 f"naive datetime {value.isoformat()!r} has no time zone; "
-                "pass an aware one, e.g. datetime.now(UTC) or "
-                "value.replace(tzinfo=UTC)"
+                "pass an aware one, e.g. datetime.now(timezone.utc) or "
+                "value.replace(tzinfo=timezone.utc)"
             )
         return (value - EPOCH) // _ONE_US
     if isinstance(value, float):
