@@ -7,9 +7,13 @@ misconfigured CI can never pass by skipping them. Schemas are named
 ``rstream_test_<random>``, so tests may run repeatedly and in parallel against
 one server.
 
-Use the fixtures by importing them into a test module::
+A test module defines its fixture from :func:`fresh_schema` (importing the
+fixtures here works too, but their names then shadow the imports)::
 
-    from tests.pgutil import pg_schema, pg_storage  # noqa: F401
+    @pytest.fixture
+    def schema() -> Iterator[PgSchema]:
+        with fresh_schema() as schema:
+            yield schema
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,6 +39,7 @@ __all__ = [
     "PgSchema",
     "create_schema",
     "drop_schema",
+    "fresh_schema",
     "fresh_storage",
     "pg_schema",
     "pg_storage",
@@ -106,15 +112,22 @@ class PgSchema:
         return with_schema(self.url, self.name)
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[PgSchema]:
-    """A fresh schema for this test, dropped afterwards."""
+@contextmanager
+def fresh_schema() -> Iterator[PgSchema]:
+    """A fresh schema, dropped at the end of the block (skips without a server)."""
     url = postgres_url()
     name = create_schema(url)
     try:
         yield PgSchema(url, name)
     finally:
         drop_schema(url, name)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[PgSchema]:
+    """A fresh schema for this test, dropped afterwards."""
+    with fresh_schema() as schema:
+        yield schema
 
 
 @pytest.fixture

@@ -784,7 +784,7 @@ class PostgresLog:
 
 def _default_retry() -> tenacity.Retrying:
     return tenacity.Retrying(
-        wait=tenacity.wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
         retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
         reraise=True,
     )
