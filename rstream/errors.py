@@ -13,8 +13,10 @@ from typing import Any
 __all__ = [
     "AuthError",
     "ClientClosed",
+    "ConfigError",
     "EntryFormatError",
     "Gap",
+    "InvalidStreamId",
     "InvalidTimestamp",
     "MutationError",
     "OutOfOrder",
@@ -22,6 +24,8 @@ __all__ = [
     "ProtocolError",
     "RStreamError",
     "ServerError",
+    "StorageError",
+    "StorageUnavailable",
     "StreamNotFound",
     "TransportError",
 ]
@@ -66,6 +70,25 @@ class OutOfRange(RStreamError, LookupError):
     def __init__(self, message: str, *, when: Any = None) -> None:
         super().__init__(message)
         self.when = when
+
+
+class ConfigError(RStreamError, ValueError):
+    """An option or configuration value is invalid (a rate, a URL, a limit)."""
+
+
+class InvalidStreamId(RStreamError, ValueError):
+    """A stream id is empty, too long, or has characters outside ``A-Za-z0-9._~-``."""
+
+
+# -- storage ------------------------------------------------------------------
+
+
+class StorageError(RStreamError):
+    """The storage backend failed (a database error that is not the caller's fault)."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached right now; retrying later may succeed."""
 
 
 # -- client -------------------------------------------------------------------

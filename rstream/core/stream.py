@@ -35,7 +35,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log
 from rstream.core.mutation import apply_mutation, build_mutation, copy_json
 from rstream.core.timestamps import TimeLike, format_rfc3339, from_micros, to_micros
-from rstream.errors import MutationError, OutOfOrder
+from rstream.errors import ConfigError, MutationError, OutOfOrder
 
 __all__ = ["Clock", "RateConfig", "Stream", "WriteAction", "decide"]
 
@@ -75,7 +75,7 @@ class RateConfig:
             if not isinstance(value, timedelta):
                 raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
             if value < timedelta(0):
-                raise ValueError(f"{name} must not be negative, got {value}")
+                raise ConfigError(f"{name} must not be negative, got {value}")
 
     @property
     def keyframe_micros(self) -> int:
@@ -100,20 +100,20 @@ class RateConfig:
     def from_json(cls, obj: Mapping[str, Any]) -> RateConfig:
         """Read :meth:`to_json`'s form; a missing field keeps its default.
 
-        Raises ``ValueError`` for anything but a non-negative number of
+        Raises :class:`~rstream.ConfigError` (a ``ValueError``) for anything but a non-negative number of
         milliseconds.
         """
         if not isinstance(obj, Mapping):
-            raise ValueError(f"rate config must be a JSON object, not {type(obj).__name__}")
+            raise ConfigError(f"rate config must be a JSON object, not {type(obj).__name__}")
         fields: dict[str, timedelta] = {}
         for name in ("keyframe_frequency", "change_frequency"):
             if name not in obj:
                 continue
             value = obj[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number of milliseconds, not {value!r}")
+                raise ConfigError(f"{name} must be a number of milliseconds, not {value!r}")
             if not value >= 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a finite non-negative number, not {value!r}")
+                raise ConfigError(f"{name} must be a finite non-negative number, not {value!r}")
             fields[name] = timedelta(milliseconds=value)
         return cls(**fields)
 
