@@ -81,6 +81,15 @@ def _token(path: str | None, env: str) -> str | None:
     type=click.FloatRange(0.05, 300),
     help="Seconds between heartbeats on live responses.",
 )
+@click.option(
+    "--subscriber-buffer",
+    default=16 * 1024 * 1024,  # Limits().subscriber_bytes; the server extra loads lazily
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="BYTES",
+    help="How far (bytes of events) a live subscriber may fall behind before it is "
+    "disconnected (it resumes by revision).",
+)
 def serve(
     db: str | None,
     host: str,
@@ -88,13 +97,14 @@ def serve(
     read_token_file: str | None,
     write_token_file: str | None,
     heartbeat: float,
+    subscriber_buffer: int,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
     Binding an address other than loopback needs a write token, so that the
     network cannot write to your streams.
     """
-    from rstream.server import ServerThread, create_app, open_storage
+    from rstream.server import Limits, ServerThread, create_app, open_storage
 
     read_token = _token(read_token_file, "RSTREAM_READ_TOKEN")
     write_token = _token(write_token_file, "RSTREAM_WRITE_TOKEN")
@@ -117,7 +127,11 @@ def serve(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app = create_app(
-            storage, read_token=read_token, write_token=write_token, heartbeat=heartbeat
+            storage,
+            read_token=read_token,
+            write_token=write_token,
+            heartbeat=heartbeat,
+            limits=Limits(subscriber_bytes=subscriber_buffer),
         )
         with ServerThread(app, host, port) as server:
             click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")

@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -615,11 +617,25 @@ class _App(Starlette):
 
 
 def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] | None:
-    # uvicorn's send is a bound method of the request cycle, which holds the
-    # transport; other servers get no abort and close the connection themselves.
+    """A function that resets the request's connection, or None if the server hides it.
+
+    uvicorn's ``send`` is a bound method of the request cycle, which holds the
+    transport; other servers get no abort and close the connection themselves.
+    """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
-    return abort if callable(abort) else None
+    if not isinstance(transport, asyncio.Transport):
+        return None
+
+    def abort() -> None:
+        # Linger 0: the kernel drops what is queued for the peer and sends a
+        # reset, instead of trickling megabytes to a client that does not read.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    return abort
 
 
 # -- request parsing ---------------------------------------------------------------

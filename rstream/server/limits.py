@@ -23,8 +23,8 @@ class Limits:
     - ``subscriber_events`` / ``subscriber_bytes``: how far a live subscriber
       may fall behind (events written but not yet handed to its connection)
       before the server disconnects it; it resumes by revision.
-    - ``tail_cache_events``: recent changes per stream kept encoded in memory so
-      that one storage read serves every subscriber.
+    - ``tail_cache_events`` / ``tail_cache_bytes``: recent changes per stream
+      kept encoded in memory, so that one storage read serves every subscriber.
     """
 
     max_body_bytes: int = 8 * MiB
@@ -35,6 +35,7 @@ class Limits:
     subscriber_events: int = 1_000
     subscriber_bytes: int = 16 * MiB
     tail_cache_events: int = 1_024
+    tail_cache_bytes: int = 8 * MiB
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

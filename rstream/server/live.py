@@ -74,6 +74,7 @@ class Subscriber:
         "closing",
         "on_overflow",
         "overflowed",
+        "sending",
         "sent_cum",
         "sent_rev",
         "stream_id",
@@ -87,6 +88,9 @@ class Subscriber:
         self.sent_cum = 0
         self.closing = False  # the server is stopping: end the response cleanly
         self.overflowed = False  # too far behind: the connection is dropped
+        # Handing events to the connection (blocked while the client does not read).
+        # Only then does lag count: a subscriber that is fetching is keeping up.
+        self.sending = False
         self.on_overflow: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
@@ -96,7 +100,7 @@ class Subscriber:
 class _Topic:
     """A stream's subscribers, notification counters and tail cache."""
 
-    __slots__ = ("cum", "hi", "items", "lo", "lock", "marks", "rev", "subscribers")
+    __slots__ = ("cum", "hi", "items", "lo", "lock", "marks", "rev", "size", "subscribers")
 
     def __init__(self, marks: int) -> None:
         self.subscribers: set[Subscriber] = set()
@@ -107,6 +111,7 @@ class _Topic:
         self.lo: int | None = None
         self.hi = 0
         self.items: list[Change] = []
+        self.size = 0  # bytes of the payloads in items
         self.lock = asyncio.Lock()  # one storage read at a time fills the cache
 
     def cum_at(self, rev: int) -> int:
@@ -123,14 +128,20 @@ class _Topic:
         i = bisect_right([c.rev for c in self.items], rev)
         return self.items[i:]
 
-    def add(self, changes: Sequence[Change], limit: int) -> None:
+    def add(self, changes: Sequence[Change], max_items: int, max_bytes: int) -> None:
         for change in changes:
             if change.rev > self.hi:
                 self.items.append(change)
+                self.size += len(change.payload)
                 self.hi = change.rev
         self.rev = max(self.rev, self.hi)
-        if len(self.items) > limit:
-            drop = len(self.items) - limit
+        drop = 0
+        while drop < len(self.items) and (
+            len(self.items) - drop > max_items or self.size > max_bytes
+        ):
+            self.size -= len(self.items[drop].payload)
+            drop += 1
+        if drop:
             self.lo = self.items[drop - 1].rev
             del self.items[:drop]
 
@@ -149,6 +160,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.overflows = 0  # subscribers disconnected for being too slow
+        self._cache_limits = (self.limits.tail_cache_events, self.limits.tail_cache_bytes)
 
     # -- any thread ---------------------------------------------------------------
 
@@ -230,7 +242,7 @@ class Hub:
         max_bytes = self.limits.subscriber_bytes
         for subscriber in topic.subscribers:
             subscriber.wake.set()
-            if subscriber.sent_rev is None or subscriber.overflowed:
+            if subscriber.sent_rev is None or subscriber.overflowed or not subscriber.sending:
                 continue
             if (
                 topic.rev - subscriber.sent_rev > max_events
@@ -271,10 +283,10 @@ class Hub:
                 changes = await _read_changes(log, rev)
                 if topic.lo is None:
                     topic.lo = topic.hi = rev
-                    topic.add(changes, self.limits.tail_cache_events)
+                    topic.add(changes, *self._cache_limits)
                 return changes
             if topic.rev > topic.hi:
-                topic.add(await _read_changes(log, topic.hi), self.limits.tail_cache_events)
+                topic.add(await _read_changes(log, topic.hi), *self._cache_limits)
         if rev >= topic.lo:
             return topic.after(rev)
         return await _read_changes(log, rev)
@@ -348,6 +360,7 @@ async def live_events(
             continue
         chunk: list[bytes] = []
         size = 0
+        subscriber.sending = True
         for change in changes:
             event = "amend" if change.micros == newest_us else "entry"
             frame = _frame(event, change.rev, change.payload)
@@ -360,6 +373,7 @@ async def live_events(
                 hub.mark_sent(subscriber, change.rev)
         if chunk:
             yield b"".join(chunk)
+        subscriber.sending = False
         since = changes[-1].rev
         hub.mark_sent(subscriber, since)
 

@@ -1,0 +1,232 @@
+"""The live tail (SSE) of the reference server, read with a plain SSE reader."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from rstream.server import Limits
+from rstream.server.storage import Storage, open_storage
+from tests.serverutil import SSEEvent, SSEReader, running_app, running_server
+from tests.test_server_api import T0, iso, mut, snap
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Storage]:
+    store = open_storage(f"sqlite:///{tmp_path / 'live.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def url(storage: Storage) -> Iterator[str]:
+    with running_server(storage) as base:
+        yield base
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+def post(http: requests.Session, url: str, stream: str, entries: list[dict[str, Any]]) -> int:
+    r = http.post(f"{url}/v1/streams/{stream}/entries", json=entries)
+    assert r.ok, r.text
+    rev: int = r.json()["revision"]
+    return rev
+
+
+def summary(events: list[SSEEvent]) -> list[tuple[str, str | None, Any]]:
+    return [(e.event, e.id, json.loads(e.data)) for e in events]
+
+
+def test_initial_window_then_new_entries(url: str, http: requests.Session) -> None:
+    post(http, url, "s", [snap(T0, n=0), mut(T0 + 1, n=1), snap(T0 + 2, n=2), mut(T0 + 3, n=3)])
+    with SSEReader(f"{url}/v1/streams/s/live") as reader:
+        assert reader.status == 200
+        assert reader.headers["Content-Type"].startswith("text/event-stream")
+        assert reader.headers["RStream-Heartbeat"] == "15"
+        assert reader.headers["Cache-Control"] == "no-store"
+        first = reader.next()
+        assert (first.event, first.retry) == ("retry", 1000)
+        assert summary(reader.take(2)) == [
+            ("entry", "3", {"timestamp": iso(T0 + 2), "type": 0, "data": {"n": 2}, "rev": 3}),
+            ("entry", "4", {"timestamp": iso(T0 + 3), "type": 1, "data": {"n": 3}, "rev": 4}),
+        ]
+        post(http, url, "s", [mut(T0 + 4, n=4), snap(T0 + 5, n=5)])
+        assert [(e.event, e.id) for e in reader.take(2)] == [("entry", "5"), ("entry", "6")]
+
+
+def test_empty_stream_then_first_entry(url: str, http: requests.Session) -> None:
+    http.put(f"{url}/v1/streams/e")
+    with SSEReader(f"{url}/v1/streams/e/live", params={"heartbeat": "0.05"}) as reader:
+        assert reader.next().event == "retry"
+        assert reader.next(comments=True) == SSEEvent("comment", "ping")
+        post(http, url, "e", [snap(T0, a=1)])
+        assert summary(reader.take(1)) == [
+            ("entry", "1", {"timestamp": iso(T0), "type": 0, "data": {"a": 1}, "rev": 1})
+        ]
+
+
+def test_amend_events(url: str, http: requests.Session) -> None:
+    state = f"{url}/v1/streams/a/state"
+    http.post(state, json={"state": {"x": 0}, "timestamp": T0})
+    with SSEReader(f"{url}/v1/streams/a/live") as reader:
+        assert reader.take(1)[0].id == "1"
+        assert http.post(state, json={"state": {"x": 1}, "timestamp": T0 + 5}).json()["action"] == (
+            "mutation"
+        )
+        assert (
+            http.post(state, json={"state": {"x": 2}, "timestamp": T0 + 5.5}).json()["action"]
+            == "amend"
+        )
+        events = reader.take(2)
+        assert [(e.event, e.id) for e in events] == [("entry", "2"), ("amend", "3")]
+        assert events[0].json()["timestamp"] == events[1].json()["timestamp"] == iso(T0 + 5)
+        assert events[1].json()["data"] == {"x": 2}
+
+
+def test_resume_exactly_after_a_revision(url: str, http: requests.Session) -> None:
+    post(http, url, "r", [snap(T0, i=0)] + [mut(T0 + i, i=i) for i in range(1, 6)])
+    live = f"{url}/v1/streams/r/live"
+    with SSEReader(live, headers={"Last-Event-ID": "3"}) as reader:
+        assert reader.next().event == "retry"
+        assert [e.id for e in reader.take(3)] == ["4", "5", "6"]
+    with SSEReader(live, params={"since": "5"}) as reader:
+        assert [e.id for e in reader.take(1)] == ["6"]
+        post(http, url, "r", [mut(T0 + 10, i=10)])
+        assert [e.id for e in reader.take(1)] == ["7"]
+    # The header wins over ?since.
+    with SSEReader(live, params={"since": "1"}, headers={"Last-Event-ID": "6"}) as reader:
+        assert [e.id for e in reader.take(1)] == ["7"]
+    # Caught up: nothing until the next change.
+    with SSEReader(live, params={"since": "7", "heartbeat": "0.05"}) as reader:
+        assert reader.next().event == "retry"
+        assert reader.next(comments=True).event == "comment"
+        post(http, url, "r", [mut(T0 + 11, i=11)])
+        assert [e.id for e in reader.take(1)] == ["8"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [({"Last-Event-ID": "99"}, {}), ({}, {"since": "99"}), ({"Last-Event-ID": "abc"}, {})],
+)
+def test_reset_on_an_impossible_resume_point(
+    url: str, http: requests.Session, headers: dict[str, str], params: dict[str, str]
+) -> None:
+    post(http, url, "x", [snap(T0, n=0), mut(T0 + 1, n=1), snap(T0 + 2, n=2)])
+    with SSEReader(f"{url}/v1/streams/x/live", headers=headers, params=params) as reader:
+        reset, window = reader.take(2)
+        assert (reset.event, reset.id) == ("reset", "3")
+        assert reset.json()["revision"] == 3
+        assert isinstance(reset.json()["reason"], str)
+        assert (window.event, window.id, window.json()["data"]) == ("entry", "3", {"n": 2})
+
+
+def test_heartbeats_and_bad_parameters(url: str, http: requests.Session) -> None:
+    http.put(f"{url}/v1/streams/h")
+    with SSEReader(f"{url}/v1/streams/h/live", params={"heartbeat": "0.05"}) as reader:
+        assert reader.headers["RStream-Heartbeat"] == "0.05"
+        started = time.monotonic()
+        pings = [reader.next(comments=True) for _ in range(4)][1:]
+        assert all(p == SSEEvent("comment", "ping") for p in pings)
+        assert time.monotonic() - started < 2
+    for params in ({"heartbeat": "0.01"}, {"heartbeat": "301"}, {"heartbeat": "x"},
+                   {"heartbeat": "nan"}, {"since": "-1"}, {"since": "x"}):  # fmt: skip
+        r = http.get(f"{url}/v1/streams/h/live", params=params)
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "bad_request"
+    r = http.get(f"{url}/v1/streams/nope/live")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "stream_not_found")
+
+
+def test_subscriber_limit(storage: Storage, http: requests.Session) -> None:
+    with running_app(storage, limits=Limits(max_subscribers=1)) as server:
+        url = server.url
+        http.put(f"{url}/v1/streams/l")
+        with SSEReader(f"{url}/v1/streams/l/live") as reader:
+            assert reader.next().event == "retry"
+            r = http.get(f"{url}/v1/streams/l/live")
+            assert (r.status_code, r.json()["error"]["code"]) == (429, "too_many_subscribers")
+            assert r.headers["Retry-After"]
+        # The server notices the disconnect on its own; nothing to wait on from here.
+        deadline = time.monotonic() + 5
+        while server.app.state.hub.subscriber_count("l") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with SSEReader(f"{url}/v1/streams/l/live") as reader:
+            assert reader.status == 200
+
+
+def test_stop_ends_live_responses(storage: Storage, http: requests.Session) -> None:
+    with running_app(storage) as server:
+        http.put(f"{server.url}/v1/streams/z")
+        with SSEReader(f"{server.url}/v1/streams/z/live") as reader:
+            assert reader.next().event == "retry"
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 2
+            assert list(reader) == []  # the response ended cleanly
+
+
+def test_slow_subscriber_is_disconnected_others_are_not(
+    storage: Storage, http: requests.Session
+) -> None:
+    limits = Limits(subscriber_bytes=1024 * 1024, subscriber_events=10_000)
+    n, size = 40, 100_000
+    with running_app(storage, limits=limits) as server, socket.socket() as stuck:
+        url = server.url
+        host, port = url.removeprefix("http://").split(":")
+        http.post(f"{url}/v1/streams/big/state", json={"state": {"blob": ""}, "timestamp": T0})
+        # A reader that never reads: small receive buffer, request sent, then silence.
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((host, int(port)))
+        stuck.sendall(b"GET /v1/streams/big/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A reader that keeps up, in a thread.
+        received: queue.Queue[str | None] = queue.Queue()
+        with SSEReader(f"{url}/v1/streams/big/live") as good:
+            assert good.take(1)[0].id == "1"
+
+            def follow() -> None:
+                try:
+                    for event in good:
+                        if event.event in ("entry", "amend"):
+                            received.put(event.id)
+                        if event.id == str(n + 1):
+                            break
+                except requests.RequestException:
+                    pass
+                received.put(None)
+
+            reader_thread = threading.Thread(target=follow)
+            reader_thread.start()
+            try:
+                for i in range(1, n + 1):
+                    blob = f"{i:06d}" * (size // 6)
+                    body = {"state": {"blob": blob}, "timestamp": T0 + 1.1 * i}
+                    r = http.post(f"{url}/v1/streams/big/state", json=body)
+                    assert r.json()["action"] == "mutation"
+                ids = [received.get(timeout=10) for _ in range(n)]
+                assert ids == [str(rev) for rev in range(2, n + 2)]
+            finally:
+                reader_thread.join(10)
+        assert not reader_thread.is_alive()
+        assert server.app.state.hub.overflows == 1
+        # The stuck connection was dropped: reading it now ends (EOF or reset)
+        # well before the 4 MB written.
+        stuck.settimeout(5)
+        got = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := stuck.recv(65536):
+                got += len(chunk)
+        assert got < n * size // 2
