@@ -16,9 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 import tenacity
 
-from rstream import Entry, EntryKind, OutOfOrder, RStreamError, ServerError
+from rstream import Entry, EntryKind, OutOfOrder, RStreamError, StorageUnavailable
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import RateConfig, Stream, WriteAction
 from rstream.core.timestamps import from_micros
@@ -31,6 +32,7 @@ from rstream.server.storage.postgres import (
 )
 from rstream.server.storage.sql import SCHEMA_VERSION
 from tests.pgutil import PgSchema, fresh_schema
+from tests.serverutil import running_server
 
 T0 = 1_714_564_800_000_000
 S = 1_000_000
@@ -107,7 +109,7 @@ def test_channels_are_per_schema_and_valid_identifiers() -> None:
 
 
 def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
-    with pytest.raises(RStreamError, match="cannot connect to PostgreSQL") as info:
+    with pytest.raises(StorageUnavailable, match="cannot connect to PostgreSQL") as info:
         PostgresStorage("postgresql://u:hunter2@127.0.0.1:1/db", connect_timeout=1)
     assert "hunter2" not in str(info.value)
 
@@ -345,11 +347,19 @@ def test_the_write_lock_rolls_back_unused_and_is_not_reentrant(
 
 
 def test_no_free_connection_is_503_unavailable(schema: PgSchema) -> None:
-    with PostgresStorage(schema.storage_url, min_size=1, max_size=1, pool_timeout=0.2) as s:
+    with (
+        PostgresStorage(schema.storage_url, min_size=1, max_size=1, pool_timeout=0.2) as s,
+        running_server(s) as url,
+    ):
         s.create_stream("s")
-        with s.log("s").write_lock(), pytest.raises(ServerError) as info:
-            s.list_streams()  # the write lock holds the only connection
-        assert (info.value.status, info.value.code) == (503, "unavailable")
+        with s.log("s").write_lock():  # holds the only connection
+            with pytest.raises(StorageUnavailable, match="no connection free"):
+                s.list_streams()
+            response = requests.get(f"{url}/v1/streams", timeout=10)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"]
+        assert "psycopg" not in response.text  # the cause is logged, not shown
         assert s.list_streams()[0].id == "s"
 
 

@@ -26,6 +26,7 @@ from rstream.errors import (
     OutOfRange,
     RStreamError,
     ServerError,
+    StorageUnavailable,
     StreamNotFound,
 )
 
@@ -48,6 +49,7 @@ STATUS_OF: tuple[tuple[type[RStreamError], int, str], ...] = (
     (OutOfRange, 404, "out_of_range"),
     (StreamNotFound, 404, "stream_not_found"),
     (ClientClosed, 503, "unavailable"),  # the storage was closed under us
+    (StorageUnavailable, 503, "unavailable"),  # the database is out of reach (PostgreSQL)
 )
 
 # Starlette's own HTTPExceptions (routing) and what they mean in the protocol.

@@ -34,11 +34,11 @@ Guarantees, and what they rest on:
 
 Errors: an unreachable database (refused connection, a dropped connection, no
 pooled connection free within ``pool_timeout``) raises
-:class:`~rstream.ServerError` with ``status=503`` and ``code="unavailable"``, which
-the server answers as the protocol's 503. Reads are retried once on a fresh
-connection when a pooled one turns out to be dead (after a database restart);
-writes only when the connection fails on ``BEGIN``, before anything was sent
-that could have been applied.
+:class:`~rstream.StorageUnavailable`, which the server answers as the protocol's
+503 ``unavailable``; a bad URL or schema name is a :class:`~rstream.ConfigError`.
+Reads are retried once on a fresh connection when a pooled one turns out to be
+dead (after a database restart); writes only when the connection fails on
+``BEGIN``, before anything was sent that could have been applied.
 """
 
 from __future__ import annotations
@@ -67,7 +67,14 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import copy_json
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import TimeLike, to_micros
-from rstream.errors import ClientClosed, RStreamError, ServerError, StreamNotFound
+from rstream.errors import (
+    ClientClosed,
+    ConfigError,
+    RStreamError,
+    StorageError,
+    StorageUnavailable,
+    StreamNotFound,
+)
 from rstream.server.storage.base import (
     MAX_US,
     MIN_US,
@@ -136,7 +143,7 @@ def parse_postgres_url(url: str) -> tuple[str, str | None]:
     parts = urlsplit(url)
     # "postgresql+psycopg://" (SQLAlchemy style) names the same database.
     if parts.scheme.lower().partition("+")[0] not in ("postgresql", "postgres"):
-        raise RStreamError(f"{_redact(url)!r} is not a postgresql:// URL")
+        raise ConfigError(f"{_redact(url)!r} is not a postgresql:// URL")
     schema: str | None = None
     query: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -152,7 +159,7 @@ def parse_postgres_url(url: str) -> tuple[str, str | None]:
 
 def _check_schema(schema: str) -> None:
     if not _SCHEMA_NAME.match(schema):
-        raise RStreamError(
+        raise ConfigError(
             f"PostgreSQL schema name {schema!r} is not allowed: use 1 to 63 characters "
             "from a-z, 0-9 and _, not starting with a digit"
         )
@@ -176,12 +183,8 @@ def channel_for(schema: str | None) -> str:
     return name
 
 
-def _unavailable(exc: BaseException, what: str) -> ServerError:
-    return ServerError(
-        f"PostgreSQL storage unavailable ({what}): {exc}; retry later",
-        status=503,
-        code="unavailable",
-    )
+def _unavailable(exc: BaseException, what: str) -> StorageUnavailable:
+    return StorageUnavailable(f"PostgreSQL storage unavailable ({what}): {exc}; retry later")
 
 
 @dataclass
@@ -259,14 +262,14 @@ class PostgresStorage:
             with psycopg.connect(conninfo, **self._connect_kwargs) as conn:
                 _migrate(conn, schema, self._display)
         except psycopg.OperationalError as exc:
-            raise RStreamError(
+            raise StorageUnavailable(
                 f"cannot connect to PostgreSQL storage {self._display}: {exc}".strip()
             ) from None
         try:
             self._pool.open(wait=True, timeout=connect_timeout + 1)
         except PoolTimeout as exc:
             self._pool.close()
-            raise RStreamError(
+            raise StorageUnavailable(
                 f"cannot connect to PostgreSQL storage {self._display} within "
                 f"{connect_timeout + 1:g} s; is the server running and the URL right?"
             ) from exc
@@ -505,7 +508,7 @@ def _migrate(conn: psycopg.Connection[Any], schema: str | None, display: str) ->
             conn.execute(_SQL.insert_schema_version, (SCHEMA_VERSION,))
             log.info("created the rstream schema (version %d) in %s", SCHEMA_VERSION, display)
         elif version > SCHEMA_VERSION:
-            raise RStreamError(
+            raise StorageError(
                 f"PostgreSQL storage {display} has schema version {version}, newer than "
                 f"this rstream understands ({SCHEMA_VERSION}); upgrade rstream"
             )
