@@ -55,6 +55,7 @@ from rstream.server.limits import Limits
 from rstream.server.live import Hub, Subscriber, encode_entry, live_events
 from rstream.server.openapi import openapi_document
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
+from rstream.server.storage.base import check_entry_time
 
 __all__ = ["create_app"]
 
@@ -686,16 +687,16 @@ def _time_param(request: Request, name: str) -> int | None:
 def _body_time(value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            return parse_rfc3339(value)
-        except InvalidTimestamp as exc:
-            raise InvalidTimestamp(f"field 'timestamp': {exc}") from None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return to_micros(value)
-    raise InvalidTimestamp(
-        f"field 'timestamp' must be RFC 3339 text or epoch seconds, not {type(value).__name__}"
-    )
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidTimestamp(
+            f"field 'timestamp' must be RFC 3339 text or epoch seconds, not {type(value).__name__}"
+        )
+    try:
+        micros = parse_rfc3339(value) if isinstance(value, str) else to_micros(value)
+        check_entry_time(micros, "field 'timestamp'")
+    except InvalidTimestamp as exc:
+        raise InvalidTimestamp(f"field 'timestamp': {exc}") from None
+    return micros
 
 
 def _resume_point(request: Request) -> tuple[int | None, str | None]:
