@@ -19,7 +19,14 @@ import pytest
 import requests
 import tenacity
 
-from rstream import Entry, EntryKind, OutOfOrder, RStreamError, StorageUnavailable
+from rstream import (
+    ConfigError,
+    Entry,
+    EntryKind,
+    OutOfOrder,
+    RStreamError,
+    StorageUnavailable,
+)
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import RateConfig, Stream, WriteAction
 from rstream.core.timestamps import from_micros
@@ -27,6 +34,7 @@ from rstream.server.storage import open_storage
 from rstream.server.storage.postgres import (
     DEFAULT_CHANNEL,
     PostgresStorage,
+    PostgresURL,
     channel_for,
     parse_postgres_url,
 )
@@ -87,18 +95,23 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 # -- URLs ------------------------------------------------------------------------------
 
 
-def test_parse_postgres_url_takes_the_schema_and_keeps_libpq_options() -> None:
-    libpq, schema = parse_postgres_url(
+def test_parse_postgres_url_takes_rstream_options_and_keeps_libpq_ones() -> None:
+    parsed = parse_postgres_url(
         "postgresql://u:pw@db.example:5433/rs?schema=tenant_1&sslmode=require"
+        "&pool_max=20&pool_timeout=2.5"
     )
-    assert libpq == "postgresql://u:pw@db.example:5433/rs?sslmode=require"
-    assert schema == "tenant_1"
-    assert parse_postgres_url("postgres://h/db") == ("postgresql://h/db", None)
-    assert parse_postgres_url("postgresql+psycopg://h/db")[0] == "postgresql://h/db"
+    assert parsed == PostgresURL(
+        "postgresql://u:pw@db.example:5433/rs?sslmode=require", "tenant_1", 20, 2.5
+    )
+    assert parse_postgres_url("postgres://h/db") == PostgresURL("postgresql://h/db")
+    assert parse_postgres_url("postgresql+psycopg://h/db").conninfo == "postgresql://h/db"
     for bad in ("Tenant", "a-b", "1abc", "x" * 64, ""):
-        with pytest.raises(RStreamError, match="schema name"):
+        with pytest.raises(ConfigError, match="schema name"):
             parse_postgres_url(f"postgresql://h/db?schema={bad}")
-    with pytest.raises(RStreamError, match="not a postgresql"):
+    for bad in ("pool_max=0", "pool_max=x", "pool_timeout=-1", "pool_timeout=soon"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            parse_postgres_url(f"postgresql://h/db?{bad}")
+    with pytest.raises(ConfigError, match="not a postgresql"):
         parse_postgres_url("mysql://h/db")
 
 
@@ -348,7 +361,7 @@ def test_the_write_lock_rolls_back_unused_and_is_not_reentrant(
 
 def test_no_free_connection_is_503_unavailable(schema: PgSchema) -> None:
     with (
-        PostgresStorage(schema.storage_url, min_size=1, max_size=1, pool_timeout=0.2) as s,
+        PostgresStorage(schema.storage_url + "&pool_max=1&pool_timeout=0.2") as s,
         running_server(s) as url,
     ):
         s.create_stream("s")

@@ -94,6 +94,8 @@ __all__ = [
     "ChangeListener",
     "PostgresLog",
     "PostgresStorage",
+    "PostgresURL",
+    "channel_for",
     "parse_postgres_url",
 ]
 
@@ -132,29 +134,54 @@ def _entry(row: _Row) -> Entry:
     return Entry.from_micros(row[0], _KINDS[row[1]], load_json(row[2]), row[3])
 
 
-def parse_postgres_url(url: str) -> tuple[str, str | None]:
-    """Split an rstream PostgreSQL URL into a libpq URL and the ``schema`` option.
+@dataclass(frozen=True)
+class PostgresURL:
+    """An rstream PostgreSQL URL, split by :func:`parse_postgres_url`."""
 
-    ``postgresql://user:pw@host:5432/db?schema=rs&sslmode=require`` gives
-    ``("postgresql://user:pw@host:5432/db?sslmode=require", "rs")``; every other
-    query parameter is libpq's. ``postgres://`` and ``postgresql+psycopg://`` are
-    accepted as well.
+    conninfo: str  # the libpq URL, without rstream's own parameters
+    schema: str | None = None
+    pool_max: int | None = None
+    pool_timeout: float | None = None
+
+
+def parse_postgres_url(url: str) -> PostgresURL:
+    """Split an rstream PostgreSQL URL into the libpq URL and rstream's options.
+
+    rstream reads and removes ``schema`` (where its tables live), ``pool_max``
+    (connections per server process, default 10) and ``pool_timeout`` (seconds
+    to wait for a free one before answering 503, default 10); every other query
+    parameter is libpq's (``sslmode``, ``connect_timeout``, ...). So
+    ``postgresql://u@db/rs?schema=rs&pool_max=20&sslmode=require`` connects to
+    ``postgresql://u@db/rs?sslmode=require``. ``postgres://`` and
+    ``postgresql+psycopg://`` are accepted as well.
     """
     parts = urlsplit(url)
     # "postgresql+psycopg://" (SQLAlchemy style) names the same database.
     if parts.scheme.lower().partition("+")[0] not in ("postgresql", "postgres"):
         raise ConfigError(f"{_redact(url)!r} is not a postgresql:// URL")
     schema: str | None = None
+    pool_max: int | None = None
+    pool_timeout: float | None = None
     query: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "schema":
+            _check_schema(value)
             schema = value
+        elif key == "pool_max":
+            if not value.isdigit() or not 1 <= int(value) <= 1000:
+                raise ConfigError(f"pool_max must be an integer from 1 to 1000, not {value!r}")
+            pool_max = int(value)
+        elif key == "pool_timeout":
+            try:
+                pool_timeout = float(value)
+            except ValueError:
+                pool_timeout = -1.0
+            if not 0 < pool_timeout <= 3600:
+                raise ConfigError(f"pool_timeout must be seconds in (0, 3600], not {value!r}")
         else:
             query.append((key, value))
-    if schema is not None:
-        _check_schema(schema)
     libpq = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-    return libpq, schema
+    return PostgresURL(libpq, schema, pool_max, pool_timeout)
 
 
 def _check_schema(schema: str) -> None:
@@ -201,11 +228,11 @@ class PostgresStorage:
 
     ``PostgresStorage(url, *, schema=None, min_size=1, max_size=10,
     pool_timeout=10.0, connect_timeout=5.0)``: ``url`` is a libpq URL or
-    connection string (``?schema=`` is read and removed, see
-    :func:`parse_postgres_url`); ``schema`` overrides it. Connections come from a
-    :class:`psycopg_pool.ConnectionPool` of ``min_size`` to ``max_size``
-    autocommit connections; waiting longer than ``pool_timeout`` seconds for
-    one is a 503.
+    connection string; rstream's own URL parameters (``schema``, ``pool_max``,
+    ``pool_timeout``, see :func:`parse_postgres_url`) override the arguments.
+    Connections come from a :class:`psycopg_pool.ConnectionPool` of ``min_size``
+    to ``max_size`` autocommit connections; waiting longer than
+    ``pool_timeout`` seconds for one is a 503.
 
     Thread-safe; usable as a context manager. :meth:`close` closes the pool and
     every listener; afterwards every method raises :class:`~rstream.ClientClosed`.
@@ -221,11 +248,11 @@ class PostgresStorage:
         pool_timeout: float = 10.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        if "://" in url:
-            conninfo, url_schema = parse_postgres_url(url)
-        else:
-            conninfo, url_schema = url, None
-        schema = url_schema if schema is None else schema
+        parsed = parse_postgres_url(url) if "://" in url else PostgresURL(url)
+        conninfo = parsed.conninfo
+        schema = parsed.schema if schema is None else schema
+        max_size = parsed.pool_max or max_size
+        pool_timeout = parsed.pool_timeout or pool_timeout
         if schema is not None:
             _check_schema(schema)
         self.schema = schema
