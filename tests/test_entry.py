@@ -1,6 +1,6 @@
 import json
 import pickle
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -9,8 +9,9 @@ from rstream import Entry, EntryKind
 
 
 def test_entry_json_round_trip_in_go_form() -> None:
-    entry = Entry(datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=timezone.utc),
-                  EntryKind.SNAPSHOT, {"battery": 0.9})
+    entry = Entry(
+        datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC), EntryKind.SNAPSHOT, {"battery": 0.9}
+    )
     obj = entry.to_json()
     assert obj == {"timestamp": "2024-05-01T12:00:00.25Z", "type": 0, "data": {"battery": 0.9}}
     assert Entry.from_json(json.loads(json.dumps(obj))) == entry
@@ -21,7 +22,7 @@ def test_reader_accepts_names_offsets_and_nanoseconds() -> None:
         {"timestamp": "2024-05-01T14:00:00.123456789+02:00", "type": "mutation", "data": {}}
     )
     assert entry.kind is EntryKind.MUTATION
-    assert entry.timestamp == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    assert entry.timestamp == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

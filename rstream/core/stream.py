@@ -100,8 +100,8 @@ class RateConfig:
     def from_json(cls, obj: Mapping[str, Any]) -> RateConfig:
         """Read :meth:`to_json`'s form; a missing field keeps its default.
 
-        Raises :class:`~rstream.ConfigError` (a ``ValueError``) for anything but a non-negative number of
-        milliseconds.
+        Raises :class:`~rstream.ConfigError` (a ``ValueError``) for anything
+        but a non-negative number of milliseconds.
         """
         if not isinstance(obj, Mapping):
             raise ConfigError(f"rate config must be a JSON object, not {type(obj).__name__}")
