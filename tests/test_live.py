@@ -403,14 +403,16 @@ def test_close_mid_read_is_fast_and_leaves_no_threads(no_leaks: None) -> None:
             thread = threading.Thread(target=consumer)
             thread.start()
             collector.wait_for(lambda c: len(c.items) == 1)
-            assert tail.health.state is ConnectionState.OPEN
+            before = tail.health
+            assert before.state is ConnectionState.OPEN
             started = time.perf_counter()
             tail.close()
             elapsed = time.perf_counter() - started
             assert elapsed < 0.1, f"close() took {elapsed:.3f} s"
             assert isinstance(blocked.get(timeout=2), ClientClosed)
             thread.join(2)
-            assert tail.health.state is ConnectionState.CLOSED
+            after = tail.health
+            assert after.state is ConnectionState.CLOSED
             assert not collector.errors  # the dying read is not reported
             with pytest.raises(ClientClosed):
                 tail.latest()
@@ -429,7 +431,8 @@ def test_through_the_client_api(no_leaks: None) -> None:
         writer.write(state(0), T0)
         with Client(server.url) as client:
             robot = client.stream("robot-1")
-            assert robot.health.state is ConnectionState.IDLE
+            idle = robot.health
+            assert idle.state is ConnectionState.IDLE
             collector = Collector()
             sub = robot.subscribe(collector.on_state, collector.on_error)
             q = robot.states(maxsize=10, overflow="latest")
