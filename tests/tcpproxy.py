@@ -21,6 +21,7 @@ connections open now. ``bytes_down`` counts bytes forwarded server -> client;
 
 from __future__ import annotations
 
+import contextlib
 import random
 import selectors
 import socket
@@ -118,10 +119,8 @@ class TCPProxy:
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     def _loop(self) -> None:
         while not self._closing:
@@ -134,10 +133,8 @@ class TCPProxy:
                     self._pump(key.data, key.fileobj)  # type: ignore[arg-type]
 
     def _drain_wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
-        except OSError:
-            pass
         with self._lock:
             commands, self._commands = self._commands, []
         for command in commands:
@@ -172,10 +169,8 @@ class TCPProxy:
         pair.mode = "stalled"
         self.stalls += 1
         for sock in (pair.client, pair.upstream):
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
 
     def _pump(self, pair: _Pair, sock: socket.socket) -> None:
         try:
@@ -220,14 +215,10 @@ class TCPProxy:
 
     def _close_pair(self, pair: _Pair) -> None:
         for sock in (pair.client, pair.upstream):
-            try:
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):
                 self._sel.unregister(sock)
-            except (KeyError, ValueError, RuntimeError):
-                pass
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         with self._lock:
             if pair in self._pairs:
                 self._pairs.remove(pair)
