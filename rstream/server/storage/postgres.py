@@ -791,14 +791,15 @@ class PostgresLog:
     def _insert(
         self, conn: psycopg.Connection[Any], rev: int, items: Sequence[tuple[Entry, str]]
     ) -> list[Entry]:
-        with conn.cursor() as cur:
-            cur.executemany(
-                self._sql.insert_entry,
-                [
-                    (self.stream_id, entry.micros, int(entry.kind), text, rev + i)
-                    for i, (entry, text) in enumerate(items, 1)
-                ],
-            )
+        rows = [
+            (self.stream_id, entry.micros, int(entry.kind), text, rev + i)
+            for i, (entry, text) in enumerate(items, 1)
+        ]
+        if len(rows) == 1:  # the common case; executemany would set up a pipeline
+            conn.execute(self._sql.insert_entry, rows[0])
+        else:
+            with conn.cursor() as cur:
+                cur.executemany(self._sql.insert_entry, rows)
         new_rev = rev + len(items)
         conn.execute(self._sql.set_revision, (new_rev, self.stream_id))
         nbytes = sum(len(text) + 64 for _, text in items)  # about the encoded events' size
