@@ -29,7 +29,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import requests
@@ -158,7 +158,7 @@ def main() -> None:
     results = [("sqlite x1", sqlite), ("pg x1", pg_one), ("pg x2", pg_two)]
     header = "".join(f"{name:>12}" for name, _ in results)
     print(f"{'':26}{header}{'pg1/sqlite':>12}{'pg2/sqlite':>12}")
-    rows = [
+    rows: list[tuple[str, Callable[[Result], float], str]] = [
         ("delivered events/s", lambda r: r.events_per_s, "{:.0f}"),
         ("server CPU s / 1k events", lambda r: r.cpu_per_1000, "{:.4f}"),
         ("latency p50 (ms)", lambda r: r.p50 * 1000, "{:.2f}"),
