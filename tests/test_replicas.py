@@ -221,3 +221,34 @@ def test_a_write_on_one_replica_reaches_subscribers_of_the_other(schema: PgSchem
                 assert event.event == ("amend" if answer["action"] == "amend" else "entry")
                 assert event.id == str(answer["revision"])
                 assert event.json() == answer["entry"]
+
+
+def test_subscribers_of_a_replica_whose_listener_reconnects_miss_nothing(
+    schema: PgSchema,
+) -> None:
+    with (
+        PostgresStorage(schema.storage_url) as store_a,
+        PostgresStorage(schema.storage_url) as store_b,
+        running_server(store_a) as url_a,
+        running_server(store_b, heartbeat=0.5) as url_b,
+        requests.Session() as session,
+        psycopg.connect(schema.url, autocommit=True) as admin,
+    ):
+        no_amends = {"record_rate": {"change_frequency": 0}}  # every write an entry
+        assert session.put(f"{url_a}/v1/streams/robot", json=no_amends).status_code == 201
+        post_state(session, url_a, {"n": 0})
+        with SSEReader(f"{url_b}/v1/streams/robot/live") as reader:
+            assert reader.take(1)[0].json()["data"] == {"n": 0}
+            # Cut replica B's LISTEN connection, and write on A while it is away.
+            # Replica B reconnects, re-reads the revision of every stream it has
+            # subscribers for, and its subscriber gets every change exactly once.
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                (f"LISTEN%{store_b.channel}%",),
+            ).fetchall()
+            assert len(cut) == 2  # both replicas' listeners (one channel per schema)
+            answers = [post_state(session, url_a, {"n": n}) for n in range(1, 6)]
+            events = reader.take(5)
+            assert [e.event for e in events] == ["entry"] * 5
+            assert [e.json() for e in events] == [a["entry"] for a in answers]
