@@ -333,6 +333,34 @@ def test_queue_drop_oldest_and_latest() -> None:
         latest.get(timeout=0.01)
 
 
+def test_queue_put_many_follows_each_policy() -> None:
+    items = [item(i) for i in range(6)]
+    dropping = StateQueue(4, "drop_oldest")
+    assert dropping.put_many(items)
+    assert [dropping.get_nowait()[1]["i"] for _ in range(4)] == [2, 3, 4, 5]
+    assert dropping.dropped == 2
+    latest = StateQueue(overflow="latest")
+    latest.put(item(9))
+    assert latest.put_many(items)
+    assert latest.get_nowait()[1]["i"] == 5
+    assert latest.dropped == 6
+    assert latest.put_many([])
+    blocking = StateQueue(2, "block")
+    done = threading.Event()
+
+    def producer() -> None:
+        blocking.put_many(items)
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got = [blocking.get(timeout=2)[1]["i"] for _ in range(6)]  # drains as it fills
+    assert done.wait(2)
+    thread.join()
+    assert got == [0, 1, 2, 3, 4, 5]
+    assert blocking.dropped == 0
+
+
 def test_queue_block_applies_back_pressure_until_get() -> None:
     q = StateQueue(1, "block")
     q.put(item(0))

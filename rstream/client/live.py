@@ -41,7 +41,7 @@ import tenacity
 import urllib3.exceptions
 
 from rstream.client.health import ConnectionState, Health, HealthTracker
-from rstream.client.livestate import LiveState, Step
+from rstream.client.livestate import LiveState
 from rstream.client.queues import Overflow, StateQueue
 from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, EventStream, SSEEvent, iter_chunks
@@ -183,6 +183,10 @@ class LiveTail:
         self._url_index = getattr(transport, "current_index", 0)
         self._server_retry = 0.0  # the server's retry:, seconds
         self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
+        # Applied, not yet delivered: ((ts, state) or an error, the inboxes then).
+        self._pending: list[
+            tuple[tuple[datetime, dict[str, Any]] | BaseException, list[StateQueue]]
+        ] = []
 
     # -- public API ---------------------------------------------------------------
 
@@ -337,33 +341,47 @@ class LiveTail:
             current = self._state.current
             if current is not None:
                 queue.put((current.timestamp, current.state))  # empty queue: never blocks
-            self._inboxes.append(queue)
+            self._inboxes = [*self._inboxes, queue]  # copy-on-write (see _apply)
             if subscription is not None:
                 self._subscriptions.append(subscription)
 
     def _forget(self, queue: StateQueue) -> None:
         with self._lock:
             if queue in self._inboxes:
-                self._inboxes.remove(queue)
+                self._inboxes = [q for q in self._inboxes if q is not queue]
             if not self._closed:  # once closed, close() still joins every dispatcher
                 self._subscriptions = [s for s in self._subscriptions if s.queue is not queue]
 
-    def _deliver(self, step: Step, inboxes: list[StateQueue]) -> None:
-        """Hand one step's results out, on the reader thread, outside the lock."""
-        if step.gap is not None:
-            log.warning("stream %r: %s", self.stream_id, step.gap)
-            for inbox in inboxes:
-                inbox.put_error(step.gap)
-        change = step.change
-        if change is not None:
-            item = (change.timestamp, change.state)
-            for inbox in inboxes:
-                inbox.put(item)  # "block": back-pressure on this thread, woken by close()
-        if step.committed is not None and self._on_commit is not None:
-            try:
-                self._on_commit(list(step.committed))
-            except Exception:
-                log.exception("on_commit callback for stream %r raised", self.stream_id)
+    def _flush(self) -> None:
+        """Hand out the states applied since the last flush, on the reader thread,
+        outside the lock: called before each blocking read, so a chunk of events
+        costs one wake-up per subscriber, not one per event."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        with self._lock:
+            revision = self._state.resume_rev
+            self._changed.notify_all()  # latest() waiters
+        self._health.revision(revision)
+        batch: list[tuple[datetime, dict[str, Any]]] = []
+        targets: list[StateQueue] = []
+        for item, inboxes in pending:
+            if inboxes is not targets or isinstance(item, BaseException):
+                for inbox in targets:
+                    inbox.put_many(batch)  # "block": back-pressure here, woken by close()
+                batch = []
+                targets = inboxes
+            if isinstance(item, BaseException):
+                log.warning("stream %r: %s", self.stream_id, item)
+                for inbox in inboxes:
+                    inbox.put_error(item)
+                targets = []
+            else:
+                batch.append(item)
+        if batch:
+            for inbox in targets:
+                inbox.put_many(batch)
 
     # -- the reader thread --------------------------------------------------------
 
@@ -573,6 +591,7 @@ class LiveTail:
             self._check_stop()  # the dying read after close() is not news
             cause = TransportError(f"the live stream from {url} broke: {exc}")
         finally:
+            self._flush()  # what was applied is delivered, whatever ended the connection
             if events.retry_ms is not None:
                 self._server_retry = events.retry_ms / 1000
         self._check_stop()
@@ -601,18 +620,31 @@ class LiveTail:
 
     def _observe(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         data = self._health.data
-        for chunk in chunks:
+        chunks = iter(chunks)
+        while True:
+            self._flush()  # deliver what the last chunk gave before blocking on the socket
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
             data()
             yield chunk
 
     def _apply(self, event: SSEEvent) -> bool:
-        """Apply one event and deliver its results; True when it changed the live state."""
+        """Apply one event; its state is delivered at the next flush. True when it
+        changed the live state."""
         with self._lock:
             step = self._state.feed(event.event, event.data, event.id)
-            inboxes = list(self._inboxes) if step.change or step.gap else []
-            if step.applied:
-                self._health.revision(self._state.resume_rev)
-                self._changed.notify_all()
-        if inboxes or step.committed is not None:
-            self._deliver(step, inboxes)
+            inboxes = self._inboxes  # copy-on-write: this list is never changed
+        if step.gap is not None:
+            self._pending.append((step.gap, inboxes))
+        change = step.change
+        if change is not None:
+            self._pending.append(((change.timestamp, change.state), inboxes))
+        if step.committed is not None and self._on_commit is not None:
+            # Now, not at the flush: the window store may look at live_window(),
+            # which must still be the window this snapshot started.
+            try:
+                self._on_commit(list(step.committed))
+            except Exception:
+                log.exception("on_commit callback for stream %r raised", self.stream_id)
         return step.applied

@@ -215,6 +215,38 @@ class StateQueue:
             self._not_empty.notify()
             return True
 
+    def put_many(self, items: list[StateItem]) -> bool:
+        """:meth:`put` each of ``items`` in order, under one lock acquisition (one
+        wake-up of the consumer per batch, not per state)."""
+        if not items:
+            return True
+        with self._lock:
+            if self._closed:
+                return False
+            if self.overflow == "latest":
+                if self._states:
+                    self._drop_states(self._states)
+                self._dropped += len(items) - 1
+                self._items.append(items[-1])
+                self._states += 1
+                self._not_empty.notify()
+                return True
+            for appended, item in enumerate(items):
+                if self._states >= self.maxsize:
+                    if self.overflow == "drop_oldest":
+                        self._drop_states(1)
+                    else:
+                        if appended:
+                            self._not_empty.notify()  # let the consumer make room
+                        while self._states >= self.maxsize and not self._closed:
+                            self._not_full.wait()
+                        if self._closed:
+                            return False
+                self._items.append(item)
+                self._states += 1
+            self._not_empty.notify()
+            return True
+
     def _drop_states(self, count: int) -> None:
         # Errors stay: they are rare and each one matters.
         kept: collections.deque[StateItem | BaseException] = collections.deque()

@@ -1,0 +1,217 @@
+"""The live tail: throughput against a raw SSE reader, and bytes re-fetched after a cut.
+
+A real ``rstream serve`` subprocess on a SQLite file (so the server's CPU is not
+the client's) holds one stream whose live window is one snapshot followed by
+many mutations. Then:
+
+- a: states per second delivered to a callback by the live tail (SSE parsing,
+  entries checked, mutations applied, each state copied for the subscriber,
+  handed to the dispatcher thread) against the least a client can do:
+  ``requests`` + ``sseclient-py`` + ``json.loads`` over the same endpoint and
+  backlog, no states at all. Target ratio >= 0.7.
+- c: through a byte-counting TCP proxy, the tail receives 10,000 entries; the
+  proxy cuts the connection; one more entry is written. Bytes on the wire after
+  the cut (reconnect, resume by revision, that entry) against a full re-fetch of
+  the window (the first connection). Target <= 1%.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+import sseclient
+import tenacity
+
+from rstream.client.live import LiveTail
+from rstream.client.livestate import LiveState
+from rstream.client.sse import EventStream
+from rstream.client.transport import Transport
+from rstream.core.entry import Entry, EntryKind
+from tests.serverutil import ServerProcess
+from tests.tcpproxy import TCPProxy
+
+T0 = 1_700_000_000
+BATCH = 5_000
+
+
+def fill(url: str, stream_id: str, count: int) -> None:
+    """One live window: a snapshot, then ``count - 1`` mutations, as NDJSON batches."""
+    with requests.Session() as session:
+        for first in range(0, count, BATCH):
+            lines = []
+            for i in range(first, min(first + BATCH, count)):
+                if i == 0:
+                    data: dict[str, Any] = {
+                        "i": 0,
+                        "battery": 1.0,
+                        "pos": {"x": 0.0, "y": 0.0, "heading": 90},
+                        "status": "ok",
+                        "tasks": ["patrol", "charge"],
+                    }
+                    entry = Entry(T0, EntryKind.SNAPSHOT, data)
+                else:
+                    data = {"i": i, "battery": 1.0 - i / count, "pos": {"x": i * 0.01}}
+                    entry = Entry(T0 + i / 1000, EntryKind.MUTATION, data)
+                lines.append(json.dumps(entry.to_json(), separators=(",", ":")))
+            response = session.post(
+                f"{url}/v1/streams/{stream_id}/entries",
+                data=("\n".join(lines) + "\n").encode(),
+                headers={"Content-Type": "application/x-ndjson"},
+                timeout=60,
+            )
+            response.raise_for_status()
+
+
+def raw_rate(url: str, stream_id: str, count: int) -> float:
+    """requests + sseclient-py + json.loads: events per second for ``count`` events."""
+    started = time.perf_counter()
+    seen = 0
+    with (
+        requests.Session() as session,
+        session.get(f"{url}/v1/streams/{stream_id}/live", stream=True, timeout=(5, 30)) as response,
+    ):
+        for event in sseclient.SSEClient(response.iter_content(65536)).events():
+            if event.event == "entry":
+                json.loads(event.data)
+                seen += 1
+                if seen == count:
+                    break
+    return count / (time.perf_counter() - started)
+
+
+def tail_rate(url: str, stream_id: str, count: int) -> float:
+    """The live tail, to a callback: states per second for ``count`` states."""
+    done = threading.Event()
+    seen = 0
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == count:
+            done.set()
+
+    transport = Transport(url)
+    tail = LiveTail(transport, stream_id)
+    try:
+        started = time.perf_counter()
+        tail.subscribe(on_state)
+        if not done.wait(300):
+            raise RuntimeError(f"the tail delivered {seen} of {count} states")
+        return count / (time.perf_counter() - started)
+    finally:
+        tail.close()
+        transport.close()
+
+
+def reconnect_bytes(url: str, stream_id: str, count: int) -> tuple[int, int]:
+    """(bytes of the first connection, bytes after a cut) for a tail through a proxy."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    delivered = threading.Condition()
+    seen = 0
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        nonlocal seen
+        with delivered:
+            seen += 1
+            delivered.notify_all()
+
+    with TCPProxy(host, int(port)) as proxy:
+        transport = Transport(proxy.url)
+        tail = LiveTail(transport, stream_id, wait=tenacity.wait_fixed(0))
+        try:
+            tail.subscribe(on_state)
+            with delivered:
+                if not delivered.wait_for(lambda: seen >= count, 300):
+                    raise RuntimeError(f"the tail delivered {seen} of {count} states")
+            first = proxy.bytes_down
+            proxy.cut_all()
+            entry = Entry(T0 + count, EntryKind.MUTATION, {"battery": 0.0})
+            requests.post(
+                f"{url}/v1/streams/{stream_id}/entries", json=entry.to_json(), timeout=10
+            ).raise_for_status()
+            with delivered:
+                if not delivered.wait_for(lambda: seen >= count + 1, 30):
+                    raise RuntimeError("the tail did not resume after the cut")
+            return first, proxy.bytes_down - first
+        finally:
+            tail.close()
+            transport.close()
+
+
+def parse_breakdown(url: str, stream_id: str) -> tuple[float, float, float]:
+    """Seconds to process one recorded backlog without a network: sseclient-py +
+    json.loads; EventStream + json.loads; EventStream + LiveState (the tail's work)."""
+    with (
+        requests.Session() as session,
+        session.get(
+            f"{url}/v1/streams/{stream_id}/live", stream=True, timeout=(5, 1.0)
+        ) as response,
+    ):
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(65536):
+                body += chunk
+        except requests.ConnectionError:
+            pass  # the read timeout after the backlog: everything is in
+    chunks = [bytes(body[i : i + 65536]) for i in range(0, len(body), 65536)]
+    started = time.perf_counter()
+    for event in sseclient.SSEClient(iter(chunks)).events():
+        json.loads(event.data)
+    raw = time.perf_counter() - started
+    started = time.perf_counter()
+    for sse_event in EventStream(iter(chunks)):
+        json.loads(sse_event.data)
+    parsed = time.perf_counter() - started
+    started = time.perf_counter()
+    live = LiveState()
+    for sse_event in EventStream(iter(chunks)):
+        live.feed(sse_event.event, sse_event.data, sse_event.id)
+    applied = time.perf_counter() - started
+    return raw, parsed, applied
+
+
+def main() -> None:
+    count = 30_000
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        with ServerProcess(db) as server:
+            fill(server.url, "throughput", count)
+            fill(server.url, "reconnect", 10_000)
+            raw_rate(server.url, "throughput", 2_000)  # warm up both paths
+            tail_rate(server.url, "throughput", 2_000)
+            raws, ours = [], []
+            for _ in range(3):  # best of three, interleaved: the machine is shared
+                raws.append(raw_rate(server.url, "throughput", count))
+                ours.append(tail_rate(server.url, "throughput", count))
+            raw, tail = max(raws), max(ours)
+            print(
+                f"a  live throughput, {count:,} states in one live window (best of 3):\n"
+                f"   requests+sseclient+json.loads {raw:>10,.0f} events/s\n"
+                f"   LiveTail to a callback        {tail:>10,.0f} states/s\n"
+                f"   ratio {tail / raw:.2f} (target >= 0.7)"
+            )
+            plain, parsed, applied = parse_breakdown(server.url, "throughput")
+            print(
+                f"   without the network, per event: sseclient+json.loads "
+                f"{plain / count * 1e6:.1f} us, EventStream+json.loads "
+                f"{parsed / count * 1e6:.1f} us, EventStream+LiveState "
+                f"{applied / count * 1e6:.1f} us"
+            )
+            first, after = reconnect_bytes(server.url, "reconnect", 10_000)
+            print(
+                f"c  reconnect after 10,000 entries received:\n"
+                f"   full fetch {first:>12,} bytes\n"
+                f"   after cut  {after:>12,} bytes (reconnect, resume, 1 new entry)\n"
+                f"   ratio {after / first:.4%} (target <= 1%)"
+            )
+
+
+if __name__ == "__main__":
+    main()
