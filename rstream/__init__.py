@@ -36,6 +36,7 @@ from rstream.errors import (
     StorageError,
     StorageUnavailable,
     StreamNotFound,
+    Timeout,
     TransportError,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "Stream",
     "StreamMetadata",
     "StreamNotFound",
+    "Timeout",
     "TransportError",
     "WriteAction",
     "__version__",

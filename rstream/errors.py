@@ -27,6 +27,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StreamNotFound",
+    "Timeout",
     "TransportError",
 ]
 
@@ -147,6 +148,10 @@ class Gap(RStreamError):
         super().__init__(message)
         self.after_rev = after_rev
         self.resumed_rev = resumed_rev
+
+
+class Timeout(RStreamError, TimeoutError):
+    """A blocking call with a ``timeout`` got nothing in time (also a ``TimeoutError``)."""
 
 
 class ClientClosed(RStreamError, RuntimeError):

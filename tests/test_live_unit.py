@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from responses.registries import OrderedRegistry
 
+import rstream
 from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
 from rstream.client.live import LiveTail
 from rstream.client.livestate import LiveState
@@ -811,3 +812,12 @@ def test_close_from_a_callback_does_not_deadlock(mocked: responses.RequestsMock)
     transport.close()
     assert not sub.thread.is_alive()
     assert tail.health.state is ConnectionState.CLOSED
+
+
+def test_timeouts_are_rstream_errors_and_builtin_timeout_errors() -> None:
+    queue = StateQueue(maxsize=1)
+    with pytest.raises(rstream.Timeout) as info:
+        queue.get(timeout=0)
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, rstream.RStreamError)
+    queue.close()

@@ -54,6 +54,7 @@ from rstream.errors import (
     ProtocolError,
     RStreamError,
     ServerError,
+    Timeout,
     TransportError,
 )
 
@@ -238,8 +239,8 @@ class LiveTail:
     def latest(self, timeout: float | None = None) -> tuple[datetime, dict[str, Any]]:
         """The newest state (a private copy), once the tail is anchored on the live window.
 
-        Raises :class:`TimeoutError` when it is not anchored within ``timeout``
-        seconds, the fatal error that stopped the tail, or
+        Raises :class:`~rstream.Timeout` (a ``TimeoutError``) when it is not
+        anchored within ``timeout`` seconds, the fatal error that stopped the tail, or
         :class:`~rstream.ClientClosed`.
         """
         self.start()
@@ -253,7 +254,7 @@ class LiveTail:
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     health = self._health.snapshot()
-                    raise TimeoutError(
+                    raise Timeout(
                         f"no live state for stream {self.stream_id!r} within {timeout} s "
                         f"(connection {health.state.name}, last error: {health.last_error})"
                     )

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from rstream.core.mutation import copy_json
-from rstream.errors import ClientClosed
+from rstream.errors import ClientClosed, Timeout
 
 __all__ = ["OVERFLOW_POLICIES", "Overflow", "StateQueue"]
 
@@ -47,7 +47,7 @@ class StateQueue:
     """A bounded queue of ``(timestamp, state)`` from a live tail.
 
     ``get(timeout=None)`` blocks for the next state; ``get_nowait()`` raises
-    :class:`queue.Empty`-like :class:`TimeoutError` when there is none;
+    :class:`queue.Empty`-like :class:`~rstream.Timeout` (a ``TimeoutError``) when there is none;
     ``for ts, state in q:`` runs until the queue or the tail is closed. A
     ``get`` that is blocked (or called) once the queue is closed and empty
     raises :class:`~rstream.ClientClosed`; when the tail stopped on a fatal
@@ -107,7 +107,7 @@ class StateQueue:
     def get(self, timeout: float | None = None) -> StateItem:
         """The next ``(timestamp, state)``; the state is the caller's own copy.
 
-        Raises :class:`TimeoutError` after ``timeout`` seconds without one,
+        Raises :class:`~rstream.Timeout` (a ``TimeoutError``) after ``timeout`` seconds without one,
         :class:`~rstream.ClientClosed` once closed and drained (or the fatal
         error that stopped the tail).
         """
@@ -121,7 +121,7 @@ class StateQueue:
             return ts, self._copy(state)
 
     def get_nowait(self) -> StateItem:
-        """The next ``(timestamp, state)`` if one is waiting, else :class:`TimeoutError`."""
+        """The next ``(timestamp, state)`` if one is waiting, else :class:`~rstream.Timeout`."""
         return self.get(timeout=0)
 
     def __iter__(self) -> Iterator[StateItem]:
@@ -171,7 +171,9 @@ class StateQueue:
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise TimeoutError("no state arrived in time")
+                        raise Timeout(
+                            "no state arrived in time; the stream may be quiet (see stream.health)"
+                        )
                     self._not_empty.wait(remaining)
             item = self._items.popleft()
             if not isinstance(item, BaseException):
