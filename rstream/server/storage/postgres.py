@@ -54,7 +54,6 @@ import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -63,31 +62,15 @@ import tenacity
 from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from rstream.core.entry import Entry, EntryKind
-from rstream.core.mutation import copy_json
-from rstream.core.stream import RateConfig
-from rstream.core.timestamps import TimeLike, to_micros
 from rstream.errors import (
     ClientClosed,
     ConfigError,
     RStreamError,
     StorageError,
     StorageUnavailable,
-    StreamNotFound,
 )
-from rstream.server.storage.base import (
-    MAX_US,
-    MIN_US,
-    StreamInfo,
-    check_amend,
-    check_append,
-    check_batch_order,
-    check_entry_time,
-    clamp_us,
-    dump_json,
-    load_json,
-)
-from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, Statements, statements
+from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, statements
+from rstream.server.storage.sqlbase import Row, SQLStorage, SQLStreamLog, migrate
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -102,10 +85,8 @@ __all__ = [
 log = logging.getLogger("rstream.server.storage.postgres")
 
 _SQL = statements(POSTGRES)
-_KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)
-_ONE_US = timedelta(microseconds=1)
 _T = TypeVar("_T")
-_Row = tuple[int, int, str, int]  # ts_us, kind, data, rev
+_Conn = psycopg.Connection[Any]
 
 #: The notification channel of a storage in the default schema; a storage in
 #: schema ``s`` uses ``rstream_changes_s`` (channels are per database, and
@@ -128,10 +109,6 @@ _KEEPALIVE: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 2,
 }
-
-
-def _entry(row: _Row) -> Entry:
-    return Entry.from_micros(row[0], _KINDS[row[1]], load_json(row[2]), row[3])
 
 
 @dataclass(frozen=True)
@@ -223,7 +200,7 @@ class _Bound:
     open: bool = True  # False once the write committed (or the block ended)
 
 
-class PostgresStorage:
+class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
     """A :class:`~rstream.server.storage.base.Storage` in a PostgreSQL database.
 
     ``PostgresStorage(url, *, schema=None, min_size=1, max_size=10,
@@ -237,6 +214,8 @@ class PostgresStorage:
     Thread-safe; usable as a context manager. :meth:`close` closes the pool and
     every listener; afterwards every method raises :class:`~rstream.ClientClosed`.
     """
+
+    _sql = _SQL
 
     def __init__(
         self,
@@ -304,23 +283,17 @@ class PostgresStorage:
     def __repr__(self) -> str:
         return f"<PostgresStorage {self._display}{' closed' if self._closed else ''}>"
 
-    def __enter__(self) -> PostgresStorage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- connections -------------------------------------------------------------
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._closed:
-            raise ClientClosed(f"the storage {self._display} is closed")
+            raise self._closed_error()
         try:
             with self._pool.connection(timeout=self._pool_timeout) as conn:
                 yield conn
         except PoolClosed:
-            raise ClientClosed(f"the storage {self._display} is closed") from None
+            raise self._closed_error() from None
         except PoolTimeout as exc:
             raise _unavailable(exc, "no connection free") from exc
 
@@ -336,7 +309,13 @@ class PostgresStorage:
                     log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
         raise AssertionError("unreachable")
 
-    def _write(self, log_: PostgresLog | None, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+    def _write(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``fn`` in a write transaction and commit; roll back if it raises."""
+        return self._transaction(None, fn)
+
+    def _transaction(
+        self, log_: PostgresLog | None, fn: Callable[[psycopg.Connection[Any]], _T]
+    ) -> _T:
         """Run ``fn`` in a write transaction and commit; roll back if it raises.
 
         Inside :meth:`PostgresLog.write_lock` of the same log the thread's bound
@@ -368,15 +347,9 @@ class PostgresStorage:
                         raise _unavailable(exc, "cannot begin a write") from exc
                     log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
                     continue
-                try:
+                with _rollback_on_error(conn, "write failed"):
                     result = fn(conn)
                     conn.execute("COMMIT")
-                except psycopg.OperationalError as exc:
-                    _rollback(conn)
-                    raise _unavailable(exc, "write failed") from exc
-                except BaseException:
-                    _rollback(conn)
-                    raise
                 return result
         raise AssertionError("unreachable")
 
@@ -397,48 +370,8 @@ class PostgresStorage:
             listener.close()
         self._pool.close()
 
-    # -- Storage -----------------------------------------------------------------
-
-    def list_streams(self) -> list[StreamInfo]:
-        """Every stream, ordered by id."""
-        return self._read(lambda conn: [_info(row) for row in conn.execute(_SQL.list_streams)])
-
-    def info(self, stream_id: str) -> StreamInfo | None:
-        """The stream's metadata, or ``None`` when it does not exist."""
-        row = self._read(lambda conn: conn.execute(_SQL.stream_info, (stream_id,)).fetchone())
-        return None if row is None else _info(row)
-
-    def create_stream(self, stream_id: str, rate: RateConfig | None = None) -> bool:
-        """Create the stream (True), or set an existing one's rate when given (False)."""
-        config = rate or RateConfig()
-        keyframe_us = config.keyframe_frequency // _ONE_US
-        change_us = config.change_frequency // _ONE_US
-
-        def create(conn: psycopg.Connection[Any]) -> bool:
-            cur = conn.execute(_SQL.insert_stream, (stream_id, keyframe_us, change_us))
-            created = cur.rowcount > 0
-            if not created and rate is not None:
-                conn.execute(_SQL.update_stream_rate, (keyframe_us, change_us, stream_id))
-            return created
-
-        created = self._write(None, create)
-        if created:
-            log.debug("created stream %r in %s", stream_id, self._display)
-        return created
-
-    def log(self, stream_id: str) -> PostgresLog:
-        """The stream's log; :class:`~rstream.StreamNotFound` when there is no such stream."""
-        with self._lock:
-            if self._closed:
-                raise ClientClosed(f"the storage {self._display} is closed")
-            found = self._logs.get(stream_id)
-        if found is not None:
-            return found
-        row = self._read(lambda conn: conn.execute(_SQL.stream_revision, (stream_id,)).fetchone())
-        if row is None:
-            raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
-        with self._lock:
-            return self._logs.setdefault(stream_id, PostgresLog(self, stream_id))
+    def _new_log(self, stream_id: str) -> PostgresLog:
+        return PostgresLog(self, stream_id)
 
     # -- live fan-out --------------------------------------------------------------
 
@@ -474,7 +407,7 @@ class PostgresStorage:
         )
         with self._lock:
             if self._closed:
-                raise ClientClosed(f"the storage {self._display} is closed")
+                raise self._closed_error()
             self._listeners.append(listener)
         listener.start()
         return listener
@@ -488,6 +421,20 @@ def _no_streams() -> Iterable[str]:
     return ()
 
 
+@contextmanager
+def _rollback_on_error(conn: _Conn, what: str) -> Iterator[None]:
+    """Roll the transaction back when the block raises; a failed connection
+    becomes :class:`~rstream.StorageUnavailable` ("``what``")."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        _rollback(conn)
+        raise _unavailable(exc, what) from exc
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
 def _rollback(conn: psycopg.Connection[Any]) -> None:
     if conn.closed:
         return
@@ -495,21 +442,6 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
         conn.execute("ROLLBACK")
     except psycopg.Error:
         conn.close()  # the pool discards a closed connection
-
-
-def _info(row: tuple[Any, ...]) -> StreamInfo:
-    stream_id, keyframe_us, change_us, revision, first, last, snap = row
-    return StreamInfo(
-        id=stream_id,
-        rate=RateConfig(
-            keyframe_frequency=timedelta(microseconds=keyframe_us),
-            change_frequency=timedelta(microseconds=change_us),
-        ),
-        first=first,
-        last=last,
-        latest_snapshot=snap,
-        revision=revision,
-    )
 
 
 def _lock_key(schema: str | None) -> int:
@@ -526,41 +458,26 @@ def _migrate(conn: psycopg.Connection[Any], schema: str | None, display: str) ->
         conn.execute(_MIGRATION_LOCK, (_lock_key(schema),))
         if schema is not None:
             conn.execute(pgsql.SQL(_CREATE_SCHEMA).format(pgsql.Identifier(schema)))
-        conn.execute(_SQL.create_schema_table)
-        row = conn.execute(_SQL.schema_version).fetchone()
-        version = None if row is None else int(row[0])
-        if version is None:
-            for stmt in _SQL.schema:
-                conn.execute(stmt)
-            conn.execute(_SQL.insert_schema_version, (SCHEMA_VERSION,))
+        if migrate(conn, _SQL, f"PostgreSQL storage {display}", StorageError) is None:
             log.info("created the rstream schema (version %d) in %s", SCHEMA_VERSION, display)
-        elif version > SCHEMA_VERSION:
-            raise StorageError(
-                f"PostgreSQL storage {display} has schema version {version}, newer than "
-                f"this rstream understands ({SCHEMA_VERSION}); upgrade rstream"
-            )
-        elif version < SCHEMA_VERSION:
-            log.info("migrating %s from schema %d to %d", display, version, SCHEMA_VERSION)
-            for step in _SQL.migrations[version - 1 :]:
-                for stmt in step:
-                    conn.execute(stmt)
-            conn.execute(_SQL.update_schema_version, (SCHEMA_VERSION,))
 
 
-class PostgresLog:
+class PostgresLog(SQLStreamLog[_Conn]):
     """One stream's :class:`~rstream.server.storage.base.StreamLog` in a
     :class:`PostgresStorage`. Get it from :meth:`PostgresStorage.log`.
 
     Holds no state of its own: every read asks the database, so it sees the
-    writes of every replica.
+    writes of every replica. Reads and writes of a thread inside
+    :meth:`write_lock` go through its locked transaction.
     """
 
-    __slots__ = ("_local_lock", "_sql", "_storage", "stream_id")
+    __slots__ = ("_local_lock", "_storage")
+
+    _sql = _SQL
 
     def __init__(self, storage: PostgresStorage, stream_id: str) -> None:
+        super().__init__(stream_id)
         self._storage = storage
-        self._sql: Statements = _SQL
-        self.stream_id = stream_id
         self._local_lock = threading.Lock()  # this process's writers queue here first
 
     def __repr__(self) -> str:
@@ -589,15 +506,9 @@ class PostgresLog:
         if getattr(storage._local, "bound", None) is not None:
             raise RuntimeError("write_lock() is not re-entrant (this thread holds one)")
         with self._local_lock, storage._connection() as conn:
-            try:
+            with _rollback_on_error(conn, "cannot lock the stream"):
                 conn.execute(POSTGRES.begin_write)
                 self._lock_stream(conn)
-            except psycopg.OperationalError as exc:
-                _rollback(conn)
-                raise _unavailable(exc, "cannot lock the stream") from exc
-            except BaseException:
-                _rollback(conn)
-                raise
             bound = _Bound(self, conn)
             storage._local.bound = bound
             try:
@@ -608,7 +519,7 @@ class PostgresLog:
                     bound.open = False
                     _rollback(conn)
 
-    def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+    def _read(self, fn: Callable[[_Conn], _T]) -> _T:
         """A read: on the thread's locked transaction when it holds one, else pooled."""
         bound: _Bound | None = getattr(self._storage._local, "bound", None)
         if bound is not None and bound.log.stream_id == self.stream_id and bound.open:
@@ -618,196 +529,42 @@ class PostgresLog:
                 raise _unavailable(exc, "read failed") from exc
         return self._storage._read(fn)
 
-    def _one(self, query: str, params: tuple[Any, ...]) -> Entry | None:
-        row = self._run(lambda conn: conn.execute(query, params).fetchone())
-        return None if row is None else _entry(row)
+    def _write(self, fn: Callable[[_Conn], _T]) -> _T:
+        return self._storage._transaction(self, fn)
 
-    def _all(self, query: str, params: tuple[Any, ...]) -> list[Entry]:
-        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        return [_entry(row) for row in rows]
+    def _changed(self, conn: _Conn, rev: int, nbytes: int) -> None:
+        self._storage._notify(conn, self.stream_id, rev, nbytes)
 
-    # -- Log -----------------------------------------------------------------
-
-    @property
-    def revision(self) -> int:
-        """The revision of the newest change; 0 for an empty log."""
-        row = self._run(
-            lambda conn: conn.execute(self._sql.stream_revision, (self.stream_id,)).fetchone()
-        )
-        if row is None:
-            raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
-        return int(row[0])
-
-    def snapshot_before(self, ts: TimeLike) -> Entry | None:
-        """The last snapshot at or before ``ts``."""
-        return self.snapshot_before_us(to_micros(ts))
-
-    def entry_after(self, ts: TimeLike, kind: EntryKind | None = None) -> Entry | None:
-        """The first entry strictly after ``ts`` (of ``kind``, when given)."""
-        return self.entry_after_us(to_micros(ts), kind)
-
-    def range(self, start: TimeLike, end: TimeLike) -> list[Entry]:
-        """The entries with ``start <= timestamp < end``, in order."""
-        lo, hi = clamp_us(to_micros(start)), clamp_us(to_micros(end))
-        return self._all(self._sql.range, (self.stream_id, lo, hi))
-
-    def last(self) -> Entry | None:
-        """The newest entry."""
-        return self._one(self._sql.last_entry, (self.stream_id,))
-
-    def changes_since(self, rev: int) -> list[Entry]:
-        """Entries written or amended after revision ``rev``, in revision order."""
-        return self._all(self._sql.changes_since, (self.stream_id, max(rev, -1)))
-
-    def append(self, entry: Entry) -> Entry:
-        """Add ``entry`` strictly after the last; returns it with its revision.
-
-        Raises :class:`~rstream.OutOfOrder` (and changes nothing) otherwise.
-        """
-        check_entry_time(entry.micros)
-        text = dump_json(entry.data)
-
-        def append(conn: psycopg.Connection[Any]) -> Entry:
-            rev = self._lock_stream(conn)
-            check_append(self._last_key(conn)[0], entry)
-            return self._insert(conn, rev, [(entry, text)])[0]
-
-        return self._storage._write(self, append)
-
-    def amend(self, entry: Entry) -> Entry:
-        """Replace the last entry, a mutation, by ``entry``, a mutation at the same
-        timestamp; returns it with its new revision.
-
-        Raises :class:`~rstream.OutOfOrder` (and changes nothing) otherwise.
-        """
-        text = dump_json(entry.data)
-
-        def amend(conn: psycopg.Connection[Any]) -> Entry:
-            rev = self._lock_stream(conn) + 1
-            last_us, last_kind = self._last_key(conn)
-            check_amend(last_us, last_kind, entry)
-            conn.execute(self._sql.amend_entry, (text, rev, self.stream_id, entry.micros))
-            conn.execute(self._sql.set_revision, (rev, self.stream_id))
-            self._storage._notify(conn, self.stream_id, rev, len(text) + 64)
-            return Entry.from_micros(entry.micros, EntryKind.MUTATION, copy_json(entry.data), rev)
-
-        return self._storage._write(self, amend)
-
-    # -- StreamLog -------------------------------------------------------------
-
-    def first(self) -> Entry | None:
-        """The oldest entry."""
-        return self._one(self._sql.first_entry, (self.stream_id,))
-
-    def latest_snapshot(self) -> Entry | None:
-        """The newest snapshot: the start of the live window."""
-        return self._one(self._sql.latest_snapshot, (self.stream_id,))
-
-    def snapshot_before_us(self, us: int) -> Entry | None:
-        """The last snapshot at or before ``us`` (epoch micros)."""
-        return self._one(self._sql.snapshot_before, (self.stream_id, clamp_us(us)))
-
-    def snapshot_after_us(self, us: int) -> Entry | None:
-        """The first snapshot strictly after ``us`` (epoch micros)."""
-        return self.entry_after_us(us, EntryKind.SNAPSHOT)
-
-    def entry_after_us(self, us: int, kind: EntryKind | None = None) -> Entry | None:
-        """The first entry strictly after ``us`` (epoch micros), of ``kind`` when given."""
-        if kind is None:
-            return self._one(self._sql.entry_after, (self.stream_id, clamp_us(us)))
-        return self._one(self._sql.entry_after_kind, (self.stream_id, int(kind), clamp_us(us)))
-
-    def iter_range(
-        self, start_us: int | None, end_us: int | None, limit: int | None = None
-    ) -> Generator[Entry, None, None]:
-        """The entries with ``start_us <= micros < end_us`` in order, at most ``limit``.
-
-        Reads pages of rows by key (``ts_us``), each page one short query on a
-        pooled connection, so an iterator holds no connection between pages
-        and an abandoned one holds nothing at all. Entries below ``end_us``
-        written while iterating may be included; entries already passed are
-        never repeated.
-        """
-        lo = MIN_US if start_us is None else clamp_us(start_us)
-        hi = MAX_US if end_us is None else clamp_us(end_us)
-        remaining = None if limit is None else max(limit, 0)
-        return self._pages(lo, hi, remaining)
-
-    def _pages(self, lo: int, hi: int, remaining: int | None) -> Generator[Entry, None, None]:
-        while remaining is None or remaining > 0:
-            size = _RANGE_PAGE if remaining is None else min(_RANGE_PAGE, remaining)
-            page = self._all(self._sql.range_limit, (self.stream_id, lo, hi, size))
-            yield from page
-            if len(page) < size:
-                return
-            lo = page[-1].micros + 1
-            if remaining is not None:
-                remaining -= len(page)
-
-    def count_range(self, start_us: int | None, end_us: int | None) -> int:
-        """How many entries :meth:`iter_range` would yield without a limit."""
-        lo = MIN_US if start_us is None else clamp_us(start_us)
-        hi = MAX_US if end_us is None else clamp_us(end_us)
-        row = self._run(
-            lambda conn: conn.execute(self._sql.count_range, (self.stream_id, lo, hi)).fetchone()
-        )
-        assert row is not None
-        return int(row[0])
-
-    def append_many(self, entries: Sequence[Entry]) -> list[Entry]:
-        """Append ``entries`` in one transaction, each strictly after the previous one.
-
-        All or nothing: on an entry out of order (or whose data is not JSON)
-        nothing is written and the error names the entry's index.
-        """
-        items = []
-        for i, entry in enumerate(entries):
-            where = f"entry {i} of the batch"
-            check_entry_time(entry.micros, where)
-            items.append((entry, dump_json(entry.data, where)))
-        if not items:
-            return []
-
-        def append_many(conn: psycopg.Connection[Any]) -> list[Entry]:
-            rev = self._lock_stream(conn)
-            check_batch_order(self._last_key(conn)[0], entries)
-            return self._insert(conn, rev, items)
-
-        return self._storage._write(self, append_many)
-
-    # -- inside a write transaction ----------------------------------------------
-
-    def _lock_stream(self, conn: psycopg.Connection[Any]) -> int:
-        """The stream's revision, read under its row lock (held until commit)."""
-        row = conn.execute(self._sql.lock_stream, (self.stream_id,)).fetchone()
-        if row is None:
-            raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
-        return int(row[0])
-
-    def _last_key(self, conn: psycopg.Connection[Any]) -> tuple[int | None, EntryKind | None]:
-        row = conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone()
-        return (None, None) if row is None else (int(row[0]), _KINDS[row[1]])
-
-    def _insert(
-        self, conn: psycopg.Connection[Any], rev: int, items: Sequence[tuple[Entry, str]]
-    ) -> list[Entry]:
-        rows = [
-            (self.stream_id, entry.micros, int(entry.kind), text, rev + i)
-            for i, (entry, text) in enumerate(items, 1)
-        ]
+    def _insert_rows(self, conn: _Conn, rows: Sequence[tuple[Any, ...]]) -> None:
         if len(rows) == 1:  # the common case; executemany would set up a pipeline
             conn.execute(self._sql.insert_entry, rows[0])
         else:
             with conn.cursor() as cur:
                 cur.executemany(self._sql.insert_entry, rows)
-        new_rev = rev + len(items)
-        conn.execute(self._sql.set_revision, (new_rev, self.stream_id))
-        nbytes = sum(len(text) + 64 for _, text in items)  # about the encoded events' size
-        self._storage._notify(conn, self.stream_id, new_rev, nbytes)
-        return [
-            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
-            for i, (entry, _) in enumerate(items, 1)
-        ]
+
+    def _iter_rows(self, lo: int, hi: int, limit: int | None) -> Generator[Row, None, None]:
+        """Reads pages of rows by key (``ts_us``), each page one short query on a
+        pooled connection, so an iterator holds no connection between pages
+        and an abandoned one holds nothing at all. Entries below ``hi``
+        written while iterating may be included; entries already passed are
+        never repeated."""
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = _RANGE_PAGE if remaining is None else min(_RANGE_PAGE, remaining)
+            page = self._page(lo, hi, size)
+            yield from page
+            if len(page) < size:
+                return
+            lo = page[-1][0] + 1
+            if remaining is not None:
+                remaining -= len(page)
+
+    def _page(self, lo: int, hi: int, size: int) -> list[Row]:
+        params = (self.stream_id, lo, hi, size)
+        rows: list[Row] = self._read(
+            lambda conn: conn.execute(self._sql.range_limit, params).fetchall()
+        )
+        return rows
 
 
 # -- LISTEN / NOTIFY -----------------------------------------------------------------
