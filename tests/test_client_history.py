@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from rstream.client import Client, RemoteStream, connect
+from rstream.client.windows import WindowState, states_weight
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, OutOfOrder, OutOfRange, StreamNotFound
@@ -204,12 +205,68 @@ def test_second_history_pass_makes_no_request(client: Client, robot: RemoteStrea
     assert counter.urls == []
 
 
-def test_history_states_are_copies_unless_asked(robot: RemoteStream) -> None:
-    for _, state in robot.history(at(10), at(15)):
+def test_second_pass_yields_the_cached_pairs_themselves(
+    client: Client, robot: RemoteStream
+) -> None:
+    first = list(robot.history(at(3.5), at(71)))
+    counter = Counter(client.transport.session)
+    second = list(robot.history(at(3.5), at(71)))
+    assert counter.urls == []
+    assert second == first
+    assert second[0][1] is first[0][1]  # the state at start, stamped start
+    assert all(a is b for a, b in zip(first[1:], second[1:], strict=True))
+
+
+def test_whole_stream_twice_asks_for_its_first_entry_once(
+    client: Client, robot: RemoteStream
+) -> None:
+    first = list(robot.history(None, at(40)))
+    counter = Counter(client.transport.session)
+    assert list(robot.history(None, at(40))) == first
+    assert counter.urls == []
+
+
+def test_history_states_are_shared_by_default(robot: RemoteStream) -> None:
+    one = [state for _, state in robot.history(at(10), at(15))]
+    two = [state for _, state in robot.history(at(10), at(15))]
+    assert one == [expected_state(i) for i in range(10, 15)]
+    assert all(a is b for a, b in zip(one, two, strict=True))
+
+
+def test_history_copy_true_yields_private_states(robot: RemoteStream) -> None:
+    shared = [state for _, state in robot.history(at(10), at(15))]
+    for _, state in robot.history(at(10), at(15), copy=True):
+        assert all(state is not s and state["log"] is not s["log"] for s in shared)
         state["log"].append("mine")
+    assert [s for _, s in robot.history(at(10), at(15))] == [
+        expected_state(i) for i in range(10, 15)
+    ]
     assert robot.state_at(at(14)) == expected_state(14)
-    shared = [s for _, s in robot.history(at(10), at(15), copy=False)]
-    assert shared[-1] == expected_state(14)
+
+
+def test_state_at_copies_the_cached_state(robot: RemoteStream) -> None:
+    cached = dict(robot.history(at(20), at(25)))
+    state = robot.state_at(at(23))
+    assert state == cached[at(23)]
+    assert state is not cached[at(23)]
+    state["log"].append("mine")
+    assert cached[at(23)] == expected_state(23)
+
+
+def test_history_commits_windows_with_their_states(robot: RemoteStream) -> None:
+    list(robot.history(at(0), at(60)))
+    committed = [w for w in robot.windows.windows() if w.state is WindowState.COMMITTED]
+    assert len(committed) == 6
+    for window in committed:
+        assert window.entries is None  # the states replace them
+        assert window.pairs is not None
+        assert window.micros is not None
+        base = (window.micros[0] // 1_000_000) - T0
+        assert window.pairs == [(at(base + i), expected_state(base + i)) for i in range(10)]
+    assert robot.windows.cached_entries == 60
+    assert robot.windows.cached_weight == sum(
+        states_weight(s for _, s in w.pairs or []) for w in committed
+    )
 
 
 def test_a_tiny_cache_still_answers(server_url: str) -> None:
@@ -238,7 +295,10 @@ def test_stopping_early_leaves_nothing_running(client: Client, robot: RemoteStre
         if entry.micros >= at(8).timestamp() * 1_000_000:
             break
     assert robot.state_at(at(8)) == expected_state(8)
-    assert all(t in before or t.name.startswith("rstream-fetch") for t in threading.enumerate())
+    # The server runs in this process: its worker threads may grow too.
+    new = [t.name for t in threading.enumerate() if t not in before]
+    new = [name for name in new if name != "AnyIO worker thread"]
+    assert all(name.startswith("rstream-fetch") for name in new), new
 
 
 # -- writes -------------------------------------------------------------------------------------

@@ -11,18 +11,20 @@ started on the first ``subscribe``/``states``.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import gc
 import itertools
 import json
 import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
 
@@ -30,6 +32,7 @@ from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
     Bounds,
+    Pair,
     Window,
     WindowState,
     WindowStore,
@@ -39,6 +42,7 @@ from rstream.client.windows import (
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation, copy_json
 from rstream.core.timestamps import (
+    EPOCH,
     TimeLike,
     format_rfc3339,
     from_micros,
@@ -60,14 +64,60 @@ if TYPE_CHECKING:
     from rstream.client.queues import StateQueue
     from rstream.client.subscription import Subscription
 
-__all__ = ["RemoteStream", "StreamMetadata", "parse_ndjson"]
+__all__ = ["NDJSONDecoder", "RemoteStream", "StreamMetadata", "parse_ndjson"]
 
 logger = logging.getLogger("rstream.client")
 
 State = dict[str, Any]
 _NDJSON = "application/x-ndjson"
-_CHUNK = 65536
+_CHUNK = 2**20  # bytes read from a page body at a time (each chunk: one json.loads)
 _BATCH_LINES = 512  # lines parsed per json.loads call (see parse_ndjson)
+_EPOCH = EPOCH
+
+_Body: TypeAlias = "tuple[str, list[bytes]]"
+"""A page's body as fetched by a worker: its URL (for errors) and its bytes."""
+
+_gc_lock = threading.Lock()
+_gc_depth = 0  # threads inside _gc_paused()
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a page becomes entries and states.
+
+    A page makes tens of thousands of containers (parsed JSON, entries,
+    states); CPython's collector counts allocations, so it runs many times
+    during a page and promotes the page's short-lived objects to the oldest
+    generation, which then triggers full collections of everything alive,
+    cache included. Measured on 200,000 entries, that was half of the client's
+    CPU time. Paused per page, nothing is promoted needlessly, and no full
+    collection runs (the technique of Mercurial's ``util.nogc``).
+
+    The pause is held only by a thread turning a page into data, never across
+    a ``yield`` to the caller's code or any I/O (tens of milliseconds); the
+    pauses of several threads nest (a process-wide count), and the collector
+    is re-enabled only if it was enabled when the first pause began.
+    Reference counting frees memory as usual meanwhile; only the collection of
+    reference cycles waits for the end of the pause.
+    """
+    global _gc_depth, _gc_was_enabled
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+_Chunk: TypeAlias = "tuple[Sequence[int], Sequence[Pair]]"
+"""Consecutive changes: their timestamps in microseconds and their ``(datetime, state)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,57 +182,231 @@ def parse_ndjson(lines: Iterable[bytes], *, where: str = "response") -> Iterator
     """Entries from NDJSON lines; a malformed line raises :class:`~rstream.ProtocolError`.
 
     Lines are decoded in batches with one :func:`json.loads` of a JSON array
-    (several times faster than a call per line); a batch that fails is parsed
-    again line by line to name the bad line.
+    (faster than a call per line); a batch that fails is parsed again line by
+    line to name the bad line.
     """
     lineno = 0
     batch: list[bytes] = []
     for line in lines:
         lineno += 1
-        if not line.strip():
-            continue
         batch.append(line)
         if len(batch) >= _BATCH_LINES:
-            yield from _parse_batch(batch, lineno - len(batch) + 1, where)
+            yield from _parse_lines(batch, lineno - len(batch) + 1, where)
             batch = []
     if batch:
-        yield from _parse_batch(batch, lineno - len(batch) + 1, where)
+        yield from _parse_lines(batch, lineno - len(batch) + 1, where)
 
 
-def _parse_batch(batch: list[bytes], first_line: int, where: str) -> list[Entry]:
-    # first_line is approximate only when blank lines were skipped; the slow
-    # path below recounts exactly what it reports.
-    try:
-        objs = json.loads(b"[" + b",".join(batch) + b"]")
-        if len(objs) != len(batch):  # a line held two values ("1,2"): find it
-            raise ValueError("line count mismatch")
-    except ValueError:
-        objs = []
-        for i, line in enumerate(batch):
-            try:
-                objs.append(json.loads(line))
-            except ValueError as exc:
-                raise ProtocolError(
-                    f"malformed NDJSON in {where}, line {first_line + i}: {exc}: {line[:120]!r}"
-                ) from None
-    out = []
-    from_json = Entry.from_json
-    for i, obj in enumerate(objs):
+class NDJSONDecoder:
+    """Entries from an NDJSON body that arrives in chunks of bytes cut anywhere.
+
+    ``feed(chunk)`` returns the entries of the lines the chunk completes;
+    ``close()`` those of a last line without a newline. Every complete run of
+    lines is decoded with one :func:`json.loads` (see :func:`parse_ndjson`).
+    """
+
+    __slots__ = ("_lineno", "_pending", "where")
+
+    def __init__(self, where: str = "response") -> None:
+        self.where = where
+        self._pending = b""
+        self._lineno = 0
+
+    def feed(self, chunk: bytes) -> list[Entry]:
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._pending = data
+            return []
+        self._pending = data[cut + 1 :]
+        return self._lines(data[:cut].split(b"\n"))
+
+    def close(self) -> list[Entry]:
+        data, self._pending = self._pending, b""
+        return self._lines([data]) if data else []
+
+    def _lines(self, lines: list[bytes]) -> list[Entry]:
+        first = self._lineno + 1
+        self._lineno += len(lines)
+        return _parse_lines(lines, first, self.where)
+
+
+def _parse_lines(lines: list[bytes], first_line: int, where: str) -> list[Entry]:
+    """The entries of NDJSON ``lines``, the first being line ``first_line`` of ``where``."""
+    objs: list[Any] | None = None
+    if b"" not in lines:
+        # One json.loads over the whole run: about 15% faster than one per line.
+        # A run that does not split back into one value per line (a blank or
+        # broken line, two values on one line) is parsed again line by line.
         try:
-            out.append(from_json(obj, where=f"line {first_line + i}"))
-        except EntryFormatError as exc:
-            raise ProtocolError(f"malformed entry in {where}: {exc}") from None
+            objs = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            objs = None
+        if objs is not None and len(objs) != len(lines):
+            objs = None
+    if objs is not None:
+        return _entries_of(objs, range(first_line, first_line + len(objs)), where)
+    numbers = []
+    objs = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            objs.append(json.loads(line))
+        except ValueError as exc:
+            raise ProtocolError(
+                f"malformed NDJSON in {where}, line {first_line + i}: {exc}: {line[:120]!r}"
+            ) from None
+        numbers.append(first_line + i)
+    return _entries_of(objs, numbers, where)
+
+
+def _decode(body: _Body) -> list[Entry]:
+    url, chunks = body
+    decoder = NDJSONDecoder(where=url)
+    entries: list[Entry] = []
+    for chunk in chunks:
+        entries += decoder.feed(chunk)
+    entries += decoder.close()
+    return entries
+
+
+class _Irregular(Exception):
+    """An entry the fast path of :func:`_entries_of` leaves to :meth:`Entry.from_json`."""
+
+
+def _entries_of(objs: list[Any], lines: Sequence[int], where: str) -> list[Entry]:
+    """Entries from parsed JSON objects; ``lines[i]`` is the line of ``objs[i]``.
+
+    The common form (``"type": 0|1``, a ``"Z"`` timestamp) is read inline, which
+    is several times faster than :meth:`Entry.from_json`; anything else (the
+    ``"snapshot"``/``"mutation"`` spelling, or a malformed entry, which then
+    raises :class:`~rstream.ProtocolError` naming its line) goes through it.
+    """
+    out: list[Entry] = []
+    append = out.append
+    new = Entry.from_micros
+    parse = parse_rfc3339
+    snapshot, mutation = EntryKind.SNAPSHOT, EntryKind.MUTATION
+    count = len(objs)
+    while len(out) < count:
+        done = len(out)
+        try:
+            for obj in objs[done:] if done else objs:
+                kind = obj["type"]
+                data = obj["data"]
+                rev = obj.get("rev")
+                if (
+                    type(data) is not dict
+                    or type(kind) is not int
+                    or not 0 <= kind <= 1
+                    or (rev is not None and (type(rev) is not int or rev < 0))
+                ):
+                    raise _Irregular
+                append(new(parse(obj["timestamp"]), mutation if kind else snapshot, data, rev))
+        except (_Irregular, LookupError, TypeError, AttributeError, InvalidTimestamp):
+            i = len(out)
+            try:
+                append(Entry.from_json(objs[i], where=f"line {lines[i]}"))
+            except EntryFormatError as exc:
+                raise ProtocolError(f"malformed entry in {where}: {exc}") from None
     return out
 
 
-class _Page:
-    """One page of a range: its ``RStream-Next-Start`` arrives before its entries."""
+class _Pages:
+    """The pages of one range, each requested as soon as the page before names it.
 
-    __slots__ = ("entries", "next_start")
+    Workers only fetch: a page is its body, ``(url, chunks of bytes)``. The
+    reading thread parses it (see :func:`_gc_paused` for why there).
 
-    def __init__(self) -> None:
-        self.next_start: Future[int | None] = Future()
-        self.entries: Future[list[Entry]] | None = None
+    A worker that has a page's headers hands its ``RStream-Next-Start`` to
+    :meth:`next_start` *before* reading the body, and the next request leaves
+    at once from that worker: the reader never holds a request back, so the
+    server's work, the network and the parsing overlap. At most ``depth``
+    pages are in flight or waiting to be read (the reader's own included); a
+    next start learned beyond that waits for the reader to move on.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[_Pages, int | None, int | None], _Body],
+        executor: Executor,
+        start: int | None,
+        end: int | None,
+        depth: int,
+    ) -> None:
+        self._fetch = fetch
+        self._executor = executor
+        self._end = end
+        self._depth = max(1, depth)
+        self._lock = threading.Lock()
+        self._queue: deque[Future[_Body]] = deque()
+        self._in_flight = 0  # submitted and not yet fully read
+        self._deferred: int | None = None
+        self._error: BaseException | None = None
+        self.stopped = False
+        """Set when the reader stops; a worker reading a body then gives up."""
+        with self._lock:
+            self._submit(start)
+        if self._error is not None:
+            raise self._error
+
+    def next_start(self, start: int | None) -> None:
+        """A worker's page names the next one (None: it was the last)."""
+        if start is None or (self._end is not None and start >= self._end):
+            return
+        with self._lock:
+            if self.stopped:
+                return
+            if self._in_flight < self._depth:
+                self._submit(start)
+            else:
+                self._deferred = start
+
+    def __iter__(self) -> Iterator[_Body]:
+        """The pages' bodies, in order; stopping early cancels what is not started."""
+        reading = False
+        try:
+            while True:
+                with self._lock:
+                    if reading:
+                        self._in_flight -= 1
+                    if self._deferred is not None and self._in_flight < self._depth:
+                        start, self._deferred = self._deferred, None
+                        self._submit(start)
+                    if not self._queue:
+                        if self._error is not None:
+                            raise self._error
+                        return
+                    future = self._queue.popleft()
+                reading = True
+                # A page's worker calls next_start() before its result is set,
+                # so once it is read the queue already holds what follows.
+                yield future.result()
+        except CancelledError:  # the pool was shut down before the page started
+            raise ClientClosed("the client is closed; create a new rstream.Client") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Request nothing more; cancel the pages not started yet."""
+        with self._lock:
+            self.stopped = True
+            self._deferred = None
+            queued = list(self._queue)
+            self._queue.clear()
+        for future in queued:
+            future.cancel()
+
+    def _submit(self, start: int | None) -> None:
+        # The lock is held.
+        try:
+            future = self._executor.submit(self._fetch, self, start, self._end)
+        except RuntimeError:  # the pool was shut down: the client is closing
+            self._error = ClientClosed("the client is closed; create a new rstream.Client")
+            return
+        self._queue.append(future)
+        self._in_flight += 1
 
 
 class RemoteStream:
@@ -219,6 +443,7 @@ class RemoteStream:
         self._lock = threading.Lock()
         self._closed = False
         self._tail: LiveTail | None = None
+        self._first: int | None = None  # the first entry's time, once known
         self._responses: set[requests.Response] = set()  # open page bodies, for close()
         self.windows = WindowStore(
             self._fetch_bounds, self._fetch_window_entries, max_cached_entries=max_cached_entries
@@ -237,8 +462,14 @@ class RemoteStream:
         self._check_open()
         try:
             window = self.windows.get(at)
-            entries, micros = self._window_entries(window, at)
-            _, state = state_in(entries, micros, at)
+            if window.state is WindowState.COMMITTED:
+                # Replayed once, then every later time in the window is a bisect.
+                pairs = self.windows.states(window)
+                assert window.micros is not None
+                state = pairs[bisect.bisect_right(window.micros, at) - 1][1]
+            else:
+                entries, micros = self._live_entries(window, at)
+                _, state = state_in(entries, micros, at)
         except OutOfRange as exc:
             raise OutOfRange(
                 f"stream {self.id!r} has no state at {format_rfc3339(at)}: it is before the "
@@ -276,7 +507,7 @@ class RemoteStream:
         end: TimeLike | None = None,
         *,
         step: timedelta | None = None,
-        copy: bool = True,
+        copy: bool = False,
     ) -> Iterator[tuple[datetime, State]]:
         """Every change in ``[start, end)`` as ``(timestamp, state)``, in order.
 
@@ -289,8 +520,13 @@ class RemoteStream:
         before ``end`` (with ``end=None``: up to the newest entry), skipping
         times before the first snapshot.
 
-        ``copy=False`` yields states that share structure with each other and
-        with the cache: faster, but they must not be modified.
+        **The states are read-only.** They are the cache's own objects, shared
+        with every other reader and with each other (a state shares its
+        unchanged parts with the one before it): modifying one corrupts every
+        later ``history``/``state_at`` answer. To change a state, copy it first
+        (``rstream.core.mutation.copy_json(state)``), or pass ``copy=True`` to
+        get private copies (several times slower). ``state_at`` and the
+        subscribers of the live tail always get private copies.
         """
         if step is not None and step <= timedelta(0):
             raise ValueError(f"step must be positive, not {step}")
@@ -302,11 +538,23 @@ class RemoteStream:
     def _history(
         self, start: int | None, end: int | None, step: timedelta | None, copy: bool
     ) -> Iterator[tuple[datetime, State]]:
-        changes = self._changes(start, end)
-        if step is not None:
-            changes = _sample(changes, start, end, _micros_of(step))
-        for micros, state in changes:
-            yield from_micros(micros), (copy_json(state) if copy else state)
+        chunks = self._changes(start, end)
+        pairs: Iterator[tuple[datetime, State]]
+        if step is None:
+            # The pairs are the cache's own (or were built once while
+            # fetching): chaining their lists runs no Python code per pair.
+            pairs = itertools.chain.from_iterable(chunk for _, chunk in chunks)
+        else:
+            changes = (
+                (micros, pair[1])
+                for times, chunk in chunks
+                for micros, pair in zip(times, chunk, strict=True)
+            )
+            sampled = _sample(changes, start, end, _micros_of(step))
+            pairs = ((from_micros(micros), state) for micros, state in sampled)
+        if copy:
+            return ((ts, copy_json(state)) for ts, state in pairs)
+        return pairs
 
     def entries(
         self, start: TimeLike | None = None, end: TimeLike | None = None
@@ -486,10 +734,13 @@ class RemoteStream:
         return Bounds(start, end, revision)
 
     def _fetch_window_entries(self, start: int, end: int) -> list[Entry]:
-        return list(self._iter_range(start, end))
+        entries: list[Entry] = []
+        for page in self._pages(start, end):
+            entries += page
+        return entries
 
-    def _fetch_page(self, page: _Page, start: int | None, end: int | None) -> list[Entry]:
-        """One page: resolve ``page.next_start`` from the headers, then parse the body."""
+    def _fetch_page(self, pages: _Pages, start: int | None, end: int | None) -> _Body:
+        """One page (on a worker): pass its next start to ``pages``, then read the body."""
         params: dict[str, str] = {}
         if start is not None:
             params["start"] = format_rfc3339(start)
@@ -497,19 +748,15 @@ class RemoteStream:
             params["end"] = format_rfc3339(end)
         if self._page_size is not None:
             params["limit"] = str(self._page_size)
-        try:
-            self._check_open()
-            response = self._transport.request(
-                "GET",
-                self._path + "/entries",
-                params=params,
-                headers={"Accept": _NDJSON},
-                stream=True,
-                stream_id=self.id,
-            )
-        except BaseException as exc:
-            page.next_start.set_exception(exc)
-            raise
+        self._check_open()
+        response = self._transport.request(
+            "GET",
+            self._path + "/entries",
+            params=params,
+            headers={"Accept": _NDJSON},
+            stream=True,
+            stream_id=self.id,
+        )
         with self._lock:
             self._responses.add(response)
         try:
@@ -517,80 +764,49 @@ class RemoteStream:
             try:
                 next_start = None if not raw else parse_rfc3339(raw)
             except InvalidTimestamp as exc:
-                error = ProtocolError(f"malformed RStream-Next-Start header {raw!r}: {exc}")
-                page.next_start.set_exception(error)
-                raise error from None
+                raise ProtocolError(f"malformed RStream-Next-Start header {raw!r}: {exc}") from None
             if next_start is not None and start is not None and next_start <= start:
-                error = ProtocolError(f"RStream-Next-Start {raw!r} does not move forward")
-                page.next_start.set_exception(error)
-                raise error
-            page.next_start.set_result(next_start)
+                raise ProtocolError(f"RStream-Next-Start {raw!r} does not move forward")
+            pages.next_start(next_start)
+            chunks: list[bytes] = []
             try:
-                return list(
-                    parse_ndjson(response.iter_lines(chunk_size=_CHUNK), where=response.url)
-                )
+                for chunk in response.iter_content(chunk_size=_CHUNK):
+                    if pages.stopped:
+                        return response.url, []  # nobody will read this page
+                    chunks.append(chunk)
             except (requests.RequestException, OSError, AttributeError, ValueError) as exc:
-                if isinstance(exc, ProtocolError):
-                    raise
                 self._check_open()  # an aborted read after close() is not news
                 raise TransportError(
                     f"reading entries of {self.id!r} from {response.url} failed: {exc}"
                 ) from exc
+            return response.url, chunks
         finally:
             with self._lock:
                 self._responses.discard(response)
             response.close()
 
-    def _submit_page(self, start: int | None, end: int | None) -> _Page:
-        page = _Page()
+    def _bodies(self, start: int | None, end: int | None) -> Iterator[_Body]:
+        """The pages of ``[start, end)``, fetched ahead on the pool (see :class:`_Pages`)."""
         try:
-            page.entries = self._executor.submit(self._fetch_page, page, start, end)
-        except RuntimeError:  # the pool was shut down
+            pages = _Pages(self._fetch_page, self._executor, start, end, self._prefetch)
+        except ClientClosed:
+            raise ClientClosed(f"stream {self.id!r} is closed") from None
+        try:
+            yield from pages
+        except ClientClosed:
             raise ClientClosed(f"stream {self.id!r} is closed") from None
 
-        def cancelled(future: Future[list[Entry]]) -> None:
-            # Cancelled by the pool's shutdown before it ran: nobody else will
-            # ever resolve the page's next start.
-            if future.cancelled() and not page.next_start.done():
-                page.next_start.set_exception(ClientClosed(f"stream {self.id!r} is closed"))
-
-        page.entries.add_done_callback(cancelled)
-        return page
+    def _pages(self, start: int | None, end: int | None) -> Iterator[list[Entry]]:
+        """The entries of ``[start, end)``, a page at a time."""
+        for body in self._bodies(start, end):
+            with _gc_paused():
+                page = _decode(body)
+            yield page
 
     def _iter_range(self, start: int | None, end: int | None) -> Iterator[Entry]:
-        """The entries of ``[start, end)``, page by page, up to ``prefetch`` pages ahead.
-
-        A page's next start is in its headers, so the next request leaves as
-        soon as they arrive, while this thread still parses or yields the
-        current page: server time, network and parsing overlap.
-        """
-        try:
-            yield from self._iter_pages(start, end)
-        except CancelledError:
-            raise ClientClosed(f"stream {self.id!r} is closed") from None
-
-    def _iter_pages(self, start: int | None, end: int | None) -> Iterator[Entry]:
-        pages: deque[_Page] = deque([self._submit_page(start, end)])
-        try:
-            while pages:
-                last = pages[-1]
-                while len(pages) < self._prefetch:
-                    next_start = last.next_start.result()
-                    if next_start is None or (end is not None and next_start >= end):
-                        break
-                    last = self._submit_page(next_start, end)
-                    pages.append(last)
-                page = pages.popleft()
-                assert page.entries is not None
-                yield from page.entries.result()
-                if not pages:
-                    next_start = page.next_start.result()
-                    if next_start is not None and (end is None or next_start < end):
-                        pages.append(self._submit_page(next_start, end))
-        finally:
-            for page in pages:  # the caller stopped early: do not fetch what nobody reads
-                if page.entries is not None:
-                    page.entries.cancel()
+        """The entries of ``[start, end)``, pages fetched up to ``prefetch`` ahead."""
+        for page in self._pages(start, end):
+            yield from page
 
     def _fetch_from(self, start: int) -> list[list[Entry]]:
         """Entries from ``start`` to the newest, cut into windows; commits complete ones."""
@@ -605,12 +821,8 @@ class RemoteStream:
         self.windows.observe_live(runs[-1][0].micros)
         return runs
 
-    def _window_entries(self, window: Window, at: int) -> tuple[list[Entry], list[int]]:
-        """The entries of ``window`` (COMMITTED or LIVE) to compute the state at ``at``."""
-        if window.state is WindowState.COMMITTED:
-            assert window.entries is not None
-            assert window.micros is not None
-            return window.entries, window.micros
+    def _live_entries(self, window: Window, at: int) -> tuple[list[Entry], list[int]]:
+        """The entries of the LIVE ``window`` to compute the state at ``at``."""
         tail = self._tail
         if tail is not None:
             live = tail.live_window()
@@ -623,34 +835,61 @@ class RemoteStream:
 
     # -- history -----------------------------------------------------------------------
 
-    def _changes(self, start: int | None, end: int | None) -> Iterator[tuple[int, State]]:
-        """``(micros, state)`` per change in ``[start, end)``, led by the state at ``start``."""
-        if start is None:
+    def _first_micros(self) -> int | None:
+        """The stream's first timestamp (asked once: entries are never removed)."""
+        if self._first is None:
             first = self.info().first
-            if first is None:
+            if first is not None:
+                self._first = to_micros(first)
+        return self._first
+
+    def _changes(self, start: int | None, end: int | None) -> Iterator[_Chunk]:
+        """The changes in ``[start, end)``, led by the state at ``start``, in chunks.
+
+        A chunk is ``(micros, pairs)``: the entries' timestamps and their
+        ``(datetime, state)``. Cached windows are passed as they are (sliced at
+        the ends of the range), so a pass over the cache costs a few
+        operations per window, not per entry.
+        """
+        if start is None:
+            start = self._first_micros()
+            if start is None:
                 return
-            start = to_micros(first)
         if end is not None and end <= start:
             return
         before: State | None = None  # the state in effect just before the next change
         started = False
-        for entry_micros, state in self._walk(start, end):
-            if entry_micros < start:
-                before = state
+        for micros, pairs in self._walk(start, end):
+            if not micros:
                 continue
+            lo = 0
             if not started:
+                lo = bisect.bisect_left(micros, start)
+                if lo:
+                    before = pairs[lo - 1][1]
+                if lo == len(micros):
+                    continue
                 started = True
-                if entry_micros > start and before is not None:
-                    yield start, before
-            yield entry_micros, state
+                if micros[lo] > start and before is not None:
+                    yield [start], [(from_micros(start), before)]
+            hi = len(micros)
+            if end is not None and micros[-1] >= end:
+                hi = bisect.bisect_left(micros, end, lo)
+            if lo == 0 and hi == len(micros):
+                yield micros, pairs
+            elif lo < hi:
+                yield micros[lo:hi], pairs[lo:hi]
+            if hi < len(micros):
+                return  # reached end
         if not started and before is not None:
-            yield start, before
+            yield [start], [(from_micros(start), before)]
 
-    def _walk(self, start: int, end: int | None) -> Iterator[tuple[int, State]]:
-        """``(micros, state)`` for every entry from the window around ``start`` to ``end``.
+    def _walk(self, start: int, end: int | None) -> Iterator[_Chunk]:
+        """Chunks from the window around ``start`` to ``end`` (see :meth:`_changes`).
 
-        Cached windows are replayed; the gaps between them are fetched as ranges
-        and every complete window seen is committed. The first and the last
+        Cached windows are passed whole (their states computed once, then
+        kept); the gaps between them are fetched as ranges and every complete
+        window seen is committed with its states. The first and the last
         window are asked for through the store, so they are complete too and a
         second pass over the same range makes no request at all.
         """
@@ -671,11 +910,10 @@ class RemoteStream:
         if end is not None and last is None and first is not None:
             stop = first.end
         while stop is None or pos < stop:
-            window = store.covering(pos)
-            if window is not None and window.state is WindowState.COMMITTED:
-                window = store.get(pos)  # counts the hit and refreshes the LRU
-                assert window.entries is not None
-                yield from _replay(window.entries, end)
+            window = store.cached(pos)
+            if window is not None:
+                assert window.micros is not None
+                yield window.micros, store.states(window)
                 if window.end is None or (end is not None and window.end >= end):
                     return
                 pos = window.end
@@ -690,46 +928,51 @@ class RemoteStream:
 
     def _walk_range(
         self, start: int, upto: int | None, end: int | None
-    ) -> Generator[tuple[int, State], None, bool]:
-        """Fetch ``[start, upto)``, yield its states, commit its complete windows.
+    ) -> Generator[_Chunk, None, bool]:
+        """Fetch ``[start, upto)``, yield a chunk per page, commit its complete windows.
 
         ``upto`` is a window boundary (or None: to the newest entry, whose last
         window is live and is not committed). Returns True when ``end`` was passed.
         """
-        run: list[Entry] = []
+        commit = self.windows.commit
+        snapshot = EntryKind.SNAPSHOT
+        run: list[Entry] = []  # the window being read: its entries and their pairs
+        run_pairs: list[Pair] = []
         state: State | None = None
-        for entry in self._iter_range(start, upto):
-            if entry.kind is EntryKind.SNAPSHOT:
-                if run and run[0].is_snapshot:
-                    self.windows.commit(run, entry.micros)
-                run = []
-                state = entry.data
-            elif state is None:
-                continue  # a mutation before any snapshot: no state yet
-            else:
-                state = apply_mutation(state, entry.data)
-            run.append(entry)
-            if end is not None and entry.micros >= end:
+        for body in self._bodies(start, upto):
+            times: list[int] = []
+            pairs: list[Pair] = []
+            passed = False
+            with _gc_paused():  # never across the yield below
+                for entry in _decode(body):
+                    micros = entry.micros
+                    if entry.kind is snapshot:
+                        if run:
+                            commit(run, micros, run_pairs)
+                        run, run_pairs = [], []
+                        state = entry.data
+                    elif state is None:
+                        continue  # a mutation before any snapshot: no state yet
+                    else:
+                        state = apply_mutation(state, entry.data)
+                    if end is not None and micros >= end:
+                        passed = True
+                        break
+                    pair = (_EPOCH + timedelta(0, 0, micros), state)
+                    run.append(entry)
+                    run_pairs.append(pair)
+                    times.append(micros)
+                    pairs.append(pair)
+            if times:
+                yield times, pairs
+            if passed:
                 return True
-            yield entry.micros, state
-        if run and run[0].is_snapshot:
+        if run:
             if upto is not None:
-                self.windows.commit(run, upto)
+                commit(run, upto, run_pairs)
             else:
                 self.windows.observe_live(run[0].micros)
         return False
-
-
-def _replay(entries: list[Entry], end: int | None) -> Iterator[tuple[int, State]]:
-    state = entries[0].data
-    if end is not None and entries[0].micros >= end:
-        return
-    yield entries[0].micros, state
-    for entry in entries[1:]:
-        if end is not None and entry.micros >= end:
-            return
-        state = apply_mutation(state, entry.data)
-        yield entry.micros, state
 
 
 def _sample(

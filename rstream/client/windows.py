@@ -6,6 +6,14 @@ store keeps them sorted by start (bisect on epoch microseconds), shares one fetc
 between concurrent requests for the same window, and evicts the least recently
 used complete windows past a budget of entries.
 
+A committed window also caches its *states*: the ``(datetime, state)`` pair
+of every entry, computed once (by the history pass that fetched it, or lazily
+by :meth:`WindowStore.states`), so a second pass over the window does no work
+per entry. The pairs then replace the entries, which they make redundant:
+consecutive states share structure (``apply_mutation`` copies only the changed
+path), so a window's states take about the memory of its entries, and the
+budget weighs them (:func:`states_weight`).
+
 A window moves through the states of :class:`WindowState`; the allowed moves
 are the :data:`TRANSITIONS` table, and every move goes through
 :meth:`WindowStore._transition`, which checks it::
@@ -30,11 +38,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
-from rstream.core.timestamps import format_rfc3339
+from rstream.core.timestamps import EPOCH, format_rfc3339
 from rstream.errors import ClientClosed, OutOfRange, ProtocolError
 
 __all__ = [
@@ -44,11 +53,15 @@ __all__ = [
     "Window",
     "WindowState",
     "WindowStore",
+    "replay",
     "split_windows",
     "state_in",
+    "states_weight",
 ]
 
 State = dict[str, Any]
+Pair: TypeAlias = "tuple[datetime, State]"
+"""An entry's timestamp and the state after it, as ``history`` yields them."""
 
 DEFAULT_MAX_CACHED_ENTRIES = 1_000_000
 
@@ -102,10 +115,15 @@ class Window:
     """One window: its bounds, state and (once COMMITTED) entries.
 
     ``start``/``end`` are epoch microseconds (``end`` None while unknown or
-    live). ``entries`` is set only when COMMITTED; ``micros`` holds their
-    timestamps for bisecting. ``end_known`` is False for a window committed by
-    the live tail before the next snapshot's time was known: its end is then
-    provisional (just after its last entry) until the server confirms it.
+    live). Once COMMITTED, ``micros`` holds the entries' timestamps (for
+    bisecting) and either ``entries`` is set or, once the states are computed,
+    ``pairs`` is (and ``entries`` is dropped): the ``(datetime, state)`` of
+    each entry, shared with every reader and never to be modified. Read
+    ``pairs`` before ``entries``: ``pairs`` is set
+    before ``entries`` is dropped, and never unset. ``end_known`` is False for a window
+    committed by the live tail before the next snapshot's time was known: its
+    end is then provisional (just after its last entry) until the server
+    confirms it.
     """
 
     __slots__ = (
@@ -117,9 +135,11 @@ class Window:
         "entries",
         "error",
         "micros",
+        "pairs",
         "revision",
         "start",
         "state",
+        "states_weight",
     )
 
     def __init__(self, state: WindowState, *, asked_at: int | None = None) -> None:
@@ -133,9 +153,13 @@ class Window:
         self.revision: int | None = None
         self.entries: list[Entry] | None = None
         self.micros: list[int] | None = None
+        self.pairs: list[Pair] | None = None
+        self.states_weight = 0
         self.error: BaseException | None = None
         self._bounds_future: Future[Window] = Future()
-        self._done_future: Future[list[Entry]] = Future()
+        # Resolved (to None: the window holds the entries, and may drop them
+        # for its states) when the entries are in, or failed with the error.
+        self._done_future: Future[None] = Future()
 
     def covers(self, at: int) -> bool:
         """Whether ``at`` falls in the window (a live window covers all times after its start)."""
@@ -145,7 +169,13 @@ class Window:
 
     @property
     def size(self) -> int:
-        return len(self.entries) if self.entries is not None else 0
+        """The number of entries (0 until COMMITTED)."""
+        return len(self.micros) if self.micros is not None else 0
+
+    @property
+    def weight(self) -> int:
+        """What the window costs in the store's budget: its entries, or its states."""
+        return self.states_weight if self.pairs is not None else self.size
 
     def __repr__(self) -> str:
         start = "?" if self.start is None else format_rfc3339(self.start)
@@ -159,8 +189,10 @@ class WindowStore:
     ``fetch_bounds(at)`` returns the :class:`Bounds` of the window around ``at``
     (raising :class:`~rstream.OutOfRange` before the first snapshot);
     ``fetch_entries(start, end)`` returns the entries of ``[start, end)``.
-    At most ``max_cached_entries`` entries of committed windows are kept.
-    Thread-safe; the fetch functions are called without the lock held.
+    Committed windows are kept while their :attr:`Window.weight` adds up to at
+    most ``max_cached_entries``: one per entry or, once a window's states are
+    computed, :func:`states_weight` of them. Thread-safe; the fetch functions
+    are called without the lock held.
     """
 
     def __init__(
@@ -181,6 +213,7 @@ class WindowStore:
         self._pending: Window | None = None
         self._lru: OrderedDict[int, Window] = OrderedDict()  # committed, by start
         self._cached_entries = 0
+        self._cached_weight = 0
         self._closed = False
         self.stats = StoreStats()
 
@@ -227,6 +260,17 @@ class WindowStore:
                     raise
             # Loop: re-check coverage with what is now known.
 
+    def cached(self, at: int) -> Window | None:
+        """The COMMITTED window covering ``at`` (a hit, as for :meth:`get`), or None."""
+        with self._lock:
+            self._check_open()
+            window = self._covering(at)
+            if window is None or window.state is not WindowState.COMMITTED:
+                return None
+            self._touch(window)
+            self.stats.hits += 1
+            return window
+
     def covering(self, at: int) -> Window | None:
         """The known window covering ``at`` (any state but PENDING), without fetching."""
         with self._lock:
@@ -252,22 +296,66 @@ class WindowStore:
         return self._cached_entries
 
     @property
+    def cached_weight(self) -> int:
+        """The weight of the committed windows, held under ``max_cached_entries``."""
+        return self._cached_weight
+
+    def states(self, window: Window) -> list[Pair]:
+        """The ``(datetime, state)`` of every entry of a COMMITTED ``window``.
+
+        Computed once (outside the lock), then kept with the window in place of
+        its entries. The states are shared: never modify them.
+        """
+        pairs = window.pairs
+        if pairs is not None:
+            return pairs
+        entries = window.entries
+        if entries is None:
+            if window.pairs is not None:  # computed meanwhile
+                return window.pairs
+            raise ValueError(f"{window!r} has no entries to compute states from")
+        pairs = replay(entries)
+        weight = states_weight(state for _, state in pairs)
+        with self._lock:
+            if window.pairs is not None:  # another thread was first: keep one copy
+                return window.pairs
+            cached = window.start is not None and self._lru.get(window.start) is window
+            before = window.weight
+            window.pairs, window.states_weight = pairs, weight
+            window.entries = None
+            if cached:
+                self._cached_weight += window.weight - before
+                self._evict()
+        return pairs
+
+    @property
     def pending(self) -> Window | None:
         """The window whose bounds are being asked for, if any."""
         return self._pending
 
     # -- learning windows from elsewhere ----------------------------------------------
 
-    def commit(self, entries: Sequence[Entry], end: int | None) -> Window:
+    def commit(
+        self,
+        entries: Sequence[Entry],
+        end: int | None,
+        pairs: Sequence[Pair] | None = None,
+    ) -> Window:
         """Record a complete window learned elsewhere (a history pass, the live tail).
 
         ``entries`` run from the window's snapshot up to ``end``, the next
         snapshot's time; ``end=None`` means "not known yet": the window then ends
         provisionally just after its last entry until the server confirms it.
-        A window already committed is kept as is (and returned).
+        ``pairs``, when the caller computed them, are what :func:`replay`
+        returns for ``entries``; the window then keeps them in place of the
+        entries. A window already committed is kept as is (and returned).
         """
         entries = list(entries)
         _check_window_entries(entries, entries[0].micros if entries else 0, end)
+        if pairs is not None:
+            pairs = list(pairs)
+            if len(pairs) != len(entries):
+                raise ValueError(f"{len(pairs)} states for {len(entries)} entries")
         start = entries[0].micros
         with self._lock:
             self._check_open()
@@ -287,8 +375,8 @@ class WindowStore:
                 self._insert(window)
             window.end = end if end is not None else entries[-1].micros + 1
             window.end_known = end is not None
-            self._commit(window, entries)
-        window._done_future.set_result(entries)
+            self._commit(window, entries, pairs)
+        window._done_future.set_result(None)
         return window
 
     def commit_live_window(self, entries: list[Entry]) -> None:
@@ -324,6 +412,7 @@ class WindowStore:
             self._starts.clear()
             self._lru.clear()
             self._cached_entries = 0
+            self._cached_weight = 0
             self._pending = None
         closed = ClientClosed("the client is closed; create a new rstream.Client")
         for window in waiting:
@@ -371,6 +460,7 @@ class WindowStore:
         self._unlink(window)
         if self._lru.pop(window.start, None) is not None:
             self._cached_entries -= window.size
+            self._cached_weight -= window.weight
 
     def _unlink(self, window: Window) -> None:
         assert window.start is not None
@@ -392,20 +482,28 @@ class WindowStore:
         assert window.start is not None
         self._lru.move_to_end(window.start)
 
-    def _commit(self, window: Window, entries: list[Entry]) -> None:
+    def _commit(
+        self, window: Window, entries: list[Entry], pairs: list[Pair] | None = None
+    ) -> None:
         assert window.start is not None
         self._transition(window, WindowState.COMMITTED)
-        window.entries = entries
         window.micros = [e.micros for e in entries]
+        if pairs is None:
+            window.entries = entries
+        else:
+            window.pairs = pairs
+            window.states_weight = states_weight(state for _, state in pairs)
         self._lru[window.start] = window
         self._cached_entries += len(entries)
+        self._cached_weight += window.weight
         self._evict()
 
     def _evict(self) -> None:
         # Only committed windows are in the LRU, so the live one is never evicted.
-        while self._cached_entries > self.max_cached_entries and self._lru:
+        while self._cached_weight > self.max_cached_entries and self._lru:
             _, window = self._lru.popitem(last=False)
             self._cached_entries -= window.size
+            self._cached_weight -= window.weight
             self._unlink(window)
             self.stats.evictions += 1
 
@@ -475,7 +573,7 @@ class WindowStore:
             self.stats.entries_fetches += 1
             if window.state is WindowState.PULLING and not self._closed:
                 self._commit(window, entries)
-        _resolve(window._done_future, entries)
+        _resolve(window._done_future, None)
 
 
 def _resolve(future: Future[Any], value: Any) -> None:
@@ -540,6 +638,43 @@ def state_in(entries: Sequence[Entry], micros: Sequence[int], at: int) -> tuple[
     for i in range(1, index + 1):
         state = apply_mutation(state, entries[i].data)
     return index, state
+
+
+def replay(entries: Sequence[Entry]) -> list[Pair]:
+    """The ``(datetime, state)`` of every entry of a window (snapshot first).
+
+    The states share structure with each other and with the entries
+    (``apply_mutation`` copies only what changed): treat them as read-only.
+    """
+    state = entries[0].data
+    pairs: list[Pair] = [(EPOCH + timedelta(0, 0, entries[0].micros), state)]
+    append = pairs.append
+    for entry in entries[1:]:
+        state = apply_mutation(state, entry.data)
+        append((EPOCH + timedelta(0, 0, entry.micros), state))
+    return pairs
+
+
+STATE_FIELDS_PER_ENTRY = 16
+"""How many top-level fields of a state cost about as much memory as one entry."""
+
+
+def states_weight(states: Iterable[State]) -> int:
+    """What a window's computed states weigh in the budget (they replace its entries).
+
+    Each state is a new top-level object (the path copy of ``apply_mutation``)
+    and a datetime; its other parts are shared with the state before it or with
+    the entry's mutation. Measured, that is about as much memory as an entry,
+    so a state weighs one entry, plus one per :data:`STATE_FIELDS_PER_ENTRY`
+    top-level fields: a state of 300 fields copies a dict of 300 slots, however
+    small the mutation that made it.
+    """
+    count = 0
+    fields = 0
+    for state in states:
+        count += 1
+        fields += len(state)
+    return count + fields // STATE_FIELDS_PER_ENTRY
 
 
 def split_windows(entries: Iterable[Entry]) -> Iterable[list[Entry]]:
