@@ -12,10 +12,14 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339
 from rstream.server import Limits
+from rstream.server.live import encode_entry, encode_row
 from rstream.server.storage import MemoryStorage, Storage, open_storage
+from rstream.server.storage.base import MAX_US, MIN_US, dump_json
 from tests.serverutil import running_server
+from tests.test_storage import TRICKY
 
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
 
@@ -242,6 +246,44 @@ def test_page_byte_budget_ends_a_page_early(storage: Storage, http: requests.Ses
         page = ndjson(r)
         assert 1 <= len(page) < 10
         assert r.headers["RStream-Next-Start"] == iso(T0 + len(page))
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [MIN_US, MAX_US - 1, -1_500_000, -1, 0, 1, T0 * 10**6, T0 * 10**6 + 100_000,
+     T0 * 10**6 + 123_450, T0 * 10**6 + 999_999, T0 * 10**6 + 1_000_001],
+)  # fmt: skip
+def test_encode_row_splices_the_bytes_encode_entry_makes(micros: int) -> None:
+    for kind in EntryKind:
+        for rev, data in enumerate(TRICKY, 1):
+            entry = Entry.from_micros(micros, kind, data, rev)
+            line = encode_row(micros, int(kind), dump_json(data), rev)
+            assert line == encode_entry(entry)
+            assert json.loads(line) == entry.to_json(with_rev=True)
+            if "lone_surrogate" not in data:
+                # encode_entry as it was before lone surrogates had a form of their own.
+                old = json.dumps(entry.to_json(with_rev=True), ensure_ascii=False,
+                                 separators=(",", ":")).encode("utf-8")  # fmt: skip
+                assert line == old
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_entries_page_is_every_entry_encoded(
+    backend: str, tmp_path: Path, http: requests.Session
+) -> None:
+    db = "memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'page.db'}"
+    with open_storage(db) as storage, running_server(storage) as url:
+        entries = [snap(T0 + i, **data) for i, data in enumerate(TRICKY)]
+        assert http.post(f"{url}/v1/streams/t/entries", json=entries).status_code == 201
+        state = {"lone_surrogate": "\udc00", "text": "ü"}
+        r = http.post(f"{url}/v1/streams/t/state", json={"state": state})
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"]["data"] == state
+        body = http.get(f"{url}/v1/streams/t/entries").content
+        stored = list(storage.log("t").iter_range(None, None))
+    assert len(stored) == len(TRICKY) + 1
+    assert body == b"".join(encode_entry(entry) + b"\n" for entry in stored)
+    assert [json.loads(line)["data"] for line in body.splitlines()] == [*TRICKY, state]
 
 
 def test_immutable_ranges_have_an_etag(url: str, http: requests.Session) -> None:

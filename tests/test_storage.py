@@ -192,6 +192,34 @@ def test_iter_range_bounds_limit_and_count(log: StreamLog) -> None:
     assert [e.rev for e in log.iter_range(None, None)] == [1, 2, 3, 4, 5]
 
 
+#: Data whose JSON text is easy to get wrong: what iter_range_raw must hand out
+#: exactly as dump_json wrote it.
+TRICKY: list[dict[str, Any]] = [
+    {},
+    {"": {}, "empty": [], "nested": {"": ""}},
+    {"text": "héllo wörld ☃ 日本語 🤖", "ключ": "значение"},
+    {"escapes": 'quote " backslash \\ slash / \n\r\t\b\f \u0000 \u001f \u007f \u2028\u2029'},
+    {"lone_surrogate": "\ud800x", "low": "\udfff", "pair": "\U0001f916"},
+    {"numbers": [0, -0.0, 0.1 + 0.2, 1e308, 5e-324, -(2**63), 2**100, True, False, None]},
+    {"order": {"z": 1, "a": 2, "m": {"y": [], "b": {}}}},
+]
+
+
+def test_iter_range_raw_yields_the_stored_json_text(log: StreamLog) -> None:
+    stored = log.append_many([snap(T0 + i * S, data) for i, data in enumerate(TRICKY)])
+    rows = list(log.iter_range_raw(None, None))
+    assert rows == [(e.micros, int(e.kind), dump_json(e.data), e.rev) for e in stored]
+    assert [load_json(data) for _, _, data, _ in rows] == TRICKY
+    assert list(log.iter_range_raw(T0 + S, T0 + 4 * S, 2)) == rows[1:3]
+    assert list(log.iter_range_raw(T0 + S, T0 + 4 * S, 0)) == []
+    assert list(log.iter_range_raw(T0 + 3 * S, None)) == rows[3:]
+    assert list(log.iter_range_raw(None, T0)) == []
+    for _ in range(20):  # closed early, more times than a pool holds
+        with closing(log.iter_range_raw(None, None)) as raw:
+            assert next(raw) == rows[0]
+    assert log.count_range(None, None) == len(TRICKY)
+
+
 def test_iter_range_closed_early_releases_what_it_holds(storage: Storage, log: StreamLog) -> None:
     fill(log)
     for _ in range(20):  # more than the pool holds

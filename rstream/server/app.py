@@ -52,7 +52,7 @@ from rstream.errors import (
 from rstream.server.auth import Tokens
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
-from rstream.server.live import Hub, Subscriber, encode_entry, live_events
+from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
 from rstream.server.storage.base import check_entry_time
@@ -109,6 +109,19 @@ def create_app(
         clock=clock,
     )
     return server.app
+
+
+class _JSONResponse(JSONResponse):
+    """A JSON response whose states may hold lone surrogates (``"\\ud800"``,
+    which JSON text may carry but UTF-8 cannot): those are sent in the escaped
+    ASCII form, as storage keeps them, instead of failing."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+            return text.encode("ascii")
 
 
 @dataclass
@@ -339,7 +352,7 @@ class _Server:
             }
 
         body = await anyio.to_thread.run_sync(window)
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return _JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def get_entries(self, request: Request) -> Response:
         self.tokens.check_read(request)
@@ -390,12 +403,13 @@ class _Server:
         size = 0
         next_start: int | None = None
         budget = self.limits.page_bytes
-        with contextlib.closing(log.iter_range(start, end, limit + 1)) as entries:
-            for entry in entries:
+        # Rows, not entries: the stored JSON text goes into the page as it is.
+        with contextlib.closing(log.iter_range_raw(start, end, limit + 1)) as rows:
+            for micros, kind, data, rev in rows:
                 if len(lines) >= limit or size >= budget:
-                    next_start = entry.micros
+                    next_start = micros
                     break
-                line = encode_entry(entry) + b"\n"
+                line = encode_row(micros, kind, data, rev) + b"\n"
                 lines.append(line)
                 size += len(line)
         return _Page(b"".join(lines), len(lines), next_start, immutable)
@@ -439,7 +453,7 @@ class _Server:
             encoded = encode_entry(entry)
             self.hub.notify(stream_id, revision, len(encoded))
             payload = entry.to_json(with_rev=True)
-        return JSONResponse(
+        return _JSONResponse(
             {"action": action, "entry": payload, "revision": revision},
             status_code=201 if created else 200,
             headers={"Cache-Control": "no-store"},
@@ -538,8 +552,8 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep="\n")
 
 
-def _window_reader(log: StreamLog) -> Callable[[int | None, int], list[Entry]]:
-    def read(after_us: int | None, limit: int) -> list[Entry]:
+def _window_reader(log: StreamLog) -> Callable[[int | None, int], list[Change]]:
+    def read(after_us: int | None, limit: int) -> list[Change]:
         if after_us is None:
             start = log.latest_snapshot() or log.first()
             if start is None:
@@ -547,8 +561,11 @@ def _window_reader(log: StreamLog) -> Callable[[int | None, int], list[Entry]]:
             first_us = start.micros
         else:
             first_us = after_us + 1
-        with contextlib.closing(log.iter_range(first_us, None, limit)) as entries:
-            return list(entries)
+        with contextlib.closing(log.iter_range_raw(first_us, None, limit)) as rows:
+            return [
+                Change(rev, micros, encode_row(micros, kind, data, rev))
+                for micros, kind, data, rev in rows
+            ]
 
     return read
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from bisect import bisect_right
@@ -30,10 +31,11 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from rstream.core.entry import Entry
+from rstream.core.timestamps import format_rfc3339
 from rstream.server.errors import fail
 from rstream.server.limits import Limits
 
-__all__ = ["Change", "Hub", "Subscriber", "encode_entry", "live_events"]
+__all__ = ["Change", "Hub", "Subscriber", "encode_entry", "encode_row", "live_events"]
 
 logger = logging.getLogger("rstream.server.live")
 
@@ -43,10 +45,44 @@ _FOREVER_US = 2**62  # an end time after every entry
 
 
 def encode_entry(entry: Entry) -> bytes:
-    """The compact JSON wire form of an entry (with ``rev``), as UTF-8."""
-    return json.dumps(
-        entry.to_json(with_rev=True), ensure_ascii=False, separators=(",", ":")
-    ).encode("utf-8")
+    """The compact JSON wire form of an entry (with ``rev``), as UTF-8.
+
+    Data holding a lone surrogate (``"\\ud800"``, which JSON text may carry but
+    UTF-8 cannot) is sent in the escaped ASCII form, as storage keeps it.
+    """
+    obj = entry.to_json(with_rev=True)
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def encode_row(micros: int, kind: int, data_json: str, rev: int) -> bytes:
+    """:func:`encode_entry`'s bytes for a stored row, spliced without parsing.
+
+    ``data_json`` is the entry's data as storage keeps it
+    (:func:`~rstream.server.storage.base.dump_json`: compact, keys in order,
+    UTF-8 or escaped ASCII), which is byte for byte what ``json.dumps`` makes
+    of the parsed data inside :func:`encode_entry`.
+    """
+    seconds, frac = divmod(micros, 1_000_000)
+    stamp = _second(seconds)
+    if frac:
+        stamp += (b".%06d" % frac).rstrip(b"0")
+    return b'{"timestamp":"%sZ","type":%d,"data":%s,"rev":%d}' % (
+        stamp,
+        kind,
+        data_json.encode("utf-8"),
+        rev,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> bytes:
+    # "YYYY-MM-DDTHH:MM:SS" of a second: neighbouring entries share it, and
+    # formatting a datetime costs more than the rest of the line together.
+    return format_rfc3339(seconds * 1_000_000)[:-1].encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,9 +342,9 @@ def _frame(event: str, rev: int, payload: bytes) -> bytes:
     return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), rev, payload)
 
 
-#: Reads the live window in pages: ``(after_us, limit) -> entries`` (``after_us``
-#: None: from the window's snapshot).
-WindowReader = Callable[[int | None, int], list[Entry]]
+#: Reads the live window in pages: ``(after_us, limit) -> changes`` (``after_us``
+#: None: from the window's snapshot), each entry encoded.
+WindowReader = Callable[[int | None, int], list[Change]]
 
 
 async def live_events(
@@ -326,7 +362,7 @@ async def live_events(
     ``since`` is the resume revision (None: start with the live window);
     ``reset_reason`` forces a ``reset`` event first (an unreadable resume point).
     ``read_window(after_us, limit)`` returns the live window's entries after
-    ``after_us`` (None: from its snapshot), at most ``limit`` of them.
+    ``after_us`` (None: from its snapshot), at most ``limit`` of them, encoded.
     """
     yield b"retry: %d\n\n" % retry_ms
     newest_us: int | None = None
@@ -346,8 +382,8 @@ async def live_events(
             page = await anyio.to_thread.run_sync(read_window, after_us, _WINDOW_PAGE)
             if not page:
                 break
-            yield b"".join(_frame("entry", e.rev or 0, encode_entry(e)) for e in page)
-            since = max(since, page[-1].rev or 0)
+            yield b"".join(_frame("entry", c.rev, c.payload) for c in page)
+            since = max(since, page[-1].rev)
             after_us = newest_us = page[-1].micros
             if len(page) < _WINDOW_PAGE:
                 break

@@ -10,8 +10,10 @@ runs on it unchanged) plus what the server needs on top:
   datetimes: :meth:`~StreamLog.snapshot_before_us`,
   :meth:`~StreamLog.snapshot_after_us`, :meth:`~StreamLog.entry_after_us`,
   :meth:`~StreamLog.latest_snapshot`;
-- :meth:`~StreamLog.iter_range` (streamed, with open bounds and a limit) and
-  :meth:`~StreamLog.count_range` for the entries endpoint;
+- :meth:`~StreamLog.iter_range` (streamed, with open bounds and a limit),
+  :meth:`~StreamLog.iter_range_raw` (the same as stored rows, the data left as
+  its JSON text, so the entries endpoint splices it into its page without
+  parsing it) and :meth:`~StreamLog.count_range`;
 - :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports.
 
 Micros arguments may be any int: values outside the storable range (see
@@ -43,6 +45,7 @@ __all__ = [
     "MAX_US",
     "MIN_US",
     "STREAM_ID_PATTERN",
+    "Row",
     "Storage",
     "StreamInfo",
     "StreamLog",
@@ -61,6 +64,11 @@ MIN_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
 #: The end of the storable range (9999-12-31T23:59:59.999999Z), exclusive: every
 #: stored timestamp is below it, so ``[x, MAX_US)`` holds every entry from ``x`` on.
 MAX_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+
+#: A stored entry as :meth:`StreamLog.iter_range_raw` yields it:
+#: ``(micros, kind, data_json, rev)``, ``kind`` being ``int(EntryKind)`` and
+#: ``data_json`` the compact JSON text :func:`dump_json` makes of the data.
+Row = tuple[int, int, str, int]
 
 #: Stream ids, as the protocol defines them (the URL-unreserved set, 1 to 128
 #: characters, not starting with ``.``).
@@ -120,6 +128,18 @@ class StreamLog(Log, Protocol):
         ``None`` leaves a bound open. Backends stream the rows instead of
         loading the range; close the generator (or exhaust it) to free what it
         holds, e.g. with :func:`contextlib.closing`.
+        """
+        ...
+
+    def iter_range_raw(
+        self, start_us: int | None, end_us: int | None, limit: int | None = None
+    ) -> Generator[Row, None, None]:
+        """:meth:`iter_range` as :data:`Row` tuples, the data as stored JSON text.
+
+        The text is exactly what :func:`dump_json` makes of the entry's data
+        (compact, UTF-8 unless a lone surrogate forced the escaped form), so
+        it can be copied into a response without parsing it. Close it like
+        :meth:`iter_range`.
         """
         ...
 

@@ -14,6 +14,7 @@ from rstream.errors import ClientClosed, StreamNotFound
 from rstream.server.storage.base import (
     MAX_US,
     MIN_US,
+    Row,
     StreamInfo,
     check_batch_order,
     check_entry_time,
@@ -111,6 +112,13 @@ class MemoryStreamLog:
     ) -> Generator[Entry, None, None]:
         entries = self._range_us(start_us, end_us)  # a copy: later writes do not show
         yield from (entries if limit is None else islice(entries, max(limit, 0)))
+
+    def iter_range_raw(
+        self, start_us: int | None, end_us: int | None, limit: int | None = None
+    ) -> Generator[Row, None, None]:
+        # The text the SQL backends would have stored: made here, per entry.
+        for entry in self.iter_range(start_us, end_us, limit):
+            yield entry.micros, int(entry.kind), dump_json(entry.data), entry.rev or 0
 
     def count_range(self, start_us: int | None, end_us: int | None) -> int:
         return len(self._range_us(start_us, end_us))

@@ -69,8 +69,9 @@ from rstream.errors import (
     StorageError,
     StorageUnavailable,
 )
+from rstream.server.storage.base import Row
 from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, statements
-from rstream.server.storage.sqlbase import Row, SQLStorage, SQLStreamLog, migrate
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, migrate
 
 __all__ = [
     "DEFAULT_CHANNEL",

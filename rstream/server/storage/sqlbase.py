@@ -35,6 +35,7 @@ from rstream.errors import ClientClosed, RStreamError, StreamNotFound
 from rstream.server.storage.base import (
     MAX_US,
     MIN_US,
+    Row,
     StreamInfo,
     check_amend,
     check_append,
@@ -46,13 +47,9 @@ from rstream.server.storage.base import (
 )
 from rstream.server.storage.sql import SCHEMA_VERSION, Statements
 
-__all__ = ["Connection", "Cursor", "Row", "SQLStorage", "SQLStreamLog", "migrate"]
+__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "migrate"]
 
 logger = logging.getLogger("rstream.server.storage")
-
-#: A stored entry as the statements read it: ``(ts_us, kind, data, rev)``, the
-#: data being the compact JSON text :func:`~.base.dump_json` wrote.
-Row = tuple[int, int, str, int]
 
 _KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)
 _ONE_US = timedelta(microseconds=1)

@@ -32,8 +32,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rstream.errors import RStreamError
+from rstream.server.storage.base import Row
 from rstream.server.storage.sql import SQLITE, statements
-from rstream.server.storage.sqlbase import Row, SQLStorage, SQLStreamLog, migrate
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, migrate
 
 __all__ = ["SQLiteLog", "SQLiteStorage"]
 
