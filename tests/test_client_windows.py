@@ -14,10 +14,13 @@ from rstream.client.windows import (
     Window,
     WindowState,
     WindowStore,
+    replay,
     split_windows,
     state_in,
+    states_weight,
 )
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, OutOfRange, ProtocolError, TransportError
 
 S = WindowState
@@ -324,6 +327,65 @@ def test_a_window_bigger_than_the_budget_is_still_returned() -> None:
     assert window.state is S.COMMITTED
     assert len(window.entries or []) == 10
     assert store.cached_entries == 0
+
+
+# -- cached states ---------------------------------------------------------------------------
+
+
+def test_states_are_computed_once_and_replace_the_entries() -> None:
+    log = make_log(2, 10)
+    store = FakeServer(log).store()
+    window = store.get(105 * SEC)
+    assert window.entries is not None
+    assert window.weight == 10
+    pairs = store.states(window)
+    assert pairs == replay(log[:10])
+    assert [ts for ts, _ in pairs] == [from_micros(e.micros) for e in log[:10]]
+    assert pairs[-1][1] == {"w": 0, "i": 9}
+    assert window.entries is None  # the states hold all a reader needs
+    assert store.states(window) is pairs  # no second replay
+    assert window.weight == states_weight(s for _, s in pairs) == 10 + 20 // 16
+    assert store.cached_weight == window.weight
+    assert store.cached_entries == 10
+
+
+def test_states_count_in_the_budget_and_big_states_weigh_more() -> None:
+    log = make_log(1, 10)
+    wide = [log[0].replace(data={f"f{k}": k for k in range(160)}), *log[1:]]
+    store = FakeServer(wide + make_log(2, 10)[10:], live=False).store(max_cached_entries=25)
+    first = store.get(100 * SEC)
+    store.states(first)  # 10 states of 160 fields: 10 + 1600 // 16 = 110 > 25
+    assert first.weight == 110
+    assert store.windows() == []  # evicted at once, but the caller keeps its window
+    assert store.stats.evictions == 1
+    assert store.cached_weight == 0
+    assert first.pairs is not None
+    assert first.pairs[-1][1]["i"] == 9
+
+
+def test_commit_with_pairs_keeps_them_and_checks_their_count() -> None:
+    log = make_log(2, 10)
+    store = FakeServer(log).store()
+    pairs = replay(log[:10])
+    window = store.commit(log[:10], 110 * SEC, pairs)
+    assert window.pairs == pairs
+    assert window.entries is None
+    assert store.get(104 * SEC) is window
+    with pytest.raises(ValueError, match="9 states for 10 entries"):
+        store.commit(log[10:20], None, pairs[:9])
+
+
+def test_concurrent_states_replay_into_one_list() -> None:
+    store = FakeServer(make_log(2, 10)).store()
+    window = store.get(100 * SEC)
+    results: list[object] = [None] * 6
+
+    def compute(i: int) -> None:
+        results[i] = store.states(window)
+
+    run_threads(6, compute)
+    assert all(r is window.pairs for r in results)
+    assert store.cached_weight == window.weight
 
 
 # -- windows learned elsewhere ---------------------------------------------------------------

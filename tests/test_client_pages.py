@@ -1,0 +1,208 @@
+"""NDJSON decoding from chunks, the page chain (prefetch driven by workers), the GC pause."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from rstream.client.remote import NDJSONDecoder, _gc_paused, _Pages, parse_ndjson
+from rstream.core.entry import Entry, EntryKind
+from rstream.errors import ClientClosed, ProtocolError
+
+
+def entries(count: int) -> list[Entry]:
+    out = []
+    for i in range(count):
+        kind = EntryKind.SNAPSHOT if i % 4 == 0 else EntryKind.MUTATION
+        out.append(Entry.from_micros(1_700_000_000_000_000 + i * 250_000, kind, {"i": i}, i + 1))
+    return out
+
+
+def ndjson(items: list[Entry]) -> bytes:
+    return b"".join(
+        json.dumps(e.to_json(with_rev=True), separators=(",", ":")).encode() + b"\n" for e in items
+    )
+
+
+def decode(body: bytes, size: int) -> list[Entry]:
+    decoder = NDJSONDecoder(where="test")
+    out: list[Entry] = []
+    for i in range(0, len(body), size):
+        out += decoder.feed(body[i : i + size])
+    return out + decoder.close()
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+def test_chunks_cut_anywhere_give_the_same_entries(size: int) -> None:
+    items = entries(30)
+    got = decode(ndjson(items), size)
+    assert got == items
+    assert [e.rev for e in got] == [e.rev for e in items]
+
+
+def test_blank_lines_crlf_and_a_missing_last_newline() -> None:
+    items = entries(5)
+    lines = ndjson(items).split(b"\n")[:-1]
+    body = b"\r\n".join(lines[:2]) + b"\r\n\n  \n" + b"\n".join(lines[2:])
+    assert decode(body, 5) == items
+    assert list(parse_ndjson(body.split(b"\n"))) == items
+
+
+def test_the_spelled_out_type_goes_through_the_slow_path() -> None:
+    body = (
+        b'{"timestamp":"2024-05-01T12:00:00+02:00","type":"snapshot","data":{"a":1}}\n'
+        b'{"timestamp":"2024-05-01T10:00:01Z","type":"mutation","data":{"a":2},"rev":2}\n'
+    )
+    got = decode(body, 1 << 20)
+    assert [e.kind for e in got] == [EntryKind.SNAPSHOT, EntryKind.MUTATION]
+    assert got[1].micros - got[0].micros == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"{not json", "malformed NDJSON in test, line 3"),
+        (b"[1, 2]", "line 3"),
+        (b'{"a": 1}, {"b": 2}', "line 3"),  # two values on one line
+        (b'{"timestamp": "2024-05-01T12:00:00Z", "type": 2, "data": {}}', "field 'type'"),
+        (b'{"timestamp": "yesterday", "type": 0, "data": {}}', "field 'timestamp'"),
+        (b'{"timestamp": "2024-05-01T12:00:00Z", "type": 0, "data": []}', "field 'data'"),
+        (b'{"timestamp": "2024-05-01T12:00:00Z", "type": 0, "data": {}, "rev": -1}', "'rev'"),
+        (b'{"timestamp": "2024-05-01T12:00:00Z", "type": true, "data": {}}', "field 'type'"),
+        (b'{"type": 0, "data": {}}', "missing field 'timestamp'"),
+    ],
+)
+def test_a_bad_line_is_a_protocol_error_naming_it(line: bytes, message: str) -> None:
+    body = ndjson(entries(2)) + line + b"\n" + ndjson(entries(1))
+    for size in (3, 1 << 20):
+        with pytest.raises(ProtocolError, match=message) as info:
+            decode(body, size)
+        assert "line 3" in str(info.value)
+
+
+# -- the page chain -------------------------------------------------------------------------
+
+
+class Pager:
+    """A fake ``fetch``: page k starts at k, names k + 1 unless it is the last."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.started: list[int] = []
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+    def fetch(self, pages: _Pages, start: int | None, end: int | None) -> tuple[str, list[bytes]]:
+        k = start or 0
+        with self.changed:
+            self.started.append(k)
+            self.changed.notify_all()
+        pages.next_start(k + 1 if k + 1 < self.count else None)
+        return f"page {k}", [b"%d" % k]
+
+    def wait_started(self, n: int) -> list[int]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.started) >= n, timeout=5)
+            return list(self.started)
+
+
+def test_workers_request_ahead_up_to_the_depth_while_the_reader_holds_a_page() -> None:
+    pager = Pager(10)
+    with ThreadPoolExecutor(4) as pool:
+        pages = iter(_Pages(pager.fetch, pool, None, None, depth=3))
+        assert next(pages) == ("page 0", [b"0"])
+        # The reader holds page 0: pages 1 and 2 are requested, and no more.
+        assert pager.wait_started(3) == [0, 1, 2]
+        pool.submit(lambda: None).result()  # let any stray submission run
+        assert pager.started == [0, 1, 2]
+        rest = [url for url, _ in pages]
+    assert rest == [f"page {k}" for k in range(1, 10)]
+    assert pager.started == list(range(10))
+
+
+def test_depth_one_fetches_a_page_only_when_the_reader_needs_it() -> None:
+    pager = Pager(3)
+    with ThreadPoolExecutor(2) as pool:
+        pages = iter(_Pages(pager.fetch, pool, None, None, depth=1))
+        next(pages)
+        pool.submit(lambda: None).result()
+        assert pager.started == [0]
+        assert [url for url, _ in pages] == ["page 1", "page 2"]
+
+
+def test_an_end_stops_the_chain() -> None:
+    pager = Pager(10)
+    with ThreadPoolExecutor(2) as pool:
+        assert len(list(_Pages(pager.fetch, pool, None, 4, depth=4))) == 4
+
+
+def test_stopping_early_requests_nothing_more() -> None:
+    pager = Pager(100)
+    with ThreadPoolExecutor(2) as pool:
+        pages = _Pages(pager.fetch, pool, None, None, depth=2)
+        reader = iter(pages)
+        next(reader)
+        reader.close()  # what a for loop's break does to the generator
+        assert pages.stopped
+    assert len(pager.started) <= 3
+
+
+def test_a_failed_page_raises_to_the_reader() -> None:
+    def fetch(pages: _Pages, start: int | None, end: int | None) -> tuple[str, list[bytes]]:
+        if start == 2:
+            raise ProtocolError("bad page")
+        pages.next_start((start or 0) + 1)
+        return "ok", []
+
+    with ThreadPoolExecutor(2) as pool:
+        reader = iter(_Pages(fetch, pool, None, None, depth=2))
+        with pytest.raises(ProtocolError, match="bad page"):
+            list(reader)
+
+
+def test_a_shut_down_pool_is_client_closed() -> None:
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    with pytest.raises(ClientClosed):
+        _Pages(Pager(3).fetch, pool, None, None, depth=2)
+
+
+# -- the GC pause ---------------------------------------------------------------------------
+
+
+def test_gc_pauses_nest_across_threads_and_restore_the_setting() -> None:
+    assert gc.isenabled()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other() -> None:
+        with _gc_paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    with _gc_paused():
+        assert not gc.isenabled()
+        thread.start()
+        assert inside.wait(5)
+    assert not gc.isenabled()  # the other thread is still inside its pause
+    release.set()
+    thread.join(5)
+    assert gc.isenabled()
+
+
+def test_gc_pause_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with _gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
