@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import requests
@@ -174,38 +174,47 @@ class Result:
         return self.cpu / self.delivered * 1000 if self.delivered else float("nan")
 
 
-def run(db: str, n_subscribers: int, seconds: float, rate: float, threads: int) -> Result:
-    server = Server(db)
+def run(
+    db: str, n_subscribers: int, seconds: float, rate: float, threads: int, replicas: int = 1
+) -> Result:
+    """One run: ``replicas`` servers on ``db`` (several need a shared database,
+    PostgreSQL), the subscribers dealt round-robin among them, the writer
+    posting to the first. CPU time is summed over the servers."""
+    servers: list[Server] = []
     try:
+        for _ in range(replicas):
+            servers.append(Server(db))
+        writer = servers[0]
         with requests.Session() as http:
             rr = {"record_rate": {"keyframe_frequency": 3_600_000, "change_frequency": 0}}
-            http.put(f"{server.url}/v1/streams/{STREAM}", json=rr).raise_for_status()
+            http.put(f"{writer.url}/v1/streams/{STREAM}", json=rr).raise_for_status()
             start_rev = http.post(
-                f"{server.url}/v1/streams/{STREAM}/state", json={"state": {"i": 0}}
+                f"{writer.url}/v1/streams/{STREAM}/state", json={"state": {"i": 0}}
             ).json()["revision"]
             subs = []
             for k in range(n_subscribers):
-                sock = socket.create_connection(server.address)
+                sock = socket.create_connection(servers[k % replicas].address)
                 sock.sendall(
                     f"GET /v1/streams/{STREAM}/live?since={start_rev} HTTP/1.1\r\n"
                     "Host: bench\r\n\r\n".encode()
                 )
-                subs.append(Subscriber(sock, measure=k % LATENCY_EVERY == 0))
+                # Measure latency on every replica alike.
+                subs.append(Subscriber(sock, measure=(k // replicas) % LATENCY_EVERY == 0))
             stop = threading.Event()
             groups = [subs[i::threads] for i in range(threads)]
             readers = [threading.Thread(target=read_all, args=(g, stop)) for g in groups if g]
             for t in readers:
                 t.start()
             try:
-                cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+                cpu0 = sum(s.cpu_seconds() for s in servers)
+                t0 = time.perf_counter()
                 writes = int(seconds * rate)
                 for i in range(1, writes + 1):
-                    due = t0 + i / rate
-                    delay = due - time.perf_counter()
+                    delay = t0 + i / rate - time.perf_counter()
                     if delay > 0:
                         stop.wait(delay)
                     http.post(
-                        f"{server.url}/v1/streams/{STREAM}/state",
+                        f"{writer.url}/v1/streams/{STREAM}/state",
                         json={"state": {"i": i, "sent": time.time()}},
                     ).raise_for_status()
                 last_rev = start_rev + writes
@@ -215,7 +224,7 @@ def run(db: str, n_subscribers: int, seconds: float, rate: float, threads: int) 
                 ):
                     stop.wait(0.05)  # a condition across sockets: poll, with a deadline
                 elapsed = time.perf_counter() - t0
-                cpu = server.cpu_seconds() - cpu0
+                cpu = sum(s.cpu_seconds() for s in servers) - cpu0
             finally:
                 stop.set()
                 for t in readers:
@@ -223,7 +232,8 @@ def run(db: str, n_subscribers: int, seconds: float, rate: float, threads: int) 
                 for s in subs:
                     s.sock.close()
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
     expected = list(range(start_rev + 1, last_rev + 1))
     missing = sum(1 for s in subs if s.revs != expected)
     latencies = sorted(x for s in subs for x in s.latencies)
@@ -231,8 +241,34 @@ def run(db: str, n_subscribers: int, seconds: float, rate: float, threads: int) 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
 
-    return Result(n_subscribers, sum(len(s.revs) for s in subs), elapsed, cpu,
-                  pct(0.50), pct(0.99), missing)  # fmt: skip
+    delivered = sum(len(s.revs) for s in subs)
+    return Result(n_subscribers, delivered, elapsed, cpu, pct(0.50), pct(0.99), missing)
+
+
+#: The figures every fan-out table shows: name, value of a result, format.
+FIGURES: list[tuple[str, Callable[[Result], float], str]] = [
+    ("delivered events/s", lambda r: r.events_per_s, "{:.0f}"),
+    ("server CPU s / 1k events", lambda r: r.cpu_per_1000, "{:.4f}"),
+    ("latency p50 (ms)", lambda r: r.p50 * 1000, "{:.2f}"),
+    ("latency p99 (ms)", lambda r: r.p99 * 1000, "{:.2f}"),
+]
+
+
+def print_table(results: Sequence[tuple[str, Result]], ratio_names: Sequence[str]) -> None:
+    """One column per result, then each later result's ratio to the first."""
+    header = "".join(f"{name:>12}" for name, _ in results)
+    ratios_header = "".join(f"{name:>12}" for name in ratio_names)
+    print(f"{'':26}{header}{ratios_header}")
+    for name, get, fmt in FIGURES:
+        values = [get(result) for _, result in results]
+        cells = "".join(f"{fmt.format(v):>12}" for v in values)
+        ratios = "".join(
+            f"{(v / values[0] if values[0] else float('nan')):>11.2f}x" for v in values[1:]
+        )
+        print(f"{name:26}{cells}{ratios}")
+    for name, result in results:
+        status = "OK" if result.missing == 0 else f"MISSING ({result.missing} subscribers)"
+        print(f"{name}: {result.subscribers} subscriber(s) received every entry: {status}")
 
 
 def main() -> None:
@@ -247,20 +283,8 @@ def main() -> None:
               f"1 subscriber, then {n}")  # fmt: skip
         one = run(db if db != default_db else default_db + "1", 1, seconds, rate, threads)
         many = run(db if db != default_db else default_db + "n", n, seconds, rate, threads)
-    print(f"{'':24}{'1 sub':>12}{f'{n} subs':>12}{'ratio':>10}")
-    rows = [
-        ("delivered events/s", one.events_per_s, many.events_per_s, "{:.0f}"),
-        ("server CPU s / 1k events", one.cpu_per_1000, many.cpu_per_1000, "{:.4f}"),
-        ("latency p50 (ms)", one.p50 * 1000, many.p50 * 1000, "{:.2f}"),
-        ("latency p99 (ms)", one.p99 * 1000, many.p99 * 1000, "{:.2f}"),
-    ]
-    for name, a, b, fmt in rows:
-        ratio = b / a if a else float("nan")
-        print(f"{name:24}{fmt.format(a):>12}{fmt.format(b):>12}{ratio:>9.2f}x")
+    print_table([("1 sub", one), (f"{n} subs", many)], ["ratio"])
     print(f"server CPU: {one.cpu:.2f} s and {many.cpu:.2f} s over {many.seconds:.1f} s")
-    for result in (one, many):
-        status = "OK" if result.missing == 0 else f"MISSING ({result.missing} subscribers)"
-        print(f"{result.subscribers} subscriber(s) received every entry: {status}")
 
 
 if __name__ == "__main__":
