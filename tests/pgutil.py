@@ -23,10 +23,13 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import apply_mutation
 
 if TYPE_CHECKING:
     from rstream.server.storage.postgres import PostgresStorage as PostgresStorageT
@@ -44,6 +47,7 @@ __all__ = [
     "pg_schema",
     "pg_storage",
     "postgres_url",
+    "replay",
     "with_schema",
 ]
 
@@ -59,6 +63,21 @@ def postgres_url() -> str:
     if os.environ.get(REQUIRE_VARIABLE, "").strip() not in ("", "0"):
         pytest.fail(f"{message}; {REQUIRE_VARIABLE} is set, so PostgreSQL tests must run")
     pytest.skip(message)
+
+
+def replay(entries: list[Entry]) -> list[dict[str, Any]]:
+    """The state after each entry of a log read back from the database,
+    computed with the core (a mutation before any snapshot fails the test)."""
+    states: list[dict[str, Any]] = []
+    state: dict[str, Any] | None = None
+    for entry in entries:
+        if entry.kind is EntryKind.SNAPSHOT:
+            state = entry.data
+        else:
+            assert state is not None, "a mutation before any snapshot"
+            state = apply_mutation(state, entry.data)
+        states.append(state)
+    return states
 
 
 def with_schema(url: str, schema: str) -> str:

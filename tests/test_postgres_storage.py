@@ -6,11 +6,12 @@ reach, and the LISTEN/NOTIFY change feed (the conformance suite in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,6 @@ from rstream import (
     RStreamError,
     StorageUnavailable,
 )
-from rstream.core.mutation import apply_mutation
 from rstream.core.stream import RateConfig, Stream, WriteAction
 from rstream.core.timestamps import from_micros
 from rstream.server.storage import open_storage
@@ -39,8 +39,9 @@ from rstream.server.storage.postgres import (
     parse_postgres_url,
 )
 from rstream.server.storage.sql import SCHEMA_VERSION
-from tests.pgutil import PgSchema, fresh_schema
+from tests.pgutil import PgSchema, fresh_schema, replay
 from tests.serverutil import running_server
+from tests.threadutil import run_threads, wait_for
 
 T0 = 1_714_564_800_000_000
 S = 1_000_000
@@ -65,31 +66,8 @@ def pair(schema: PgSchema) -> Iterator[tuple[PostgresStorage, PostgresStorage]]:
         b.close()
 
 
-def replay(entries: list[Entry]) -> list[dict[str, Any]]:
-    """The state after each entry, computed with the core."""
-    states: list[dict[str, Any]] = []
-    state: dict[str, Any] | None = None
-    for entry in entries:
-        if entry.kind is EntryKind.SNAPSHOT:
-            state = entry.data
-        else:
-            assert state is not None, "a mutation before any snapshot"
-            state = apply_mutation(state, entry.data)
-        states.append(state)
-    return states
-
-
 def admin(schema: PgSchema) -> psycopg.Connection[Any]:
     return psycopg.connect(schema.url, autocommit=True)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``condition`` with a deadline (for database state nothing can await)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # -- URLs ------------------------------------------------------------------------------
@@ -132,21 +110,13 @@ def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
 
 def test_replicas_starting_together_create_the_schema_once(schema: PgSchema) -> None:
     storages: list[PostgresStorage] = []
-    errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def start() -> None:
-        try:
-            barrier.wait(5)
-            storages.append(PostgresStorage(schema.storage_url))
-        except BaseException as exc:
-            errors.append(exc)
+        barrier.wait(5)
+        storages.append(PostgresStorage(schema.storage_url))
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    errors = run_threads(*[start] * 4, timeout=30)
     try:
         assert errors == []
         assert len(storages) == 4
@@ -315,16 +285,12 @@ def test_concurrent_writers_on_two_replicas_get_unique_increasing_revisions(
             except BaseException as exc:
                 results.put(("error", exc))
 
-    threads = [
-        threading.Thread(target=writer, args=(storage, f"{storage is a}-{i}"))
+    writers = [
+        functools.partial(writer, storage, f"{storage is a}-{i}")
         for i in range(2)
         for storage in (a, b)
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
+    assert run_threads(*writers, timeout=30) == []  # writer() reports errors in results
     outcomes = [results.get_nowait() for _ in range(results.qsize())]
     assert [o for o in outcomes if o[0] == "error"] == []
     written = [o[1] for o in outcomes]

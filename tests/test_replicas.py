@@ -12,12 +12,12 @@ Each test has a PostgreSQL schema of its own (``tests/pgutil.py``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -28,10 +28,11 @@ import tenacity
 
 import rstream
 from rstream.core.entry import Entry, EntryKind
-from rstream.core.mutation import apply_mutation
 from rstream.server.storage.postgres import PostgresStorage
 from tests.pgutil import PgSchema, fresh_schema
+from tests.pgutil import replay as replay_states
 from tests.serverutil import ServerProcess, SSEReader, running_server
+from tests.threadutil import run_threads, wait_for
 
 
 @pytest.fixture
@@ -56,25 +57,7 @@ def db_entries(schema: PgSchema, stream_id: str) -> list[Entry]:
 
 def replay(entries: list[Entry]) -> list[tuple[datetime, dict[str, Any]]]:
     """``(timestamp, state)`` after each entry, computed with the core."""
-    out: list[tuple[datetime, dict[str, Any]]] = []
-    state: dict[str, Any] | None = None
-    for entry in entries:
-        if entry.kind is EntryKind.SNAPSHOT:
-            state = entry.data
-        else:
-            assert state is not None
-            state = apply_mutation(state, entry.data)
-        out.append((entry.timestamp, state))
-    return out
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll with a deadline: for a client's health, which nothing can await."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    return list(zip((e.timestamp for e in entries), replay_states(entries), strict=True))
 
 
 def post_state(session: requests.Session, url: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -157,31 +140,22 @@ def test_concurrent_writers_on_two_replicas_never_repeat_or_reorder_revisions(
         with requests.Session() as session:
             assert session.put(f"{url_a}/v1/streams/robot", json=rate).status_code == 201
         outcomes: queue.Queue[tuple[bool, int, dict[str, Any]]] = queue.Queue()
-        failures: list[BaseException] = []
 
         def writer(url: str, who: int) -> None:
-            try:
-                with requests.Session() as session:
-                    for n in range(30):
-                        body: dict[str, Any] = {"state": {"who": who, "n": n}}
-                        given = n % 3 == 2
-                        if given:  # the client's clock, a little behind: may lose (409)
-                            body["timestamp"] = (time.time_ns() // 1000 - 500) / 1e6
-                        response = session.post(f"{url}/v1/streams/robot/state", json=body)
-                        outcomes.put((given, response.status_code, response.json()))
-            except BaseException as exc:
-                failures.append(exc)
+            with requests.Session() as session:
+                for n in range(30):
+                    body: dict[str, Any] = {"state": {"who": who, "n": n}}
+                    given = n % 3 == 2
+                    if given:  # the client's clock, a little behind: may lose (409)
+                        body["timestamp"] = (time.time_ns() // 1000 - 500) / 1e6
+                    response = session.post(f"{url}/v1/streams/robot/state", json=body)
+                    outcomes.put((given, response.status_code, response.json()))
 
-        threads = [
-            threading.Thread(target=writer, args=(url, who))
+        writers = [
+            functools.partial(writer, url, who)
             for who, url in enumerate([url_a, url_b, url_a, url_b])
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not any(thread.is_alive() for thread in threads)
-        assert failures == []
+        assert run_threads(*writers, timeout=60) == []
         answers = [outcomes.get_nowait() for _ in range(outcomes.qsize())]
         assert len(answers) == 120
         written = [body for _, status, body in answers if status in (200, 201)]

@@ -7,6 +7,7 @@ one skips itself without ``RSTREAM_TEST_POSTGRES_URL``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -46,6 +47,7 @@ from rstream.server.storage import (
 from rstream.server.storage.base import MAX_US, MIN_US, dump_json, load_json
 from rstream.server.storage.sql import SCHEMA_VERSION, SQLITE, statements
 from rstream.server.storage.sqlite import SQLiteStorage
+from tests.threadutil import run_threads
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_714_564_800_000_000  # 2024-05-01T12:00:00Z in epoch micros
@@ -386,30 +388,20 @@ def test_concurrent_appends_get_distinct_consecutive_revisions(log: StreamLog) -
     log.append(snap(T0, {}))
     stamps = itertools.count(T0 + 1)
     revs: list[int] = []
-    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def writer() -> None:
-        try:
-            done = 0
-            while done < 25:
-                try:
-                    stored = log.append(mut(next(stamps), {"n": done}))
-                except OutOfOrder:  # another thread's later stamp got in first
-                    continue
-                with lock:
-                    revs.append(stored.rev)  # type: ignore[arg-type]
-                done += 1
-        except BaseException as exc:
-            failures.append(exc)
+        done = 0
+        while done < 25:
+            try:
+                stored = log.append(mut(next(stamps), {"n": done}))
+            except OutOfOrder:  # another thread's later stamp got in first
+                continue
+            with lock:
+                revs.append(stored.rev)  # type: ignore[arg-type]
+            done += 1
 
-    threads = [threading.Thread(target=writer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    assert failures == []
+    assert run_threads(*[writer] * 4, timeout=30) == []
     assert sorted(revs) == list(range(2, 102))
     assert log.revision == 101
     entries = log.changes_since(0)
@@ -623,35 +615,24 @@ def test_sqlite_two_storages_on_one_file_never_duplicate_revisions(tmp_path: Pat
         logs = [store.log("s") for store in stores]
         stamps = itertools.count(T0)
         acknowledged: list[tuple[int, int]] = []
-        failures: list[BaseException] = []
         lock = threading.Lock()
 
         def writer(log: StreamLog, batch: bool) -> None:
-            try:
-                done = 0
-                while done < 30:
-                    try:
-                        if batch:
-                            stored = log.append_many(
-                                [snap(next(stamps), {}), mut(next(stamps), {})]
-                            )
-                        else:
-                            stored = [log.append(snap(next(stamps), {"d": done}))]
-                    except OutOfOrder:
-                        continue
-                    with lock:
-                        acknowledged.extend((e.rev, e.micros) for e in stored)  # type: ignore[misc]
-                    done += 1
-            except BaseException as exc:
-                failures.append(exc)
+            done = 0
+            while done < 30:
+                try:
+                    if batch:
+                        stored = log.append_many([snap(next(stamps), {}), mut(next(stamps), {})])
+                    else:
+                        stored = [log.append(snap(next(stamps), {"d": done}))]
+                except OutOfOrder:
+                    continue
+                with lock:
+                    acknowledged.extend((e.rev, e.micros) for e in stored)  # type: ignore[misc]
+                done += 1
 
-        threads = [threading.Thread(target=writer, args=(logs[i % 2], i >= 2)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not any(thread.is_alive() for thread in threads)
-        assert failures == []
+        writers = [functools.partial(writer, logs[i % 2], i >= 2) for i in range(4)]
+        assert run_threads(*writers, timeout=60) == []
         revs = sorted(rev for rev, _ in acknowledged)
         assert revs == list(range(1, len(acknowledged) + 1))
         assert len(acknowledged) == 2 * 30 + 2 * 60
