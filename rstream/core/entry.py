@@ -127,17 +127,13 @@ class Entry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
             return NotImplemented
-        return (
-            self.micros == other.micros and self.kind is other.kind and self.data == other.data
-        )
+        return self.micros == other.micros and self.kind is other.kind and self.data == other.data
 
     __hash__ = None  # type: ignore[assignment]  # data is a mutable dict
 
     def __repr__(self) -> str:
         rev = "" if self.rev is None else f", rev={self.rev}"
-        return (
-            f"Entry({format_rfc3339(self.micros)!r}, {self.kind.name}, {self.data!r}{rev})"
-        )
+        return f"Entry({format_rfc3339(self.micros)!r}, {self.kind.name}, {self.data!r}{rev})"
 
     # -- JSON form -------------------------------------------------------------
 
