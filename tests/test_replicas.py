@@ -18,6 +18,7 @@ import logging
 import queue
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +59,20 @@ def db_entries(schema: PgSchema, stream_id: str) -> list[Entry]:
 def replay(entries: list[Entry]) -> list[tuple[datetime, dict[str, Any]]]:
     """``(timestamp, state)`` after each entry, computed with the core."""
     return list(zip((e.timestamp for e in entries), replay_states(entries), strict=True))
+
+
+@contextmanager
+def two_replicas(schema: PgSchema, **server_b: Any) -> Iterator[tuple[str, str, PostgresStorage]]:
+    """Two replicas in this process: a storage each on ``schema``, each behind a
+    server of its own (``server_b``: options of the second). Yields both URLs
+    and the second's storage."""
+    with (
+        PostgresStorage(schema.storage_url) as store_a,
+        PostgresStorage(schema.storage_url) as store_b,
+        running_server(store_a) as url_a,
+        running_server(store_b, **server_b) as url_b,
+    ):
+        yield url_a, url_b, store_b
 
 
 def post_state(session: requests.Session, url: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -131,10 +146,7 @@ def test_concurrent_writers_on_two_replicas_never_repeat_or_reorder_revisions(
     schema: PgSchema,
 ) -> None:
     with (
-        PostgresStorage(schema.storage_url) as store_a,
-        PostgresStorage(schema.storage_url) as store_b,
-        running_server(store_a) as url_a,
-        running_server(store_b) as url_b,
+        two_replicas(schema) as (url_a, url_b, _),
     ):
         rate = {"record_rate": {"keyframe_frequency": 50, "change_frequency": 0}}
         with requests.Session() as session:
@@ -180,10 +192,7 @@ def test_concurrent_writers_on_two_replicas_never_repeat_or_reorder_revisions(
 
 def test_a_write_on_one_replica_reaches_subscribers_of_the_other(schema: PgSchema) -> None:
     with (
-        PostgresStorage(schema.storage_url) as store_a,
-        PostgresStorage(schema.storage_url) as store_b,
-        running_server(store_a) as url_a,
-        running_server(store_b, heartbeat=0.5) as url_b,
+        two_replicas(schema, heartbeat=0.5) as (url_a, url_b, _),
         requests.Session() as session,
     ):
         post_state(session, url_a, {"n": 0})
@@ -201,10 +210,7 @@ def test_subscribers_of_a_replica_whose_listener_reconnects_miss_nothing(
     schema: PgSchema,
 ) -> None:
     with (
-        PostgresStorage(schema.storage_url) as store_a,
-        PostgresStorage(schema.storage_url) as store_b,
-        running_server(store_a) as url_a,
-        running_server(store_b, heartbeat=0.5) as url_b,
+        two_replicas(schema, heartbeat=0.5) as (url_a, url_b, store_b),
         requests.Session() as session,
         psycopg.connect(schema.url, autocommit=True) as admin,
     ):
