@@ -406,16 +406,46 @@ def test_sseclient_gets_one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> 
     from sseclient import SSEClient
 
     blocks: list[bytes] = []
+    parsers = 0
 
     def spy(source: Iterator[bytes]) -> SSEClient:
-        seen = list(source)
-        blocks.extend(seen)
-        return SSEClient(iter(seen))
+        nonlocal parsers
+        parsers += 1
+
+        def recorded() -> Iterator[bytes]:
+            for block in source:
+                blocks.append(block)
+                yield block
+
+        return SSEClient(recorded())
 
     monkeypatch.setattr("rstream.client.sse.SSEClient", spy)
     body = b"id: 1\nevent: e\n: c\ndata: " + b"x" * 300_000 + b"\nretry: 5\n\n" + b"data: y\n\n"
     list(EventStream(body[i : i + 1000] for i in range(0, len(body), 1000)))
     assert blocks == [b"event: e\ndata: " + b"x" * 300_000 + b"\n\n", b"data: y\n\n"]
+    assert parsers == 1  # one sseclient-py parser for the whole stream
+
+
+def test_one_sseclient_parser_follows_the_events_it_is_given() -> None:
+    """Events handled by sseclient-py and by the linear path, interleaved, with ids
+    and retries on some: each yielded event carries its own fields, never a
+    neighbour's (sseclient-py never reads ahead of the event it is given)."""
+    many = b"".join(b"data: %d\n" % i for i in range(20))
+    body = (
+        b"id: 1\nevent: a\ndata: one\n\n"
+        + b"id: 2\n"
+        + many
+        + b"\n"
+        + b"data: three\nretry: 2000\n\n"
+        + b"event: b\ndata: four\nid: 4\n\n"
+    )
+    expected = [
+        (ev("one", "a", id="1"), "1"),
+        (ev("\n".join(str(i) for i in range(20)), id="2"), "2"),
+        (ev("three", retry=2000), "2"),
+        (ev("four", "b", id="4"), "4"),
+    ]
+    assert check(body).events == expected
 
 
 # -- fuzzing ----------------------------------------------------------------------

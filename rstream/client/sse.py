@@ -16,11 +16,13 @@ first, and everything else is done here:
   incomplete event at end of stream is discarded and ``saw_eof_mid_event`` is set.
 * It finds the end of an event by ``endswith((b"\\r\\r", b"\\n\\n", b"\\r\\n\\r\\n"))``, so a
   blank line after mixed endings (``LF CRLF``, ``CR CRLF``) is missed and two
-  events are merged, depending on where chunks happen to be split. Lines are
-  therefore split here, on CR, LF and CRLF, remembering a CR at the end of one
-  chunk so that an LF at the start of the next does not end a second line. It is
-  then only given LF-terminated blocks. (Its own split uses ``bytes.splitlines``,
-  which, unlike ``str.splitlines``, leaves U+2028, U+2029 and U+0085 alone.)
+  events are merged, depending on where chunks happen to be split. Line endings
+  are therefore normalised here: CRLF and CR become LF (``bytes.replace``, only in
+  chunks holding a CR), remembering a CR at the end of one chunk so that an LF at
+  the start of the next does not end a second line. Events are then found with
+  ``bytes.find(b"\\n\\n")`` and it is only given LF-terminated blocks. (Its own
+  split uses ``bytes.splitlines``, which, unlike ``str.splitlines``, leaves
+  U+2028, U+2029 and U+0085 alone.)
 * It does not strip a leading byte order mark, so the first field is lost: done here.
 * It decodes each line strictly, so invalid UTF-8 raises ``UnicodeDecodeError``:
   blocks are decoded here with ``errors="replace"`` (U+FFFD) before it sees them.
@@ -37,6 +39,19 @@ first, and everything else is done here:
   (so ``_read`` never concatenates more than a few lines), and events of more than
   ``_SSECLIENT_MAX_DATA_LINES`` data lines are assembled here instead, in linear
   time. Both paths are run against the whole conformance suite in the tests.
+
+One ``SSEClient`` serves the whole stream (building one per event, with its
+logger look-up, cost more than interpreting the event): its source is a queue
+into which each complete event is put just before its next event is asked for.
+Its ``_read`` yields as soon as its input ends with a blank line, and an event
+with a data line is always dispatched, so it never reads ahead: each event it
+yields is the one just queued, and the ``id``/``retry`` tracked here belong to it.
+
+The work is per chunk and per event rather than per line: an event that a chunk
+holds whole is found with ``bytes.find`` and interpreted in one go; only the
+lines of an event split between chunks are interpreted one by one as they
+complete (so comments are reported, and ``retry`` applied, as soon as their
+line is complete either way).
 
 Deliberate choices, beyond the specification:
 
@@ -55,11 +70,10 @@ Deliberate choices, beyond the specification:
 
 from __future__ import annotations
 
+import collections
 import itertools
-import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sseclient import SSEClient
 
@@ -85,16 +99,14 @@ DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 # accumulation is quadratic in the number of data lines (see the module docstring).
 _SSECLIENT_MAX_DATA_LINES = 16
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
 _LF = 0x0A
 _COLON = 0x3A
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event.
+class SSEEvent(NamedTuple):
+    """One dispatched event (immutable; a NamedTuple, as it is built for every event).
 
     ``event`` is the event type (``"message"`` when the event names none) and
     ``data`` the data lines joined with ``"\\n"``. ``id`` and ``retry`` are the
@@ -159,12 +171,16 @@ class EventStream:
         self._on_comment = on_comment
         # The last event ID buffer: set by id lines, copied to last_event_id at dispatch.
         self._id_buffer = last_event_id
-        # The event in progress.
+        # The event in progress, when its lines arrived in more than one chunk.
         self._held = 0  # bytes of its non-comment lines
         self._data_lines: list[bytes] = []
         self._event_line: bytes | None = None
         self._own_id: str | None = None
         self._own_retry: int | None = None
+        # One sseclient-py parser for the whole stream, fed one complete event at a
+        # time (see _interpret_with_sseclient).
+        self._sseclient_input: collections.deque[bytes] = collections.deque()
+        self._sseclient_events: Iterator[Any] | None = None
         self._events = self._run()
 
     def __iter__(self) -> EventStream:
@@ -176,24 +192,68 @@ class EventStream:
     # -- framing ----------------------------------------------------------------
 
     def _run(self) -> Iterator[SSEEvent]:
-        for line in self._lines():
-            if line:
-                self._field(line)
-                continue
-            event = self._dispatch()
-            if event is not None:
-                yield event
+        """Split the stream into complete lines and blocks (events ended by a blank line).
 
-    def _lines(self) -> Iterator[bytes]:
-        """Yield complete lines, without their CR, LF or CRLF; strip one leading BOM."""
-        partial: list[bytes] = []
+        The work is per chunk and per event, not per line: line endings are
+        normalised to LF with ``bytes.replace`` (only in chunks that hold a CR), and
+        each block that a chunk holds entirely is found with ``bytes.find`` and
+        interpreted in one go (:meth:`_block`). Only an event that straddles chunks,
+        or is larger than ``max_event_bytes``, is interpreted line by line (:meth:`_field`).
+        """
+        partial: list[bytes] = []  # the incomplete last line, in pieces
         partial_len = 0
-        after_cr = False  # the previous chunk ended with CR: skip an LF that starts this one
+        for chunk in self._normalised():
+            end = chunk.rfind(b"\n") + 1  # the complete lines are chunk[:end]
+            if not end:
+                partial.append(chunk)
+                partial_len += len(chunk)
+                self._check_size(partial_len)
+                continue
+            if partial:
+                partial.append(chunk[:end])
+                region = b"".join(partial)
+                partial.clear()
+            else:
+                region = chunk[:end] if end < len(chunk) else chunk
+            ascii = region.isascii()
+            pos, size = 0, len(region)
+            while pos < size:
+                if region[pos] == _LF:  # a blank line
+                    pos += 1
+                    event = self._dispatch()
+                    if event is not None:
+                        yield event
+                    continue
+                blank = region.find(b"\n\n", pos)
+                if blank < 0:  # lines of an event that the next chunks complete
+                    for line in region[pos:-1].split(b"\n"):
+                        self._field(line)
+                    break
+                if self._held or blank - pos > self._max:
+                    for line in region[pos:blank].split(b"\n"):
+                        self._field(line)
+                    event = self._dispatch()
+                else:
+                    event = self._block(region[pos:blank], ascii)
+                pos = blank + 2
+                if event is not None:
+                    yield event
+            partial_len = len(chunk) - end
+            if partial_len:
+                partial.append(chunk[end:])
+                self._check_size(partial_len)
+        self.saw_eof_mid_event = bool(partial) or self._held > 0
+        self._reset_event()
+
+    def _normalised(self) -> Iterator[bytes]:
+        """The chunks, non-empty, with one leading BOM stripped and every line ending
+        (CR, LF or CRLF, even one split between chunks) turned into LF."""
+        after_cr = False  # the previous chunk ended with CR: drop an LF that starts this one
         head: bytes | None = b""  # the first bytes, until we know whether they are a BOM
         for raw in itertools.chain(self._chunks, [None]):
             if raw is None:  # end of stream
                 if not head:
-                    break
+                    return
                 chunk, head = head, None  # a lone prefix of a BOM is content
             else:
                 chunk = bytes(raw)
@@ -202,27 +262,14 @@ class EventStream:
                     if len(head) < len(_BOM) and _BOM.startswith(head):
                         continue
                     chunk, head = head.removeprefix(_BOM), None
-            if not chunk:
-                continue
-            start = 1 if after_cr and chunk[0] == _LF else 0
+            if after_cr and chunk[:1] == b"\n":
+                chunk = chunk[1:]
             after_cr = False
-            for match in _LINE_END.finditer(chunk, start):
-                if partial:
-                    partial.append(chunk[start : match.start()])
-                    line = b"".join(partial)
-                    partial.clear()
-                    partial_len = 0
-                else:
-                    line = chunk[start : match.start()]
-                start = match.end()
-                after_cr = start == len(chunk) and chunk[-1] == _CR
-                yield line
-            if start < len(chunk):
-                partial.append(chunk[start:])
-                partial_len += len(chunk) - start
-                self._check_size(partial_len)
-        self.saw_eof_mid_event = bool(partial) or self._held > 0
-        self._reset_event()
+            if b"\r" in chunk:
+                after_cr = chunk[-1] == _CR
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if chunk:
+                yield chunk
 
     def _check_size(self, line_len: int) -> None:
         if self._held + line_len > self._max:
@@ -233,7 +280,57 @@ class EventStream:
 
     # -- interpretation ---------------------------------------------------------
 
+    def _block(self, block: bytes, ascii: bool) -> SSEEvent | None:
+        """Interpret a whole event (its lines, without the blank line ending it) and
+        dispatch it: :meth:`_field` for each line, then :meth:`_dispatch`, in one go.
+
+        Only called when no line of the event is held yet and the block is no larger
+        than ``max_event_bytes`` (so the size checks of :meth:`_field` cannot fail).
+        """
+        data_lines: list[bytes] = []
+        event_line: bytes | None = None
+        own_id: str | None = None
+        own_retry: int | None = None
+        plain = True  # only event and data lines: the block goes to sseclient as it is
+        for line in block.split(b"\n"):
+            if line[:5] == b"data:" or line == b"data":
+                data_lines.append(line)
+                continue
+            if line[0] == _COLON:
+                plain = False
+                if self._on_comment is not None:
+                    self._on_comment(line[1:].decode("utf-8", "replace"))
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"event":
+                event_line = line
+                continue
+            plain = False
+            if name == b"id":
+                value = value.removeprefix(b" ")
+                if b"\0" not in value:
+                    self._id_buffer = own_id = value.decode("utf-8", "replace")
+            elif name == b"retry":
+                value = value.removeprefix(b" ")
+                if value.isdigit():  # bytes.isdigit() is ASCII digits only, and False for b""
+                    self.retry_ms = own_retry = _clamp_retry(value)
+        self.last_event_id = self._id_buffer
+        if not data_lines:
+            return None
+        if len(data_lines) > _SSECLIENT_MAX_DATA_LINES:
+            event, data = _interpret(event_line, data_lines)
+        else:
+            if plain:
+                text = block + b"\n\n"
+            elif event_line is None:
+                text = b"\n".join(data_lines) + b"\n\n"
+            else:
+                text = b"\n".join([event_line, *data_lines]) + b"\n\n"
+            event, data = self._interpret_with_sseclient(text, ascii)
+        return SSEEvent(event, data, own_id, own_retry)
+
     def _field(self, line: bytes) -> None:
+        """Interpret one line of an event received in pieces."""
         self._check_size(len(line))
         if line[0] == _COLON:
             if self._on_comment is not None:
@@ -251,22 +348,24 @@ class EventStream:
                 self._id_buffer = self._own_id = value.decode("utf-8", "replace")
         elif name == b"retry":
             value = value.removeprefix(b" ")
-            if value.isdigit():  # bytes.isdigit() is ASCII digits only, and False for b""
+            if value.isdigit():
                 self.retry_ms = self._own_retry = _clamp_retry(value)
         # Any other field is ignored.
 
     def _dispatch(self) -> SSEEvent | None:
+        """A blank line: dispatch the event whose lines :meth:`_field` received."""
         self.last_event_id = self._id_buffer
         data_lines, event_line = self._data_lines, self._event_line
         own_id, own_retry = self._own_id, self._own_retry
         self._reset_event()
         if not data_lines:
             return None
-        if len(data_lines) <= _SSECLIENT_MAX_DATA_LINES:
-            event, data = _interpret_with_sseclient(event_line, data_lines)
-        else:
+        if len(data_lines) > _SSECLIENT_MAX_DATA_LINES:
             event, data = _interpret(event_line, data_lines)
-        return SSEEvent(event=event, data=data, id=own_id, retry=own_retry)
+        else:
+            lines = data_lines if event_line is None else [event_line, *data_lines]
+            event, data = self._interpret_with_sseclient(b"\n".join(lines) + b"\n\n", False)
+        return SSEEvent(event, data, own_id, own_retry)
 
     def _reset_event(self) -> None:
         self._held = 0
@@ -275,29 +374,40 @@ class EventStream:
         self._own_id = None
         self._own_retry = None
 
+    def _interpret_with_sseclient(self, block: bytes, ascii: bool) -> tuple[str, str]:
+        """Event type and data of one complete event, by sseclient-py.
+
+        ``block`` holds the event's ``event`` and ``data`` lines (of those, only
+        the last ``event`` line may be missing or kept: later ones override earlier
+        ones), LF-terminated, and a blank line. Made valid UTF-8 here, that is input
+        sseclient-py handles correctly and always dispatches as one event (it has at
+        least one data line, so its data is not empty). Its ``_read`` yields a block
+        as soon as the block ends with a blank line, so the one parser of the stream
+        never reads ahead: each ``next()`` takes exactly the block just queued.
+        """
+        if not ascii:
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError:
+                block = block.decode("utf-8", "replace").encode("utf-8")
+        self._sseclient_input.append(block)
+        if self._sseclient_events is None:
+            self._sseclient_events = SSEClient(_drain(self._sseclient_input)).events()
+        event = next(self._sseclient_events)
+        return event.event, event.data
+
+
+def _drain(blocks: collections.deque[bytes]) -> Iterator[bytes]:
+    """sseclient-py's input: the block just queued (it never asks for more)."""
+    while True:
+        yield blocks.popleft()
+
 
 def _clamp_retry(digits: bytes) -> int:
     digits = digits.lstrip(b"0")
     if len(digits) > len(str(RETRY_MAX_MS)):  # also keeps int() away from huge inputs
         return RETRY_MAX_MS
     return min(max(int(digits or b"0"), RETRY_MIN_MS), RETRY_MAX_MS)
-
-
-def _interpret_with_sseclient(event_line: bytes | None, data_lines: list[bytes]) -> tuple[str, str]:
-    """Event type and data of one complete event, by sseclient-py.
-
-    It gets the event's last ``event`` line (later ones override earlier ones, so
-    that is equivalent) and its ``data`` lines, LF-terminated, valid UTF-8, ending
-    with a blank line: input it handles correctly, and always dispatches.
-    """
-    lines = data_lines if event_line is None else [event_line, *data_lines]
-    block = b"\n".join(lines) + b"\n\n"
-    try:
-        block.decode("utf-8")
-    except UnicodeDecodeError:
-        block = block.decode("utf-8", "replace").encode("utf-8")
-    (event,) = SSEClient(iter([block])).events()
-    return event.event, event.data
 
 
 def _interpret(event_line: bytes | None, data_lines: list[bytes]) -> tuple[str, str]:
