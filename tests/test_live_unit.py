@@ -179,6 +179,52 @@ def test_rev_comes_from_the_event_id_when_the_entry_has_none() -> None:
         LiveState().feed("entry", data, None)
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1, "data": {"a": 1}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05.25Z", "type": 1, "data": {"a": 1}},  # rev from id
+        {"timestamp": "2024-05-01T14:00:05+02:00", "type": 1, "data": {"a": 1}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": "mutation", "data": {"a": 1}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": "SNAPSHOT", "data": {"a": 1}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 0, "data": {}, "rev": 0},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": True, "data": {}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1.0, "data": {}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 2, "data": {}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1, "data": [], "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1, "data": {}, "rev": -1},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1, "data": {}, "rev": True},
+        {"timestamp": "2024-05-01T12:00:05Z", "type": 1, "data": {}, "rev": 9.0},
+        {"timestamp": 1714564805, "type": 1, "data": {}, "rev": 9},
+        {"timestamp": "2024-05-01 12:00:05", "type": 1, "data": {}, "rev": 9},
+        {"type": 1, "data": {}, "rev": 9},
+        {"timestamp": "2024-05-01T12:00:05Z", "data": {}, "rev": 9},
+    ],
+)
+def test_entries_are_read_exactly_as_entry_from_json_reads_them(obj: dict[str, Any]) -> None:
+    """The tail reads the server's plain form without Entry.from_json; anything it
+    reads must be what Entry.from_json reads, and what it refuses, refused alike."""
+    try:
+        expected: Entry | str = Entry.from_json(obj, where="entry event")
+    except (rstream.EntryFormatError, ValueError) as exc:
+        expected = str(exc)
+    live = LiveState()
+    if not (isinstance(expected, Entry) and expected.is_snapshot):
+        live.feed(*ev(snap(0, {"a": 0}, 1)))  # a mutation needs a window to extend
+    if isinstance(expected, str):
+        with pytest.raises(ProtocolError) as info:
+            live.feed("entry", json.dumps(obj), "5")
+        assert expected in str(info.value)
+        return
+    step = live.feed("entry", json.dumps(obj), "5")
+    got = live.window()
+    assert got is not None
+    assert got[-1] == expected
+    assert got[-1].rev == (expected.rev if expected.rev is not None else 5)
+    assert step.change is not None
+    assert step.change.micros == expected.micros
+
+
 def test_unknown_events_are_ignored() -> None:
     live = LiveState()
     assert live.feed("message", "hello", None).change is None
@@ -456,6 +502,50 @@ def test_subscription_raising_callback_goes_to_on_error_and_continues() -> None:
     assert [str(e) for e in errors] == ["boom"]
     assert not sub.thread.is_alive()
     sub.close()
+
+
+def test_subscription_delivers_nothing_more_once_closed() -> None:
+    """A dispatcher takes states out of its inbox in batches; closing the
+    subscription still drops every state not yet handed to the callback."""
+    entered, release = threading.Event(), threading.Event()
+    got: list[int] = []
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        got.append(state["i"])
+        entered.set()
+        assert release.wait(5)
+
+    sub = Subscription(on_state)
+    sub.queue.put_many([item(i) for i in range(10)])  # all waiting: one batch
+    sub.start()
+    assert entered.wait(5)
+    sub.queue.close()  # while the callback runs with nine states taken out
+    release.set()
+    sub.join(5)
+    assert not sub.thread.is_alive()
+    assert got == [0]
+    assert sub.delivered == 1
+
+
+def test_subscription_delivers_states_and_gaps_in_order() -> None:
+    events: list[object] = []
+    done = threading.Event()
+    gap = Gap("re-anchored", after_rev=3, resumed_rev=9)
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        events.append(state["i"])
+        if state["i"] == 4:
+            done.set()
+
+    sub = Subscription(on_state, events.append)
+    sub.queue.put_many([item(0), item(1)])
+    sub.queue.put_error(gap)
+    sub.queue.put_many([item(2), item(3), item(4)])
+    sub.start()
+    assert done.wait(5)
+    sub.close()
+    assert events == [0, 1, gap, 2, 3, 4]
+    assert not sub.thread.is_alive()
 
 
 # -- LiveTail against scripted connections --------------------------------------

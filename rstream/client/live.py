@@ -49,6 +49,7 @@ from rstream.client.subscription import ErrorCallback, StateCallback, Subscripti
 from rstream.client.transport import quote_stream_id, raise_for_response
 from rstream.core.entry import Entry
 from rstream.core.mutation import copy_json
+from rstream.core.timestamps import from_micros
 from rstream.errors import (
     ClientClosed,
     ProtocolError,
@@ -634,18 +635,17 @@ class LiveTail:
         """Apply one event; its state is delivered at the next flush. True when it
         changed the live state."""
         with self._lock:
-            step = self._state.feed(event.event, event.data, event.id)
+            change, committed, gap, applied = self._state.feed(event.event, event.data, event.id)
             inboxes = self._inboxes  # copy-on-write: this list is never changed
-        if step.gap is not None:
-            self._pending.append((step.gap, inboxes))
-        change = step.change
+        if gap is not None:
+            self._pending.append((gap, inboxes))
         if change is not None:
-            self._pending.append(((change.timestamp, change.state), inboxes))
-        if step.committed is not None and self._on_commit is not None:
+            self._pending.append(((from_micros(change.micros), change.state), inboxes))
+        if committed is not None and self._on_commit is not None:
             # Now, not at the flush: the window store may look at live_window(),
             # which must still be the window this snapshot started.
             try:
-                self._on_commit(list(step.committed))
+                self._on_commit(list(committed))
             except Exception:
                 log.exception("on_commit callback for stream %r raised", self.stream_id)
-        return step.applied
+        return applied

@@ -181,6 +181,35 @@ class StateQueue:
                 self._not_full.notify()
             return item
 
+    def _take_many(self, limit: int) -> list[StateItem | BaseException]:
+        """Wait for the next item, then take up to ``limit`` waiting items (states not
+        copied) under one lock acquisition: for a dispatcher thread, so that a batch
+        of states costs one lock round and one wake-up of the producer, not one each.
+        Raises like :meth:`get` once closed and drained."""
+        with self._lock:
+            items = self._items
+            while not items:
+                if self._closed:
+                    raise self._end or ClientClosed(
+                        "the state queue is closed; take a new one with stream.states()"
+                    )
+                self._not_empty.wait()
+            if len(items) <= limit:
+                taken = list(items)
+                items.clear()
+            else:
+                taken = [items.popleft() for _ in range(limit)]
+            states = sum(1 for item in taken if not isinstance(item, BaseException))
+            if states:
+                self._states -= states
+                self._not_full.notify()  # one producer: the live tail's reader
+            return taken
+
+    @property
+    def _discarding(self) -> bool:
+        """Closed by the consumer: states already taken out are not delivered either."""
+        return self._discard
+
     def _report(self, error: BaseException) -> None:
         if self.on_error is None:
             log.warning("live tail: %s", error)

@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from rstream.client.queues import Overflow, StateQueue
+from rstream.core.mutation import copy_json
+from rstream.errors import ClientClosed
 
 __all__ = ["ErrorCallback", "StateCallback", "Subscription"]
 
@@ -30,6 +32,9 @@ StateCallback = Callable[[datetime, dict[str, Any]], object]
 ErrorCallback = Callable[[BaseException], object]
 
 _ids = itertools.count(1)
+# States a dispatcher takes from its inbox at once: small next to the inbox, so that
+# at most this many states are held beyond maxsize.
+_BATCH = 256
 
 
 class Subscription:
@@ -109,16 +114,33 @@ class Subscription:
         return f"<Subscription {state} {self.on_state!r} delivered={self.delivered}>"
 
     def _run(self) -> None:
-        try:
-            for ts, state in self.queue:
+        queue = self.queue
+        on_state = self.on_state
+        # Batches, not queue.get(): one lock round per batch instead of one per state.
+        # Only under "block": the other policies drop from the inbox, which a state
+        # taken out into a batch would escape.
+        batch = _BATCH if queue.overflow == "block" else 1
+        while True:
+            try:
+                items = queue._take_many(batch)
+            except ClientClosed:
+                return
+            except Exception as exc:  # the fatal error that stopped the tail
+                self._report(exc)
+                return
+            for item in items:
+                if queue._discarding:  # closed: what was taken out is dropped too
+                    return
+                if isinstance(item, BaseException):  # a Gap, in order with the states
+                    self._report(item)
+                    continue
+                ts, state = item
                 try:
-                    self.on_state(ts, state)
+                    on_state(ts, copy_json(state))
                 except Exception as exc:
-                    log.exception("subscriber callback %r raised", self.on_state)
+                    log.exception("subscriber callback %r raised", on_state)
                     self._report(exc)
                 self.delivered += 1
-        except Exception as exc:  # the fatal error that stopped the tail
-            self._report(exc)
 
     def _report(self, error: BaseException) -> None:
         if self.on_error is None:
