@@ -18,6 +18,7 @@ ALLOWED = {
     "datetime",
     "decimal",
     "enum",
+    "functools",
     "json",
     "math",
     "re",

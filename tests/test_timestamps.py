@@ -74,7 +74,9 @@ def test_parse_rfc3339_refuses_malformed(text: str) -> None:
 def test_format_round_trips_and_trims_zeros() -> None:
     assert format_rfc3339(0) == "1970-01-01T00:00:00Z"
     assert format_rfc3339(1_500_000) == "1970-01-01T00:00:01.5Z"
-    for micros in (0, 1, 999_999, 1714564800_123456, -1):
+    year_one = to_micros(datetime(1, 1, 1, tzinfo=UTC))
+    assert format_rfc3339(year_one) == "0001-01-01T00:00:00Z"
+    for micros in (0, 1, 999_999, 1714564800_123456, -1, year_one, year_one + 10**6 + 5):
         assert parse_rfc3339(format_rfc3339(micros)) == micros
 
 

@@ -8,6 +8,7 @@ on the wire and in files it is RFC 3339 in UTC.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -77,10 +78,19 @@ def from_micros(micros: int) -> datetime:
 def format_rfc3339(micros: int) -> str:
     """RFC 3339 in UTC with trailing zeros of the fraction trimmed (as Go's RFC3339Nano)."""
     seconds, frac = divmod(micros, 1_000_000)
-    text = (EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    text = _second_text(seconds)
     if frac:
         return f"{text}.{frac:06d}".rstrip("0") + "Z"
     return text + "Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    # Neighbouring entries share their second, and building the date-time text
+    # costs more than the rest of an encoded entry together.
+    d = EPOCH + timedelta(seconds=seconds)
+    # Not strftime: "%Y" drops the leading zeros of years before 1000.
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
 
 
 # Entries of one stream share their date-time prefix with their neighbours, so

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 from bisect import bisect_right
@@ -66,23 +65,12 @@ def encode_row(micros: int, kind: int, data_json: str, rev: int) -> bytes:
     UTF-8 or escaped ASCII), which is byte for byte what ``json.dumps`` makes
     of the parsed data inside :func:`encode_entry`.
     """
-    seconds, frac = divmod(micros, 1_000_000)
-    stamp = _second(seconds)
-    if frac:
-        stamp += (b".%06d" % frac).rstrip(b"0")
-    return b'{"timestamp":"%sZ","type":%d,"data":%s,"rev":%d}' % (
-        stamp,
+    return b'{"timestamp":"%s","type":%d,"data":%s,"rev":%d}' % (
+        format_rfc3339(micros).encode("ascii"),
         kind,
         data_json.encode("utf-8"),
         rev,
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def _second(seconds: int) -> bytes:
-    # "YYYY-MM-DDTHH:MM:SS" of a second: neighbouring entries share it, and
-    # formatting a datetime costs more than the rest of the line together.
-    return format_rfc3339(seconds * 1_000_000)[:-1].encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
