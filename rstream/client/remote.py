@@ -486,8 +486,7 @@ class RemoteStream:
         self._check_open()
         tail = self._tail
         if tail is not None:
-            ts, state = tail.latest(timeout)
-            return ts, copy_json(state)
+            return tail.latest(timeout)  # already the caller's own copy
         try:
             bounds = self._fetch_bounds(None)
         except OutOfRange as exc:
@@ -638,13 +637,32 @@ class RemoteStream:
         self,
         on_state: Callable[[datetime, State], object],
         on_error: Callable[[BaseException], object] | None = None,
+        *,
+        maxsize: int = 10_000,
+        overflow: str = "block",
     ) -> Subscription:
-        """Call ``on_state(ts, state)`` for every change, on a dispatcher thread."""
-        return self._ensure_tail().subscribe(on_state, on_error)
+        """Call ``on_state(ts, state)`` for the current state, then every change, in order.
 
-    def states(self, maxsize: int = 1000, overflow: str = "block") -> StateQueue:
-        """A queue of ``(ts, state)`` changes; ``overflow``: "block", "drop_oldest", "latest"."""
-        return self._ensure_tail().states(maxsize=maxsize, overflow=overflow)
+        Callbacks run on the subscription's own dispatcher thread, never on
+        the socket reader; errors (a raising callback, a :class:`~rstream.Gap`,
+        a fatal tail error) go to ``on_error``. ``maxsize`` and ``overflow``
+        bound the subscription's inbox as for :meth:`states`.
+        """
+        return self._ensure_tail().subscribe(on_state, on_error, maxsize=maxsize, overflow=overflow)
+
+    def states(
+        self,
+        maxsize: int = 1000,
+        overflow: str = "block",
+        *,
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> StateQueue:
+        """A queue of ``(ts, state)``: the current state, then every change.
+
+        ``overflow`` when the queue is full: ``"block"`` (back-pressure up to
+        the socket), ``"drop_oldest"``, or ``"latest"`` (keep only the newest).
+        """
+        return self._ensure_tail().states(maxsize=maxsize, overflow=overflow, on_error=on_error)
 
     @property
     def health(self) -> Health:
