@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
+from rstream.core.jsontype import json_type
 from rstream.core.timestamps import (
     TimeLike,
     format_rfc3339,
@@ -159,7 +160,7 @@ class Entry:
         (for example ``"line 12"``) when anything is malformed.
         """
         if not isinstance(obj, dict):
-            _bad(where, f"expected a JSON object, got {_json_type(obj)}")
+            _bad(where, f"expected a JSON object, got {json_type(obj)}")
         try:
             raw_ts = obj["timestamp"]
             raw_kind = obj["type"]
@@ -175,25 +176,11 @@ class Entry:
         except ValueError as exc:
             _bad(where, f"field 'type': {exc}")
         if not isinstance(data, dict):
-            _bad(where, f"field 'data' must be a JSON object, got {_json_type(data)}")
+            _bad(where, f"field 'data' must be a JSON object, got {json_type(data)}")
         rev = obj.get("rev")
         if rev is not None and (type(rev) is not int or rev < 0):
             _bad(where, f"field 'rev' must be a non-negative integer, got {rev!r}")
         return cls.from_micros(micros, kind, data, rev)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
 
 
 def _bad(where: str, message: str) -> NoReturn:

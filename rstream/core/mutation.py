@@ -27,6 +27,7 @@ import json
 import re
 from typing import Any, NoReturn, TypeAlias
 
+from rstream.core.jsontype import json_type
 from rstream.errors import MutationError
 
 __all__ = [
@@ -309,21 +310,7 @@ def _format_path(parts: list[str | int]) -> str:
 
 
 def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if value is _MISSING:
-        return "a missing value"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return "a missing value" if value is _MISSING else json_type(value)
 
 
 # -- build ---------------------------------------------------------------------
