@@ -8,7 +8,10 @@ many mutations. Then:
   entries checked, mutations applied, each state copied for the subscriber,
   handed to the dispatcher thread) against the least a client can do:
   ``requests`` + ``sseclient-py`` + ``json.loads`` over the same endpoint and
-  backlog, no states at all. Target ratio >= 0.7.
+  backlog, no states at all. Target ratio >= 0.7. Also the CPU each side
+  spends per state, from the threads' own clocks (the raw loop's thread; the
+  tail's reader thread, and its dispatcher thread that copies each state and
+  calls back), which does not depend on how busy the server or the machine is.
 - c: through a byte-counting TCP proxy, the tail receives 10,000 entries; the
   proxy cuts the connection; one more entry is written. Bytes on the wire after
   the cut (reconnect, resume by revision, that entry) against a full re-fetch of
@@ -23,7 +26,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import sseclient
@@ -69,9 +72,24 @@ def fill(url: str, stream_id: str, count: int) -> None:
             response.raise_for_status()
 
 
-def raw_rate(url: str, stream_id: str, count: int) -> float:
+class Rate(NamedTuple):
+    """One run: states (events) per second, and CPU seconds per state of the threads."""
+
+    per_second: float
+    reader_cpu: float  # the thread that reads the socket and applies (the raw loop's own)
+    consumer_cpu: float  # the thread that calls back (0 for the raw loop)
+
+
+def thread_cpu(thread: threading.Thread) -> float:
+    """CPU seconds another (running) thread has used so far."""
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def raw_rate(url: str, stream_id: str, count: int) -> Rate:
     """requests + sseclient-py + json.loads: events per second for ``count`` events."""
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     seen = 0
     with (
         requests.Session() as session,
@@ -83,18 +101,21 @@ def raw_rate(url: str, stream_id: str, count: int) -> float:
                 seen += 1
                 if seen == count:
                     break
-    return count / (time.perf_counter() - started)
+    cpu = time.thread_time() - cpu_started
+    return Rate(count / (time.perf_counter() - started), cpu / count, 0.0)
 
 
-def tail_rate(url: str, stream_id: str, count: int) -> float:
+def tail_rate(url: str, stream_id: str, count: int) -> Rate:
     """The live tail, to a callback: states per second for ``count`` states."""
     done = threading.Event()
     seen = 0
+    consumer_cpu = 0.0
 
     def on_state(ts: datetime, state: dict[str, Any]) -> None:
-        nonlocal seen
+        nonlocal seen, consumer_cpu
         seen += 1
         if seen == count:
+            consumer_cpu = time.thread_time()  # the dispatcher's, started with the tail
             done.set()
 
     transport = Transport(url)
@@ -102,9 +123,13 @@ def tail_rate(url: str, stream_id: str, count: int) -> float:
     try:
         started = time.perf_counter()
         tail.subscribe(on_state)
+        reader = tail._thread
+        assert reader is not None
         if not done.wait(300):
             raise RuntimeError(f"the tail delivered {seen} of {count} states")
-        return count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        # The reader is still open (waiting for the next chunk): its clock is readable.
+        return Rate(count / elapsed, thread_cpu(reader) / count, consumer_cpu / count)
     finally:
         tail.close()
         transport.close()
@@ -191,11 +216,18 @@ def main() -> None:
                 raws.append(raw_rate(server.url, "throughput", count))
                 ours.append(tail_rate(server.url, "throughput", count))
             raw, tail = max(raws), max(ours)
+            raw_cpu = min(r.reader_cpu for r in raws)
+            reader_cpu = min(r.reader_cpu for r in ours)
+            consumer_cpu = min(r.consumer_cpu for r in ours)
             print(
                 f"a  live throughput, {count:,} states in one live window (best of 3):\n"
-                f"   requests+sseclient+json.loads {raw:>10,.0f} events/s\n"
-                f"   LiveTail to a callback        {tail:>10,.0f} states/s\n"
-                f"   ratio {tail / raw:.2f} (target >= 0.7)"
+                f"   requests+sseclient+json.loads {raw.per_second:>10,.0f} events/s\n"
+                f"   LiveTail to a callback        {tail.per_second:>10,.0f} states/s\n"
+                f"   ratio {tail.per_second / raw.per_second:.2f} (target >= 0.7)\n"
+                f"   CPU per state (thread clocks, best of 3): raw loop {raw_cpu * 1e6:.1f} us; "
+                f"tail reader {reader_cpu * 1e6:.1f} us + dispatcher {consumer_cpu * 1e6:.1f} us\n"
+                f"   ratio by CPU, raw loop / tail reader {raw_cpu / reader_cpu:.2f}, "
+                f"/ both threads {raw_cpu / (reader_cpu + consumer_cpu):.2f}"
             )
             plain, parsed, applied = parse_breakdown(server.url, "throughput")
             print(
