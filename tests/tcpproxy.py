@@ -44,7 +44,9 @@ class _Pair:
     def __init__(self, client: socket.socket, upstream: socket.socket, fate: Fate) -> None:
         self.client = client
         self.upstream = upstream
-        self.mode, self.budget = fate
+        # "stalled" once the stall has happened (from a "stall" fate or stall_all()).
+        self.mode: Literal["pass", "cut", "stall", "stalled"] = fate[0]
+        self.budget = fate[1]
         self.pending_down = b""  # server -> client, not yet written
         self.pending_up = b""  # client -> server, not yet written
 
