@@ -1,9 +1,12 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import rstream
 from rstream.core.timestamps import (
+    EPOCH,
     format_rfc3339,
     from_micros,
     parse_rfc3339,
@@ -104,3 +107,51 @@ def test_cached_prefix_path_agrees_with_the_full_parser() -> None:
     ):
         with pytest.raises(rstream.InvalidTimestamp):
             parse_rfc3339(bad)
+
+
+# The datetime range in epoch microseconds: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z.
+_MIN_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+_MAX_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.integers(_MIN_US, _MAX_US), st.integers(-(10**7), 10**7)))
+@example(0)
+@example(-1)
+@example(-1_000_000)
+@example(-1_000_001)
+@example(999_999)
+@example(_MIN_US)
+@example(_MAX_US)
+def test_from_micros_is_the_exact_utc_datetime(micros: int) -> None:
+    # Twice: the first call may fill the per-second cache, the second reads it.
+    for _ in range(2):
+        value = from_micros(micros)
+        assert value == EPOCH + timedelta(microseconds=micros)
+        assert value.tzinfo is UTC
+        assert to_micros(value) == micros
+
+
+def test_from_micros_keeps_the_microsecond_within_a_cached_second() -> None:
+    base = 1714564800 * 1_000_000
+    assert [from_micros(base + us).microsecond for us in (0, 1, 500_000, 999_999)] == [
+        0,
+        1,
+        500_000,
+        999_999,
+    ]
+    # Before the epoch, the second is the one below: -0.25 s is 23:59:59.75 on 1969-12-31.
+    assert from_micros(-250_000) == datetime(1969, 12, 31, 23, 59, 59, 750_000, tzinfo=UTC)
+
+
+def test_from_micros_stays_exact_past_the_cache_size() -> None:
+    seconds = range(-3000, 3000)  # more distinct seconds than the cache holds
+    for _ in range(2):
+        for s in seconds:
+            assert from_micros(s * 1_000_000 + 7) == EPOCH + timedelta(seconds=s, microseconds=7)
+
+
+@pytest.mark.parametrize("micros", [_MIN_US - 1, _MAX_US + 1])
+def test_from_micros_out_of_range_is_an_overflow(micros: int) -> None:
+    with pytest.raises(OverflowError):
+        from_micros(micros)

@@ -72,7 +72,30 @@ def to_micros(value: TimeLike) -> int:
 
 def from_micros(micros: int) -> datetime:
     """The aware UTC datetime of epoch microseconds."""
-    return EPOCH + timedelta(microseconds=micros)
+    # Called once per state on the live tail's reader thread. Neighbouring states
+    # share their second, so the date-time fields of the second are cached and the
+    # datetime is built from them directly: 40% cheaper than EPOCH + timedelta, and
+    # than datetime.replace(microsecond=...), whose keyword parsing costs as much.
+    # divmod floors, so a negative ``micros`` gets the second before it and a
+    # non-negative microsecond, as the datetime fields need.
+    seconds, micro = divmod(micros, 1_000_000)
+    fields = _SECOND_FIELDS.get(seconds)
+    if fields is None:
+        fields = _second_fields(seconds)
+    return datetime(*fields, micro, UTC)
+
+
+_SECOND_FIELDS: dict[int, tuple[int, int, int, int, int, int]] = {}
+_SECOND_FIELDS_MAX = 4096
+
+
+def _second_fields(seconds: int) -> tuple[int, int, int, int, int, int]:
+    d = EPOCH + timedelta(seconds=seconds)  # OverflowError out of datetime's range, as before
+    fields = (d.year, d.month, d.day, d.hour, d.minute, d.second)
+    if len(_SECOND_FIELDS) >= _SECOND_FIELDS_MAX:
+        _SECOND_FIELDS.clear()  # a dict (not lru_cache): the hit path is one get
+    _SECOND_FIELDS[seconds] = fields
+    return fields
 
 
 def format_rfc3339(micros: int) -> str:
