@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import gc
 import itertools
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
 
+from rstream.client._gc import paused as _gc_paused
 from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
@@ -76,45 +76,6 @@ _EPOCH = EPOCH
 
 _Body: TypeAlias = "tuple[str, list[bytes]]"
 """A page's body as fetched by a worker: its URL (for errors) and its bytes."""
-
-_gc_lock = threading.Lock()
-_gc_depth = 0  # threads inside _gc_paused()
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a page becomes entries and states.
-
-    A page makes tens of thousands of containers (parsed JSON, entries,
-    states); CPython's collector counts allocations, so it runs many times
-    during a page and promotes the page's short-lived objects to the oldest
-    generation, which then triggers full collections of everything alive,
-    cache included. Measured on 200,000 entries, that was half of the client's
-    CPU time. Paused per page, nothing is promoted needlessly, and no full
-    collection runs (the technique of Mercurial's ``util.nogc``).
-
-    The pause is held only by a thread turning a page into data, never across
-    a ``yield`` to the caller's code or any I/O (tens of milliseconds); the
-    pauses of several threads nest (a process-wide count), and the collector
-    is re-enabled only if it was enabled when the first pause began.
-    Reference counting frees memory as usual meanwhile; only the collection of
-    reference cycles waits for the end of the pause.
-    """
-    global _gc_depth, _gc_was_enabled
-    with _gc_lock:
-        if _gc_depth == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_depth += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_depth -= 1
-            if _gc_depth == 0 and _gc_was_enabled:
-                gc.enable()
-
 
 _Chunk: TypeAlias = "tuple[Sequence[int], Sequence[Pair]]"
 """Consecutive changes: their timestamps in microseconds and their ``(datetime, state)``."""
@@ -317,7 +278,7 @@ class _Pages:
     """The pages of one range, each requested as soon as the page before names it.
 
     Workers only fetch: a page is its body, ``(url, chunks of bytes)``. The
-    reading thread parses it (see :func:`_gc_paused` for why there).
+    reading thread parses it (see :mod:`rstream.client._gc` for why there).
 
     A worker that has a page's headers hands its ``RStream-Next-Start`` to
     :meth:`next_start` *before* reading the body, and the next request leaves
