@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import socket
@@ -127,6 +128,7 @@ def no_leaks() -> Iterator[None]:
             break
         time.sleep(0.02)
     assert not extra, f"threads left running: {extra}"
+    assert gc.isenabled()  # no GC pause of a reader thread left behind
 
 
 def tail_for(url: str | list[str], **kwargs: Any) -> tuple[LiveTail, Transport]:

@@ -4,6 +4,7 @@ reconnect policy against scripted connections (``responses``, injected sleep).""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import random
 import threading
@@ -22,7 +23,7 @@ from responses.registries import OrderedRegistry
 import rstream
 from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
 from rstream.client.live import LiveTail
-from rstream.client.livestate import LiveState
+from rstream.client.livestate import LiveState, Step
 from rstream.client.queues import StateQueue
 from rstream.client.sse import EventStream
 from rstream.client.subscription import Subscription
@@ -911,3 +912,41 @@ def test_timeouts_are_rstream_errors_and_builtin_timeout_errors() -> None:
     assert isinstance(info.value, TimeoutError)
     assert isinstance(info.value, rstream.RStreamError)
     queue.close()
+
+
+def test_the_gc_is_paused_only_while_a_chunk_becomes_states(
+    mocked: responses.RequestsMock,
+) -> None:
+    add_sse(mocked, sse(*(ev(e) for e in LOG)))  # LOG[3] commits the first window
+    add_sse(mocked, sse(ev(LOG[4]), ("entry", "{broken", "6")))  # ProtocolError mid-chunk
+    assert gc.isenabled()
+    in_feed: list[bool] = []
+    in_commit: list[bool] = []
+    in_sleep: list[bool] = []
+    waits = Waits(2)
+
+    class Recording(LiveState):
+        def feed(self, event: str, data: str, event_id: str | None = None) -> Step:
+            in_feed.append(gc.isenabled())
+            return super().feed(event, data, event_id)
+
+    def sleep(seconds: float) -> None:
+        in_sleep.append(gc.isenabled())
+        waits(seconds)
+
+    def on_commit(entries: list[Entry]) -> None:
+        in_commit.append(gc.isenabled())
+
+    transport = Transport(BASE, retry=tenacity.Retrying())
+    tail = LiveTail(
+        transport, "robot-1", sleep=sleep, wait=tenacity.wait_fixed(0), on_commit=on_commit
+    )
+    waits.tail = tail
+    tail._state = Recording()
+    q = tail.states()
+    run_script(tail, transport, waits)
+    assert [s for _, s in q] == [s for _, s in states_of(LOG)]
+    assert in_feed == [False] * 7  # every event was applied with the collector paused
+    assert in_commit == [True]  # but not across a callback,
+    assert in_sleep == [True, True]  # a wait, or after a malformed event ended a connection
+    assert gc.isenabled()

@@ -40,6 +40,7 @@ import requests
 import tenacity
 import urllib3.exceptions
 
+from rstream.client import _gc
 from rstream.client.health import ConnectionState, Health, HealthTracker
 from rstream.client.livestate import LiveState
 from rstream.client.queues import Overflow, StateQueue
@@ -182,6 +183,7 @@ class LiveTail:
         self._response_lock = threading.Lock()
 
         # Owned by the reader thread.
+        self._gc_paused = False  # it holds a GC pause (while it turns a chunk into states)
         self._url_index = getattr(transport, "current_index", 0)
         self._server_retry = 0.0  # the server's retry:, seconds
         self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
@@ -593,6 +595,7 @@ class LiveTail:
             self._check_stop()  # the dying read after close() is not news
             cause = TransportError(f"the live stream from {url} broke: {exc}")
         finally:
+            self._resume_gc()
             self._flush()  # what was applied is delivered, whatever ended the connection
             if events.retry_ms is not None:
                 self._server_retry = events.retry_ms / 1000
@@ -621,15 +624,31 @@ class LiveTail:
                 sock.settimeout(heartbeat * HEARTBEAT_FACTOR)
 
     def _observe(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The chunks, with the work between two reads done: the states of the last
+        chunk delivered, and the garbage collector paused while the next chunk becomes
+        events and states (see :mod:`rstream.client._gc`), never across the read or a
+        wait for room in an inbox."""
         data = self._health.data
         chunks = iter(chunks)
         while True:
+            self._resume_gc()
             self._flush()  # deliver what the last chunk gave before blocking on the socket
             chunk = next(chunks, None)
             if chunk is None:
                 return
             data()
+            self._pause_gc()
             yield chunk
+
+    def _pause_gc(self) -> None:
+        if not self._gc_paused:
+            _gc.pause()
+            self._gc_paused = True
+
+    def _resume_gc(self) -> None:
+        if self._gc_paused:
+            self._gc_paused = False
+            _gc.resume()
 
     def _apply(self, event: SSEEvent) -> bool:
         """Apply one event; its state is delivered at the next flush. True when it
@@ -644,8 +663,12 @@ class LiveTail:
         if committed is not None and self._on_commit is not None:
             # Now, not at the flush: the window store may look at live_window(),
             # which must still be the window this snapshot started.
+            paused = self._gc_paused
+            self._resume_gc()  # not across a callback
             try:
                 self._on_commit(list(committed))
             except Exception:
                 log.exception("on_commit callback for stream %r raised", self.stream_id)
+            if paused:
+                self._pause_gc()
         return applied
