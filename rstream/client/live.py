@@ -100,6 +100,9 @@ class LiveTransport(Protocol):
     def url_for(self, index: int, path: str) -> str: ...
 
 
+_StateItem = tuple[datetime, dict[str, Any]]
+
+
 class _ReconnectError(Exception):
     """A connection ended without making progress; tenacity waits and tries again."""
 
@@ -187,10 +190,13 @@ class LiveTail:
         self._url_index = getattr(transport, "current_index", 0)
         self._server_retry = 0.0  # the server's retry:, seconds
         self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
-        # Applied, not yet delivered: ((ts, state) or an error, the inboxes then).
-        self._pending: list[
-            tuple[tuple[datetime, dict[str, Any]] | BaseException, list[StateQueue]]
-        ] = []
+        # Applied, not yet delivered, in order: runs of states for the inboxes there
+        # were when they were applied, and errors (a Gap) with theirs. States extend
+        # the last run while the inboxes stay the same list (copy-on-write), so the
+        # common case costs one list append per state.
+        self._pending: list[tuple[list[_StateItem] | BaseException, list[StateQueue]]] = []
+        self._batch: list[_StateItem] = []  # the last run in _pending, when _batch_for is set
+        self._batch_for: list[StateQueue] | None = None  # the inboxes of _batch
 
     # -- public API ---------------------------------------------------------------
 
@@ -364,28 +370,19 @@ class LiveTail:
         if not pending:
             return
         self._pending = []
+        self._batch_for = None
         with self._lock:
             revision = self._state.resume_rev
             self._changed.notify_all()  # latest() waiters
         self._health.revision(revision)
-        batch: list[tuple[datetime, dict[str, Any]]] = []
-        targets: list[StateQueue] = []
         for item, inboxes in pending:
-            if inboxes is not targets or isinstance(item, BaseException):
-                for inbox in targets:
-                    inbox.put_many(batch)  # "block": back-pressure here, woken by close()
-                batch = []
-                targets = inboxes
             if isinstance(item, BaseException):
                 log.warning("stream %r: %s", self.stream_id, item)
                 for inbox in inboxes:
                     inbox.put_error(item)
-                targets = []
             else:
-                batch.append(item)
-        if batch:
-            for inbox in targets:
-                inbox.put_many(batch)
+                for inbox in inboxes:
+                    inbox.put_many(item)  # "block": back-pressure here, woken by close()
 
     # -- the reader thread --------------------------------------------------------
 
@@ -658,8 +655,15 @@ class LiveTail:
             inboxes = self._inboxes  # copy-on-write: this list is never changed
         if gap is not None:
             self._pending.append((gap, inboxes))
+            self._batch_for = None  # states after the gap: a new run
         if change is not None:
-            self._pending.append(((from_micros(change.micros), change.state), inboxes))
+            item = (from_micros(change.micros), change.state)
+            if inboxes is self._batch_for:
+                self._batch.append(item)
+            else:
+                self._batch = [item]
+                self._batch_for = inboxes
+                self._pending.append((self._batch, inboxes))
         if committed is not None and self._on_commit is not None:
             # Now, not at the flush: the window store may look at live_window(),
             # which must still be the window this snapshot started.

@@ -262,6 +262,11 @@ class StateQueue:
                 self._states += 1
                 self._not_empty.notify()
                 return True
+            if self._states + len(items) <= self.maxsize:  # room for all: the common case
+                self._items.extend(items)
+                self._states += len(items)
+                self._not_empty.notify()
+                return True
             for appended, item in enumerate(items):
                 if self._states >= self.maxsize:
                     if self.overflow == "drop_oldest":
