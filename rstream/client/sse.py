@@ -51,7 +51,9 @@ The work is per chunk and per event rather than per line: an event that a chunk
 holds whole is found with ``bytes.find`` and interpreted in one go; only the
 lines of an event split between chunks are interpreted one by one as they
 complete (so comments are reported, and ``retry`` applied, as soon as their
-line is complete either way).
+line is complete either way). The form an rstream server sends every event in
+(``event``, a numeric ``id``, one ``data`` line) is recognised with a few
+slices, without the line loop; sseclient-py still interprets it.
 
 Deliberate choices, beyond the specification:
 
@@ -287,6 +289,22 @@ class EventStream:
         Only called when no line of the event is held yet and the block is no larger
         than ``max_event_bytes`` (so the size checks of :meth:`_field` cannot fail).
         """
+        # The form an rstream server sends every event in, "event: NAME", "id: DIGITS",
+        # one "data: VALUE" line, found with a few slices instead of a line loop.
+        if block[:7] == b"event: ":
+            first = block.find(b"\n", 7)
+            if block[first + 1 : first + 5] == b"id: ":
+                second = block.find(b"\n", first + 5)
+                digits = block[first + 5 : second]
+                if (
+                    block[second + 1 : second + 7] == b"data: "
+                    and digits.isdigit()  # ASCII digits, so no NUL, and not empty
+                    and block.find(b"\n", second + 7) < 0
+                ):
+                    event_id = self._id_buffer = self.last_event_id = digits.decode("ascii")
+                    text = block[: first + 1] + block[second + 1 :] + b"\n\n"
+                    event, data = self._interpret_with_sseclient(text, ascii)
+                    return SSEEvent(event, data, event_id, None)
         data_lines: list[bytes] = []
         event_line: bytes | None = None
         own_id: str | None = None
