@@ -212,7 +212,8 @@ class SSEReader:
 
     def _parse(self) -> Iterator[SSEEvent]:
         buf = b""
-        event, data, last_id, retry = "", [], None, None
+        event, last_id, retry = "", None, None
+        data: list[str] = []
         for chunk in self.response.iter_content(chunk_size=None):
             buf += chunk
             *lines, buf = buf.split(b"\n")
