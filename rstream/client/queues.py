@@ -227,24 +227,7 @@ class StateQueue:
         With ``"block"`` waits for room. Returns False when the queue is
         closed (the state is not delivered).
         """
-        with self._lock:
-            if self._closed:
-                return False
-            if self.overflow == "latest":
-                if self._states:
-                    self._drop_states(self._states)
-            elif self._states >= self.maxsize:
-                if self.overflow == "drop_oldest":
-                    self._drop_states(1)
-                else:
-                    while self._states >= self.maxsize and not self._closed:
-                        self._not_full.wait()
-                    if self._closed:
-                        return False
-            self._items.append(item)
-            self._states += 1
-            self._not_empty.notify()
-            return True
+        return self.put_many([item])
 
     def put_many(self, items: list[StateItem]) -> bool:
         """:meth:`put` each of ``items`` in order, under one lock acquisition (one
