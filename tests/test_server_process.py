@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,13 @@ def test_resume_with_last_event_id_across_a_restart(tmp_path: Path) -> None:
 def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     acked: list[dict[str, Any]] = []
+    grew = threading.Condition()
     stop = threading.Event()
+
+    def wait_for_more(count: int) -> None:
+        with grew:
+            grew.wait_for(lambda: len(acked) >= count, timeout=15)
+
     with ServerProcess(db) as server:
         url = server.url
         with requests.Session() as http:
@@ -84,22 +89,18 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
                         stop.wait(0.01)  # the server is restarting: do not spin
                         continue
                     if r.ok and r.json()["entry"] is not None:
-                        acked.append(r.json()["entry"])
+                        with grew:
+                            acked.append(r.json()["entry"])
+                            grew.notify_all()
 
         writer = threading.Thread(target=write)
         writer.start()
         try:
             for _ in range(3):
-                count = len(acked)
-                deadline = time.monotonic() + 15
-                while len(acked) < count + 20 and time.monotonic() < deadline:
-                    time.sleep(0.02)  # a count to reach: nothing to wait on
+                wait_for_more(len(acked) + 20)
                 server.kill()
                 server.start()
-            count = len(acked)
-            deadline = time.monotonic() + 15
-            while len(acked) < count + 20 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for_more(len(acked) + 20)
         finally:
             stop.set()
             writer.join(10)
