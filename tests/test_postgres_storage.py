@@ -6,8 +6,10 @@ reach, and the LISTEN/NOTIFY change feed (the conformance suite in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -320,6 +322,106 @@ def test_the_write_lock_rolls_back_unused_and_is_not_reentrant(
         # After the write the lock is gone; later reads still work.
         assert log.revision == 2
     assert b.log("s").revision == 2
+
+
+class RoundTrips:
+    """Counts a storage's waits for PostgreSQL: each ``Connection.execute``
+    outside a pipeline is one, and so is each (outermost) pipeline block."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._depth: dict[int, int] = {}
+        execute, pipeline = psycopg.Connection.execute, psycopg.Connection.pipeline
+
+        def counting_execute(conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+            if not self._depth.get(id(conn)):
+                self.count += 1
+            return execute(conn, *args, **kwargs)
+
+        @contextlib.contextmanager
+        def counting_pipeline(conn: psycopg.Connection[Any]) -> Iterator[Any]:
+            self._depth[id(conn)] = self._depth.get(id(conn), 0) + 1
+            try:
+                with pipeline(conn) as p:
+                    yield p
+            finally:
+                self._depth[id(conn)] -= 1
+                if not self._depth[id(conn)]:
+                    self.count += 1
+
+        monkeypatch.setattr(psycopg.Connection, "execute", counting_execute)
+        monkeypatch.setattr(psycopg.Connection, "pipeline", counting_pipeline)
+
+
+def test_a_write_under_the_lock_waits_for_the_database_twice(
+    schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each wait for the database is a trip through a busy server's GIL and
+    scheduler (bench fanout_pg: 12 per write made one replica 4x costlier per
+    delivered event than SQLite), so a write takes two: BEGIN, the row lock and
+    the newest entry; then the rows, the revision, the notification and COMMIT."""
+    with PostgresStorage(schema.storage_url) as storage:
+        storage.create_stream("s")
+        log = storage.log("s")
+        times = itertools.count(T0, S)
+        writer = Stream(
+            log, RateConfig(change_frequency=timedelta(seconds=10)), clock=lambda: next(times)
+        )
+        with log.write_lock():
+            writer.write_state({"n": 0})  # the first write also places the writer's cursor
+        trips = RoundTrips(monkeypatch)
+        steps = [
+            ({"n": 1}, WriteAction.MUTATION),
+            ({"n": 2}, WriteAction.AMEND),
+            ({"n": 2}, WriteAction.NONE),  # the lock, then ROLLBACK
+        ]
+        for state, action in steps:
+            trips.count = 0
+            with log.write_lock():
+                writer.write_state(state)
+            assert (writer.last_action, trips.count) == (action, 2)
+        trips.count = 0
+        batch = [Entry(from_micros(T0 + i * S), EntryKind.SNAPSHOT, {"n": i}) for i in (10, 11)]
+        with log.write_lock():
+            log.append_many(batch)
+        assert trips.count == 2
+        written = log.changes_since(0)
+    assert [e.rev for e in written] == [1, 3, 4, 5]  # the amend replaced revision 2
+    assert replay(written) == [{"n": 0}, {"n": 2}, {"n": 10}, {"n": 11}]
+
+
+def test_a_write_failing_in_the_database_rolls_back_and_releases_the_lock(
+    schema: PgSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The write's statements run pipelined, so the database's error arrives
+    with the COMMIT: nothing is written, the lock is released, and the (only)
+    pooled connection is returned clean for the next write."""
+    a = PostgresStorage(schema.storage_url, min_size=1, max_size=1)
+    b = PostgresStorage(schema.storage_url)
+    a.create_stream("s")
+    with admin(schema) as conn:
+        conn.execute(f"SET search_path = {schema.name}")
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.data::jsonb ? 'refuse' THEN RAISE EXCEPTION 'refused'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON entries FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    log = a.log("s")
+    with pytest.raises(psycopg.errors.RaiseException), log.write_lock():
+        log.append(Entry(from_micros(T0), EntryKind.SNAPSHOT, {"refuse": 1}))
+    assert log.revision == 0
+    # The row lock is free: the other replica writes at once, then this one again.
+    assert b.log("s").append(Entry(from_micros(T0), EntryKind.SNAPSHOT, {"n": 1})).rev == 1
+    with log.write_lock():
+        assert log.append(Entry(from_micros(T0 + S), EntryKind.SNAPSHOT, {"n": 2})).rev == 2
+    assert [e.data for e in log.changes_since(0)] == [{"n": 1}, {"n": 2}]
+    a.close()
+    b.close()
+    # psycopg_pool warns when it gets a connection back in a failed transaction.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # -- availability ---------------------------------------------------------------------

@@ -62,16 +62,18 @@ import tenacity
 from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from rstream.core.entry import EntryKind
 from rstream.errors import (
     ClientClosed,
     ConfigError,
     RStreamError,
     StorageError,
     StorageUnavailable,
+    StreamNotFound,
 )
 from rstream.server.storage.base import Row
 from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, statements
-from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, migrate
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, entry_key, migrate
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -194,10 +196,16 @@ def _unavailable(exc: BaseException, what: str) -> StorageUnavailable:
 
 @dataclass
 class _Bound:
-    """A write transaction bound to one thread by :meth:`PostgresLog.write_lock`."""
+    """A write transaction bound to one thread by :meth:`PostgresLog.write_lock`.
+
+    ``rev`` and ``last_key`` were read once the row lock was held; nothing can
+    change them until the transaction's write commits (which closes it).
+    """
 
     log: PostgresLog
     conn: psycopg.Connection[Any]
+    rev: int
+    last_key: tuple[int | None, EntryKind | None]
     open: bool = True  # False once the write committed (or the block ended)
 
 
@@ -329,15 +337,27 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
             and bound.log.stream_id == log_.stream_id
             and bound.open
         ):
+            conn = bound.conn
+
+            def write_and_commit(conn: _Conn) -> _T:
+                result = fn(conn)
+                bound.open = False  # committed or not, the lock is gone after this
+                conn.execute("COMMIT")
+                return result
+
             try:
-                result = fn(bound.conn)
+                # The write's statements and the COMMIT in one round trip: the
+                # lock, revision and newest entry were read by write_lock, so
+                # fn only sends (see PostgresLog._lock_stream and _last_key).
+                result = _pipelined(conn, write_and_commit)
             except psycopg.OperationalError as exc:
+                bound.open = False
+                _rollback(conn)
                 raise _unavailable(exc, "write failed") from exc
-            bound.open = False  # committed or not, the lock is gone after this
-            try:
-                bound.conn.execute("COMMIT")
-            except psycopg.OperationalError as exc:
-                raise _unavailable(exc, "commit failed") from exc
+            except BaseException:
+                if not bound.open:  # a statement failed: the transaction is aborted
+                    _rollback(conn)
+                raise
             return result
         for attempt in (1, 2):
             with self._connection() as conn:
@@ -436,6 +456,28 @@ def _rollback_on_error(conn: _Conn, what: str) -> Iterator[None]:
         raise
 
 
+def _pipelined(conn: _Conn, fn: Callable[[_Conn], _T]) -> _T:
+    """``fn(conn)`` in pipeline mode: its statements are sent together and the
+    results awaited once, when the block ends (``fn`` must not fetch).
+
+    A database error may surface at any statement of the block or at its end;
+    either way it is raised once, as itself (psycopg would also log the
+    pipeline's own "aborted" error as a warning when the block raises).
+    """
+    failure: psycopg.Error | None = None
+    try:
+        with conn.pipeline():
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                failure = exc
+    except psycopg.errors.PipelineAborted:
+        if failure is None:
+            raise
+    assert failure is not None
+    raise failure
+
+
 def _rollback(conn: psycopg.Connection[Any]) -> None:
     if conn.closed:
         return
@@ -508,9 +550,12 @@ class PostgresLog(SQLStreamLog[_Conn]):
             raise RuntimeError("write_lock() is not re-entrant (this thread holds one)")
         with self._local_lock, storage._connection() as conn:
             with _rollback_on_error(conn, "cannot lock the stream"):
-                conn.execute(POSTGRES.begin_write)
-                self._lock_stream(conn)
-            bound = _Bound(self, conn)
+                # One round trip: BEGIN, the row lock (and revision), the newest entry.
+                locked, last = _pipelined(conn, self._begin_locked)
+                row = locked.fetchone()
+                if row is None:
+                    raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
+            bound = _Bound(self, conn, int(row[0]), entry_key(last.fetchone()))
             storage._local.bound = bound
             try:
                 yield
@@ -520,10 +565,40 @@ class PostgresLog(SQLStreamLog[_Conn]):
                     bound.open = False
                     _rollback(conn)
 
-    def _read(self, fn: Callable[[_Conn], _T]) -> _T:
-        """A read: on the thread's locked transaction when it holds one, else pooled."""
+    def _begin_locked(self, conn: _Conn) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+        conn.execute(POSTGRES.begin_write)
+        locked = conn.execute(self._sql.lock_stream, (self.stream_id,))
+        return locked, conn.execute(self._sql.last_entry_key, (self.stream_id,))
+
+    def _bound(self) -> _Bound | None:
+        """The thread's open write transaction on this stream, if it holds one."""
         bound: _Bound | None = getattr(self._storage._local, "bound", None)
         if bound is not None and bound.log.stream_id == self.stream_id and bound.open:
+            return bound
+        return None
+
+    @property
+    def revision(self) -> int:
+        """The revision of the newest change; 0 for an empty log."""
+        bound = self._bound()
+        return bound.rev if bound is not None else super().revision
+
+    def _lock_stream(self, conn: _Conn) -> int:
+        bound = self._bound()
+        if bound is not None and conn is bound.conn:
+            return bound.rev  # locked and read by write_lock; unchanged until its write
+        return super()._lock_stream(conn)
+
+    def _last_key(self, conn: _Conn) -> tuple[int | None, EntryKind | None]:
+        bound = self._bound()
+        if bound is not None and conn is bound.conn:
+            return bound.last_key
+        return super()._last_key(conn)
+
+    def _read(self, fn: Callable[[_Conn], _T]) -> _T:
+        """A read: on the thread's locked transaction when it holds one, else pooled."""
+        bound = self._bound()
+        if bound is not None:
             try:
                 return fn(bound.conn)
             except psycopg.OperationalError as exc:

@@ -47,7 +47,7 @@ from rstream.server.storage.base import (
 )
 from rstream.server.storage.sql import SCHEMA_VERSION, Statements
 
-__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "migrate"]
+__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key", "migrate"]
 
 logger = logging.getLogger("rstream.server.storage")
 
@@ -85,6 +85,11 @@ def _entries(rows: Generator[Row, None, None]) -> Generator[Entry, None, None]:
     with closing(rows):  # closing this generator closes the rows' (and frees what they hold)
         for row in rows:
             yield _entry(row)
+
+
+def entry_key(row: tuple[Any, ...] | None) -> tuple[int | None, EntryKind | None]:
+    """``(micros, kind)`` of a ``last_entry_key`` row; ``(None, None)`` for no row."""
+    return (None, None) if row is None else (int(row[0]), _KINDS[row[1]])
 
 
 def _bounds(start_us: int | None, end_us: int | None) -> tuple[int, int]:
@@ -288,8 +293,7 @@ class SQLStreamLog(Generic[_C]):
         return int(row[0])
 
     def _last_key(self, conn: _C) -> tuple[int | None, EntryKind | None]:
-        row = conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone()
-        return (None, None) if row is None else (int(row[0]), _KINDS[row[1]])
+        return entry_key(conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone())
 
     def _insert(self, conn: _C, rev: int, items: Sequence[tuple[Entry, str]]) -> list[Entry]:
         self._insert_rows(
