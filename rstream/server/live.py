@@ -82,6 +82,10 @@ class Change:
     payload: bytes
 
 
+def _rev_of(change: Change) -> int:
+    return change.rev
+
+
 class LiveLog(Protocol):
     """What the live tail needs of a stream's log (a subset of ``StreamLog``)."""
 
@@ -149,8 +153,8 @@ class _Topic:
         return first_cum - first_bytes
 
     def after(self, rev: int) -> list[Change]:
-        i = bisect_right([c.rev for c in self.items], rev)
-        return self.items[i:]
+        # Items are in revision order; a key avoids building a list per call.
+        return self.items[bisect_right(self.items, rev, key=_rev_of) :]
 
     def add(self, changes: Sequence[Change], max_items: int, max_bytes: int) -> None:
         for change in changes:
