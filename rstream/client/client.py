@@ -19,7 +19,7 @@ import tenacity
 from rstream.client.remote import RemoteStream, StreamMetadata
 from rstream.client.transport import Timeout, Token, Transport
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
-from rstream.errors import ClientClosed, ProtocolError
+from rstream.errors import ClientClosed, ConfigError, ProtocolError
 
 __all__ = ["Client", "connect"]
 
@@ -59,9 +59,9 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_workers < 1:
-            raise ValueError("max_workers must be at least 1")
+            raise ConfigError("max_workers must be at least 1")
         if page_size is not None and page_size < 1:
-            raise ValueError("page_size must be at least 1")
+            raise ConfigError("page_size must be at least 1")
         self.transport = Transport(
             urls,
             token=token,

@@ -37,7 +37,7 @@ class EntryKind(enum.IntEnum):
                 return kind
         if isinstance(value, EntryKind):
             return value
-        raise ValueError(f"entry type must be 0, 1, 'snapshot' or 'mutation', not {value!r}")
+        raise EntryFormatError(f"entry type must be 0, 1, 'snapshot' or 'mutation', not {value!r}")
 
 
 _KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rstream.demo.simulator import RobotSimulator
-from rstream.errors import ClientClosed
+from rstream.errors import ClientClosed, ConfigError
 
 __all__ = ["SimulatedDevice"]
 
@@ -34,7 +34,7 @@ class SimulatedDevice:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not rate > 0:
-            raise ValueError(f"rate must be positive, got {rate}")
+            raise ConfigError(f"rate must be positive, got {rate}")
         self._write_state = write_state
         self._interval = 1.0 / rate
         self._simulator = simulator or RobotSimulator()

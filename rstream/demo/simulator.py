@@ -13,6 +13,8 @@ import math
 import random
 from typing import Any
 
+from rstream.errors import ConfigError
+
 __all__ = ["RobotSimulator"]
 
 _TASK_KINDS = ("pick", "place", "inspect", "charge-check", "scan")
@@ -60,7 +62,7 @@ class RobotSimulator:
     def step(self, dt: float) -> dict[str, Any]:
         """Advance by ``dt`` seconds and return the new state."""
         if dt < 0:
-            raise ValueError(f"dt must not be negative, got {dt}")
+            raise ConfigError(f"dt must not be negative, got {dt}")
         rng = self._rng
         self.elapsed += dt
         if self._mode == "working":

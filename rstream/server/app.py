@@ -43,6 +43,7 @@ from rstream.core.timestamps import (
     to_micros,
 )
 from rstream.errors import (
+    ConfigError,
     EntryFormatError,
     InvalidTimestamp,
     MutationError,
@@ -97,9 +98,9 @@ def create_app(
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
     """
     if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
-        raise ValueError(f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} s")
+        raise ConfigError(f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} s")
     if type(retry_ms) is not int or retry_ms < 0:
-        raise ValueError(f"retry_ms must be a non-negative int, not {retry_ms!r}")
+        raise ConfigError(f"retry_ms must be a non-negative int, not {retry_ms!r}")
     server = _Server(
         storage,
         Tokens(read_token, write_token),

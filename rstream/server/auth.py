@@ -13,6 +13,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
+from rstream.errors import ConfigError
 from rstream.server.errors import fail
 
 __all__ = ["Tokens", "read_token_file"]
@@ -29,7 +30,7 @@ class Tokens:
         for name in ("read", "write"):
             value = getattr(self, name)
             if value is not None and (not value or value != value.strip()):
-                raise ValueError(f"the {name} token must be non-empty without surrounding spaces")
+                raise ConfigError(f"the {name} token must be non-empty without surrounding spaces")
 
     def check_read(self, request: Request) -> None:
         """Raise 401 unless the request may read."""
@@ -73,5 +74,5 @@ def read_token_file(path: str | Path) -> str:
     text = Path(path).read_text(encoding="utf-8")
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not token:
-        raise ValueError(f"token file {str(path)!r} is empty")
+        raise ConfigError(f"token file {str(path)!r} is empty")
     return token

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rstream.errors import ConfigError
+
 __all__ = ["Limits"]
 
 MiB = 1024 * 1024
@@ -41,4 +43,4 @@ class Limits:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
-                raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
+                raise ConfigError(f"Limits.{name} must be a positive int, not {value!r}")
