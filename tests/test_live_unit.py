@@ -711,6 +711,21 @@ def test_204_ends_the_tail(mocked: responses.RequestsMock) -> None:
     transport.close()
 
 
+def test_after_204_new_subscribers_and_latest_are_told_not_left_waiting(
+    mocked: responses.RequestsMock,
+) -> None:
+    mocked.add(responses.GET, LIVE, status=204)
+    tail, transport = make_tail(Waits(1))
+    assert list(tail.states()) == []  # the tail has ended
+    with pytest.raises(ClientClosed, match="204"):
+        tail.latest(timeout=5)  # not anchored and never will be: no wait for the timeout
+    with pytest.raises(ClientClosed, match="204"):
+        tail.states()  # a queue nobody would ever feed or finish
+    assert len(mocked.calls) == 1
+    tail.close()
+    transport.close()
+
+
 def test_401_asks_the_token_once_more_then_gives_up(mocked: responses.RequestsMock) -> None:
     add_error(mocked, 401, "unauthorized")
     add_error(mocked, 401, "unauthorized")

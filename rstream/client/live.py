@@ -419,8 +419,9 @@ class LiveTail:
         with self._lock:
             if self._closed:
                 return
-            if fatal:
-                self._fatal = error
+            # Nothing will feed or finish a later subscriber, nor anchor a
+            # latest() waiter: they get the error too, fatal or not (a 204).
+            self._fatal = error
             inboxes = list(self._inboxes)
             self._changed.notify_all()
         if fatal:
