@@ -230,9 +230,17 @@ def test_range_bounds_and_limits(url: str, http: requests.Session) -> None:
     assert (r.status_code, r.text) == (200, "")
     r = http.get(base, params={"start": T0 + 300, "end": T0 + 200})
     assert (r.status_code, r.text) == (200, "")
-    for bad in ("0", "-1", "x", "1.5"):
+    # "\u00b2" ("²") passes str.isdigit() but not int().
+    for bad in ("0", "-1", "x", "1.5", "\u00b2", "0" * 20):
         r = http.get(base, params={"limit": bad})
-        assert (r.status_code, error_of(r)) == (400, "bad_request")
+        assert (r.status_code, error_of(r)) == (400, "bad_request"), bad[:20]
+    # Leading zeros are still the number (not cut to 0, an empty page that never ends).
+    r = http.get(base, params={"start": iso(T0 + 150), "limit": "0" * 15 + "2"})
+    assert [e["data"] for e in ndjson(r)] == [{"n": 1}, {"n": 2}]
+    assert r.headers["RStream-Next-Start"] == iso(T0 + 250)
+    # A limit over the page size is capped, even one int() would refuse (over 4300 digits).
+    r = http.get(base, params={"limit": "9" * 5000})
+    assert [e["data"]["n"] for e in ndjson(r)] == [0, 1, 2, 3, 4, 5]
     for bad in ("yesterday", "2024-13-01T00:00:00Z", "nan", "2024-05-01T12:00:00"):
         r = http.get(base, params={"start": bad})
         assert (r.status_code, error_of(r)) == (400, "invalid_time"), bad

@@ -120,8 +120,9 @@ def test_resume_exactly_after_a_revision(url: str, http: requests.Session) -> No
 
 @pytest.mark.parametrize(
     ("headers", "params"),
-    [({"Last-Event-ID": "99"}, {}), ({}, {"since": "99"}), ({"Last-Event-ID": "abc"}, {})],
-)
+    [({"Last-Event-ID": "99"}, {}), ({}, {"since": "99"}), ({"Last-Event-ID": "abc"}, {}),
+     ({"Last-Event-ID": "\u00b2"}, {})],  # "²": str.isdigit() says yes, int() says no
+)  # fmt: skip
 def test_reset_on_an_impossible_resume_point(
     url: str, http: requests.Session, headers: dict[str, str], params: dict[str, str]
 ) -> None:
@@ -143,7 +144,8 @@ def test_heartbeats_and_bad_parameters(url: str, http: requests.Session) -> None
         assert all(p == SSEEvent("comment", "ping") for p in pings)
         assert time.monotonic() - started < 2
     for params in ({"heartbeat": "0.01"}, {"heartbeat": "301"}, {"heartbeat": "x"},
-                   {"heartbeat": "nan"}, {"since": "-1"}, {"since": "x"}):  # fmt: skip
+                   {"heartbeat": "nan"}, {"since": "-1"}, {"since": "x"},
+                   {"since": "\u00b2"}):  # fmt: skip
         r = http.get(f"{url}/v1/streams/h/live", params=params)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "bad_request"

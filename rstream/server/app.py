@@ -363,9 +363,11 @@ class _Server:
         limit = self.limits.page_size
         raw_limit = request.query_params.get("limit")
         if raw_limit is not None:
-            if not raw_limit.isdigit() or int(raw_limit) < 1:
+            # Leading zeros stripped before the cut: more than 12 digits is over any page size.
+            digits = raw_limit.lstrip("0")
+            if not _is_digits(raw_limit) or not digits:
                 fail(400, "bad_request", f"limit must be a positive integer, not {raw_limit!r}")
-            limit = min(int(raw_limit[:12]), limit)
+            limit = min(int(digits[:12]), limit)
 
         page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit)
         headers = {"Content-Type": NDJSON}
@@ -723,15 +725,20 @@ def _resume_point(request: Request) -> tuple[int | None, str | None]:
     header = request.headers.get("last-event-id")
     if header is not None and header.strip():
         text = header.strip()
-        if text.isdigit() and len(text) <= 18:
+        if _is_digits(text) and len(text) <= 18:
             return int(text), None
         return None, f"Last-Event-ID {text[:40]!r} is not a revision"
     raw = request.query_params.get("since")
     if raw is None:
         return None, None
-    if not raw.isdigit() or len(raw) > 18:
+    if not _is_digits(raw) or len(raw) > 18:
         fail(400, "bad_request", f"since must be a non-negative integer revision, not {raw[:40]!r}")
     return int(raw), None
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _loads(body: bytes, what: str) -> Any:
