@@ -22,6 +22,8 @@ from rstream.client.transport import Transport, quote_stream_id, raise_for_respo
 from rstream.errors import (
     AuthError,
     ClientClosed,
+    ConfigError,
+    InvalidStreamId,
     OutOfOrder,
     OutOfRange,
     ProtocolError,
@@ -67,7 +69,7 @@ def test_urls_are_normalised_and_checked() -> None:
         assert t.url_for(0, "/v1/health") == A + "/v1/health"
         assert t.url_for(3, "v1/health") == B + "/v1/health"
     for bad in ([], ["ftp://x"], ["localhost:8080"], [A + "?q=1"]):
-        with pytest.raises(ValueError, match="URL"):
+        with pytest.raises(ConfigError, match="URL"):  # also a ValueError
             Transport(bad)
 
 
@@ -85,7 +87,7 @@ def test_quote_stream_id_accepts_the_unreserved_set(good: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", ".hidden", "x" * 129, "a/b", "a b", "é", "a%2F", "a?b"])
 def test_quote_stream_id_refuses_what_the_server_would(bad: str) -> None:
-    with pytest.raises(ValueError, match="invalid stream id"):
+    with pytest.raises(InvalidStreamId, match="invalid stream id"):  # also a ValueError
         quote_stream_id(bad)
 
 

@@ -44,6 +44,8 @@ from rstream.client.retry import (
 from rstream.errors import (
     AuthError,
     ClientClosed,
+    ConfigError,
+    InvalidStreamId,
     OutOfOrder,
     OutOfRange,
     ProtocolError,
@@ -80,13 +82,14 @@ _SNIPPET = 200
 def quote_stream_id(stream_id: str) -> str:
     """``stream_id`` as a URL path segment, after checking the protocol's rules.
 
-    Raises :class:`ValueError` for an id the server would refuse (1 to 128
-    characters of ``A-Z a-z 0-9 . _ ~ -``, not starting with ``.``).
+    Raises :class:`~rstream.InvalidStreamId` (a ``ValueError``) for an id the
+    server would refuse (1 to 128 characters of ``A-Z a-z 0-9 . _ ~ -``, not
+    starting with ``.``).
     """
     if not isinstance(stream_id, str):
         raise TypeError(f"stream id must be a str, not {type(stream_id).__name__}")
     if not _STREAM_ID.match(stream_id):
-        raise ValueError(
+        raise InvalidStreamId(
             f"invalid stream id {stream_id[:140]!r}: use 1 to 128 characters from "
             "A-Z a-z 0-9 . _ ~ -, not starting with '.'"
         )
@@ -98,18 +101,18 @@ def quote_stream_id(stream_id: str) -> str:
 def _normalise_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
     items = [urls] if isinstance(urls, str) else list(urls)
     if not items:
-        raise ValueError("no server URL given; pass e.g. 'http://127.0.0.1:8080'")
+        raise ConfigError("no server URL given; pass e.g. 'http://127.0.0.1:8080'")
     out = []
     for url in items:
         if not isinstance(url, str):
             raise TypeError(f"server URL must be a str, not {type(url).__name__}")
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
+            raise ConfigError(
                 f"server URL {url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8080'"
             )
         if parts.query or parts.fragment:
-            raise ValueError(f"server URL {url!r} must not have a query or fragment")
+            raise ConfigError(f"server URL {url!r} must not have a query or fragment")
         out.append(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
     return tuple(u.rstrip("/") for u in out)
 
