@@ -15,7 +15,7 @@ from rstream.client import Client, RemoteStream, connect
 from rstream.client.windows import WindowState, states_weight
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
-from rstream.errors import ClientClosed, OutOfOrder, OutOfRange, StreamNotFound
+from rstream.errors import ClientClosed, ConfigError, OutOfOrder, OutOfRange, StreamNotFound
 from rstream.server.limits import Limits
 from tests.serverutil import running_server
 
@@ -191,7 +191,7 @@ def test_history_sampled_with_step(robot: RemoteStream) -> None:
 
 
 def test_history_step_must_be_positive(robot: RemoteStream) -> None:
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):  # also a ValueError
         robot.history(at(0), at(1), step=timedelta(0))
 
 

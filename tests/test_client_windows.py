@@ -21,7 +21,7 @@ from rstream.client.windows import (
 )
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
-from rstream.errors import ClientClosed, OutOfRange, ProtocolError, TransportError
+from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError, TransportError
 
 S = WindowState
 SEC = 1_000_000
@@ -119,6 +119,11 @@ def test_transition_refuses_every_move_not_in_the_table(old: S, new: S) -> None:
         with pytest.raises(RuntimeError, match="illegal transition"):
             store._transition(window, new)
         assert window.state is old
+
+
+def test_a_negative_cache_budget_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="max_cached_entries"):  # also a ValueError
+        WindowStore(lambda at: Bounds(at, None, 1), lambda start, end: [], max_cached_entries=-1)
 
 
 def test_a_window_cannot_be_born_committed() -> None:

@@ -475,10 +475,19 @@ def test_each_consumer_gets_its_own_copy() -> None:
 
 
 def test_queue_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="overflow"):
+    with pytest.raises(rstream.ConfigError, match="overflow"):  # also a ValueError
         StateQueue(overflow="drop_newest")
-    with pytest.raises(ValueError, match="maxsize"):
+    with pytest.raises(rstream.ConfigError, match="maxsize"):
         StateQueue(0)
+
+
+def test_tail_options_are_checked_as_configuration() -> None:
+    transport = Transport(BASE)
+    with pytest.raises(rstream.ConfigError, match="heartbeat_timeout"):
+        LiveTail(transport, "robot-1", heartbeat_timeout=0)
+    with pytest.raises(rstream.ConfigError, match="max_event_bytes"):
+        EventStream([], max_event_bytes=0)
+    transport.close()
 
 
 def test_subscription_raising_callback_goes_to_on_error_and_continues() -> None:

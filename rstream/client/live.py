@@ -53,6 +53,7 @@ from rstream.core.mutation import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import (
     ClientClosed,
+    ConfigError,
     ProtocolError,
     RStreamError,
     ServerError,
@@ -159,7 +160,7 @@ class LiveTail:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if heartbeat_timeout is not None and heartbeat_timeout <= 0:
-            raise ValueError(f"heartbeat_timeout must be positive, not {heartbeat_timeout}")
+            raise ConfigError(f"heartbeat_timeout must be positive, not {heartbeat_timeout}")
         self.transport = transport
         self.stream_id = stream_id
         self._path = f"/v1/streams/{quote_stream_id(stream_id)}/live"

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from rstream.core.mutation import copy_json
-from rstream.errors import ClientClosed, Timeout
+from rstream.errors import ClientClosed, ConfigError, Timeout
 
 __all__ = ["OVERFLOW_POLICIES", "Overflow", "StateQueue"]
 
@@ -68,12 +68,12 @@ class StateQueue:
         copy: Callable[[Any], Any] = copy_json,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
                 f"not {overflow!r}"
             )
         if type(maxsize) is not int or maxsize < 1:
-            raise ValueError(f"maxsize must be a positive int, not {maxsize!r}")
+            raise ConfigError(f"maxsize must be a positive int, not {maxsize!r}")
         self.maxsize = maxsize
         self.overflow = overflow
         self.on_error = on_error

@@ -51,6 +51,7 @@ from rstream.core.timestamps import (
 )
 from rstream.errors import (
     ClientClosed,
+    ConfigError,
     EntryFormatError,
     InvalidTimestamp,
     OutOfRange,
@@ -489,7 +490,7 @@ class RemoteStream:
         subscribers of the live tail always get private copies.
         """
         if step is not None and step <= timedelta(0):
-            raise ValueError(f"step must be positive, not {step}")
+            raise ConfigError(f"step must be positive, not {step}")
         start_us = None if start is None else to_micros(start)
         end_us = None if end is None else to_micros(end)
         self._check_open()

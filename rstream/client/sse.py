@@ -79,7 +79,7 @@ from typing import Any, NamedTuple
 
 from sseclient import SSEClient
 
-from rstream.errors import ProtocolError
+from rstream.errors import ConfigError, ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -164,7 +164,7 @@ class EventStream:
         on_comment: Callable[[str], None] | None = None,
     ) -> None:
         if max_event_bytes < 1:
-            raise ValueError(f"max_event_bytes must be positive, not {max_event_bytes}")
+            raise ConfigError(f"max_event_bytes must be positive, not {max_event_bytes}")
         self.last_event_id: str = last_event_id
         self.retry_ms: int | None = None
         self.saw_eof_mid_event: bool = False

@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.timestamps import EPOCH, format_rfc3339
-from rstream.errors import ClientClosed, OutOfRange, ProtocolError
+from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError
 
 __all__ = [
     "TRANSITIONS",
@@ -203,7 +203,7 @@ class WindowStore:
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
     ) -> None:
         if max_cached_entries < 0:
-            raise ValueError("max_cached_entries must be >= 0")
+            raise ConfigError("max_cached_entries must be >= 0")
         self._fetch_bounds = fetch_bounds
         self._fetch_entries = fetch_entries
         self.max_cached_entries = max_cached_entries
