@@ -88,6 +88,16 @@ def test_parse_time_accepts_epoch_seconds_and_rfc3339() -> None:
     assert parse_time("1970-01-01T00:00:02Z") == 2_000_000
 
 
+@pytest.mark.parametrize("text", ["1e999990", "9" * 5000, "1e999999", "1e999999999"])
+def test_parse_time_bounds_huge_numbers(text: str) -> None:
+    # Past year 9999 either way, with the sign kept, in few digits: unbounded,
+    # "1e999990" cost a million-digit int (seconds of CPU on the server's event
+    # loop) and "1e999999" raised decimal.Overflow (a 500).
+    limit = to_micros(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert limit < parse_time(text) < 10**30
+    assert -(10**30) < parse_time("-" + text) < -limit
+
+
 def test_cached_prefix_path_agrees_with_the_full_parser() -> None:
     # The second parse of a prefix goes through the cache; both must agree,
     # and the cache must not make malformed fractions acceptable.

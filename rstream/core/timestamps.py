@@ -175,6 +175,9 @@ def _parse_rfc3339_slow(text: str) -> int:
     return micros
 
 
+_MAX_EPOCH_SECONDS = Decimal(10**15)  # about 30 million years, past year 9999 either way
+
+
 def parse_time(text: str) -> int:
     """Parse a time given as text: RFC 3339 or epoch seconds (``"1714564800.25"``)."""
     text = text.strip()
@@ -186,5 +189,8 @@ def parse_time(text: str) -> int:
         else:
             if not number.is_finite():
                 raise InvalidTimestamp(f"{text!r} is not a finite number of seconds")
+            # Clamped far beyond any datetime: "1e999990" would otherwise cost a
+            # million-digit int (seconds of CPU) and "1e999999" a decimal.Overflow.
+            number = max(-_MAX_EPOCH_SECONDS, min(number, _MAX_EPOCH_SECONDS))
             return int((number * 1_000_000).to_integral_value(rounding="ROUND_FLOOR"))
     return parse_rfc3339(text)
