@@ -56,7 +56,7 @@ from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
-from rstream.server.storage.base import check_entry_time
+from rstream.server.storage.base import check_entry_time, clamp_us
 
 __all__ = ["create_app"]
 
@@ -344,7 +344,9 @@ class _Server:
                 return {"start": _time(start.micros), "end": None, "revision": revision}
             start = log.snapshot_before_us(at)
             if start is None:
-                raise OutOfRange(f"no snapshot at or before {format_rfc3339(at)}", when=at)
+                # Clamped: format_rfc3339 overflows past the years it can write.
+                shown = format_rfc3339(clamp_us(at))
+                raise OutOfRange(f"no snapshot at or before {shown}", when=at)
             after = log.snapshot_after_us(at)
             return {
                 "start": _time(start.micros),
