@@ -71,6 +71,13 @@ def test_parse_when_rejects_with_the_accepted_forms(text: str) -> None:
         parse_when(text, NOW)
 
 
+@pytest.mark.parametrize("text", ["1e20", "-1e20", "-99999999d", "+9999999w"])
+def test_parse_when_rejects_times_past_the_datetime_range(text: str) -> None:
+    # A usage error, not an OverflowError's traceback.
+    with pytest.raises(ValueError, match="out of range"):
+        parse_when(text, NOW)
+
+
 def test_parse_when_reads_a_bare_negative_number_as_epoch_seconds() -> None:
     assert parse_when("-5", NOW) == datetime(1969, 12, 31, 23, 59, 55, tzinfo=UTC)
 
@@ -98,7 +105,9 @@ def test_parse_duration(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5x", "-1s", "s", "1s-", "nan", "-3"])
+@pytest.mark.parametrize(
+    "text", ["", "abc", "5x", "-1s", "s", "1s-", "nan", "-3", "1e20", "99999999999w", "1e999999"]
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -39,6 +39,13 @@ def parse_duration(text: str) -> timedelta:
 
     Raises :class:`ValueError` (with the accepted forms) on anything else.
     """
+    try:
+        return _parse_duration(text)
+    except ArithmeticError:  # OverflowError, decimal.Overflow: past timedelta's range
+        raise ValueError(f"duration {text!r} is out of range") from None
+
+
+def _parse_duration(text: str) -> timedelta:
     spec = text.strip().lower()
     try:
         seconds = Decimal(spec)
@@ -64,6 +71,13 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
     Returns an aware UTC datetime. Raises :class:`ValueError` naming the
     accepted forms when ``text`` is none of them.
     """
+    try:
+        return _parse_when(text, now)
+    except OverflowError:  # a valid form, past the years a datetime holds
+        raise ValueError(f"time {text!r} is out of range") from None
+
+
+def _parse_when(text: str, now: datetime | None) -> datetime:
     if now is None:
         now = datetime.now(UTC)
     spec = text.strip()
