@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from rstream.server import Limits
-from rstream.server.storage import Storage, open_storage
+from rstream.server.storage import MemoryStorage, Storage, open_storage
+from rstream.server.storage.memory import MemoryStreamLog
 from tests.serverutil import SSEEvent, SSEReader, running_app, running_server
 from tests.test_server_api import T0, iso, mut, snap
 
@@ -151,6 +152,33 @@ def test_heartbeats_and_bad_parameters(url: str, http: requests.Session) -> None
         assert r.json()["error"]["code"] == "bad_request"
     r = http.get(f"{url}/v1/streams/nope/live")
     assert (r.status_code, r.json()["error"]["code"]) == (404, "stream_not_found")
+
+
+class _ThreadRecordingStorage(MemoryStorage):
+    """Records the thread of every ``log()`` call (a database read in the SQL backends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_threads: list[int] = []
+
+    def log(self, stream_id: str) -> MemoryStreamLog:
+        self.log_threads.append(threading.get_ident())
+        return super().log(stream_id)
+
+
+def test_live_asks_storage_for_the_log_off_the_event_loop(http: requests.Session) -> None:
+    # SQL storages read the database in log(): on the event loop, that read
+    # would stall every other live tail (for a connect timeout when PostgreSQL
+    # is unreachable).
+    storage = _ThreadRecordingStorage()
+    with contextlib.closing(storage), running_app(storage) as server:
+        post(http, server.url, "t", [snap(T0, n=0)])
+        storage.log_threads.clear()
+        with SSEReader(f"{server.url}/v1/streams/t/live") as reader:
+            assert [e.event for e in reader.take(1)] == ["entry"]
+        assert storage.log_threads
+        loop_thread = server._thread.ident if server._thread is not None else None
+        assert loop_thread not in storage.log_threads
 
 
 def test_subscriber_limit(storage: Storage, http: requests.Session) -> None:

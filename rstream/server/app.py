@@ -517,7 +517,8 @@ class _Server:
                     f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} seconds",
                 )
         await anyio.to_thread.run_sync(self._info, stream_id)
-        log = self.storage.log(stream_id)
+        # In the thread pool: a SQL storage reads the database for a log it has not cached.
+        log = await anyio.to_thread.run_sync(self.storage.log, stream_id)
         subscriber = self.hub.subscribe(stream_id)
         try:
             content = live_events(
