@@ -165,3 +165,9 @@ def test_from_micros_stays_exact_past_the_cache_size() -> None:
 def test_from_micros_out_of_range_is_an_overflow(micros: int) -> None:
     with pytest.raises(OverflowError):
         from_micros(micros)
+
+
+def test_parse_time_reads_only_ascii_digits() -> None:
+    with pytest.raises(rstream.InvalidTimestamp):
+        parse_time("\u0661\u0667\u0661\u0664")
+    assert parse_time(" 12 ") == 12_000_000

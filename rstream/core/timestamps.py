@@ -178,10 +178,14 @@ def _parse_rfc3339_slow(text: str) -> int:
 _MAX_EPOCH_SECONDS = Decimal(10**15)  # about 30 million years, past year 9999 either way
 
 
+_NUMBER_START = frozenset("0123456789+-.")
+
+
 def parse_time(text: str) -> int:
     """Parse a time given as text: RFC 3339 or epoch seconds (``"1714564800.25"``)."""
     text = text.strip()
-    if text and (text[0].isdigit() or text[0] in "+-.") and "T" not in text.upper():
+    # ASCII only: Decimal would also read other scripts' digits ("١٧١٤").
+    if text.isascii() and text[:1] in _NUMBER_START and "T" not in text.upper():
         try:
             number = Decimal(text)
         except InvalidOperation:
