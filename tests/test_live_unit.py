@@ -974,3 +974,18 @@ def test_the_gc_is_paused_only_while_a_chunk_becomes_states(
     assert in_commit == [True]  # but not across a callback,
     assert in_sleep == [True, True]  # a wait, or after a malformed event ended a connection
     assert gc.isenabled()
+
+
+def test_a_raising_token_callable_stops_the_tail_with_an_auth_error(
+    mocked: responses.RequestsMock,
+) -> None:
+    def token() -> str:
+        raise KeyError("vault unreachable")
+
+    tail, transport = make_tail(Waits(1), token=token)
+    q = tail.states()
+    with pytest.raises(AuthError, match="vault unreachable"):
+        q.get(timeout=5)
+    assert len(mocked.calls) == 0
+    tail.close()
+    transport.close()

@@ -328,9 +328,17 @@ class Transport:
         """
         token = self._token
         if callable(token):
-            token = token()
+            try:
+                token = token()
+            except Exception as exc:
+                raise AuthError(
+                    f"the token callable raised {exc!r}; fix it or pass a token string"
+                ) from exc
             if token is not None and not isinstance(token, str):
-                raise TypeError(f"the token callable returned {type(token).__name__}, not str")
+                raise AuthError(
+                    f"the token callable returned {type(token).__name__}, not str; "
+                    "it must return the bearer token (or None for none)"
+                )
         if not token:
             return {}
         return {"Authorization": f"Bearer {token}"}
