@@ -29,6 +29,7 @@ from rstream.server import ServerThread, create_app
 from rstream.server.limits import Limits
 from rstream.server.storage import MemoryStorage
 from tests.serverutil import ServerProcess, running_app, running_server
+from tests.threadutil import Collector
 
 T0 = 1_714_564_800_000_000  # 2024-05-01T12:00:00Z, epoch micros
 State = dict[str, Any]
@@ -90,31 +91,6 @@ def replay(entries: list[Entry]) -> list[tuple[int, State]]:
 
 def state(i: int) -> State:
     return {"i": i, "battery": round(1 - i / 1000, 3), "pos": [i, -i], "tags": ["a"] * (i % 3)}
-
-
-class Collector:
-    """A subscriber that records (micros, state) and lets a test wait for a count."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[int, State]] = []
-        self.errors: list[BaseException] = []
-        self._cond = threading.Condition()
-
-    def on_state(self, ts: datetime, st: State) -> None:
-        with self._cond:
-            self.items.append((to_micros(ts), st))
-            self._cond.notify_all()
-
-    def on_error(self, error: BaseException) -> None:
-        with self._cond:
-            self.errors.append(error)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self), timeout), (
-                f"timed out; have {len(self.items)} states, errors {self.errors}"
-            )
 
 
 @pytest.fixture

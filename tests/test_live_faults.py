@@ -7,10 +7,8 @@ replayed with the core: nothing lost, nothing repeated, in order.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -22,9 +20,9 @@ from rstream.client.live import LiveTail
 from rstream.client.transport import Transport
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation, build_mutation
-from rstream.core.timestamps import to_micros
 from tests.serverutil import running_server
 from tests.tcpproxy import TCPProxy, random_faults
+from tests.threadutil import Collector
 
 T0 = 1_714_564_800_000_000
 HEARTBEAT = 0.2
@@ -89,32 +87,6 @@ def windows(entries: list[Entry]) -> list[list[Entry]]:
             out.append([])
         out[-1].append(entry)
     return out
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, State]] = []
-        self.errors: list[BaseException] = []
-        self.commits: list[list[Entry]] = []
-        self.cond = threading.Condition()
-
-    def on_state(self, ts: datetime, state: State) -> None:
-        with self.cond:
-            self.items.append((to_micros(ts), state))
-            self.cond.notify_all()
-
-    def on_error(self, error: BaseException) -> None:
-        with self.cond:
-            self.errors.append(error)
-
-    def on_commit(self, entries: list[Entry]) -> None:
-        self.commits.append(entries)
-
-    def wait_for_count(self, n: int, timeout: float) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= n, timeout), (
-                f"got {len(self.items)} of {n} states"
-            )
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Threads in tests: run a few at once and join them all; wait for a condition
-nothing can await.
+nothing can await; record what a live subscriber receives.
 
 Every thread a test starts is joined: :func:`run_threads` fails the test when
 one is still running after its timeout instead of leaving it behind.
@@ -10,8 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
-__all__ = ["run_threads", "wait_for"]
+from rstream import Entry
+from rstream.core.timestamps import to_micros
+
+__all__ = ["Collector", "run_threads", "wait_for"]
 
 
 def run_threads(*targets: Callable[[], object], timeout: float = 30.0) -> list[BaseException]:
@@ -47,3 +52,37 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+class Collector:
+    """A live subscriber that records ``(micros, state)`` pairs, errors and the
+    windows the tail committed, and lets a test wait for what it expects."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, dict[str, Any]]] = []
+        self.errors: list[BaseException] = []
+        self.commits: list[list[Entry]] = []
+        self._cond = threading.Condition()
+
+    def on_state(self, ts: datetime, state: dict[str, Any]) -> None:
+        with self._cond:
+            self.items.append((to_micros(ts), state))
+            self._cond.notify_all()
+
+    def on_error(self, error: BaseException) -> None:
+        with self._cond:
+            self.errors.append(error)
+            self._cond.notify_all()
+
+    def on_commit(self, entries: list[Entry]) -> None:
+        with self._cond:
+            self.commits.append(entries)
+
+    def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 10.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self), timeout), (
+                f"timed out; have {len(self.items)} states, errors {self.errors}"
+            )
+
+    def wait_for_count(self, n: int, timeout: float) -> None:
+        self.wait_for(lambda c: len(c.items) >= n, timeout)
