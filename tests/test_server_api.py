@@ -36,19 +36,6 @@ def mut(seconds: float, **data: Any) -> dict[str, Any]:
     return {"timestamp": iso(seconds), "type": 1, "data": data}
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    store = open_storage(f"sqlite:///{tmp_path / 'streams.db'}")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def url(storage: Storage) -> Iterator[str]:
-    with running_server(storage) as base:
-        yield base
-
-
 @pytest.fixture(scope="module")
 def shared_url() -> Iterator[str]:
     """One server for the tests that only touch their own stream (``sid``)."""

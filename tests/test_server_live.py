@@ -9,30 +9,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from rstream.server import Limits
-from rstream.server.storage import MemoryStorage, Storage, open_storage
+from rstream.server.storage import MemoryStorage, Storage
 from rstream.server.storage.memory import MemoryStreamLog
-from tests.serverutil import SSEEvent, SSEReader, running_app, running_server
+from tests.serverutil import SSEEvent, SSEReader, running_app
 from tests.test_server_api import T0, iso, mut, snap
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    store = open_storage(f"sqlite:///{tmp_path / 'live.db'}")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def url(storage: Storage) -> Iterator[str]:
-    with running_server(storage) as base:
-        yield base
 
 
 @pytest.fixture

@@ -1,0 +1,23 @@
+"""Fixtures the server tests share: a SQLite store in a temporary directory and a
+real server on it (a module that needs another store defines its own)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rstream.server.storage import Storage, open_storage
+from tests.serverutil import running_server
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Storage]:
+    store = open_storage(f"sqlite:///{tmp_path / 'streams.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def url(storage: Storage) -> Iterator[str]:
+    with running_server(storage) as base:
+        yield base
