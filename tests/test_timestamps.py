@@ -5,6 +5,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rstream
+from rstream.core import timestamps
 from rstream.core.timestamps import (
     EPOCH,
     format_rfc3339,
@@ -117,6 +118,45 @@ def test_cached_prefix_path_agrees_with_the_full_parser() -> None:
     ):
         with pytest.raises(rstream.InvalidTimestamp):
             parse_rfc3339(bad)
+
+
+_MINUTE = "2024-05-01T12:07:"
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        # well-formed: seconds, an optional fraction of 1 to 10 digits, "Z"
+        st.builds(
+            lambda s, f: f"{s:02d}{f}Z",
+            st.integers(0, 60),
+            st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,10}", fullmatch=True)),
+        ),
+        st.text(alphabet="0123456789.:Zz+-x\u0661 ", max_size=14),
+    )
+)
+@example("59.123456789Z")
+@example("60Z")
+@example("60.5Z")
+@example("7Z")
+@example("075Z")
+@example("07.Z")
+@example("\u0661\u0661Z")
+def test_cached_minute_path_agrees_with_the_full_parser(suffix: str) -> None:
+    # Once a minute is cached, any text after "YYYY-MM-DDTHH:MM:" takes the
+    # cached path first: it must give what the regex parser gives, or refuse
+    # exactly what the regex parser refuses.
+    parse_rfc3339(_MINUTE + "00Z")  # the minute is now cached
+    text = _MINUTE + suffix
+    try:
+        expected: int | None = timestamps._parse_rfc3339_slow(text)
+    except rstream.InvalidTimestamp:
+        expected = None
+    if expected is None:
+        with pytest.raises(rstream.InvalidTimestamp):
+            parse_rfc3339(text)
+    else:
+        assert parse_rfc3339(text) == expected
 
 
 # The datetime range in epoch microseconds: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z.
