@@ -23,8 +23,8 @@ from rstream.client.live import LiveTail
 from rstream.client.transport import Transport
 from rstream.core.entry import Entry
 from rstream.core.mutation import apply_mutation, build_mutation
-from rstream.core.timestamps import format_rfc3339, to_micros
-from rstream.errors import ClientClosed, Gap
+from rstream.core.timestamps import format_rfc3339, from_micros, to_micros
+from rstream.errors import ClientClosed, Gap, StreamNotFound
 from rstream.server import ServerThread, create_app
 from rstream.server.limits import Limits
 from rstream.server.storage import MemoryStorage
@@ -430,3 +430,27 @@ def test_through_the_client_api(no_leaks: None) -> None:
         with pytest.raises(ClientClosed):
             q.get(timeout=5)
         writer.close()
+
+
+def test_following_again_after_the_tail_ended_starts_a_new_tail(no_leaks: None) -> None:
+    # A tail that stopped by itself (here a 404: the stream did not exist yet)
+    # does not make the stream unfollowable: the next subscriber starts afresh,
+    # while the old queue keeps the error it was given.
+    with running_app(heartbeat=0.2) as server, Client(server.url) as client:
+        robot = client.stream("robot-1")
+        early = robot.states()
+        with pytest.raises(StreamNotFound):
+            early.get(timeout=5)
+        assert robot.health.state is ConnectionState.FAILED
+        robot.write_state(state(0), from_micros(T0))
+        late = robot.states()
+        assert late.get(timeout=5)[1] == state(0)
+        collector = Collector()
+        robot.subscribe(collector.on_state, collector.on_error)
+        robot.write_state(state(1), from_micros(T0 + 1))
+        collector.wait_for(lambda c: len(c.items) == 2)
+        assert [s for _, s in collector.items] == [state(0), state(1)]
+        assert collector.errors == []
+        with pytest.raises(StreamNotFound):
+            early.get(timeout=5)
+        assert robot.health.state is ConnectionState.OPEN

@@ -290,6 +290,13 @@ class LiveTail:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def ended(self) -> bool:
+        """The tail stopped by itself (the server's 204, or a fatal error such as
+        :class:`~rstream.AuthError`): it delivers nothing more, and following the
+        stream again needs a new tail."""
+        return self._fatal is not None and not self._closed
+
     def close(self) -> None:
         """Stop following: interrupt the read, end every subscriber, join threads.
 

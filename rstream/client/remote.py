@@ -405,6 +405,7 @@ class RemoteStream:
         self._lock = threading.Lock()
         self._closed = False
         self._tail: LiveTail | None = None
+        self._retired: list[LiveTail] = []  # tails that ended by themselves (see _ensure_tail)
         self._first: int | None = None  # the first entry's time, once known
         self._responses: set[requests.Response] = set()  # open page bodies, for close()
         self.windows = WindowStore(
@@ -639,6 +640,14 @@ class RemoteStream:
     def _ensure_tail(self) -> LiveTail:
         with self._lock:
             self._check_open()
+            tail = self._tail
+            if tail is not None and tail.ended:
+                # It stopped by itself (a 204, a 404 before the stream existed, a
+                # refused token), and its subscribers were told. Following again
+                # starts a new tail; the old one's dispatchers still deliver what
+                # they hold, so it is closed (joined) with this stream, not now.
+                self._retired.append(tail)
+                self._tail = None
             if self._tail is None:
                 from rstream.client.live import LiveTail
 
@@ -674,9 +683,10 @@ class RemoteStream:
             if self._closed:
                 return
             self._closed = True
-            tail, self._tail = self._tail, None
+            tails = [*self._retired, self._tail] if self._tail is not None else self._retired
+            self._tail, self._retired = None, []
             responses = list(self._responses)
-        if tail is not None:
+        for tail in tails:
             tail.close()
         self.windows.close()
         for response in responses:
