@@ -443,6 +443,7 @@ def test_following_again_after_the_tail_ended_starts_a_new_tail(no_leaks: None) 
             early.get(timeout=5)
         assert robot.health.state is ConnectionState.FAILED
         robot.write_state(state(0), from_micros(T0))
+        assert robot.latest(timeout=5)[1] == state(0)  # over HTTP, not from the old tail
         late = robot.states()
         assert late.get(timeout=5)[1] == state(0)
         collector = Collector()

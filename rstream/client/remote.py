@@ -448,7 +448,7 @@ class RemoteStream:
         """
         self._check_open()
         tail = self._tail
-        if tail is not None:
+        if tail is not None and not tail.ended:
             return tail.latest(timeout)  # already the caller's own copy
         try:
             bounds = self._fetch_bounds(None)
