@@ -71,6 +71,8 @@ class Step(NamedTuple):
 
 
 _NOTHING = Step()
+_tuple_new = tuple.__new__
+_new_entry = Entry.from_micros
 _SNAPSHOT, _MUTATION = EntryKind.SNAPSHOT, EntryKind.MUTATION
 _KINDS = (_SNAPSHOT, _MUTATION)
 
@@ -123,19 +125,25 @@ class LiveState:
         if event == "entry":
             entry = self._parse_entry(event, data, event_id)
             # The common case, a mutation that extends the window, inline: this runs
-            # once per event on the reader thread.
+            # once per event on the reader thread (hence tuple.__new__ for the
+            # NamedTuples, which skips their __new__'s argument handling).
             state, rev, last_rev = self._state, entry.rev, self._rev
             if state is not None and entry.kind is _MUTATION:
                 assert rev is not None
                 assert last_rev is not None
                 entries = self._entries
-                if rev > last_rev and entry.micros > entries[-1].micros:
-                    new_state = self._apply(state, entry)
+                micros = entry.micros
+                if rev > last_rev and micros > entries[-1].micros:
+                    try:
+                        new_state = apply_mutation(state, entry.data)
+                    except _BAD_INPUT as exc:
+                        raise self._not_applicable(entry, exc) from None
                     entries.append(entry)
                     self._prev_state = state
                     self._state = new_state
                     self._rev = rev
-                    return Step(Change(entry.micros, new_state, rev), None, None, True)
+                    change = _tuple_new(Change, (micros, new_state, rev))
+                    return _tuple_new(Step, (change, None, None, True))
             return self._entry(entry, amend=False)
         if event == "amend":
             return self._entry(self._parse_entry(event, data, event_id), amend=True)
@@ -151,7 +159,27 @@ class LiveState:
         """The entry of an ``entry`` or ``amend`` event, with its revision."""
         try:
             obj = json.loads(data)
-            entry = _read_entry(obj)
+            # The plain form the server sends (type 0 or 1, data an object, rev a
+            # non-negative int or absent, a valid timestamp), read inline: the same
+            # entry Entry.from_json reads, without its generality and its calls.
+            entry = None
+            if type(obj) is dict:
+                kind = obj.get("type")
+                body = obj.get("data")
+                rev = obj.get("rev")
+                timestamp = obj.get("timestamp")
+                if (
+                    type(kind) is int
+                    and 0 <= kind <= 1
+                    and type(body) is dict
+                    and type(timestamp) is str
+                    and (rev is None or (type(rev) is int and rev >= 0))
+                ):
+                    # Not contextlib.suppress: a context manager per event costs more.
+                    try:  # noqa: SIM105
+                        entry = _new_entry(parse_rfc3339(timestamp), _KINDS[kind], body, rev)
+                    except ValueError:
+                        pass  # Entry.from_json says what is wrong with the timestamp
             if entry is None:  # not the plain form: Entry.from_json accepts it or says why
                 entry = Entry.from_json(obj, where=f"{event} event")
         except _BAD_INPUT as exc:
@@ -259,37 +287,14 @@ class LiveState:
         try:
             return apply_mutation(state, entry.data)
         except _BAD_INPUT as exc:
-            raise ProtocolError(
-                f"mutation at {format_rfc3339(entry.micros)} (rev {entry.rev}) does not "
-                f"apply to the live state: {_short(exc)}"
-            ) from None
+            raise LiveState._not_applicable(entry, exc) from None
 
-
-def _read_entry(obj: Any) -> Entry | None:
-    """The entry of the plain JSON form the server sends (``type`` 0 or 1, ``data`` an
-    object, ``rev`` a non-negative int or absent, a valid ``timestamp``), or None
-    for anything else: the same entry :meth:`Entry.from_json` reads, without its
-    generality (``type`` names, error messages) and its function calls.
-    """
-    if type(obj) is not dict:
-        return None
-    kind = obj.get("type")
-    data = obj.get("data")
-    rev = obj.get("rev")
-    timestamp = obj.get("timestamp")
-    if (
-        type(kind) is not int
-        or not 0 <= kind <= 1
-        or type(data) is not dict
-        or type(timestamp) is not str
-        or not (rev is None or (type(rev) is int and rev >= 0))
-    ):
-        return None
-    try:
-        micros = parse_rfc3339(timestamp)
-    except ValueError:
-        return None
-    return Entry.from_micros(micros, _KINDS[kind], data, rev)
+    @staticmethod
+    def _not_applicable(entry: Entry, exc: BaseException) -> ProtocolError:
+        return ProtocolError(
+            f"mutation at {format_rfc3339(entry.micros)} (rev {entry.rev}) does not "
+            f"apply to the live state: {_short(exc)}"
+        )
 
 
 def _parse_id(event_id: str | None) -> int | None:
