@@ -589,6 +589,281 @@ def test_fuzz_both_interpretation_paths_agree(monkeypatch: pytest.MonkeyPatch) -
         assert parse([body]) == via_sseclient
 
 
+# -- runs of events in the server's form ----------------------------------------
+
+
+def server_event(event: str, id: str, data: str) -> bytes:
+    """One event exactly as an rstream server writes it (rstream.server.live)."""
+    return f"event: {event}\nid: {id}\ndata: {data}\n\n".encode()
+
+
+def test_server_runs_mixed_with_other_input(path: str) -> None:
+    body = (
+        server_event("put", "1", '{"a": 1}')
+        + server_event("put", "2", "b")
+        + b": ping\n"  # a comment line: part of the next event, which is not a run
+        + server_event("put", "3", "c")
+        + b": ping\n\n"  # a comment and a blank line: the run goes on after it
+        + server_event("del", "4", "d")
+        + server_event("put", "5", "e")
+        + b"data: plain\n\n"  # no id: the last event ID stays 5
+        + b"id: 6\nevent: put\ndata: f\n\n"  # the server's fields in another order
+        + server_event("put", "7", "g")
+        + b"retry: 2000\n\n"
+        + b"event: put\nid: 8\ndata: h\ndata: two lines\n\n"
+        + server_event("put", "9", "i")
+        + b"event: put\nid: 10\n\n"  # no data: only the last event ID changes
+        + server_event("put", "11", "j")
+    )
+    got = check(body)
+    assert got.events == [
+        (ev('{"a": 1}', "put", id="1"), "1"),
+        (ev("b", "put", id="2"), "2"),
+        (ev("c", "put", id="3"), "3"),
+        (ev("d", "del", id="4"), "4"),
+        (ev("e", "put", id="5"), "5"),
+        (ev("plain"), "5"),
+        (ev("f", "put", id="6"), "6"),
+        (ev("g", "put", id="7"), "7"),
+        (ev("h\ntwo lines", "put", id="8"), "8"),
+        (ev("i", "put", id="9"), "9"),
+        (ev("j", "put", id="11"), "11"),
+    ]
+    assert (got.last_event_id, got.retry_ms, got.comments) == ("11", 2000, [" ping", " ping"])
+
+
+def test_server_run_then_partial_event(path: str) -> None:
+    run = server_event("put", "1", "a") + server_event("put", "2", "b")
+    for partial in (b"event: put\nid: 3\ndata: c", b"event: put\nid: 3\n", b"event: pu"):
+        got = check(run + partial)
+        assert got.events == [(ev("a", "put", id="1"), "1"), (ev("b", "put", id="2"), "2")]
+        assert got.last_event_id == "2"  # the id of an incomplete event is not committed
+        assert got.eof_mid_event
+
+
+def test_server_events_split_across_chunks(path: str) -> None:
+    run = server_event("put", "1", "a") + server_event("put", "2", "b")
+    cases = [
+        # The first event of the chunk continues lines held from the previous chunk.
+        ([b"data: held\n", run], [ev("held\na", "put", id="1"), ev("b", "put", id="2")]),
+        (
+            [b"retry: 300\nid: 0\n", run],
+            [ev("a", "put", id="1", retry=300), ev("b", "put", id="2")],
+        ),
+        # A comment line held from the previous chunk belongs to no field.
+        ([b": ping\n", run], [ev("a", "put", id="1"), ev("b", "put", id="2")]),
+        # Runs cut anywhere.
+        ([run[:5], run[5:30], run[30:]], [ev("a", "put", id="1"), ev("b", "put", id="2")]),
+    ]
+    for chunks, events in cases:
+        got = parse(chunks)
+        assert [event for event, _ in got.events] == events
+        assert got == reference(b"".join(chunks))
+        assert check(b"".join(chunks)) == got
+
+
+def test_server_run_of_non_ascii_utf8(path: str) -> None:
+    body = server_event("ünï", "1", "ü→✓ \u2028 \x85") + server_event("put", "2", "日本")
+    assert check(body).events == [
+        (ev("ü→✓ \u2028 \x85", "ünï", id="1"), "1"),
+        (ev("日本", "put", id="2"), "2"),
+    ]
+
+
+def test_server_run_with_invalid_utf8_is_replaced(path: str) -> None:
+    body = (
+        server_event("put", "1", "a")
+        + b"event: put\nid: 2\ndata: \xff\xc3(\n\n"
+        + server_event("p\xfft", "3", "é")
+    )
+    assert check(body).events == [
+        (ev("a", "put", id="1"), "1"),
+        (ev("\ufffd\ufffd(", "put", id="2"), "2"),
+        (ev("é", "pÿt", id="3"), "3"),
+    ]
+    body = b"event: \xe2\x82\nid: 4\ndata: x\n\n"  # a truncated sequence in the name
+    assert check(body).events == [(ev("x", "\ufffd", id="4"), "4")]
+
+
+def test_server_run_ids_are_kept_as_written(path: str) -> None:
+    body = (
+        server_event("put", "007", "a")
+        + server_event("put", "0", "b")
+        + server_event("put", "12345678901234567890", "c")
+    )
+    assert check(body, last_event_id="5").events == [
+        (ev("a", "put", id="007"), "007"),
+        (ev("b", "put", id="0"), "0"),
+        (ev("c", "put", id="12345678901234567890"), "12345678901234567890"),
+    ]
+
+
+def test_server_run_with_empty_event_name_is_message(path: str) -> None:
+    body = server_event("", "1", "a") + b"event:\nid: 2\ndata: b\n\n" + server_event("", "3", "")
+    assert check(body).events == [
+        (ev("a", id="1"), "1"),
+        (ev("b", id="2"), "2"),
+        (ev("", id="3"), "3"),  # an empty data line is still data: dispatched
+    ]
+
+
+def test_server_run_larger_than_max_event_bytes(path: str) -> None:
+    one = server_event("put", "1", "0123456789")  # 35 bytes, 33 without its blank line
+    body = one * 50
+    for name, chunks in chunkings(body):
+        got = parse(chunks, max_event_bytes=33)
+        assert [event for event, _ in got.events] == [ev("0123456789", "put", id="1")] * 50, name
+    big = server_event("put", "2", "x" * 40)
+    for name, chunks in chunkings(one * 3 + big + one):
+        stream = EventStream(chunks, max_event_bytes=33)
+        assert [next(stream).data for _ in range(3)] == ["0123456789"] * 3, name
+        assert stream.last_event_id == "1"
+        with pytest.raises(ProtocolError, match="max_event_bytes=33"):
+            next(stream)
+
+
+class _CountingPattern:
+    """Stands in for sse._SERVER_RUN, counting the attempts to match a run."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.calls = 0
+
+    def match(self, text: bytes, pos: int) -> re.Match[bytes] | None:
+        self.calls += 1
+        return self.pattern.match(text, pos)
+
+
+def test_a_run_left_to_the_general_path_is_matched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _CountingPattern(sse._SERVER_RUN)
+    monkeypatch.setattr(sse, "_SERVER_RUN", counting)
+    run = server_event("put", "1", "a") * 1000
+    for body, limit, count in (
+        (run + b"event: put\nid: 2\ndata: \xff\n\n" + run, 10**6, 2001),  # not UTF-8
+        (run + run, 100, 2000),  # larger than max_event_bytes
+    ):
+        counting.calls = 0
+        assert len(parse([body], max_event_bytes=limit).events) == count
+        assert counting.calls == 1  # not once per event: that would be quadratic
+
+
+def test_sseclient_gets_whole_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sseclient import SSEClient
+
+    blocks: list[bytes] = []
+
+    def spy(source: Iterator[bytes]) -> SSEClient:
+        def recorded() -> Iterator[bytes]:
+            for block in source:
+                blocks.append(block)
+                yield block
+
+        return SSEClient(recorded())
+
+    monkeypatch.setattr("rstream.client.sse.SSEClient", spy)
+    first = b"".join(server_event("put", str(i), f"{i}") for i in range(3))
+    second = b"".join(server_event("put", str(i), f"{i}") for i in range(3, 5))
+    assert [event.id for event in EventStream([first + b":\n\n" + second])] == list("01234")
+    assert blocks == [first, second]
+    # A backlog in chunks: per chunk, at most the event completed from the previous
+    # chunk and one run.
+    blocks.clear()
+    body = b"".join(server_event("entry", str(i), f'{{"i": {i}}}') for i in range(2000))
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    assert sum(1 for _ in EventStream(chunks)) == 2000
+    assert len(blocks) <= 2 * len(chunks)
+
+
+def test_events_of_a_run_are_yielded_before_more_input_is_read() -> None:
+    read: list[bytes] = []
+    run = server_event("put", "1", "a") + server_event("put", "2", "b")
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in (run, server_event("put", "3", "c")):
+            read.append(chunk)
+            yield chunk
+
+    stream = EventStream(chunks())
+    assert (next(stream).id, stream.last_event_id, read) == ("1", "1", [run])
+    assert (next(stream).id, stream.last_event_id, read) == ("2", "2", [run])
+    assert [event.id for event in stream] == ["3"]
+
+
+SERVER_NAMES = st.sampled_from(["put", "entry", "", " ", "ünï", "a:b", "x\x00"])
+SERVER_IDS = st.sampled_from(["0", "007", "1", "42", "99999999999999999999"])
+SERVER_DATA = st.sampled_from(['{"i": 1}', "", " lead", "a:b", "ü→✓\u2028", "\x00"]) | st.text(
+    st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=8
+)
+OTHER_PIECES = [
+    b": ping\n",
+    b":\n\n",
+    b"\n",
+    b"data: plain\n\n",
+    b"id: 5\n\n",
+    b"id\n\n",
+    b"retry: 1500\n\n",
+    b"event: put\ndata: a\ndata: b\n\n",
+    b"event: put\nid: 1\ndata: \xff\n\n",  # the server's form, but not UTF-8
+    b"event: put\r\nid: 2\r\ndata: crlf\r\n\r\n",  # the server's form once normalised
+    b"\xef\xbb\xbf",  # a BOM: only stripped at the very start
+    b"event: put\nid: 3\n",  # an event that the next piece ends or continues
+    b"event: put\nid: 4x\ndata: id not digits\n\n",
+    b"id: 6\nevent: put\ndata: reordered\n\n",
+    b"event: put\nid: 7\ndata: x\nretry: 100\n\n",
+    b"event:put\nid: 8\ndata: x\n\n",
+    b"data: held\n",  # lines that the next event continues
+    b"retry: 300\n",
+    b"data: x",  # a partial line
+]
+server_mixtures = st.lists(
+    st.builds(server_event, SERVER_NAMES, SERVER_IDS, SERVER_DATA) | st.sampled_from(OTHER_PIECES),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=server_mixtures,
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+    limit=st.none() | st.integers(1, 120),
+)
+def test_fuzz_server_runs_match_the_line_by_line_path(
+    body: bytes, cuts: list[int], limit: int | None
+) -> None:
+    """One byte at a time, no chunk ever holds a whole event, let alone a run: the
+    result must be the same when runs are found, in any other chunking."""
+
+    def run(chunks: list[bytes]) -> tuple[Outcome, bool]:
+        comments: list[str] = []
+        stream = EventStream(
+            chunks,
+            last_event_id="start",
+            on_comment=comments.append,
+            max_event_bytes=limit or sse.DEFAULT_MAX_EVENT_BYTES,
+        )
+        events: list[tuple[SSEEvent, str]] = []
+        try:
+            for event in stream:
+                events.append((event, stream.last_event_id))
+        except ProtocolError:
+            raised = True
+        else:
+            raised = False
+        got = Outcome(
+            events, stream.last_event_id, stream.retry_ms, stream.saw_eof_mid_event, comments
+        )
+        return got, raised
+
+    expected = run([body[i : i + 1] for i in range(len(body))])
+    assert run([body]) == expected
+    assert run(split(body, cuts)) == expected
+    got, raised = expected
+    assert all(last == event.id for event, last in got.events if event.id is not None)
+    if limit is None:
+        assert not raised
+        assert got == reference(body, "start")
+
+
 # -- iter_chunks against a real server ---------------------------------------------
 
 

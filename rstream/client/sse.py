@@ -25,35 +25,43 @@ first, and everything else is done here:
   U+2028, U+2029 and U+0085 alone.)
 * It does not strip a leading byte order mark, so the first field is lost: done here.
 * It decodes each line strictly, so invalid UTF-8 raises ``UnicodeDecodeError``:
-  blocks are decoded here with ``errors="replace"`` (U+FFFD) before it sees them.
+  blocks are decoded here with ``errors="replace"`` (U+FFFD) before it sees them
+  (a run of server events, below, is given to it only if it is valid UTF-8).
 * It keeps ``id`` only on the event that carries it, forgets it on events without
   data, accepts an ``id`` containing NUL, and lets a later ``id`` line in a block
   override an earlier one even when the later one is invalid: the last event ID
-  is tracked here.
+  is tracked here (its ``id`` is only used for server events, below, where it is right).
 * It returns ``retry`` as an unvalidated string (``"1a"``, ``""``, Arabic-Indic digits) and
   only on events with data: ``retry`` is parsed here (ASCII digits only).
 * It accumulates ``data`` with ``+=`` on a dict item, which CPython cannot do in
   place: an event of *n* data lines costs O(n * size) (100 000 lines of 40 bytes
   took 17 s). Its ``_read`` concatenates small chunks the same way (an 8 MiB event
-  in 128-byte chunks took 7 s). It is therefore given one complete event at a time
-  (so ``_read`` never concatenates more than a few lines), and events of more than
+  in 128-byte chunks took 7 s). It is therefore given complete events only, one at
+  a time or a run of server events, whose lines ``_read`` concatenates event by
+  event (so never more than a few lines at once), and events of more than
   ``_SSECLIENT_MAX_DATA_LINES`` data lines are assembled here instead, in linear
   time. Both paths are run against the whole conformance suite in the tests.
 
 One ``SSEClient`` serves the whole stream (building one per event, with its
 logger look-up, cost more than interpreting the event): its source is a queue
-into which each complete event is put just before its next event is asked for.
-Its ``_read`` yields as soon as its input ends with a blank line, and an event
-with a data line is always dispatched, so it never reads ahead: each event it
-yields is the one just queued, and the ``id``/``retry`` tracked here belong to it.
+into which complete events are put just before they are asked for. Its ``_read``
+yields as soon as its input ends with a blank line, and an event with a data
+line is always dispatched, so it never reads ahead: the events it yields are the
+ones just queued, and the ``id``/``retry`` tracked here belong to them.
 
-The work is per chunk and per event rather than per line: an event that a chunk
-holds whole is found with ``bytes.find`` and interpreted in one go; only the
-lines of an event split between chunks are interpreted one by one as they
-complete (so comments are reported, and ``retry`` applied, as soon as their
-line is complete either way). The form an rstream server sends every event in
-(``event``, a numeric ``id``, one ``data`` line) is recognised with a few
-slices, without the line loop; sseclient-py still interprets it.
+The work is per chunk and per run of events rather than per line. Where no event
+is held (none received in pieces), one regular expression finds the longest run
+of consecutive events in the exact form an rstream server sends
+(``event: NAME``, ``id: DIGITS``, ``data: VALUE``, a blank line), and the whole
+run, id lines included, is queued for sseclient-py at once. In that form its
+``id`` is right (ASCII digits, so no NUL; one per event) and a blank line only
+ends an event, so exactly ``run.count(b"\n\n")`` events are taken from it, the
+last event ID set to each one's ``id`` as it is yielded: no per-event framing is
+done here. A run larger than ``max_event_bytes`` or not valid UTF-8 is left to
+the general path: any other event that a chunk holds whole is found with
+``bytes.find`` and interpreted in one go; only the lines of an event split
+between chunks are interpreted one by one as they complete (so comments are
+reported, and ``retry`` applied, as soon as their line is complete either way).
 
 Deliberate choices, beyond the specification:
 
@@ -74,6 +82,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -100,6 +109,11 @@ DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 # Events with more data lines than this are assembled here: sseclient-py's data
 # accumulation is quadratic in the number of data lines (see the module docstring).
 _SSECLIENT_MAX_DATA_LINES = 16
+
+# Consecutive events in the exact form an rstream server sends (rstream.server.live):
+# for these, sseclient-py's own id is right (ASCII digits, one per event), and a
+# blank line only ends an event, as no field value holds an LF.
+_SERVER_RUN = re.compile(rb"(?:event: [^\n]*\nid: [0-9]+\ndata: [^\n]*\n\n)+")
 
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
@@ -179,10 +193,10 @@ class EventStream:
         self._event_line: bytes | None = None
         self._own_id: str | None = None
         self._own_retry: int | None = None
-        # One sseclient-py parser for the whole stream, fed one complete event at a
-        # time (see _interpret_with_sseclient).
+        # One sseclient-py parser for the whole stream, fed one complete event or one
+        # run of server events at a time (see _run and _interpret_with_sseclient).
         self._sseclient_input: collections.deque[bytes] = collections.deque()
-        self._sseclient_events: Iterator[Any] | None = None
+        self._sseclient_events: Iterator[Any] = SSEClient(_drain(self._sseclient_input)).events()
         self._events = self._run()
 
     def __iter__(self) -> EventStream:
@@ -196,14 +210,16 @@ class EventStream:
     def _run(self) -> Iterator[SSEEvent]:
         """Split the stream into complete lines and blocks (events ended by a blank line).
 
-        The work is per chunk and per event, not per line: line endings are
-        normalised to LF with ``bytes.replace`` (only in chunks that hold a CR), and
-        each block that a chunk holds entirely is found with ``bytes.find`` and
+        The work is per chunk and per run of events, not per line: line endings are
+        normalised to LF with ``bytes.replace`` (only in chunks that hold a CR); a run
+        of events in the server's form (``_SERVER_RUN``) goes to sseclient-py whole;
+        any other block that a chunk holds entirely is found with ``bytes.find`` and
         interpreted in one go (:meth:`_block`). Only an event that straddles chunks,
         or is larger than ``max_event_bytes``, is interpreted line by line (:meth:`_field`).
         """
         partial: list[bytes] = []  # the incomplete last line, in pieces
         partial_len = 0
+        server_events = self._sseclient_events
         for chunk in self._normalised():
             end = chunk.rfind(b"\n") + 1  # the complete lines are chunk[:end]
             if not end:
@@ -219,6 +235,7 @@ class EventStream:
                 region = chunk[:end] if end < len(chunk) else chunk
             ascii = region.isascii()
             pos, size = 0, len(region)
+            rejected = 0  # a run of server events up to here is left to the code below
             while pos < size:
                 if region[pos] == _LF:  # a blank line
                     pos += 1
@@ -226,6 +243,22 @@ class EventStream:
                     if event is not None:
                         yield event
                     continue
+                if not self._held and pos >= rejected:
+                    match = _SERVER_RUN.match(region, pos)
+                    if match is not None:
+                        run_end = match.end()
+                        run = region if pos == 0 and run_end == size else region[pos:run_end]
+                        if run_end - pos <= self._max and (ascii or _is_utf8(run)):
+                            # sseclient-py yields each event of the run as soon as its
+                            # blank line is read, and reads no further than the run.
+                            self._sseclient_input.append(run)
+                            for parsed in itertools.islice(server_events, run.count(b"\n\n")):
+                                event_id = self._id_buffer = self.last_event_id = parsed.id
+                                yield SSEEvent(parsed.event, parsed.data, event_id, None)
+                            pos = run_end
+                            continue
+                        # Taken event by event below; not matched again at each one.
+                        rejected = run_end
                 blank = region.find(b"\n\n", pos)
                 if blank < 0:  # lines of an event that the next chunks complete
                     for line in region[pos:-1].split(b"\n"):
@@ -289,22 +322,6 @@ class EventStream:
         Only called when no line of the event is held yet and the block is no larger
         than ``max_event_bytes`` (so the size checks of :meth:`_field` cannot fail).
         """
-        # The form an rstream server sends every event in, "event: NAME", "id: DIGITS",
-        # one "data: VALUE" line, found with a few slices instead of a line loop.
-        if block[:7] == b"event: ":
-            first = block.find(b"\n", 7)
-            if block[first + 1 : first + 5] == b"id: ":
-                second = block.find(b"\n", first + 5)
-                digits = block[first + 5 : second]
-                if (
-                    block[second + 1 : second + 7] == b"data: "
-                    and digits.isdigit()  # ASCII digits, so no NUL, and not empty
-                    and block.find(b"\n", second + 7) < 0
-                ):
-                    event_id = self._id_buffer = self.last_event_id = digits.decode("ascii")
-                    text = block[: first + 1] + block[second + 1 :] + b"\n\n"
-                    event, data = self._interpret_with_sseclient(text, ascii)
-                    return SSEEvent(event, data, event_id, None)
         data_lines: list[bytes] = []
         event_line: bytes | None = None
         own_id: str | None = None
@@ -403,22 +420,26 @@ class EventStream:
         as soon as the block ends with a blank line, so the one parser of the stream
         never reads ahead: each ``next()`` takes exactly the block just queued.
         """
-        if not ascii:
-            try:
-                block.decode("utf-8")
-            except UnicodeDecodeError:
-                block = block.decode("utf-8", "replace").encode("utf-8")
+        if not ascii and not _is_utf8(block):
+            block = block.decode("utf-8", "replace").encode("utf-8")
         self._sseclient_input.append(block)
-        if self._sseclient_events is None:
-            self._sseclient_events = SSEClient(_drain(self._sseclient_input)).events()
         event = next(self._sseclient_events)
         return event.event, event.data
 
 
 def _drain(blocks: collections.deque[bytes]) -> Iterator[bytes]:
-    """sseclient-py's input: the block just queued (it never asks for more)."""
+    """sseclient-py's input: the event or run just queued (it never asks for more)."""
     while True:
         yield blocks.popleft()
+
+
+def _is_utf8(text: bytes) -> bool:
+    """Whether ``text`` decodes strictly (sseclient-py decodes it so)."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _clamp_retry(digits: bytes) -> int:
