@@ -52,16 +52,17 @@ ones just queued, and the ``id``/``retry`` tracked here belong to them.
 The work is per chunk and per run of events rather than per line. Where no event
 is held (none received in pieces), one regular expression finds the longest run
 of consecutive events in the exact form an rstream server sends
-(``event: NAME``, ``id: DIGITS``, ``data: VALUE``, a blank line), and the whole
-run, id lines included, is queued for sseclient-py at once. In that form its
-``id`` is right (ASCII digits, so no NUL; one per event) and a blank line only
-ends an event, so exactly ``run.count(b"\n\n")`` events are taken from it, the
-last event ID set to each one's ``id`` as it is yielded: no per-event framing is
-done here. A run larger than ``max_event_bytes`` or not valid UTF-8 is left to
-the general path: any other event that a chunk holds whole is found with
-``bytes.find`` and interpreted in one go; only the lines of an event split
-between chunks are interpreted one by one as they complete (so comments are
-reported, and ``retry`` applied, as soon as their line is complete either way).
+(``event: NAME``, ``id: DIGITS``, ``data: VALUE``, a blank line). Its ids are
+valid as they are (ASCII digits, so no NUL; one per event) and only id lines
+start with ``id:``, so one ``re.split`` takes them out, and the rest of the run
+(its event and data lines) is queued for sseclient-py at once: exactly one
+event per id is taken from it, the last event ID set to that id as it is
+yielded. No per-event framing is done here. A run larger than
+``max_event_bytes`` or not valid UTF-8 is left to the general path: any other
+event that a chunk holds whole is found with ``bytes.find`` and interpreted in
+one go; only the lines of an event split between chunks are interpreted one by
+one as they complete (so comments are reported, and ``retry`` applied, as soon
+as their line is complete either way).
 
 Deliberate choices, beyond the specification:
 
@@ -111,9 +112,11 @@ DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 _SSECLIENT_MAX_DATA_LINES = 16
 
 # Consecutive events in the exact form an rstream server sends (rstream.server.live):
-# for these, sseclient-py's own id is right (ASCII digits, one per event), and a
-# blank line only ends an event, as no field value holds an LF.
+# their ids are valid as they are (ASCII digits, one per event), and a blank line
+# only ends an event, as no field value holds an LF.
 _SERVER_RUN = re.compile(rb"(?:event: [^\n]*\nid: [0-9]+\ndata: [^\n]*\n\n)+")
+# The id lines of such a run (their digits captured): in it, only they start with "id: ".
+_SERVER_ID_LINE = re.compile(rb"\nid: ([0-9]+)(?=\n)")
 
 _BOM = b"\xef\xbb\xbf"
 _CR = 0x0D
@@ -251,9 +254,16 @@ class EventStream:
                         if run_end - pos <= self._max and (ascii or _is_utf8(run)):
                             # sseclient-py yields each event of the run as soon as its
                             # blank line is read, and reads no further than the run.
-                            self._sseclient_input.append(run)
-                            for parsed in itertools.islice(server_events, run.count(b"\n\n")):
-                                event_id = self._id_buffer = self.last_event_id = parsed.id
+                            # The ids are taken here and their lines left out: they are
+                            # a third of the lines sseclient-py would read, and it
+                            # would only tell us what the regex has already checked.
+                            parts = _SERVER_ID_LINE.split(run)
+                            ids = parts[1::2]
+                            self._sseclient_input.append(b"".join(parts[::2]))
+                            for parsed, raw_id in zip(
+                                itertools.islice(server_events, len(ids)), ids, strict=True
+                            ):
+                                event_id = self._id_buffer = self.last_event_id = raw_id.decode()
                                 yield SSEEvent(parsed.event, parsed.data, event_id, None)
                             pos = run_end
                             continue
