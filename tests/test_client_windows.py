@@ -432,6 +432,66 @@ def test_commit_refuses_a_window_that_is_not_one() -> None:
         store.commit(log[0:5], 103 * SEC)
 
 
+def test_commit_states_keeps_times_and_states_without_entries() -> None:
+    log = make_log(3, 10)
+    server = FakeServer(log)
+    store = server.store()
+    micros = [e.micros for e in log[10:20]]
+    pairs = replay(log[10:20])
+    window = store.commit_states(micros, pairs, 120 * SEC)
+    assert (window.state, window.start, window.end, window.end_known) == (
+        S.COMMITTED,
+        110 * SEC,
+        120 * SEC,
+        True,
+    )
+    assert window.entries is None
+    assert window.micros == micros
+    assert window.pairs == pairs
+    assert window.micros is not micros  # the store keeps its own lists
+    assert window.pairs is not pairs
+    assert store.states(window) is window.pairs
+    assert window.weight == states_weight(s for _, s in pairs)
+    assert store.cached_entries == 10
+    assert store.cached_weight == window.weight
+    assert store.get(115 * SEC) is window
+    assert server.bounds_calls == []
+    assert server.entries_calls == []
+    # Already committed: kept as it is.
+    assert store.commit_states(micros, replay(log[10:20]), 120 * SEC) is window
+    assert window.pairs == pairs
+
+
+def test_commit_states_without_end_is_provisional() -> None:
+    log = make_log(3, 10)
+    store = FakeServer(log).store()
+    live = store.observe_live(120 * SEC)
+    window = store.commit_states([e.micros for e in log[20:]], replay(log[20:]), None)
+    assert window is live
+    assert (window.state, window.end, window.end_known) == (S.COMMITTED, 129 * SEC + 1, False)
+
+
+def test_commit_states_refuses_a_window_that_is_not_one() -> None:
+    log = make_log(2, 5)
+    store = FakeServer(log).store()
+    micros = [e.micros for e in log[:5]]
+    pairs = replay(log[:5])
+    with pytest.raises(ProtocolError, match="empty"):
+        store.commit_states([], [], 105 * SEC)
+    swapped = [micros[0], micros[2], micros[1], *micros[3:]]
+    with pytest.raises(ProtocolError, match="out of order"):
+        store.commit_states(swapped, pairs, 105 * SEC)
+    with pytest.raises(ProtocolError, match="out of order"):
+        store.commit_states([micros[0], micros[0]], pairs[:2], 105 * SEC)
+    with pytest.raises(ProtocolError, match="at or after its end"):
+        store.commit_states(micros, pairs, 104 * SEC)
+    with pytest.raises(ValueError, match="4 states for 5 entries"):
+        store.commit_states(micros, pairs[:4], 105 * SEC)
+    with pytest.raises(ValueError, match="not the entries' times"):
+        store.commit_states(micros, replay(log[5:10]), 105 * SEC)
+    assert store.windows() == []
+
+
 def test_server_answering_wrong_bounds_is_a_protocol_error() -> None:
     server = FakeServer(make_log(2, 5))
     store = WindowStore(lambda at: Bounds(at + 1, None, 1), server.fetch_entries)

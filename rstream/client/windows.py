@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +45,7 @@ from typing import Any, TypeAlias
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
-from rstream.core.timestamps import EPOCH, format_rfc3339
+from rstream.core.timestamps import EPOCH, format_rfc3339, from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError
 
 __all__ = [
@@ -315,7 +317,7 @@ class WindowStore:
                 return window.pairs
             raise ValueError(f"{window!r} has no entries to compute states from")
         pairs = replay(entries)
-        weight = states_weight(state for _, state in pairs)
+        weight = states_weight(map(_STATE, pairs))
         with self._lock:
             if window.pairs is not None:  # another thread was first: keep one copy
                 return window.pairs
@@ -356,28 +358,30 @@ class WindowStore:
             pairs = list(pairs)
             if len(pairs) != len(entries):
                 raise ValueError(f"{len(pairs)} states for {len(entries)} entries")
-        start = entries[0].micros
-        with self._lock:
-            self._check_open()
-            existing = self._find(start)
-            if existing is not None and existing.state is WindowState.COMMITTED:
-                if not existing.end_known and end is not None:
-                    existing.end, existing.end_known = end, True
-                return existing
-            if existing is not None and existing.state is WindowState.LIVE:
-                window = existing
-            elif existing is not None:
-                # WAITING/PULLING: its own fetch will commit it; nothing to add.
-                return existing
-            else:
-                window = Window(WindowState.LIVE)
-                window.start = start
-                self._insert(window)
-            window.end = end if end is not None else entries[-1].micros + 1
-            window.end_known = end is not None
-            self._commit(window, entries, pairs)
-        window._done_future.set_result(None)
-        return window
+        micros = [e.micros for e in entries]
+        return self._record(micros, entries if pairs is None else None, pairs, end)
+
+    def commit_states(
+        self, micros: Sequence[int], pairs: Sequence[Pair], end: int | None
+    ) -> Window:
+        """Record a complete window from its entries' times and states alone (a history pass).
+
+        ``micros`` are the times of the window's entries, its snapshot first,
+        and ``pairs`` their ``(datetime, state)`` as :func:`replay` makes them
+        (the caller read the entries' kinds: only it knows the first is the
+        snapshot); ``end`` is as for :meth:`commit`. The times must be
+        ascending and before ``end`` (:class:`~rstream.ProtocolError`). The
+        window keeps copies of both lists, never the entries: they need not be
+        built at all. A window already committed is kept as is (and returned).
+        """
+        micros = list(micros)
+        pairs = list(pairs)
+        _check_window_times(micros, end)
+        if len(pairs) != len(micros):
+            raise ValueError(f"{len(pairs)} states for {len(micros)} entries")
+        if pairs[0][0] != from_micros(micros[0]) or pairs[-1][0] != from_micros(micros[-1]):
+            raise ValueError("the states' times are not the entries' times")
+        return self._record(micros, None, pairs, end)
 
     def commit_live_window(self, entries: list[Entry]) -> None:
         """``on_commit`` of the live tail: the previous live window, now complete."""
@@ -483,18 +487,23 @@ class WindowStore:
         self._lru.move_to_end(window.start)
 
     def _commit(
-        self, window: Window, entries: list[Entry], pairs: list[Pair] | None = None
+        self,
+        window: Window,
+        micros: list[int],
+        entries: list[Entry] | None,
+        pairs: list[Pair] | None = None,
     ) -> None:
+        # Either entries or pairs: the pairs, when known, replace the entries.
         assert window.start is not None
         self._transition(window, WindowState.COMMITTED)
-        window.micros = [e.micros for e in entries]
+        window.micros = micros
         if pairs is None:
             window.entries = entries
         else:
             window.pairs = pairs
-            window.states_weight = states_weight(state for _, state in pairs)
+            window.states_weight = states_weight(map(_STATE, pairs))
         self._lru[window.start] = window
-        self._cached_entries += len(entries)
+        self._cached_entries += len(micros)
         self._cached_weight += window.weight
         self._evict()
 
@@ -512,6 +521,40 @@ class WindowStore:
         window.error = exc
         self._remove(window)
         self.stats.errors += 1
+
+    def _record(
+        self,
+        micros: list[int],
+        entries: list[Entry] | None,
+        pairs: list[Pair] | None,
+        end: int | None,
+    ) -> Window:
+        """Commit a validated window (its entries or its states) unless already known.
+
+        Lock NOT held; returns the window committed, or the one already known.
+        """
+        start = micros[0]
+        with self._lock:
+            self._check_open()
+            existing = self._find(start)
+            if existing is not None and existing.state is WindowState.COMMITTED:
+                if not existing.end_known and end is not None:
+                    existing.end, existing.end_known = end, True
+                return existing
+            if existing is not None and existing.state is WindowState.LIVE:
+                window = existing
+            elif existing is not None:
+                # WAITING/PULLING: its own fetch will commit it; nothing to add.
+                return existing
+            else:
+                window = Window(WindowState.LIVE)
+                window.start = start
+                self._insert(window)
+            window.end = end if end is not None else micros[-1] + 1
+            window.end_known = end is not None
+            self._commit(window, micros, entries, pairs)
+        window._done_future.set_result(None)
+        return window
 
     def _lead(self, window: Window, at: int) -> None:
         """Fetch the bounds, then the entries, of ``window`` (lock NOT held)."""
@@ -572,7 +615,7 @@ class WindowStore:
         with self._lock:
             self.stats.entries_fetches += 1
             if window.state is WindowState.PULLING and not self._closed:
-                self._commit(window, entries)
+                self._commit(window, [e.micros for e in entries], entries)
         _resolve(window._done_future, None)
 
 
@@ -622,6 +665,23 @@ def _check_window_entries(entries: Sequence[Entry], start: int, end: int | None)
         )
 
 
+def _check_window_times(micros: Sequence[int], end: int | None) -> None:
+    """A window's times (its snapshot's first): not empty, ascending, all before ``end``."""
+    if not micros:
+        raise ProtocolError("a window came back empty; its snapshot is missing")
+    start = micros[0]
+    if not all(map(operator.lt, micros, itertools.islice(micros, 1, None))):
+        raise ProtocolError(f"the window starting {format_rfc3339(start)} has entries out of order")
+    if end is not None and micros[-1] >= end:
+        raise ProtocolError(
+            f"the window [{format_rfc3339(start)}, {format_rfc3339(end)}) holds an entry "
+            "at or after its end"
+        )
+
+
+_STATE = operator.itemgetter(1)  # the state of a (datetime, state) pair
+
+
 # -- pure helpers over a window's entries -------------------------------------------
 
 
@@ -669,12 +729,8 @@ def states_weight(states: Iterable[State]) -> int:
     top-level fields: a state of 300 fields copies a dict of 300 slots, however
     small the mutation that made it.
     """
-    count = 0
-    fields = 0
-    for state in states:
-        count += 1
-        fields += len(state)
-    return count + fields // STATE_FIELDS_PER_ENTRY
+    sizes = list(map(len, states))  # no Python code per state
+    return len(sizes) + sum(sizes) // STATE_FIELDS_PER_ENTRY
 
 
 def split_windows(entries: Iterable[Entry]) -> Iterable[list[Entry]]:
