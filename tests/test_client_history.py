@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import socket
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -14,8 +18,15 @@ import requests
 from rstream.client import Client, RemoteStream, connect
 from rstream.client.windows import WindowState, states_weight
 from rstream.core.entry import Entry, EntryKind
-from rstream.core.timestamps import from_micros
-from rstream.errors import ClientClosed, ConfigError, OutOfOrder, OutOfRange, StreamNotFound
+from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.errors import (
+    ClientClosed,
+    ConfigError,
+    OutOfOrder,
+    OutOfRange,
+    ProtocolError,
+    StreamNotFound,
+)
 from rstream.server.limits import Limits
 from tests.serverutil import running_server
 
@@ -275,6 +286,176 @@ def test_a_tiny_cache_still_answers(server_url: str) -> None:
         assert list(robot.history(at(0), at(40))) == [(at(i), expected_state(i)) for i in range(40)]
         assert robot.state_at(at(33)) == expected_state(33)
         assert robot.windows.cached_entries <= 5
+
+
+# -- pages read by field, from a server that sends what it is told ------------------------
+
+Row = tuple[int, bool, bytes]
+"""A canned entry: its time (what pages and windows are cut by), whether it is a
+snapshot, and the NDJSON line sent for it, as it is."""
+
+
+def line_of(entry: Entry) -> bytes:
+    return json.dumps(entry.to_json(with_rev=True), separators=(",", ":")).encode()
+
+
+def rows_of(entries: list[Entry]) -> list[Row]:
+    return [(e.micros, e.is_snapshot, line_of(e)) for e in entries]
+
+
+class _CannedHandler(http.server.BaseHTTPRequestHandler):
+    rows: list[Row] = []
+    page_size = 7
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query))
+        if url.path == "/v1/streams/canned":
+            self.send(200, json.dumps({"id": "canned", "revision": len(self.rows)}).encode())
+        elif url.path == "/v1/streams/canned/window":
+            self.window(parse_rfc3339(query["at"]))
+        elif url.path == "/v1/streams/canned/entries":
+            self.entries(query)
+        else:
+            self.send(404, b'{"error": {"code": "not_found", "message": "no such route"}}')
+
+    def window(self, at: int) -> None:
+        snapshots = [t for t, snapshot, _ in self.rows if snapshot]
+        before = [t for t in snapshots if t <= at]
+        if not before:
+            self.send(404, b'{"error": {"code": "out_of_range", "message": "before the stream"}}')
+            return
+        after = [t for t in snapshots if t > at]
+        body = {
+            "start": format_rfc3339(before[-1]),
+            "end": format_rfc3339(after[0]) if after else None,
+            "revision": len(self.rows),
+        }
+        self.send(200, json.dumps(body).encode())
+
+    def entries(self, query: dict[str, str]) -> None:
+        start = parse_rfc3339(query["start"]) if "start" in query else None
+        end = parse_rfc3339(query["end"]) if "end" in query else None
+        rows = [
+            row
+            for row in self.rows
+            if (start is None or row[0] >= start) and (end is None or row[0] < end)
+        ]
+        page, rest = rows[: self.page_size], rows[self.page_size :]
+        body = b"".join(line + b"\n" for _, _, line in page)
+        headers = {"RStream-Next-Start": format_rfc3339(rest[0][0])} if rest else {}
+        self.send(200, body, "application/x-ndjson", headers)
+
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def canned_stream(rows: list[Row]) -> Iterator[RemoteStream]:
+    """Stream "canned" of a server that sends ``rows`` in pages of 7 lines."""
+    handler = type("Handler", (_CannedHandler,), {"rows": rows})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    # A short poll: shutdown() waits for the serving loop to look at its flag.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,))
+    thread.start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_address[1]}", max_workers=3) as client:
+            yield client.stream("canned")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def test_history_reads_each_page_by_field_and_commits_its_windows() -> None:
+    with canned_stream(rows_of(make_entries())) as robot:
+        assert list(robot.history(at(-1))) == [(at(i), expected_state(i)) for i in range(COUNT)]
+        windows = robot.windows.windows()
+        assert [w.state for w in windows] == [WindowState.COMMITTED] * 9 + [WindowState.LIVE]
+        for window in windows[:-1]:
+            assert window.entries is None
+            assert window.micros is not None
+            assert window.pairs is not None
+            base = window.micros[0] // 1_000_000 - T0
+            assert window.pairs == [(at(base + i), expected_state(base + i)) for i in range(10)]
+
+
+def test_history_reads_the_spelled_out_types_blank_lines_and_crlf() -> None:
+    rows = rows_of(make_entries())
+    for i in (3, 10, 11, 40):  # the snapshots at 10 and 40, mutations at 3 and 11
+        entry = make_entries()[i]
+        obj = {**entry.to_json(), "type": "snapshot" if entry.is_snapshot else "mutation"}
+        rows[i] = (entry.micros, entry.is_snapshot, json.dumps(obj).encode())
+    rows[20] = (rows[20][0], rows[20][1], rows[20][2] + b"\r\n  ")  # and a blank line
+    with canned_stream(rows) as robot:
+        assert list(robot.history(at(-1))) == [(at(i), expected_state(i)) for i in range(COUNT)]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"{not json", "malformed NDJSON in .*/entries.*, line 3"),
+        (b'{"timestamp": "2023-11-14T22:13:29Z", "type": 1, "data": []}', "field 'data'"),
+        (b'{"timestamp": "2023-11-14T22:13:29Z", "type": 2, "data": {}}', "field 'type'"),
+        (b'{"timestamp": "yesterday", "type": 1, "data": {}}', "field 'timestamp'"),
+    ],
+)
+def test_a_bad_line_in_the_middle_of_a_page_is_a_protocol_error_naming_it(
+    line: bytes, message: str
+) -> None:
+    rows = rows_of(make_entries())
+    rows[9] = (rows[9][0], False, line)  # the third line of the second page
+    with canned_stream(rows) as robot:
+        items = robot.history(at(-1))
+        with pytest.raises(ProtocolError, match=message) as info:
+            list(items)
+        assert "line 3" in str(info.value)
+
+
+def test_history_skips_mutations_before_the_first_snapshot() -> None:
+    orphans = [
+        Entry(T0 - 2, EntryKind.MUTATION, {"i": -2}),
+        Entry(T0 - 1, EntryKind.MUTATION, {"log": {"$push": [-1]}}),
+    ]
+    with canned_stream(rows_of(orphans + make_entries())) as robot:
+        assert list(robot.history(at(-5))) == [(at(i), expected_state(i)) for i in range(COUNT)]
+        assert list(robot.history(at(-5), at(2))) == [(at(i), expected_state(i)) for i in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("row", "seconds", "line"),
+    [
+        (12, 11, 6),  # the same time as the entry before
+        (12, 5, 6),  # earlier than the entry before
+        (7, 6, 1),  # a page's first entry, not after the page before's last
+    ],
+)
+def test_entries_out_of_order_are_a_protocol_error(row: int, seconds: int, line: int) -> None:
+    entries = make_entries()
+    rows = rows_of(entries)
+    moved = entries[row].replace(micros=(T0 + seconds) * 1_000_000)
+    rows[row] = (entries[row].micros, entries[row].is_snapshot, line_of(moved))
+    with (
+        canned_stream(rows) as robot,
+        pytest.raises(ProtocolError, match=f"out of order.*line {line}"),
+    ):
+        list(robot.history(at(-1)))
 
 
 # -- entries --------------------------------------------------------------------------------

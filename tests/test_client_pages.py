@@ -1,4 +1,5 @@
-"""NDJSON decoding from chunks, the page chain (prefetch driven by workers), the GC pause."""
+"""NDJSON decoding from chunks (as entries, and by field for history), the page chain
+(prefetch driven by workers), the GC pause."""
 
 from __future__ import annotations
 
@@ -6,11 +7,23 @@ import gc
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from rstream.client.remote import NDJSONDecoder, _gc_paused, _Pages, parse_ndjson
+from rstream.client.remote import (
+    NDJSONDecoder,
+    _Columns,
+    _datetimes,
+    _gc_paused,
+    _page_columns,
+    _Pages,
+    parse_ndjson,
+)
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
 from rstream.errors import ClientClosed, ProtocolError
 
 
@@ -34,6 +47,20 @@ def decode(body: bytes, size: int) -> list[Entry]:
     for i in range(0, len(body), size):
         out += decoder.feed(body[i : i + size])
     return out + decoder.close()
+
+
+def columns(body: bytes, size: int) -> _Columns:
+    """The page ``body`` by field, as history reads it, arrived in chunks of ``size``."""
+    return _page_columns(("test", [body[i : i + size] for i in range(0, len(body), size)]))
+
+
+def as_entries(page: _Columns) -> list[Entry]:
+    times, dates, kinds, datas, _ = page
+    assert dates == [from_micros(t) for t in times]
+    assert all(d.tzinfo is UTC for d in dates)
+    return [
+        Entry.from_micros(t, EntryKind(k), d) for t, k, d in zip(times, kinds, datas, strict=True)
+    ]
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -65,7 +92,7 @@ def test_the_spelled_out_type_goes_through_the_slow_path() -> None:
     assert got[1].micros - got[0].micros == 1_000_000
 
 
-@pytest.mark.parametrize(
+BAD_LINES = pytest.mark.parametrize(
     ("line", "message"),
     [
         (b"{not json", "malformed NDJSON in test, line 3"),
@@ -77,14 +104,95 @@ def test_the_spelled_out_type_goes_through_the_slow_path() -> None:
         (b'{"timestamp": "2024-05-01T12:00:00Z", "type": 0, "data": {}, "rev": -1}', "'rev'"),
         (b'{"timestamp": "2024-05-01T12:00:00Z", "type": true, "data": {}}', "field 'type'"),
         (b'{"type": 0, "data": {}}', "missing field 'timestamp'"),
+        (b'{"timestamp": "2024-05-01T12:00:00Z", "type": 0, "data": {}, "rev": "1"}', "'rev'"),
     ],
 )
+
+
+@BAD_LINES
 def test_a_bad_line_is_a_protocol_error_naming_it(line: bytes, message: str) -> None:
     body = ndjson(entries(2)) + line + b"\n" + ndjson(entries(1))
     for size in (3, 1 << 20):
         with pytest.raises(ProtocolError, match=message) as info:
             decode(body, size)
         assert "line 3" in str(info.value)
+
+
+# -- a page by field (history) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+def test_page_columns_hold_the_entries(size: int) -> None:
+    items = entries(30)
+    page = columns(ndjson(items), size)
+    assert as_entries(page) == items
+    assert list(page[4]) == list(range(1, 31))
+
+
+def test_page_columns_of_blank_lines_crlf_and_a_missing_last_newline() -> None:
+    items = entries(5)
+    lines = ndjson(items).split(b"\n")[:-1]
+    body = b"\r\n".join(lines[:2]) + b"\r\n\n  \n" + b"\n".join(lines[2:])
+    page = columns(body, 5)
+    assert as_entries(page) == items
+    assert list(page[4]) == [1, 2, 5, 6, 7]  # the lines the entries are on
+    assert columns(b"", 5)[0] == []
+
+
+def test_page_columns_read_the_spelled_out_type_offsets_and_missing_revs() -> None:
+    body = (
+        b'{"timestamp":"2024-05-01T12:00:00+02:00","type":"snapshot","data":{"a":1}}\n'
+        b'{"timestamp":"2024-05-01T10:00:01Z","type":"mutation","data":{"a":2},"rev":2}\n'
+        b'{"timestamp":"2024-05-01T10:00:02Z","type":1,"data":{"a":3}}\n'
+    )
+    got = as_entries(columns(body, 1 << 20))
+    assert [e.kind for e in got] == [EntryKind.SNAPSHOT, EntryKind.MUTATION, EntryKind.MUTATION]
+    assert [e.micros - got[0].micros for e in got] == [0, 1_000_000, 2_000_000]
+    no_revs = b"".join(
+        json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n" for e in entries(3)
+    )
+    assert as_entries(columns(no_revs, 1 << 20)) == entries(3)
+
+
+@BAD_LINES
+def test_a_bad_line_in_a_page_read_by_field_is_a_protocol_error_naming_it(
+    line: bytes, message: str
+) -> None:
+    body = ndjson(entries(2)) + line + b"\n" + ndjson(entries(1))
+    for size in (3, 1 << 20):
+        with pytest.raises(ProtocolError, match=message) as info:
+            columns(body, size)
+        assert "line 3" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:00.5Z",
+        "2024-05-01T12:00:00.000001Z",
+        "2024-05-01T12:00:00.123456789Z",  # past microseconds: truncated by both
+        "2024-05-01 12:00:00.25Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        "2016-12-31T23:59:60Z",  # a leap second: parse_rfc3339's own reading
+        "2024-05-01t12:00:00.5z",
+        "2024-05-01T14:00:00.5+02:00",
+    ],
+)
+def test_datetimes_of_a_page_are_those_of_its_timestamps(stamp: str) -> None:
+    times = [parse_rfc3339(stamp)]
+    (date,) = _datetimes([stamp], times)
+    assert date == from_micros(times[0])
+    assert date.tzinfo is UTC
+
+
+@given(st.lists(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999), max_size=20))
+def test_datetimes_agree_with_from_micros(micros: list[int]) -> None:
+    stamps = [format_rfc3339(m) for m in micros]
+    times = [parse_rfc3339(s) for s in stamps]
+    assert times == micros
+    assert _datetimes(stamps, times) == [from_micros(m) for m in micros]
 
 
 # -- the page chain -------------------------------------------------------------------------

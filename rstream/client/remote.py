@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import logging
+import operator
 import socket
 import threading
 from collections import deque
@@ -42,7 +43,6 @@ from rstream.client.windows import (
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation, copy_json
 from rstream.core.timestamps import (
-    EPOCH,
     TimeLike,
     format_rfc3339,
     from_micros,
@@ -73,13 +73,16 @@ State = dict[str, Any]
 _NDJSON = "application/x-ndjson"
 _CHUNK = 2**20  # bytes read from a page body at a time (each chunk: one json.loads)
 _BATCH_LINES = 512  # lines parsed per json.loads call (see parse_ndjson)
-_EPOCH = EPOCH
 
 _Body: TypeAlias = "tuple[str, list[bytes]]"
 """A page's body as fetched by a worker: its URL (for errors) and its bytes."""
 
 _Chunk: TypeAlias = "tuple[Sequence[int], Sequence[Pair]]"
 """Consecutive changes: their timestamps in microseconds and their ``(datetime, state)``."""
+
+_Columns: TypeAlias = "tuple[list[int], list[datetime], list[int], list[State], Sequence[int]]"
+"""A page's entries by field: times (epoch microseconds) and as datetimes, kinds
+(0 for a snapshot, 1 for a mutation), data, and the line each entry is on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,11 @@ class NDJSONDecoder:
 
 def _parse_lines(lines: list[bytes], first_line: int, where: str) -> list[Entry]:
     """The entries of NDJSON ``lines``, the first being line ``first_line`` of ``where``."""
+    return _entries_of(*_load_lines(lines, first_line, where), where)
+
+
+def _load_lines(lines: list[bytes], first_line: int, where: str) -> tuple[list[Any], Sequence[int]]:
+    """The JSON values of NDJSON ``lines`` (blank ones skipped) and their line numbers."""
     objs: list[Any] | None = None
     if b"" not in lines:
         # One json.loads over the whole run: about 15% faster than one per line.
@@ -207,7 +215,7 @@ def _parse_lines(lines: list[bytes], first_line: int, where: str) -> list[Entry]
         if objs is not None and len(objs) != len(lines):
             objs = None
     if objs is not None:
-        return _entries_of(objs, range(first_line, first_line + len(objs)), where)
+        return objs, range(first_line, first_line + len(objs))
     numbers = []
     objs = []
     for i, line in enumerate(lines):
@@ -220,7 +228,7 @@ def _parse_lines(lines: list[bytes], first_line: int, where: str) -> list[Entry]
                 f"malformed NDJSON in {where}, line {first_line + i}: {exc}: {line[:120]!r}"
             ) from None
         numbers.append(first_line + i)
-    return _entries_of(objs, numbers, where)
+    return objs, numbers
 
 
 def _decode(body: _Body) -> list[Entry]:
@@ -273,6 +281,149 @@ def _entries_of(objs: list[Any], lines: Sequence[int], where: str) -> list[Entry
             except EntryFormatError as exc:
                 raise ProtocolError(f"malformed entry in {where}: {exc}") from None
     return out
+
+
+_TIMESTAMP = operator.itemgetter("timestamp")
+_TYPE = operator.itemgetter("type")
+_DATA = operator.itemgetter("data")
+_LAST = operator.itemgetter(-1)
+_INT_KINDS = frozenset({0, 1})
+_NONE = type(None)
+
+
+def _page_columns(body: _Body) -> _Columns:
+    """A page's entries as columns, with no :class:`Entry` per line (for ``history``).
+
+    Each field is read for the whole page at once (``map`` over the parsed
+    objects runs no Python code per entry but :func:`parse_rfc3339`), then
+    checked by the set of its types. A page with anything else than the
+    common form (``"type": 0|1``, ``"data"`` an object, ``"rev"`` absent or a
+    non-negative integer) is read by :func:`_entries_of` instead, entry by
+    entry: the ``"snapshot"``/``"mutation"`` spelling then works, and a
+    malformed entry raises :class:`~rstream.ProtocolError` naming its line.
+    """
+    url, chunks = body
+    objs, lines = _load_page(chunks[0] if len(chunks) == 1 else b"".join(chunks), url)
+    try:
+        kinds = list(map(_TYPE, objs))
+        datas = list(map(_DATA, objs))
+        revs = list(map(dict.get, objs, itertools.repeat("rev")))
+        stamps = list(map(_TIMESTAMP, objs))
+        times = list(map(parse_rfc3339, stamps))
+    except (LookupError, TypeError, InvalidTimestamp):
+        return _columns_of(_entries_of(objs, lines, url), lines)
+    if objs and (
+        set(map(type, kinds)) != {int}  # bool, float and the spelled-out kinds too
+        or not _INT_KINDS.issuperset(kinds)
+        or set(map(type, datas)) != {dict}
+        or not _revs_valid(revs)
+    ):
+        return _columns_of(_entries_of(objs, lines, url), lines)
+    return times, _datetimes(stamps, times), kinds, datas, lines
+
+
+def _load_page(text: bytes, where: str) -> tuple[list[Any], Sequence[int]]:
+    """The JSON values of a page's NDJSON ``text`` and their line numbers.
+
+    One :func:`json.loads` of the text with its newlines made commas; a text
+    that does not give one value per line (a blank or broken line, two values
+    on one line) is read by :func:`_load_lines`, which names a bad line.
+    """
+    body = text[:-1] if text[-1:] == b"\n" else text
+    if body:
+        try:
+            objs = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        except ValueError:
+            pass
+        else:
+            if len(objs) == body.count(b"\n") + 1:
+                return objs, range(1, len(objs) + 1)
+    return _load_lines(text.split(b"\n"), 1, where)
+
+
+def _revs_valid(revs: list[Any]) -> bool:
+    """Whether every ``rev`` is absent or a non-negative integer (as :meth:`Entry.from_json`)."""
+    types = set(map(type, revs))
+    if types == {int}:
+        return bool(min(revs) >= 0)
+    return types == {_NONE}  # a page mixing both is left to Entry.from_json
+
+
+def _datetimes(stamps: list[str], times: list[int]) -> list[datetime]:
+    """The datetimes of RFC 3339 ``stamps`` that :func:`parse_rfc3339` read as ``times``.
+
+    In UTC ("Z"), :meth:`datetime.fromisoformat` (C) reads what
+    :func:`parse_rfc3339` accepted the same way (a fraction past microseconds
+    truncated too) and is several times faster than :func:`from_micros`; it
+    refuses a leap second, and an offset would give another time zone.
+    """
+    if set(map(_LAST, stamps)) == {"Z"}:
+        try:
+            return list(map(datetime.fromisoformat, stamps))
+        except ValueError:
+            pass
+    return list(map(from_micros, times))
+
+
+def _columns_of(entries: list[Entry], lines: Sequence[int]) -> _Columns:
+    """The columns of entries read one by one (see :func:`_page_columns`)."""
+    times = [e.micros for e in entries]
+    kinds = [0 if e.kind is EntryKind.SNAPSHOT else 1 for e in entries]
+    return times, list(map(from_micros, times)), kinds, [e.data for e in entries], lines
+
+
+def _check_order(times: list[int], lines: Sequence[int], after: int | None, where: str) -> None:
+    """Timestamps strictly increase (the server's order), all after ``after`` (if known).
+
+    A :class:`~rstream.ProtocolError` names the first line out of order.
+    """
+    if (after is None or times[0] > after) and all(
+        map(operator.lt, times, itertools.islice(times, 1, None))
+    ):
+        return
+    previous = after
+    for micros, line in zip(times, lines, strict=True):
+        if previous is not None and micros <= previous:
+            raise ProtocolError(
+                f"entries out of order in {where}, line {line}: {format_rfc3339(micros)} "
+                f"is not after {format_rfc3339(previous)}"
+            )
+        previous = micros
+
+
+def _replay_page(
+    datas: list[State], snaps: list[int], state: State | None, lo: int, cut: int
+) -> list[State]:
+    """The state after each entry of a page's ``[lo, cut)``.
+
+    ``snaps`` are the indices of the snapshots in that range; the entries
+    before the first of them go on from ``state``, the state before the page
+    (None only if ``lo`` is a snapshot). Each window's mutations are applied
+    by ``accumulate``, which calls :func:`apply_mutation` from C.
+    """
+    states: list[State] = []
+    head = snaps[0] if snaps else cut
+    if lo < head:
+        assert state is not None
+        carried = itertools.accumulate(datas[lo:head], apply_mutation, initial=state)
+        states += itertools.islice(carried, 1, None)  # the first is ``state`` itself
+    for a, b in itertools.pairwise([*snaps, cut]):
+        states += itertools.accumulate(datas[a + 1 : b], apply_mutation, initial=datas[a])
+    return states
+
+
+def _snapshots(kinds: list[int], stop: int) -> list[int]:
+    """The indices of the snapshots among ``kinds[:stop]``."""
+    found: list[int] = []
+    index = kinds.index  # scans in C: windows are long, snapshots few
+    i = 0
+    try:
+        while True:
+            i = index(0, i, stop)
+            found.append(i)
+            i += 1
+    except ValueError:
+        return found
 
 
 class _Pages:
@@ -923,45 +1074,65 @@ class RemoteStream:
 
         ``upto`` is a window boundary (or None: to the newest entry, whose last
         window is live and is not committed). Returns True when ``end`` was passed.
+
+        A page is read by field (:func:`_page_columns`), replayed a window at a
+        time (:func:`_replay_page`) into one list of times and one of pairs, and
+        the windows it completes are committed as slices of those lists.
         """
-        commit = self.windows.commit
-        snapshot = EntryKind.SNAPSHOT
-        run: list[Entry] = []  # the window being read: its entries and their pairs
+        commit = self.windows.commit_states
+        run_times: list[int] = []  # the window being read, as far as earlier pages hold it
         run_pairs: list[Pair] = []
-        state: State | None = None
+        state: State | None = None  # the state after the last entry read
+        last: int | None = None  # the last entry's time
         for body in self._bodies(start, upto):
-            times: list[int] = []
-            pairs: list[Pair] = []
-            passed = False
             with _gc_paused():  # never across the yield below
-                for entry in _decode(body):
-                    micros = entry.micros
-                    if entry.kind is snapshot:
-                        if run:
-                            commit(run, micros, run_pairs)
-                        run, run_pairs = [], []
-                        state = entry.data
-                    elif state is None:
-                        continue  # a mutation before any snapshot: no state yet
-                    else:
-                        state = apply_mutation(state, entry.data)
-                    if end is not None and micros >= end:
-                        passed = True
-                        break
-                    pair = (_EPOCH + timedelta(0, 0, micros), state)
-                    run.append(entry)
-                    run_pairs.append(pair)
-                    times.append(micros)
-                    pairs.append(pair)
-            if times:
-                yield times, pairs
-            if passed:
+                times, dates, kinds, datas, lines = _page_columns(body)
+                if not times:
+                    continue
+                _check_order(times, lines, last, body[0])
+                last = times[-1]
+                count = cut = len(times)
+                if end is not None and last >= end:
+                    cut = bisect.bisect_left(times, end)
+                snaps = _snapshots(kinds, cut)
+                lo = 0
+                if state is None:  # a mutation before any snapshot has no state: skipped
+                    lo = snaps[0] if snaps else cut
+                states = _replay_page(datas, snaps, state, lo, cut)
+                if states:
+                    state = states[-1]
+                page_times = times if lo == 0 and cut == count else times[lo:cut]
+                pairs = list(zip(dates[lo:cut], states, strict=True))
+                # The windows the page completes: each ends at the next snapshot.
+                ends = snaps
+                if cut < count:
+                    if kinds[cut] == 0:
+                        ends = [*snaps, cut]
+                    elif state is not None:
+                        # Applied as when entries were read one by one: an
+                        # invalid mutation just past the end still raises.
+                        apply_mutation(state, datas[cut])
+                opened: int | None = None  # the index of the open window's snapshot on this page
+                for b in ends:
+                    if opened is not None:
+                        commit(times[opened:b], pairs[opened - lo : b - lo], times[b])
+                    elif run_times or lo < b:
+                        commit(run_times + times[lo:b], run_pairs + pairs[: b - lo], times[b])
+                    opened = b
+                if opened is None:
+                    run_times += page_times
+                    run_pairs += pairs
+                else:
+                    run_times, run_pairs = times[opened:cut], pairs[opened - lo :]
+            if page_times:
+                yield page_times, pairs
+            if cut < count:
                 return True
-        if run:
+        if run_times:
             if upto is not None:
-                commit(run, upto, run_pairs)
+                commit(run_times, run_pairs, upto)
             else:
-                self.windows.observe_live(run[0].micros)
+                self.windows.observe_live(run_times[0])
         return False
 
 
