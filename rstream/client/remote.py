@@ -329,15 +329,19 @@ def _load_page(text: bytes, where: str) -> tuple[list[Any], Sequence[int]]:
     that does not give one value per line (a blank or broken line, two values
     on one line) is read by :func:`_load_lines`, which names a bad line.
     """
-    body = text[:-1] if text[-1:] == b"\n" else text
-    if body:
+    if text:
+        ended = text[-1:] == b"\n"
+        lines = text.count(b"\n") + (not ended)
+        commas = text.replace(b"\n", b",")
+        # Joined from a view: the page (megabytes) is copied once more, not thrice.
+        values = memoryview(commas)[:-1] if ended else commas
         try:
-            objs = json.loads(b"[" + body.replace(b"\n", b",") + b"]")
+            objs = json.loads(b"".join((b"[", values, b"]")))
         except ValueError:
             pass
         else:
-            if len(objs) == body.count(b"\n") + 1:
-                return objs, range(1, len(objs) + 1)
+            if len(objs) == lines:
+                return objs, range(1, lines + 1)
     return _load_lines(text.split(b"\n"), 1, where)
 
 
