@@ -1128,9 +1128,6 @@ class RemoteStream:
                     run_pairs += pairs
                 else:
                     run_times, run_pairs = times[opened:cut], pairs[opened - lo :]
-                # The mutations are garbage once applied: freed before the pause
-                # ends, the collector need not look at them.
-                del datas
             if page_times:
                 yield page_times, pairs
             if cut < count:
