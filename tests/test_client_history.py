@@ -228,6 +228,32 @@ def test_second_pass_yields_the_cached_pairs_themselves(
     assert all(a is b for a, b in zip(first[1:], second[1:], strict=True))
 
 
+def expected_history(start: float, end: float) -> list[tuple[datetime, dict[str, Any]]]:
+    """What history(at(start), at(end)) yields, from the model of the stream."""
+    first = max(start, 0)
+    items = [(at(i), expected_state(i)) for i in range(COUNT) if first <= i < end]
+    if start > 0 and start != int(start) and start < end:
+        items.insert(0, (at(start), expected_state(int(start))))
+    return items
+
+
+def test_every_range_of_cached_windows_is_cut_exactly(client: Client, robot: RemoteStream) -> None:
+    # A second pass moves whole runs of cached windows at once and cuts only the
+    # windows holding start and end: starts and ends on an entry, between entries,
+    # on a window's snapshot, just before it, in the first and the last window.
+    assert list(robot.history(None, at(90))) == expected_history(-1, 90)
+    counter = Counter(client.transport.session)
+    bounds = [0, 0.5, 9, 9.5, 10, 10.5, 19.99, 20, 45, 49.5, 50, 79, 80, 89.5, 90]
+    for start in bounds:
+        for end in bounds:
+            got = list(robot.history(at(start), at(end)))
+            assert got == expected_history(start, end), (start, end)
+    assert counter.urls == []
+    # A start before the stream: the server is asked where the stream begins.
+    for end in bounds:
+        assert list(robot.history(at(-3), at(end))) == expected_history(-3, end), end
+
+
 def test_whole_stream_twice_asks_for_its_first_entry_once(
     client: Client, robot: RemoteStream
 ) -> None:

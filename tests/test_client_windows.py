@@ -545,3 +545,34 @@ def test_split_windows_cuts_at_snapshots() -> None:
     runs = list(split_windows(log[1:]))
     assert [len(r) for r in runs] == [2, 3, 3]
     assert [r[0].kind for r in runs] == [EntryKind.MUTATION, EntryKind.SNAPSHOT, EntryKind.SNAPSHOT]
+
+
+def test_cached_run_is_the_committed_windows_that_follow_each_other() -> None:
+    log = make_log(6, 10)  # windows at 100, 110, ..., 150 s
+    server = FakeServer(log)
+    store = server.store()
+    for w in (0, 1, 2, 4):  # not 3: a gap; 5 is the live one
+        store.commit(log[w * 10 : w * 10 + 10], (110 + 10 * w) * SEC)
+    store.observe_live(150 * SEC)
+    starts = [w.start for w in store.cached_run(105 * SEC)]
+    assert starts == [100 * SEC, 110 * SEC, 120 * SEC]  # up to the gap
+    assert [w.start for w in store.cached_run(119 * SEC)] == [110 * SEC, 120 * SEC]
+    assert [w.start for w in store.cached_run(105 * SEC, 115 * SEC)] == [100 * SEC, 110 * SEC]
+    assert [w.start for w in store.cached_run(105 * SEC, 110 * SEC)] == [100 * SEC]
+    assert store.cached_run(135 * SEC) == []  # in the gap
+    assert [w.start for w in store.cached_run(140 * SEC)] == [140 * SEC]  # not into the live one
+    assert store.cached_run(155 * SEC) == []  # the live window is not cached
+    assert store.cached_run(50 * SEC) == []  # before the stream
+    assert store.stats.hits == 3 + 2 + 2 + 1 + 1
+    assert server.bounds_calls == []
+    assert server.entries_calls == []
+
+
+def test_cached_run_counts_as_use_for_the_lru() -> None:
+    log = make_log(3, 10)
+    store = FakeServer(log).store(max_cached_entries=30)
+    for w in range(3):
+        store.commit(log[w * 10 : w * 10 + 10], (110 + 10 * w) * SEC)
+    store.cached_run(100 * SEC, 110 * SEC)  # window 0 is now the most recently used
+    store.commit(make_log(4, 10)[30:], None)  # a fourth window: one must go
+    assert [w.start for w in store.windows()] == [100 * SEC, 120 * SEC, 130 * SEC]

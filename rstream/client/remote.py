@@ -655,16 +655,17 @@ class RemoteStream:
     def _history(
         self, start: int | None, end: int | None, step: timedelta | None, copy: bool
     ) -> Iterator[tuple[datetime, State]]:
-        chunks = self._changes(start, end)
+        batches = self._changes(start, end)
         pairs: Iterator[tuple[datetime, State]]
         if step is None:
             # The pairs are the cache's own (or were built once while
             # fetching): chaining their lists runs no Python code per pair.
-            pairs = itertools.chain.from_iterable(chunk for _, chunk in chunks)
+            pairs = itertools.chain.from_iterable(chunk for batch in batches for _, chunk in batch)
         else:
             changes = (
                 (micros, pair[1])
-                for times, chunk in chunks
+                for batch in batches
+                for times, chunk in batch
                 for micros, pair in zip(times, chunk, strict=True)
             )
             sampled = _sample(changes, start, end, _micros_of(step))
@@ -988,13 +989,14 @@ class RemoteStream:
                 self._first = to_micros(first)
         return self._first
 
-    def _changes(self, start: int | None, end: int | None) -> Iterator[_Chunk]:
-        """The changes in ``[start, end)``, led by the state at ``start``, in chunks.
+    def _changes(self, start: int | None, end: int | None) -> Iterator[list[_Chunk]]:
+        """The changes in ``[start, end)``, led by the state at ``start``, in batches.
 
-        A chunk is ``(micros, pairs)``: the entries' timestamps and their
-        ``(datetime, state)``. Cached windows are passed as they are (sliced at
-        the ends of the range), so a pass over the cache costs a few
-        operations per window, not per entry.
+        A batch is a list of chunks; a chunk is ``(micros, pairs)``: the entries'
+        timestamps and their ``(datetime, state)``. Cached windows are passed as
+        they are (sliced at the ends of the range), a run of them in one batch,
+        so a pass over the cache costs a few operations per run of windows, not
+        per entry, nor per window.
         """
         if start is None:
             start = self._first_micros()
@@ -1002,34 +1004,20 @@ class RemoteStream:
                 return
         if end is not None and end <= start:
             return
-        before: State | None = None  # the state in effect just before the next change
-        started = False
-        for micros, pairs in self._walk(start, end):
-            if not micros:
+        edge = _Edge(start, end)
+        for batch in self._walk(start, end):
+            if edge.started and (end is None or _before(_last_time(batch), end)):
+                yield batch  # neither end of the range is in it: passed whole
                 continue
-            lo = 0
-            if not started:
-                lo = bisect.bisect_left(micros, start)
-                if lo:
-                    before = pairs[lo - 1][1]
-                if lo == len(micros):
-                    continue
-                started = True
-                if micros[lo] > start and before is not None:
-                    yield [start], [(from_micros(start), before)]
-            hi = len(micros)
-            if end is not None and micros[-1] >= end:
-                hi = bisect.bisect_left(micros, end, lo)
-            if lo == 0 and hi == len(micros):
-                yield micros, pairs
-            elif lo < hi:
-                yield micros[lo:hi], pairs[lo:hi]
-            if hi < len(micros):
-                return  # reached end
-        if not started and before is not None:
-            yield [start], [(from_micros(start), before)]
+            out = edge.cut(batch)
+            if out:
+                yield out
+            if edge.done:
+                return
+        if not edge.started and edge.before is not None:
+            yield [([start], [(from_micros(start), edge.before)])]
 
-    def _walk(self, start: int, end: int | None) -> Iterator[_Chunk]:
+    def _walk(self, start: int, end: int | None) -> Iterator[list[_Chunk]]:
         """Chunks from the window around ``start`` to ``end`` (see :meth:`_changes`).
 
         Cached windows are passed whole (their states computed once, then
@@ -1055,13 +1043,13 @@ class RemoteStream:
         if end is not None and last is None and first is not None:
             stop = first.end
         while stop is None or pos < stop:
-            window = store.cached(pos)
-            if window is not None:
-                assert window.micros is not None
-                yield window.micros, store.states(window)
-                if window.end is None or (end is not None and window.end >= end):
+            run = store.cached_run(pos, end)
+            if run:
+                yield [(window.micros or [], store.states(window)) for window in run]
+                last = run[-1]
+                if last.end is None or (end is not None and last.end >= end):
                     return
-                pos = window.end
+                pos = last.end
                 continue
             upto = store.next_start_after(pos)
             if stop is not None and (upto is None or upto > stop):
@@ -1073,7 +1061,7 @@ class RemoteStream:
 
     def _walk_range(
         self, start: int, upto: int | None, end: int | None
-    ) -> Generator[_Chunk, None, bool]:
+    ) -> Generator[list[_Chunk], None, bool]:
         """Fetch ``[start, upto)``, yield a chunk per page, commit its complete windows.
 
         ``upto`` is a window boundary (or None: to the newest entry, whose last
@@ -1129,7 +1117,7 @@ class RemoteStream:
                 else:
                     run_times, run_pairs = times[opened:cut], pairs[opened - lo :]
             if page_times:
-                yield page_times, pairs
+                yield [(page_times, pairs)]
             if cut < count:
                 return True
         if run_times:
@@ -1138,6 +1126,82 @@ class RemoteStream:
             else:
                 self.windows.observe_live(run_times[0])
         return False
+
+
+class _Edge:
+    """Cuts the chunks of a walk to ``[start, end)``, led by the state at ``start``.
+
+    Only the batches holding ``start`` or ``end`` are cut (see
+    :meth:`RemoteStream._changes`); the ones between are passed whole.
+    """
+
+    __slots__ = ("before", "done", "end", "start", "started")
+
+    def __init__(self, start: int, end: int | None) -> None:
+        self.start = start
+        self.end = end
+        self.started = False  # the first change at or after start was passed
+        self.done = False  # end was reached
+        self.before: State | None = None  # the state in effect just before start
+
+    def cut(self, batch: list[_Chunk]) -> list[_Chunk]:
+        """The part of ``batch`` in the range: only the chunks holding ``start`` or
+        ``end`` are cut, the ones between are passed as they are."""
+        out: list[_Chunk] = []
+        i, count = 0, len(batch)
+        while i < count and not self.started:
+            out += self._cut(*batch[i])
+            i += 1
+            if self.done:
+                return out
+        end = self.end
+        j = i
+        if end is None:
+            j = count
+        else:
+            while j < count and _before(_last_time(batch[j : j + 1]), end):
+                j += 1
+        out += batch[i:j]
+        if j < count:
+            out += self._cut(*batch[j])  # it holds end
+        return out
+
+    def _cut(self, micros: Sequence[int], pairs: Sequence[Pair]) -> list[_Chunk]:
+        if not micros:
+            return []
+        out: list[_Chunk] = []
+        start, end = self.start, self.end
+        lo = 0
+        if not self.started:
+            lo = bisect.bisect_left(micros, start)
+            if lo:
+                self.before = pairs[lo - 1][1]
+            if lo == len(micros):
+                return out
+            self.started = True
+            if micros[lo] > start and self.before is not None:
+                out.append(([start], [(from_micros(start), self.before)]))
+        hi = len(micros)
+        if end is not None and micros[-1] >= end:
+            hi = bisect.bisect_left(micros, end, lo)
+            self.done = True
+        if lo == 0 and hi == len(micros):
+            out.append((micros, pairs))
+        elif lo < hi:
+            out.append((micros[lo:hi], pairs[lo:hi]))
+        return out
+
+
+def _last_time(batch: list[_Chunk]) -> int | None:
+    """The time of the last entry of a batch (None: its chunks are empty)."""
+    for micros, _ in reversed(batch):
+        if micros:
+            return micros[-1]
+    return None
+
+
+def _before(micros: int | None, end: int) -> bool:
+    return micros is None or micros < end
 
 
 def _sample(

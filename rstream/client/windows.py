@@ -273,6 +273,39 @@ class WindowStore:
             self.stats.hits += 1
             return window
 
+    def cached_run(self, at: int, stop: int | None = None) -> list[Window]:
+        """The COMMITTED window covering ``at``, then the committed windows that follow
+        it without a gap (each starting where the one before ends) and start before
+        ``stop``; ``[]`` when ``at`` is not cached. Each is a hit, as for :meth:`get`.
+
+        One lock round for a run of windows, where :meth:`cached` takes one per
+        window: a pass over a cached range costs per run, not per window.
+        """
+        with self._lock:
+            self._check_open()
+            i = bisect.bisect_right(self._starts, at) - 1
+            run: list[Window] = []
+            if i < 0:
+                return run
+            windows = self._windows
+            window = windows[i]
+            if window.state is not WindowState.COMMITTED or not window.covers(at):
+                return run
+            touch = self._lru.move_to_end
+            while True:
+                assert window.start is not None  # committed windows have their bounds
+                run.append(window)
+                touch(window.start)
+                end = window.end
+                i += 1
+                if end is None or i == len(windows) or (stop is not None and end >= stop):
+                    break
+                window = windows[i]
+                if window.start != end or window.state is not WindowState.COMMITTED:
+                    break
+            self.stats.hits += len(run)
+            return run
+
     def covering(self, at: int) -> Window | None:
         """The known window covering ``at`` (any state but PENDING), without fetching."""
         with self._lock:
