@@ -314,6 +314,79 @@ def test_a_tiny_cache_still_answers(server_url: str) -> None:
         assert robot.windows.cached_entries <= 5
 
 
+def test_the_live_window_is_not_fetched_again(client: Client, robot: RemoteStream) -> None:
+    assert list(robot.history()) == [(at(i), expected_state(i)) for i in range(COUNT)]
+    counter = Counter(client.transport.session)
+    assert list(robot.history()) == [(at(i), expected_state(i)) for i in range(COUNT)]
+    # Only from its newest entry on, which may have been amended since.
+    newest = format_rfc3339(parse_rfc3339(line_time(COUNT - 1))).replace(":", "%3A")
+    assert [url.rsplit("/", 1)[1] for url in counter.urls] == [f"entries?start={newest}"]
+
+
+def line_time(i: int) -> str:
+    return format_rfc3339((T0 + i) * 1_000_000)
+
+
+def test_what_the_live_window_became_is_read_from_its_newest_entry() -> None:
+    # Between two passes: the newest mutation is amended, mutations follow, then a
+    # new snapshot starts a new live window. The second pass, which fetched only
+    # from the newest entry it knew, equals a fresh client's pass.
+    with running_server(limits=Limits(page_size=7)) as url:
+        base = f"{url}/v1/streams/robot-1"
+        rate = {"keyframe_frequency": 3_600_000, "change_frequency": 60_000}
+        with requests.Session() as http:
+            http.put(base, json={"record_rate": rate}, timeout=5).raise_for_status()
+
+            def write(i: int, state: dict[str, Any]) -> str:
+                body = {"state": state, "timestamp": line_time(i)}
+                response = http.post(f"{base}/state", json=body, timeout=5)
+                response.raise_for_status()
+                return str(response.json()["action"])
+
+            assert write(0, {"v": 0}) == "snapshot"
+            assert write(1, {"v": 1}) == "mutation"
+            assert write(2, {"v": 2}) == "amend"  # within 60 s: the newest is replaced
+            with Client(url) as client:
+                robot = client.stream("robot-1")
+                first = list(robot.history())
+                assert first == [(at(0), {"v": 0}), (at(1), {"v": 2})]
+                assert write(3, {"v": 3}) == "amend"  # the entry at 1 s again
+                robot.append_entries(
+                    [
+                        Entry(T0 + 70, EntryKind.MUTATION, {"v": 70}),
+                        Entry(T0 + 80, EntryKind.SNAPSHOT, {"v": 80, "w": 1}),
+                        Entry(T0 + 81, EntryKind.MUTATION, {"v": 81}),
+                    ]
+                )
+                counter = Counter(client.transport.session)
+                second = list(robot.history())
+                expected = [
+                    (at(0), {"v": 0}),
+                    (at(1), {"v": 3}),
+                    (at(70), {"v": 70}),
+                    (at(80), {"v": 80, "w": 1}),
+                    (at(81), {"v": 81, "w": 1}),
+                ]
+                assert second == expected
+                assert counter.urls[0].endswith("entries?start=" + line_time(1).replace(":", "%3A"))
+                # The old live window is now a committed window; the new one is held.
+                assert robot.state_at(at(75)) == {"v": 70}
+                assert list(robot.history()) == expected
+            with Client(url) as fresh:
+                assert list(fresh.stream("robot-1").history()) == expected
+
+
+def test_a_live_window_larger_than_the_cache_is_not_held(server_url: str) -> None:
+    with Client(server_url, max_cached_entries=3) as client:
+        robot = client.stream("robot-1")
+        assert list(robot.history(at(90))) == [(at(i), expected_state(i)) for i in range(90, COUNT)]
+        assert robot.windows.live_prefix(at_micros(90)) is None
+
+
+def at_micros(seconds: int) -> int:
+    return (T0 + seconds) * 1_000_000
+
+
 # -- pages read by field, from a server that sends what it is told ------------------------
 
 Row = tuple[int, bool, bytes]

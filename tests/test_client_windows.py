@@ -576,3 +576,35 @@ def test_cached_run_counts_as_use_for_the_lru() -> None:
     store.cached_run(100 * SEC, 110 * SEC)  # window 0 is now the most recently used
     store.commit(make_log(4, 10)[30:], None)  # a fourth window: one must go
     assert [w.start for w in store.windows()] == [100 * SEC, 120 * SEC, 130 * SEC]
+
+
+def test_hold_live_keeps_the_longest_read_of_the_live_window_until_it_is_committed() -> None:
+    log = make_log(3, 10)  # the live window starts at 120 s
+    store = FakeServer(log).store()
+    live = log[20:]
+    times = [e.micros for e in live]
+    window = store.hold_live(times[:5], replay(live[:5]))
+    assert window.state is S.LIVE
+    assert store.live_prefix(120 * SEC) == (times[:5], replay(live[:5]))
+    store.hold_live(times[:3], replay(live[:3]))  # a pass that read less: not kept
+    assert store.live_prefix(120 * SEC) == (times[:5], replay(live[:5]))
+    store.hold_live(times, replay(live))
+    assert store.live_prefix(120 * SEC) == (times, replay(live))
+    assert store.live_prefix(110 * SEC) is None  # not the start of a live window
+    assert store.cached_entries == 0  # held, not cached
+    store.commit(live, 130 * SEC)  # the live tail saw the next snapshot
+    assert window.state is S.COMMITTED
+    assert window.live_micros is None
+    assert store.live_prefix(120 * SEC) is None
+
+
+def test_hold_live_keeps_nothing_larger_than_the_cache() -> None:
+    log = make_log(3, 10)
+    store = FakeServer(log).store(max_cached_entries=4)
+    live = log[20:]
+    store.hold_live([e.micros for e in live[:3]], replay(live[:3]))
+    assert store.live_prefix(120 * SEC) is not None
+    store.hold_live([e.micros for e in live], replay(live))
+    assert store.live_prefix(120 * SEC) is None
+    with pytest.raises(ValueError, match="states for"):
+        store.hold_live([], [])

@@ -1054,13 +1054,30 @@ class RemoteStream:
             upto = store.next_start_after(pos)
             if stop is not None and (upto is None or upto > stop):
                 upto = stop
+            held = store.live_prefix(pos) if upto is None else None
+            if held is not None and len(held[0]) > 1:
+                # The live window, as an earlier pass read it: all but its newest
+                # entry are final; that one may have been amended since, so the
+                # fetch starts at it.
+                micros, pairs = held
+                seed = micros[:-1], pairs[:-1]
+                yield [seed]
+                if end is not None and end <= micros[-1]:
+                    return
+                yield from self._walk_range(micros[-1], None, end, seed=seed)
+                return
             done = yield from self._walk_range(pos, upto, end)
             if done or upto is None:
                 return
             pos = upto
 
     def _walk_range(
-        self, start: int, upto: int | None, end: int | None
+        self,
+        start: int,
+        upto: int | None,
+        end: int | None,
+        *,
+        seed: tuple[list[int], list[Pair]] | None = None,
     ) -> Generator[list[_Chunk], None, bool]:
         """Fetch ``[start, upto)``, yield a chunk per page, commit its complete windows.
 
@@ -1070,12 +1087,21 @@ class RemoteStream:
         A page is read by field (:func:`_page_columns`), replayed a window at a
         time (:func:`_replay_page`) into one list of times and one of pairs, and
         the windows it completes are committed as slices of those lists.
+
+        ``seed``: the times and states of the window before ``start``, from its
+        snapshot up to (not including) ``start``, already passed to the caller;
+        the range continues it. The live window read last is held in the store
+        (:meth:`~rstream.client.windows.WindowStore.hold_live`), so that the next
+        pass fetches only what follows it.
         """
         commit = self.windows.commit_states
         run_times: list[int] = []  # the window being read, as far as earlier pages hold it
         run_pairs: list[Pair] = []
         state: State | None = None  # the state after the last entry read
         last: int | None = None  # the last entry's time
+        if seed is not None:
+            run_times, run_pairs = list(seed[0]), list(seed[1])
+            state, last = run_pairs[-1][1], run_times[-1]
         for body in self._bodies(start, upto):
             with _gc_paused():  # never across the yield below
                 times, dates, kinds, datas, lines = _page_columns(body)
@@ -1124,7 +1150,7 @@ class RemoteStream:
             if upto is not None:
                 commit(run_times, run_pairs, upto)
             else:
-                self.windows.observe_live(run_times[0])
+                self.windows.hold_live(run_times, run_pairs)
         return False
 
 

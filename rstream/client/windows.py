@@ -136,6 +136,8 @@ class Window:
         "end_known",
         "entries",
         "error",
+        "live_micros",
+        "live_pairs",
         "micros",
         "pairs",
         "revision",
@@ -157,6 +159,9 @@ class Window:
         self.micros: list[int] | None = None
         self.pairs: list[Pair] | None = None
         self.states_weight = 0
+        # LIVE only: what a history pass read of it, snapshot first (see WindowStore.hold_live).
+        self.live_micros: list[int] | None = None
+        self.live_pairs: list[Pair] | None = None
         self.error: BaseException | None = None
         self._bounds_future: Future[Window] = Future()
         # Resolved (to None: the window holds the entries, and may drop them
@@ -424,15 +429,56 @@ class WindowStore:
     def observe_live(self, start: int) -> Window:
         """Record that the live window starts at ``start``; returns it (LIVE)."""
         with self._lock:
-            self._check_open()
-            existing = self._find(start)
-            if existing is not None:
-                return existing
-            window = Window(WindowState.LIVE)
-            window.start = start
-            self._drop_stale_live(start)
-            self._insert(window)
+            return self._observe_live(start)
+
+    def hold_live(self, micros: Sequence[int], pairs: Sequence[Pair]) -> Window:
+        """Record the live window (it starts at ``micros[0]``) with what a history pass
+        read of it: its entries' times and states, snapshot first.
+
+        The next pass then fetches only what follows (see :meth:`live_prefix`).
+        They are kept while the window is LIVE, if no larger than
+        ``max_cached_entries`` (a live window is never evicted, so that bounds what
+        it holds), and unless another pass already holds a longer read.
+        """
+        if len(micros) != len(pairs) or not micros:
+            raise ValueError(f"{len(pairs)} states for {len(micros)} entries")
+        with self._lock:
+            window = self._observe_live(micros[0])
+            if window.state is not WindowState.LIVE:
+                return window
+            held = window.live_micros
+            if len(micros) > self.max_cached_entries:
+                window.live_micros = window.live_pairs = None
+            elif held is None or held[-1] <= micros[-1]:
+                window.live_micros, window.live_pairs = list(micros), list(pairs)
             return window
+
+    def live_prefix(self, start: int) -> tuple[list[int], list[Pair]] | None:
+        """What :meth:`hold_live` holds of the LIVE window starting at ``start``, or None.
+
+        Treat both lists as read-only. The newest entry of a live window may
+        still be amended on the server (replaced at the same time): a reader
+        fetches again from that entry's time on.
+        """
+        with self._lock:
+            window = self._find(start)
+            if window is None or window.state is not WindowState.LIVE:
+                return None
+            if window.live_micros is None or window.live_pairs is None:
+                return None
+            return window.live_micros, window.live_pairs
+
+    def _observe_live(self, start: int) -> Window:
+        # The lock is held.
+        self._check_open()
+        existing = self._find(start)
+        if existing is not None:
+            return existing
+        window = Window(WindowState.LIVE)
+        window.start = start
+        self._drop_stale_live(start)
+        self._insert(window)
+        return window
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -529,6 +575,7 @@ class WindowStore:
         # Either entries or pairs: the pairs, when known, replace the entries.
         assert window.start is not None
         self._transition(window, WindowState.COMMITTED)
+        window.live_micros = window.live_pairs = None  # now held as a committed window
         window.micros = micros
         if pairs is None:
             window.entries = entries
