@@ -192,32 +192,43 @@ def parse_breakdown(url: str, stream_id: str) -> tuple[float, float, float, floa
         except requests.ConnectionError:
             pass  # the read timeout after the backlog: everything is in
     chunks = [bytes(body[i : i + 65536]) for i in range(0, len(body), 65536)]
-    started = time.perf_counter()
-    for event in sseclient.SSEClient(iter(chunks)).events():
-        json.loads(event.data)
-    raw = time.perf_counter() - started
-    started = time.perf_counter()
-    for sse_event in EventStream(iter(chunks)):
-        json.loads(sse_event.data)
-    parsed = time.perf_counter() - started
-    started = time.perf_counter()
-    live = LiveState()
-    for sse_event in EventStream(_paused_per_chunk(chunks)):
-        live.feed(sse_event.event, sse_event.data, sse_event.id)
-    applied = time.perf_counter() - started
-    started = time.perf_counter()
-    contract_floor(_paused_per_chunk(chunks))
-    floor = time.perf_counter() - started
-    return raw, parsed, applied, floor
+
+    def raw() -> None:
+        for event in sseclient.SSEClient(iter(chunks)).events():
+            json.loads(event.data)
+
+    def parsed() -> None:
+        for sse_event in EventStream(iter(chunks)):
+            json.loads(sse_event.data)
+
+    def applied() -> None:
+        live = LiveState()
+        for sse_event in EventStream(_paused_per_chunk(chunks)):
+            live.feed(sse_event.event, sse_event.data, sse_event.id)
+
+    def floor() -> None:
+        contract_floor(_paused_per_chunk(chunks))
+
+    # Best of three, interleaved: single runs of a few hundred ms vary by half here.
+    best = [float("inf")] * 4
+    for _ in range(3):
+        for i, work in enumerate((raw, parsed, applied, floor)):
+            gc.collect()
+            started = time.perf_counter()
+            work()
+            best[i] = min(best[i], time.perf_counter() - started)
+    return best[0], best[1], best[2], best[3]
 
 
 def contract_floor(chunks: Iterable[bytes]) -> int:
-    """The least work that delivering exact, private states requires per event.
+    """The raw loop plus the work that delivering exact, private states adds to it.
 
-    The raw loop's work (sseclient-py, json.loads), plus what no tail can skip:
-    the timestamp read, the mutation applied, the datetime built, and the
-    subscriber's private copy of the state. No framing, no validation, no
-    threads, no revision or order bookkeeping: a bound, not an implementation.
+    The raw loop's work (sseclient-py over the stream as it comes, json.loads),
+    plus what no tail can skip: the timestamp read, the mutation applied, the
+    datetime built, and the subscriber's private copy of the state. No framing,
+    no validation, no threads, no revision or order bookkeeping. (EventStream
+    hands sseclient-py a third fewer lines than the stream holds, so the tail's
+    parsing can cost less than this one's.)
     """
     state: dict[str, Any] = {}
     count = 0
@@ -286,10 +297,9 @@ def main() -> None:
                 f"{plain / count * 1e6:.1f} us, EventStream+json.loads "
                 f"{parsed / count * 1e6:.1f} us, EventStream+LiveState (GC paused per chunk) "
                 f"{applied / count * 1e6:.1f} us\n"
-                f"   the contract's floor (sseclient+json.loads, then timestamp, apply, "
-                f"datetime, private copy; nothing else) {floor / count * 1e6:.1f} us: "
-                f"raw/floor {plain / floor:.2f}, the best ratio any tail built on "
-                "sseclient-py could reach"
+                f"   the raw loop plus the contract's own work (timestamp, apply, datetime, "
+                f"private copy; nothing else) {floor / count * 1e6:.1f} us: "
+                f"raw/that {plain / floor:.2f}, about the best ratio a tail could reach"
             )
             first, after = reconnect_bytes(server.url, "reconnect", 10_000)
             print(
