@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import requests
@@ -479,29 +480,34 @@ def test_large_events_parse_in_linear_time() -> None:
     assert time.perf_counter() - started < 2
 
 
+class SSEClientSpy:
+    """Stands in for sseclient.SSEClient in rstream.client.sse: records the parsers
+    made and every block of input each of them reads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.blocks: list[bytes] = []
+        self.parsers = 0
+        monkeypatch.setattr("rstream.client.sse.SSEClient", self)
+
+    def __call__(self, source: Iterator[bytes]) -> Any:
+        from sseclient import SSEClient
+
+        self.parsers += 1
+        return SSEClient(self._recorded(source))
+
+    def _recorded(self, source: Iterator[bytes]) -> Iterator[bytes]:
+        for block in source:
+            self.blocks.append(block)
+            yield block
+
+
 def test_sseclient_gets_one_event_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Counting the work instead of timing it: sseclient-py sees each event once."""
-    from sseclient import SSEClient
-
-    blocks: list[bytes] = []
-    parsers = 0
-
-    def spy(source: Iterator[bytes]) -> SSEClient:
-        nonlocal parsers
-        parsers += 1
-
-        def recorded() -> Iterator[bytes]:
-            for block in source:
-                blocks.append(block)
-                yield block
-
-        return SSEClient(recorded())
-
-    monkeypatch.setattr("rstream.client.sse.SSEClient", spy)
+    spy = SSEClientSpy(monkeypatch)
     body = b"id: 1\nevent: e\n: c\ndata: " + b"x" * 300_000 + b"\nretry: 5\n\n" + b"data: y\n\n"
     list(EventStream(body[i : i + 1000] for i in range(0, len(body), 1000)))
-    assert blocks == [b"event: e\ndata: " + b"x" * 300_000 + b"\n\n", b"data: y\n\n"]
-    assert parsers == 1  # one sseclient-py parser for the whole stream
+    assert spy.blocks == [b"event: e\ndata: " + b"x" * 300_000 + b"\n\n", b"data: y\n\n"]
+    assert spy.parsers == 1  # one sseclient-py parser for the whole stream
 
 
 def test_one_sseclient_parser_follows_the_events_it_is_given() -> None:
@@ -748,19 +754,8 @@ def test_a_run_left_to_the_general_path_is_matched_once(monkeypatch: pytest.Monk
 
 
 def test_sseclient_gets_whole_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sseclient import SSEClient
-
-    blocks: list[bytes] = []
-
-    def spy(source: Iterator[bytes]) -> SSEClient:
-        def recorded() -> Iterator[bytes]:
-            for block in source:
-                blocks.append(block)
-                yield block
-
-        return SSEClient(recorded())
-
-    monkeypatch.setattr("rstream.client.sse.SSEClient", spy)
+    spy = SSEClientSpy(monkeypatch)
+    blocks = spy.blocks
     first = b"".join(server_event("put", str(i), f"{i}") for i in range(3))
     second = b"".join(server_event("put", str(i), f"{i}") for i in range(3, 5))
     assert [event.id for event in EventStream([first + b":\n\n" + second])] == list("01234")

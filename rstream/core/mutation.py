@@ -106,10 +106,9 @@ def apply_mutation(state: JSONObject, mutation: Mutation) -> JSONObject:
     the module docs). Raises :class:`~rstream.MutationError` if the mutation is
     invalid for this state.
     """
-    if type(state) is not dict or type(mutation) is not dict:
-        _check_objects(state, mutation)
+    _check_objects(state, mutation)
     try:
-        return _apply_plain(state, mutation, False)
+        return _apply_fields(state, mutation, None, False)
     except _InvalidMutationError as fail:
         raise MutationError(fail.reason, _format_path(fail.parts)) from None
     except RecursionError:
@@ -184,40 +183,6 @@ def _apply_fields(
     return new
 
 
-def _apply_plain(old: dict[str, Any], mutation: dict[str, Any], nested: bool) -> dict[str, Any]:
-    """:func:`_apply_fields` without an inverse, the case of every reader.
-
-    Readers apply a mutation per entry they read, so this path is kept apart:
-    no inverse bookkeeping, and :func:`_apply_nested` inlined for sub-objects.
-    """
-    new = old.copy()
-    for key, change in mutation.items():
-        if nested and type(key) is str and key[:1] == "$":
-            _fail(f"mutation object mixes operators ({key}) with fields")
-        if type(change) is not dict:
-            new[key] = change
-            continue
-        if not change:
-            continue
-        prev = old.get(key, _MISSING)
-        first = next(iter(change))
-        try:
-            if type(first) is str and first[:1] == "$":
-                value = _apply_operators(prev, change)
-            elif type(prev) is dict:
-                value = _apply_plain(prev, change, True)
-            else:
-                value = _apply_nested(prev, change)
-        except _InvalidMutationError as fail:
-            fail.parts.append(key)
-            raise
-        if value is _MISSING:
-            new.pop(key, None)
-        else:
-            new[key] = value
-    return new
-
-
 def _is_operators(change: dict[Any, Any]) -> bool:
     """Whether a non-empty mutation object is an operator object (its first key says)."""
     first = next(iter(change))
@@ -230,9 +195,9 @@ def _apply_nested(prev: Any, change: dict[Any, Any]) -> Any:
     if type(first) is str and first[:1] == "$":
         return _apply_operators(prev, change)
     if type(prev) is dict:
-        return _apply_plain(prev, change, True)
+        return _apply_fields(prev, change, None, True)
     if prev is None or prev is _MISSING:
-        return _apply_plain(_EMPTY, change, True)
+        return _apply_fields(_EMPTY, change, None, True)
     _fail(f"cannot apply a field mutation to {_json_type(prev)}")
 
 
