@@ -323,6 +323,22 @@ def test_the_live_window_is_not_fetched_again(client: Client, robot: RemoteStrea
     assert [url.rsplit("/", 1)[1] for url in counter.urls] == [f"entries?start={newest}"]
 
 
+def test_state_at_and_latest_in_the_live_window_read_only_what_follows(
+    client: Client, robot: RemoteStream
+) -> None:
+    list(robot.history(at(85)))  # the live window (90..94) is read and held
+    counter = Counter(client.transport.session)
+    # Before the newest entry held, nothing can have changed: no request at all.
+    assert robot.state_at(at(92.5)) == expected_state(92)
+    assert counter.urls == []
+    # At or after it: read again from it on (it may have been amended).
+    assert robot.state_at(at(94.5)) == expected_state(94)
+    assert robot.latest() == (at(COUNT - 1), expected_state(COUNT - 1))
+    newest = line_time(COUNT - 1).replace(":", "%3A")
+    entries = [url.rsplit("/", 1)[1] for url in counter.urls if "/entries?" in url]
+    assert entries == [f"entries?start={newest}", f"entries?start={newest}"]
+
+
 def line_time(i: int) -> str:
     return format_rfc3339((T0 + i) * 1_000_000)
 

@@ -37,7 +37,6 @@ from rstream.client.windows import (
     Window,
     WindowState,
     WindowStore,
-    split_windows,
     state_in,
 )
 from rstream.core.entry import Entry, EntryKind
@@ -586,8 +585,7 @@ class RemoteStream:
                 assert window.micros is not None
                 state = pairs[bisect.bisect_right(window.micros, at) - 1][1]
             else:
-                entries, micros = self._live_entries(window, at)
-                _, state = state_in(entries, micros, at)
+                state = self._live_state_at(at)
         except OutOfRange as exc:
             raise OutOfRange(
                 f"stream {self.id!r} has no state at {format_rfc3339(at)}: it is before the "
@@ -611,12 +609,18 @@ class RemoteStream:
             raise OutOfRange(
                 f"stream {self.id!r} has no state yet (no snapshot); write one first"
             ) from exc
-        runs = self._fetch_from(bounds.start)
-        live = runs[-1]
-        state = live[0].data
-        for entry in live[1:]:
-            state = apply_mutation(state, entry.data)
-        return from_micros(live[-1].micros), copy_json(state)
+        newest: Pair | None = None
+        # A walk of the live window: what a pass already read of it is not fetched again.
+        for batch in self._changes(bounds.start, None):
+            for _, pairs in batch:
+                if pairs:
+                    newest = pairs[-1]
+        if newest is None:
+            raise ProtocolError(
+                f"the live window of {self.id!r} at {format_rfc3339(bounds.start)} came back "
+                "without its snapshot"
+            )
+        return newest[0], copy_json(newest[1])
 
     def history(
         self,
@@ -954,30 +958,20 @@ class RemoteStream:
         for page in self._pages(start, end):
             yield from page
 
-    def _fetch_from(self, start: int) -> list[list[Entry]]:
-        """Entries from ``start`` to the newest, cut into windows; commits complete ones."""
-        runs = list(split_windows(self._iter_range(start, None)))
-        if not runs or runs[0][0].micros != start or not runs[0][0].is_snapshot:
-            raise ProtocolError(
-                f"entries of {self.id!r} from {format_rfc3339(start)} do not begin with "
-                "the window's snapshot"
-            )
-        for run, following in itertools.pairwise(runs):
-            self.windows.commit(run, following[0].micros)
-        self.windows.observe_live(runs[-1][0].micros)
-        return runs
-
-    def _live_entries(self, window: Window, at: int) -> tuple[list[Entry], list[int]]:
-        """The entries of the LIVE ``window`` to compute the state at ``at``."""
+    def _live_state_at(self, at: int) -> State:
+        """The state at ``at`` in the LIVE window: from the live tail's window when a
+        tail runs, else from a walk of the window (what a history pass already read
+        of it is not fetched again, see :meth:`_walk`)."""
         tail = self._tail
         if tail is not None:
             live = tail.live_window()
             if live and live[0].micros <= at:
-                return live, [e.micros for e in live]
-        assert window.start is not None
-        runs = self._fetch_from(window.start)
-        run = next(r for r in reversed(runs) if r[0].micros <= at)
-        return run, [e.micros for e in run]
+                return state_in(live, [e.micros for e in live], at)[1]
+        for batch in self._changes(at, at + 1):
+            for _, pairs in batch:
+                if pairs:
+                    return pairs[0][1]
+        raise OutOfRange(f"no state of {self.id!r} at {format_rfc3339(at)}")
 
     # -- history -----------------------------------------------------------------------
 
