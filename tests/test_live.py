@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import queue
@@ -406,6 +407,61 @@ def test_close_mid_read_is_fast_and_leaves_no_threads(no_leaks: None) -> None:
             tail.close()
             transport.close()
             writer.close()
+
+
+class SilentServer:
+    """Accepts one connection, reads the request, and never answers it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.asked = threading.Event()  # the request has arrived
+        self.hung_up = threading.Event()  # the client closed its side
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            self.asked.set()
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while conn.recv(4096):
+                    pass
+            self.hung_up.set()
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+        assert not self.thread.is_alive()
+
+
+def test_close_while_the_server_has_not_answered_is_fast_and_leaves_no_threads(
+    no_leaks: None,
+) -> None:
+    # No response object yet: close() shuts down the socket the request waits on.
+    server = SilentServer()
+    tail, transport = tail_for(server.url, heartbeat_timeout=60)
+    try:
+        q = tail.states()
+        assert server.asked.wait(5)
+        assert tail.health.state is ConnectionState.CONNECTING
+        started = time.perf_counter()
+        tail.close()
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.1, f"close() took {elapsed:.3f} s"
+        assert tail._thread is not None
+        assert not tail._thread.is_alive()
+        assert server.hung_up.wait(5)
+        with pytest.raises(ClientClosed):
+            q.get(timeout=1)
+    finally:
+        tail.close()
+        transport.close()
+        server.close()
 
 
 def test_through_the_client_api(no_leaks: None) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,7 @@ import urllib3.exceptions
 
 from rstream.client import _gc
 from rstream.client.health import ConnectionState, Health, HealthTracker
+from rstream.client.interrupt import observe_sockets
 from rstream.client.livestate import LiveState
 from rstream.client.queues import Overflow, StateQueue
 from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
@@ -184,6 +186,7 @@ class LiveTail:
         self._health = HealthTracker(wall_clock)
         self._thread: threading.Thread | None = None
         self._response: requests.Response | None = None
+        self._waiting: socket.socket | None = None  # a request's, before its response
         self._response_lock = threading.Lock()
 
         # Owned by the reader thread.
@@ -525,11 +528,23 @@ class LiveTail:
             read = self._heartbeat_timeout
         elif self._server_heartbeat is not None:
             read = self._server_heartbeat * HEARTBEAT_FACTOR
-        response = self.transport.session.get(
-            url, headers=headers, stream=True, timeout=(connect, read)
-        )
+        try:
+            with observe_sockets(self._set_waiting):
+                response = self.transport.session.get(
+                    url, headers=headers, stream=True, timeout=(connect, read)
+                )
+        finally:
+            with self._response_lock:
+                self._waiting = None
         self._set_response(response)
         return response
+
+    def _set_waiting(self, sock: socket.socket) -> None:
+        """The socket of the request on its way, waiting for the response's headers."""
+        with self._response_lock:
+            self._waiting = sock
+        if self._stop.is_set():
+            self._interrupt()  # close() ran while we were connecting
 
     def _set_response(self, response: requests.Response | None) -> None:
         with self._response_lock:
@@ -540,8 +555,12 @@ class LiveTail:
     def _interrupt(self) -> None:
         """Wake the reader blocked in a socket read (called from any thread)."""
         with self._response_lock:
-            response = self._response
+            response, waiting = self._response, self._waiting
         if response is None:
+            if waiting is not None:
+                # No response yet: the request waits for its headers on this socket.
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    waiting.shutdown(socket.SHUT_RDWR)
             return
         try:
             response.raw.shutdown()  # urllib3 >= 2.3: the blocked recv() returns at once

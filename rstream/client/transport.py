@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import requests
-import requests.adapters
 import tenacity
 import urllib3.exceptions
 
+from rstream.client.interrupt import ObservableAdapter
 from rstream.client.retry import (
     RETRYABLE_STATUSES,
     RetryableError,
@@ -279,7 +279,9 @@ class Transport:
 
         session = requests.Session()
         # max_retries=0: retrying is ours (tenacity), urllib3 must not add its own.
-        adapter = requests.adapters.HTTPAdapter(
+        # Observable: the live tail's close() can interrupt a request still waiting
+        # for its response (see rstream.client.interrupt).
+        adapter = ObservableAdapter(
             pool_connections=max(len(self.urls), 1), pool_maxsize=pool_maxsize, max_retries=0
         )
         session.mount("http://", adapter)
