@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rstream.client.remote import (
@@ -20,11 +20,12 @@ from rstream.client.remote import (
     _gc_paused,
     _page_columns,
     _Pages,
+    _read_stamps,
     parse_ndjson,
 )
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
-from rstream.errors import ClientClosed, ProtocolError
+from rstream.errors import ClientClosed, InvalidTimestamp, ProtocolError
 
 
 def entries(count: int) -> list[Entry]:
@@ -193,6 +194,57 @@ def test_datetimes_agree_with_from_micros(micros: list[int]) -> None:
     times = [parse_rfc3339(s) for s in stamps]
     assert times == micros
     assert _datetimes(stamps, times) == [from_micros(m) for m in micros]
+
+
+def _longer_fraction(micros: int, digits: str) -> str:
+    text = format_rfc3339(micros).removesuffix("Z")
+    return f"{text}{'' if '.' in text or not digits else '.'}{digits}Z"
+
+
+_STAMP_PIECES = st.sampled_from(
+    ["Z", "z", "T", "t", " ", ".", "-", ":", "+02:00", "60", "30", "02-30", "\n", "\u0661", "5"]
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999).map(format_rfc3339),
+            # well-formed, with more fraction digits (up to nine)
+            st.builds(
+                _longer_fraction,
+                st.integers(0, 4_000_000_000_000_000),
+                st.text("0123456789", max_size=3),
+            ),
+            # damaged: a piece replaced or inserted
+            st.builds(
+                lambda m, i, piece: (lambda t: t[:i] + piece + t[i + 1 :])(format_rfc3339(m)),
+                st.integers(0, 4_000_000_000_000_000),
+                st.integers(0, 30),
+                _STAMP_PIECES,
+            ),
+        ),
+        max_size=8,
+    )
+)
+@example(["2016-12-31T23:59:60Z"])
+@example(["2024-02-30T12:00:00Z"])
+@example(["2024-05-01T12:00:00Z", "2024-05-01T12:00:00.5+02:00"])
+@example(["2024-05-01T12:00:00Z\n2024-05-01T12:00:01Z"])
+def test_stamps_of_a_page_are_read_as_parse_rfc3339_reads_them(stamps: list[str]) -> None:
+    try:
+        expected: list[int] | None = [parse_rfc3339(s) for s in stamps]
+    except InvalidTimestamp:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidTimestamp):
+            _read_stamps(stamps)
+        return
+    times, dates = _read_stamps(stamps)
+    assert times == expected
+    assert dates == [from_micros(m) for m in expected]
+    assert all(d.tzinfo is UTC for d in dates)
 
 
 # -- the page chain -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import operator
+import re
 import socket
 import threading
 from collections import deque
@@ -42,6 +43,7 @@ from rstream.client.windows import (
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation, copy_json
 from rstream.core.timestamps import (
+    EPOCH,
     TimeLike,
     format_rfc3339,
     from_micros,
@@ -294,7 +296,8 @@ def _page_columns(body: _Body) -> _Columns:
     """A page's entries as columns, with no :class:`Entry` per line (for ``history``).
 
     Each field is read for the whole page at once (``map`` over the parsed
-    objects runs no Python code per entry but :func:`parse_rfc3339`), then
+    objects runs no Python code per entry; the timestamps, see
+    :func:`_read_stamps`, neither when they are in the server's form), then
     checked by the set of its types. A page with anything else than the
     common form (``"type": 0|1``, ``"data"`` an object, ``"rev"`` absent or a
     non-negative integer) is read by :func:`_entries_of` instead, entry by
@@ -308,7 +311,7 @@ def _page_columns(body: _Body) -> _Columns:
         datas = list(map(_DATA, objs))
         revs = list(map(dict.get, objs, itertools.repeat("rev")))
         stamps = list(map(_TIMESTAMP, objs))
-        times = list(map(parse_rfc3339, stamps))
+        times, dates = _read_stamps(stamps)
     except (LookupError, TypeError, InvalidTimestamp):
         return _columns_of(_entries_of(objs, lines, url), lines)
     if objs and (
@@ -318,7 +321,35 @@ def _page_columns(body: _Body) -> _Columns:
         or not _revs_valid(revs)
     ):
         return _columns_of(_entries_of(objs, lines, url), lines)
-    return times, _datetimes(stamps, times), kinds, datas, lines
+    return times, dates, kinds, datas, lines
+
+
+# The timestamps of a page in the form the server writes (UTC, "T", "Z", seconds
+# 00-59, up to nine fraction digits): RFC 3339 that datetime.fromisoformat reads
+# exactly as parse_rfc3339 does (a fraction past microseconds truncated too).
+_UTC_STAMPS = re.compile(r"(?:\d{4}-\d\d-\d\dT\d\d:\d\d:[0-5]\d(?:\.\d{1,9})?Z\n)*", re.ASCII)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _read_stamps(stamps: list[str]) -> tuple[list[int], list[datetime]]:
+    """The epoch microseconds and datetimes of a page's timestamps.
+
+    When all are in the server's form (one regular expression over them all),
+    they are read by :meth:`datetime.fromisoformat` and converted with
+    ``map`` (no Python code per entry, a third of :func:`parse_rfc3339`'s
+    cost); otherwise, or if a date does not exist, :func:`parse_rfc3339` reads
+    each (and raises :class:`~rstream.InvalidTimestamp` for a bad one).
+    """
+    if _UTC_STAMPS.fullmatch("\n".join(stamps) + "\n"):
+        try:
+            dates = list(map(datetime.fromisoformat, stamps))
+        except ValueError:
+            pass  # e.g. February 30: parse_rfc3339 says what is wrong
+        else:
+            spans = map(operator.sub, dates, itertools.repeat(EPOCH))
+            return list(map(operator.floordiv, spans, itertools.repeat(_ONE_US))), dates
+    times = list(map(parse_rfc3339, stamps))
+    return times, _datetimes(stamps, times)
 
 
 def _load_page(text: bytes, where: str) -> tuple[list[Any], Sequence[int]]:
