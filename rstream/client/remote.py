@@ -1206,15 +1206,17 @@ class _Edge:
             if self.done:
                 return out
         end = self.end
-        j = i
-        if end is None:
-            j = count
-        else:
-            while j < count and _before(_last_time(batch[j : j + 1]), end):
-                j += 1
+        j = count
+        if end is not None:
+            # Backwards from the last chunk (end is usually in it, or past it): the
+            # chunks entirely at or after end, then the one holding it.
+            rest = [chunk for chunk in batch[i:] if chunk[0]]
+            i, j, batch = 0, len(rest), rest
+            while j > 0 and batch[j - 1][0][-1] >= end:
+                j -= 1
         out += batch[i:j]
-        if j < count:
-            out += self._cut(*batch[j])  # it holds end
+        if j < len(batch):
+            out += self._cut(*batch[j])  # it holds end, or begins after it
         return out
 
     def _cut(self, micros: Sequence[int], pairs: Sequence[Pair]) -> list[_Chunk]:
