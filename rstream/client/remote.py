@@ -284,6 +284,7 @@ def _entries_of(objs: list[Any], lines: Sequence[int], where: str) -> list[Entry
     return out
 
 
+_PAIRS = operator.itemgetter(1)  # of a chunk
 _TIMESTAMP = operator.itemgetter("timestamp")
 _TYPE = operator.itemgetter("type")
 _DATA = operator.itemgetter("data")
@@ -694,8 +695,10 @@ class RemoteStream:
         pairs: Iterator[tuple[datetime, State]]
         if step is None:
             # The pairs are the cache's own (or were built once while
-            # fetching): chaining their lists runs no Python code per pair.
-            pairs = itertools.chain.from_iterable(chunk for batch in batches for _, chunk in batch)
+            # fetching): chaining their lists runs no Python code per pair,
+            # nor per chunk.
+            chunks = itertools.chain.from_iterable(batches)
+            pairs = itertools.chain.from_iterable(map(_PAIRS, chunks))
         else:
             changes = (
                 (micros, pair[1])
@@ -1070,7 +1073,9 @@ class RemoteStream:
         while stop is None or pos < stop:
             run = store.cached_run(pos, end)
             if run:
-                yield [(window.micros or [], store.states(window)) for window in run]
+                yield [
+                    (window.micros or [], window.pairs or store.states(window)) for window in run
+                ]
                 last = run[-1]
                 if last.end is None or (end is not None and last.end >= end):
                     return
