@@ -323,6 +323,15 @@ def test_the_live_window_is_not_fetched_again(client: Client, robot: RemoteStrea
     assert [url.rsplit("/", 1)[1] for url in counter.urls] == [f"entries?start={newest}"]
 
 
+def test_latest_without_a_tail_asks_for_the_newest_window_then_its_entries(
+    client: Client, robot: RemoteStream
+) -> None:
+    counter = Counter(client.transport.session)
+    assert robot.latest() == (at(COUNT - 1), expected_state(COUNT - 1))
+    paths = [url.rsplit("/", 1)[1].split("?")[0] for url in counter.urls]
+    assert paths == ["window", "entries"]
+
+
 def test_state_at_and_latest_in_the_live_window_read_only_what_follows(
     client: Client, robot: RemoteStream
 ) -> None:

@@ -641,6 +641,8 @@ class RemoteStream:
             raise OutOfRange(
                 f"stream {self.id!r} has no state yet (no snapshot); write one first"
             ) from exc
+        if bounds.end is None:  # the live window: known now, so the walk needs no lookup
+            self.windows.observe_live(bounds.start)
         newest: Pair | None = None
         # A walk of the live window: what a pass already read of it is not fetched again.
         for batch in self._changes(bounds.start, None):
