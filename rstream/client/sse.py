@@ -352,27 +352,13 @@ class EventStream:
                 continue
             plain = False
             if name == b"id":
-                value = value.removeprefix(b" ")
-                if b"\0" not in value:
-                    self._id_buffer = own_id = value.decode("utf-8", "replace")
+                own_id = self._id_line(value, own_id)
             elif name == b"retry":
-                value = value.removeprefix(b" ")
-                if value.isdigit():  # bytes.isdigit() is ASCII digits only, and False for b""
-                    self.retry_ms = own_retry = _clamp_retry(value)
+                own_retry = self._retry_line(value, own_retry)
         self.last_event_id = self._id_buffer
-        if not data_lines:
-            return None
-        if len(data_lines) > _SSECLIENT_MAX_DATA_LINES:
-            event, data = _interpret(event_line, data_lines)
-        else:
-            if plain:
-                text = block + b"\n\n"
-            elif event_line is None:
-                text = b"\n".join(data_lines) + b"\n\n"
-            else:
-                text = b"\n".join([event_line, *data_lines]) + b"\n\n"
-            event, data = self._interpret_with_sseclient(text, ascii)
-        return SSEEvent(event, data, own_id, own_retry)
+        return self._event(
+            event_line, data_lines, own_id, own_retry, block if plain else None, ascii
+        )
 
     def _field(self, line: bytes) -> None:
         """Interpret one line of an event received in pieces."""
@@ -388,14 +374,26 @@ class EventStream:
         elif name == b"event":
             self._event_line = line
         elif name == b"id":
-            value = value.removeprefix(b" ")
-            if b"\0" not in value:
-                self._id_buffer = self._own_id = value.decode("utf-8", "replace")
+            self._own_id = self._id_line(value, self._own_id)
         elif name == b"retry":
-            value = value.removeprefix(b" ")
-            if value.isdigit():
-                self.retry_ms = self._own_retry = _clamp_retry(value)
+            self._own_retry = self._retry_line(value, self._own_retry)
         # Any other field is ignored.
+
+    def _id_line(self, value: bytes, own_id: str | None) -> str | None:
+        """An ``id`` line (``value`` after the colon): the event's own id from now on."""
+        value = value.removeprefix(b" ")
+        if b"\0" in value:
+            return own_id  # ignored, as WHATWG says
+        self._id_buffer = value.decode("utf-8", "replace")
+        return self._id_buffer
+
+    def _retry_line(self, value: bytes, own_retry: int | None) -> int | None:
+        """A ``retry`` line (``value`` after the colon): the event's own retry from now on."""
+        value = value.removeprefix(b" ")
+        if not value.isdigit():  # bytes.isdigit() is ASCII digits only, and False for b""
+            return own_retry
+        self.retry_ms = _clamp_retry(value)
+        return self.retry_ms
 
     def _dispatch(self) -> SSEEvent | None:
         """A blank line: dispatch the event whose lines :meth:`_field` received."""
@@ -403,13 +401,30 @@ class EventStream:
         data_lines, event_line = self._data_lines, self._event_line
         own_id, own_retry = self._own_id, self._own_retry
         self._reset_event()
+        return self._event(event_line, data_lines, own_id, own_retry, None, False)
+
+    def _event(
+        self,
+        event_line: bytes | None,
+        data_lines: list[bytes],
+        own_id: str | None,
+        own_retry: int | None,
+        block: bytes | None,
+        ascii: bool,
+    ) -> SSEEvent | None:
+        """The event of a dispatched block, or None when it has no data line.
+
+        ``block``, when given, is the whole block and holds only its event and
+        data lines: sseclient-py is then given it as it is.
+        """
         if not data_lines:
             return None
         if len(data_lines) > _SSECLIENT_MAX_DATA_LINES:
             event, data = _interpret(event_line, data_lines)
         else:
-            lines = data_lines if event_line is None else [event_line, *data_lines]
-            event, data = self._interpret_with_sseclient(b"\n".join(lines) + b"\n\n", False)
+            if block is None:
+                block = b"\n".join(data_lines if event_line is None else [event_line, *data_lines])
+            event, data = self._interpret_with_sseclient(block + b"\n\n", ascii)
         return SSEEvent(event, data, own_id, own_retry)
 
     def _reset_event(self) -> None:
