@@ -15,7 +15,6 @@ from rstream.client.windows import (
     WindowState,
     WindowStore,
     replay,
-    split_windows,
     state_in,
     states_weight,
 )
@@ -538,13 +537,6 @@ def test_state_in_replays_the_window() -> None:
     assert state_in(log, micros, 10_000 * SEC) == (4, {"w": 0, "i": 4})
     with pytest.raises(OutOfRange):
         state_in(log, micros, 99 * SEC)
-
-
-def test_split_windows_cuts_at_snapshots() -> None:
-    log = make_log(3, 3)
-    runs = list(split_windows(log[1:]))
-    assert [len(r) for r in runs] == [2, 3, 3]
-    assert [r[0].kind for r in runs] == [EntryKind.MUTATION, EntryKind.SNAPSHOT, EntryKind.SNAPSHOT]
 
 
 def test_cached_run_is_the_committed_windows_that_follow_each_other() -> None:

@@ -56,7 +56,6 @@ __all__ = [
     "WindowState",
     "WindowStore",
     "replay",
-    "split_windows",
     "state_in",
     "states_weight",
 ]
@@ -267,24 +266,13 @@ class WindowStore:
                     raise
             # Loop: re-check coverage with what is now known.
 
-    def cached(self, at: int) -> Window | None:
-        """The COMMITTED window covering ``at`` (a hit, as for :meth:`get`), or None."""
-        with self._lock:
-            self._check_open()
-            window = self._covering(at)
-            if window is None or window.state is not WindowState.COMMITTED:
-                return None
-            self._touch(window)
-            self.stats.hits += 1
-            return window
-
     def cached_run(self, at: int, stop: int | None = None) -> list[Window]:
         """The COMMITTED window covering ``at``, then the committed windows that follow
         it without a gap (each starting where the one before ends) and start before
         ``stop``; ``[]`` when ``at`` is not cached. Each is a hit, as for :meth:`get`.
 
-        One lock round for a run of windows, where :meth:`cached` takes one per
-        window: a pass over a cached range costs per run, not per window.
+        One lock round for a run of windows: a pass over a cached range costs per
+        run, not per window.
         """
         with self._lock:
             self._check_open()
@@ -811,19 +799,3 @@ def states_weight(states: Iterable[State]) -> int:
     """
     sizes = list(map(len, states))  # no Python code per state
     return len(sizes) + sum(sizes) // STATE_FIELDS_PER_ENTRY
-
-
-def split_windows(entries: Iterable[Entry]) -> Iterable[list[Entry]]:
-    """Cut an ordered run of entries at every snapshot.
-
-    Yields lists that each start with a snapshot, except possibly the first
-    (the tail of a window whose snapshot came before the run).
-    """
-    run: list[Entry] = []
-    for entry in entries:
-        if entry.kind is EntryKind.SNAPSHOT and run:
-            yield run
-            run = []
-        run.append(entry)
-    if run:
-        yield run
