@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from rstream.client.remote import (
     NDJSONDecoder,
     _Columns,
-    _datetimes,
     _gc_paused,
     _page_columns,
     _Pages,
@@ -183,7 +182,8 @@ def test_a_bad_line_in_a_page_read_by_field_is_a_protocol_error_naming_it(
 )
 def test_datetimes_of_a_page_are_those_of_its_timestamps(stamp: str) -> None:
     times = [parse_rfc3339(stamp)]
-    (date,) = _datetimes([stamp], times)
+    assert _read_stamps([stamp])[0] == times
+    (date,) = _read_stamps([stamp])[1]
     assert date == from_micros(times[0])
     assert date.tzinfo is UTC
 
@@ -193,7 +193,7 @@ def test_datetimes_agree_with_from_micros(micros: list[int]) -> None:
     stamps = [format_rfc3339(m) for m in micros]
     times = [parse_rfc3339(s) for s in stamps]
     assert times == micros
-    assert _datetimes(stamps, times) == [from_micros(m) for m in micros]
+    assert _read_stamps(stamps) == (micros, [from_micros(m) for m in micros])
 
 
 def _longer_fraction(micros: int, digits: str) -> str:
