@@ -13,8 +13,10 @@ back live or at any past moment::
 
 from __future__ import annotations
 
-from rstream.client.client import Client, connect
-from rstream.client.remote import RemoteStream, StreamMetadata
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from rstream._version import __version__
 from rstream.core.cursor import Cursor, CursorKind
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log, MemoryLog
@@ -23,14 +25,19 @@ from rstream.errors import (
     AuthError,
     ClientClosed,
     ConfigError,
+    Disconnected,
+    Empty,
     EntryFormatError,
     Gap,
+    InvalidJSON,
+    InvalidJSONType,
     InvalidStreamId,
     InvalidTimestamp,
     MutationError,
     OutOfOrder,
     OutOfRange,
     ProtocolError,
+    Reconnected,
     RStreamError,
     ServerError,
     StorageError,
@@ -40,7 +47,38 @@ from rstream.errors import (
     TransportError,
 )
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from rstream.client.client import Client, connect
+    from rstream.client.health import Health
+    from rstream.client.queues import StateQueue
+    from rstream.client.remote import RemoteStream, StreamMetadata
+    from rstream.client.subscription import Subscription
+
+# The client (requests, urllib3, tenacity) loads on first use, so the core and
+# the server import without it (PEP 562).
+_LAZY = {
+    "Client": "rstream.client.client",
+    "connect": "rstream.client.client",
+    "Health": "rstream.client.health",
+    "StateQueue": "rstream.client.queues",
+    "RemoteStream": "rstream.client.remote",
+    "StreamMetadata": "rstream.client.remote",
+    "Subscription": "rstream.client.subscription",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AuthError",
@@ -49,10 +87,15 @@ __all__ = [
     "ConfigError",
     "Cursor",
     "CursorKind",
+    "Disconnected",
+    "Empty",
     "Entry",
     "EntryFormatError",
     "EntryKind",
     "Gap",
+    "Health",
+    "InvalidJSON",
+    "InvalidJSONType",
     "InvalidStreamId",
     "InvalidTimestamp",
     "Log",
@@ -63,13 +106,16 @@ __all__ = [
     "ProtocolError",
     "RStreamError",
     "RateConfig",
+    "Reconnected",
     "RemoteStream",
     "ServerError",
+    "StateQueue",
     "StorageError",
     "StorageUnavailable",
     "Stream",
     "StreamMetadata",
     "StreamNotFound",
+    "Subscription",
     "Timeout",
     "TransportError",
     "WriteAction",

@@ -8,14 +8,19 @@ is a ``ValueError``), so generic handlers keep working.
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 __all__ = [
     "AuthError",
     "ClientClosed",
     "ConfigError",
+    "Disconnected",
+    "Empty",
     "EntryFormatError",
     "Gap",
+    "InvalidJSON",
+    "InvalidJSONType",
     "InvalidStreamId",
     "InvalidTimestamp",
     "MutationError",
@@ -23,6 +28,7 @@ __all__ = [
     "OutOfRange",
     "ProtocolError",
     "RStreamError",
+    "Reconnected",
     "ServerError",
     "StorageError",
     "StorageUnavailable",
@@ -75,6 +81,22 @@ class OutOfRange(RStreamError, LookupError):
 
 class ConfigError(RStreamError, ValueError):
     """An option or configuration value is invalid (a rate, a URL, a limit)."""
+
+
+class InvalidJSON(RStreamError, ValueError):
+    """A value is not JSON rstream can store (NaN, too deep, a lone surrogate).
+
+    ``path`` is the JSON path of the problem.
+    """
+
+    def __init__(self, message: str, *, path: str = "$") -> None:
+        super().__init__(f"{message} (at {path})")
+        self.path = path
+        self.reason = message
+
+
+class InvalidJSONType(InvalidJSON, TypeError):
+    """A value is of a Python type that has no JSON form (also a ``TypeError``)."""
 
 
 class InvalidStreamId(RStreamError, ValueError):
@@ -156,3 +178,37 @@ class Timeout(RStreamError, TimeoutError):
 
 class ClientClosed(RStreamError, RuntimeError):
     """The client (or stream, subscription, queue) was closed; make a new one."""
+
+
+class Empty(RStreamError, queue.Empty):
+    """A queue's ``get`` found nothing in time (also a :class:`queue.Empty`).
+
+    Not an ``OSError``: a network handler does not swallow it.
+    """
+
+
+class Disconnected(RStreamError):
+    """Notice (not fatal): the live tail lost its connection and is reconnecting.
+
+    Given to ``on_error``; the subscription goes on and resumes without a gap.
+    ``url`` is the server it lost, ``cause`` what broke.
+    """
+
+    def __init__(
+        self, message: str, *, url: str | None = None, cause: BaseException | None = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.cause = cause
+
+
+class Reconnected(RStreamError):
+    """Notice (not fatal): the live tail is connected again after a :class:`Disconnected`.
+
+    ``downtime`` is how long it was down, in seconds.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, downtime: float = 0.0) -> None:
+        super().__init__(message)
+        self.url = url
+        self.downtime = downtime

@@ -1,8 +1,15 @@
-"""Names of JSON value types, for error messages that say what was found."""
+"""JSON values: type names for messages, and the one check of what a state may hold."""
 
 from __future__ import annotations
 
-__all__ = ["json_type"]
+import math
+
+from rstream.errors import InvalidJSON, InvalidJSONType
+
+__all__ = ["MAX_DEPTH", "check_json", "json_type"]
+
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects a state may have (the top object is depth 1)."""
 
 
 def json_type(value: object) -> str:
@@ -21,3 +28,58 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def _bad_string(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_json(value: object, *, max_depth: int = MAX_DEPTH, path: str = "$") -> None:
+    """Check that ``value`` is plain JSON that every reader and writer can take.
+
+    Allowed: ``dict`` with ``str`` keys, ``list``, ``str``, ``int``, finite
+    ``float``, ``bool`` and ``None``, nested at most ``max_depth`` deep. Raises
+    :class:`~rstream.errors.InvalidJSONType` (a ``TypeError``) for anything
+    else, and :class:`~rstream.errors.InvalidJSON` (a ``ValueError``) for NaN,
+    infinities, lone surrogates in strings or keys, and nesting too deep; both
+    name the JSON path. Iterative, so no input reaches a ``RecursionError``.
+    """
+    stack: list[tuple[object, str, int]] = [(value, path, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth > max_depth:
+                raise InvalidJSON(
+                    f"nested deeper than {max_depth} levels; flatten the state", path=where
+                )
+            if kind is dict:
+                for key, child in item.items():  # type: ignore[attr-defined]
+                    if type(key) is not str:
+                        raise InvalidJSONType(
+                            f"object keys must be strings, not {type(key).__name__}", path=where
+                        )
+                    if _bad_string(key):
+                        raise InvalidJSON("key holds a lone surrogate", path=f"{where}.{key!r}")
+                    stack.append((child, f"{where}.{key}", depth + 1))
+            else:
+                for index, child in enumerate(item):  # type: ignore[arg-type]
+                    stack.append((child, f"{where}[{index}]", depth + 1))
+        elif kind is str:
+            if _bad_string(item):  # type: ignore[arg-type]
+                raise InvalidJSON("string holds a lone surrogate (not valid UTF-8)", path=where)
+        elif kind is float:
+            if not math.isfinite(item):  # type: ignore[arg-type]
+                raise InvalidJSON(f"{item!r} is not a JSON number", path=where)
+        elif item is None or kind is bool or kind is int:
+            continue
+        else:
+            raise InvalidJSONType(
+                f"{json_type(item)} is not a JSON value (use dict, list, str, int, float, "
+                "bool or None)",
+                path=where,
+            )
