@@ -245,7 +245,7 @@ def test_every_range_of_cached_windows_is_cut_exactly(client: Client, robot: Rem
     counter = Counter(client.transport.session)
     bounds = [0, 0.5, 9, 9.5, 10, 10.5, 19.99, 20, 45, 49.5, 50, 79, 80, 89.5, 90]
     for start in bounds:
-        for end in bounds:
+        for end in (end for end in bounds if end >= start):  # end < start: ConfigError
             got = list(robot.history(at(start), at(end)))
             assert got == expected_history(start, end), (start, end)
     assert counter.urls == []

@@ -1,9 +1,8 @@
 """NDJSON decoding from chunks (as entries, and by field for history), the page chain
-(prefetch driven by workers), the GC pause."""
+(prefetch driven by workers)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from rstream.client.remote import (
     NDJSONDecoder,
     _Columns,
-    _gc_paused,
     _page_columns,
     _Pages,
     _read_stamps,
@@ -332,37 +330,3 @@ def test_a_shut_down_pool_is_client_closed() -> None:
     pool.shutdown()
     with pytest.raises(ClientClosed):
         _Pages(Pager(3).fetch, pool, None, None, depth=2)
-
-
-# -- the GC pause ---------------------------------------------------------------------------
-
-
-def test_gc_pauses_nest_across_threads_and_restore_the_setting() -> None:
-    assert gc.isenabled()
-    inside = threading.Event()
-    release = threading.Event()
-
-    def other() -> None:
-        with _gc_paused():
-            inside.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other)
-    with _gc_paused():
-        assert not gc.isenabled()
-        thread.start()
-        assert inside.wait(5)
-    assert not gc.isenabled()  # the other thread is still inside its pause
-    release.set()
-    thread.join(5)
-    assert gc.isenabled()
-
-
-def test_gc_pause_leaves_a_disabled_collector_disabled() -> None:
-    gc.disable()
-    try:
-        with _gc_paused():
-            pass
-        assert not gc.isenabled()
-    finally:
-        gc.enable()

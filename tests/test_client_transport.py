@@ -430,3 +430,24 @@ def test_tls_errors_are_not_retried(mocked: responses.RequestsMock, waits: list[
     with transport(waits) as t, pytest.raises(TransportError, match="verify"):
         t.get_json("/v1/health")
     assert len(mocked.calls) == 1
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+def test_a_token_is_stripped_of_surrounding_whitespace(
+    mocked: responses.RequestsMock, waits: list[float]
+) -> None:
+    mocked.get(A + "/v1/health", json={"status": "ok"})
+    with transport(waits, token=" s3cret\n") as t:
+        t.get_json("/v1/health")
+    with transport(waits, token=lambda: "s3cret\r\n") as t:
+        t.get_json("/v1/health")
+    assert [c.request.headers["Authorization"] for c in mocked.calls] == ["Bearer s3cret"] * 2
+
+
+@pytest.mark.parametrize("token", ["s3cret\nmore", "s3 cret", "s3cr\x00et", "s3crét"])
+def test_a_token_that_cannot_be_a_header_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(ConfigError, match="token") as info:
+        Transport(A, token=token)
+    assert "s3" not in str(info.value)

@@ -8,6 +8,8 @@ URLs), one worker pool for fetching history pages, and one
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,11 +19,13 @@ from typing import Any
 import tenacity
 
 from rstream.client.remote import RemoteStream, StreamMetadata
-from rstream.client.transport import Timeout, Token, Transport
+from rstream.client.transport import Timeout, Token, Transport, json_body
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
-from rstream.errors import ClientClosed, ConfigError, ProtocolError
+from rstream.errors import ClientClosed, ConfigError, ProtocolError, ServerError, TransportError
 
 __all__ = ["Client", "connect"]
+
+logger = logging.getLogger("rstream.client")
 
 
 class Client:
@@ -124,9 +128,20 @@ class Client:
         return [StreamMetadata.from_json(item) for item in items]
 
     def ping(self) -> bool:
-        """Whether a server answers ``GET /v1/health`` with ``{"status": "ok"}``."""
+        """Whether a server answers ``GET /v1/health`` with ``{"status": "ok"}`` now.
+
+        One attempt (each URL once), never retried; an unreachable server, an
+        error answer or a malformed one is ``False``. Raises only
+        :class:`~rstream.ClientClosed` (after :meth:`close`).
+        """
         self._check_open()
-        body = self.transport.get_json("/v1/health")
+        try:
+            response = self.transport.request("GET", "/v1/health", retry=self.transport.probe_retry)
+            with contextlib.closing(response):
+                body = json_body(response)
+        except (TransportError, ServerError, ProtocolError) as exc:
+            logger.info("ping: %s", exc)
+            return False
         return isinstance(body, dict) and body.get("status") == "ok"
 
     def close(self) -> None:

@@ -12,10 +12,10 @@ started on the first ``subscribe``/``states``.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import itertools
 import json
 import logging
+import math
 import operator
 import re
 import socket
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
 
-from rstream.client._gc import paused as _gc_paused
+from rstream.client.interrupt import shutdown
 from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
@@ -41,7 +41,9 @@ from rstream.client.windows import (
     state_in,
 )
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.jsontype import check_json
 from rstream.core.mutation import apply_mutation, copy_json
+from rstream.core.stream import RateConfig
 from rstream.core.timestamps import (
     EPOCH,
     TimeLike,
@@ -54,9 +56,11 @@ from rstream.errors import (
     ClientClosed,
     ConfigError,
     EntryFormatError,
+    InvalidJSONType,
     InvalidTimestamp,
     OutOfRange,
     ProtocolError,
+    StreamNotFound,
     TransportError,
 )
 
@@ -90,17 +94,29 @@ _Columns: TypeAlias = "tuple[list[int], list[datetime], list[int], list[State], 
 class StreamMetadata:
     """What the server says about a stream (``GET /v1/streams[/{id}]``).
 
-    ``record_rate`` (milliseconds) and ``latest_snapshot`` are only known from
-    :meth:`RemoteStream.info`, not from :meth:`Client.streams`.
+    The record rate (:attr:`keyframe_frequency`, :attr:`change_frequency`, or
+    in milliseconds as the server sends it) and ``latest_snapshot`` are only
+    known from :meth:`RemoteStream.info` and :meth:`RemoteStream.configure`,
+    not from :meth:`Client.streams`.
     """
 
     id: str
     first: datetime | None
     last: datetime | None
     revision: int
-    keyframe_frequency_ms: int | None = None
-    change_frequency_ms: int | None = None
+    keyframe_frequency_ms: int | float | None = None
+    change_frequency_ms: int | float | None = None
     latest_snapshot: datetime | None = None
+
+    @property
+    def keyframe_frequency(self) -> timedelta | None:
+        """A write this long after the newest snapshot is stored as a new snapshot."""
+        return _opt_delta(self.keyframe_frequency_ms)
+
+    @property
+    def change_frequency(self) -> timedelta | None:
+        """A write sooner than this after the newest mutation amends it (0: never)."""
+        return _opt_delta(self.change_frequency_ms)
 
     @classmethod
     def from_json(cls, obj: object) -> StreamMetadata:
@@ -120,8 +136,8 @@ class StreamMetadata:
                 first=_opt_time(obj.get("first")),
                 last=_opt_time(obj.get("last")),
                 revision=revision,
-                keyframe_frequency_ms=_opt_int(rate.get("keyframe_frequency")),
-                change_frequency_ms=_opt_int(rate.get("change_frequency")),
+                keyframe_frequency_ms=_opt_ms(rate.get("keyframe_frequency")),
+                change_frequency_ms=_opt_ms(rate.get("change_frequency")),
                 latest_snapshot=_opt_time(obj.get("latest_snapshot")),
             )
         except (KeyError, TypeError, InvalidTimestamp) as exc:
@@ -136,12 +152,17 @@ def _opt_time(value: object) -> datetime | None:
     return from_micros(parse_rfc3339(value))
 
 
-def _opt_int(value: object) -> int | None:
+def _opt_ms(value: object) -> int | float | None:
+    """Milliseconds: an integer, or a float for a duration of a fraction of one."""
     if value is None:
         return None
-    if type(value) is not int:
-        raise TypeError(f"expected an integer, not {value!r}")
-    return value
+    if type(value) not in (int, float) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise TypeError(f"expected a non-negative number of milliseconds, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _opt_delta(ms: float | None) -> timedelta | None:
+    return None if ms is None else timedelta(milliseconds=ms)
 
 
 def parse_ndjson(lines: Iterable[bytes], *, where: str = "response") -> Iterator[Entry]:
@@ -448,7 +469,8 @@ class _Pages:
     """The pages of one range, each requested as soon as the page before names it.
 
     Workers only fetch: a page is its body, ``(url, chunks of bytes)``. The
-    reading thread parses it (see :mod:`rstream.client._gc` for why there).
+    reading thread parses it: parsing holds the GIL, so spread over workers it
+    would only take turns, and the reader would wait for whole pages anyway.
 
     A worker that has a page's headers hands its ``RStream-Next-Start`` to
     :meth:`next_start` *before* reading the body, and the next request leaves
@@ -644,7 +666,7 @@ class RemoteStream:
         start: TimeLike | None = None,
         end: TimeLike | None = None,
         *,
-        step: timedelta | None = None,
+        step: timedelta | float | None = None,
         copy: bool = False,
     ) -> Iterator[tuple[datetime, State]]:
         """Every change in ``[start, end)`` as ``(timestamp, state)``, in order.
@@ -654,9 +676,13 @@ class RemoteStream:
         ``start`` before the first snapshot begins at the first snapshot;
         ``None`` means the stream's first entry, ``end=None`` its newest one.
 
-        With ``step``, the state is sampled at ``start``, ``start + step``, ...
-        before ``end`` (with ``end=None``: up to the newest entry), skipping
-        times before the first snapshot.
+        With ``step`` (a ``timedelta`` or seconds), the state is sampled at
+        ``start``, ``start + step``, ... before ``end`` (with ``end=None``: up
+        to the newest entry), skipping times before the first snapshot.
+
+        Raises :class:`~rstream.ConfigError` (a ``ValueError``), before any
+        request, for ``end`` before ``start`` or a ``step`` that is not
+        positive.
 
         **The states are read-only.** They are the cache's own objects, shared
         with every other reader and with each other (a state shares its
@@ -666,15 +692,19 @@ class RemoteStream:
         get private copies (several times slower). ``state_at`` and the
         subscribers of the live tail always get private copies.
         """
-        if step is not None and step <= timedelta(0):
-            raise ConfigError(f"step must be positive, not {step}")
+        step_us = None if step is None else _step_micros(step)
         start_us = None if start is None else to_micros(start)
         end_us = None if end is None else to_micros(end)
+        if start_us is not None and end_us is not None and end_us < start_us:
+            raise ConfigError(
+                f"end ({format_rfc3339(end_us)}) is before start ({format_rfc3339(start_us)}); "
+                "swap them"
+            )
         self._check_open()
-        return self._history(start_us, end_us, step, copy)
+        return self._history(start_us, end_us, step_us, copy)
 
     def _history(
-        self, start: int | None, end: int | None, step: timedelta | None, copy: bool
+        self, start: int | None, end: int | None, step: int | None, copy: bool
     ) -> Iterator[tuple[datetime, State]]:
         batches = self._changes(start, end)
         pairs: Iterator[tuple[datetime, State]]
@@ -691,7 +721,7 @@ class RemoteStream:
                 for times, chunk in batch
                 for micros, pair in zip(times, chunk, strict=True)
             )
-            sampled = _sample(changes, start, end, _micros_of(step))
+            sampled = _sample(changes, start, end, step)
             pairs = ((from_micros(micros), state) for micros, state in sampled)
         if copy:
             return ((ts, copy_json(state)) for ts, state in pairs)
@@ -707,9 +737,59 @@ class RemoteStream:
         return self._iter_range(start_us, end_us)
 
     def info(self) -> StreamMetadata:
-        """The stream's metadata (``GET /v1/streams/{id}``)."""
+        """The stream's metadata (``GET /v1/streams/{id}``), its record rate included.
+
+        Raises :class:`~rstream.StreamNotFound` for a stream the server does not know.
+        """
         self._check_open()
         return StreamMetadata.from_json(self._transport.get_json(self._path, stream_id=self.id))
+
+    def configure(
+        self,
+        *,
+        keyframe_frequency: timedelta | None = None,
+        change_frequency: timedelta | None = None,
+    ) -> StreamMetadata:
+        """Set how the server's writer records :meth:`write_state` (``PUT /v1/streams/{id}``).
+
+        ``keyframe_frequency``: a write this long after the newest snapshot is
+        stored as a new snapshot (default 60 s). ``change_frequency``: a write
+        sooner than this after the newest mutation amends that mutation
+        instead of adding one (default 1 s); ``timedelta(0)`` records every
+        write that changes the state. A rate not given keeps the stream's
+        current one (asked with :meth:`info`). Creates the stream if it does
+        not exist. Returns the metadata as :meth:`info` would.
+
+        Raises ``TypeError`` for a value that is not a ``timedelta``, and
+        :class:`~rstream.ConfigError` for a negative one or for neither given,
+        before anything is sent.
+        """
+        given = {"keyframe_frequency": keyframe_frequency, "change_frequency": change_frequency}
+        for name, value in given.items():
+            if value is not None and not isinstance(value, timedelta):
+                raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
+        rate = {name: value for name, value in given.items() if value is not None}
+        if not rate:
+            raise ConfigError("give keyframe_frequency, change_frequency or both (timedeltas)")
+        RateConfig(**rate)  # ConfigError for a negative value, before anything is sent
+        self._check_open()
+        if len(rate) < len(given):
+            try:
+                current = self.info()
+            except StreamNotFound:
+                pass  # created with the server's default for what is not given
+            else:
+                kept = {
+                    "keyframe_frequency": current.keyframe_frequency,
+                    "change_frequency": current.change_frequency,
+                }
+                rate = {**{k: v for k, v in kept.items() if v is not None}, **rate}
+        body = {"record_rate": RateConfig(**rate).to_json()}
+        response = self._transport.request("PUT", self._path, json=body, stream_id=self.id)
+        try:
+            return StreamMetadata.from_json(json_body(response))
+        finally:
+            response.close()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -721,9 +801,21 @@ class RemoteStream:
         The server decides: a snapshot, a mutation, an amend of the newest
         mutation, or nothing (None) when the state did not change. Without
         ``timestamp`` the server's clock is used.
+
+        Before anything is sent: a ``state`` that is not a mapping, or holds
+        anything but JSON (see :func:`rstream.core.jsontype.check_json`),
+        raises :class:`~rstream.InvalidJSONType` (a ``TypeError``) or
+        :class:`~rstream.InvalidJSON` (a ``ValueError``, e.g. for NaN or
+        Infinity) naming the path of the bad value.
         """
+        if not isinstance(state, Mapping):
+            raise InvalidJSONType(
+                f"a state must be a JSON object (a dict), not {type(state).__name__}"
+            )
+        state = dict(state)
+        check_json(state)
         self._check_open()
-        body: dict[str, Any] = {"state": dict(state)}
+        body: dict[str, Any] = {"state": state}
         if timestamp is not None:
             body["timestamp"] = format_rfc3339(to_micros(timestamp))
         response = self._transport.request(
@@ -968,9 +1060,7 @@ class RemoteStream:
     def _pages(self, start: int | None, end: int | None) -> Iterator[list[Entry]]:
         """The entries of ``[start, end)``, a page at a time."""
         for body in self._bodies(start, end):
-            with _gc_paused():
-                page = _decode(body)
-            yield page
+            yield _decode(body)
 
     def _iter_range(self, start: int | None, end: int | None) -> Iterator[Entry]:
         """The entries of ``[start, end)``, pages fetched up to ``prefetch`` ahead."""
@@ -1118,45 +1208,44 @@ class RemoteStream:
             run_times, run_pairs = list(seed[0]), list(seed[1])
             state, last = run_pairs[-1][1], run_times[-1]
         for body in self._bodies(start, upto):
-            with _gc_paused():  # never across the yield below
-                times, dates, kinds, datas, lines = _page_columns(body)
-                if not times:
-                    continue
-                _check_order(times, lines, last, body[0])
-                last = times[-1]
-                count = cut = len(times)
-                if end is not None and last >= end:
-                    cut = bisect.bisect_left(times, end)
-                snaps = _snapshots(kinds, cut)
-                lo = 0
-                if state is None:  # a mutation before any snapshot has no state: skipped
-                    lo = snaps[0] if snaps else cut
-                states = _replay_page(datas, snaps, state, lo, cut)
-                if states:
-                    state = states[-1]
-                page_times = times if lo == 0 and cut == count else times[lo:cut]
-                pairs = list(zip(dates[lo:cut], states, strict=True))
-                # The windows the page completes: each ends at the next snapshot.
-                ends = snaps
-                if cut < count:
-                    if kinds[cut] == 0:
-                        ends = [*snaps, cut]
-                    elif state is not None:
-                        # Applied as when entries were read one by one: an
-                        # invalid mutation just past the end still raises.
-                        apply_mutation(state, datas[cut])
-                opened: int | None = None  # the index of the open window's snapshot on this page
-                for b in ends:
-                    if opened is not None:
-                        commit(times[opened:b], pairs[opened - lo : b - lo], times[b])
-                    elif run_times or lo < b:
-                        commit(run_times + times[lo:b], run_pairs + pairs[: b - lo], times[b])
-                    opened = b
-                if opened is None:
-                    run_times += page_times
-                    run_pairs += pairs
-                else:
-                    run_times, run_pairs = times[opened:cut], pairs[opened - lo :]
+            times, dates, kinds, datas, lines = _page_columns(body)
+            if not times:
+                continue
+            _check_order(times, lines, last, body[0])
+            last = times[-1]
+            count = cut = len(times)
+            if end is not None and last >= end:
+                cut = bisect.bisect_left(times, end)
+            snaps = _snapshots(kinds, cut)
+            lo = 0
+            if state is None:  # a mutation before any snapshot has no state: skipped
+                lo = snaps[0] if snaps else cut
+            states = _replay_page(datas, snaps, state, lo, cut)
+            if states:
+                state = states[-1]
+            page_times = times if lo == 0 and cut == count else times[lo:cut]
+            pairs = list(zip(dates[lo:cut], states, strict=True))
+            # The windows the page completes: each ends at the next snapshot.
+            ends = snaps
+            if cut < count:
+                if kinds[cut] == 0:
+                    ends = [*snaps, cut]
+                elif state is not None:
+                    # Applied as when entries were read one by one: an
+                    # invalid mutation just past the end still raises.
+                    apply_mutation(state, datas[cut])
+            opened: int | None = None  # the index of the open window's snapshot on this page
+            for b in ends:
+                if opened is not None:
+                    commit(times[opened:b], pairs[opened - lo : b - lo], times[b])
+                elif run_times or lo < b:
+                    commit(run_times + times[lo:b], run_pairs + pairs[: b - lo], times[b])
+                opened = b
+            if opened is None:
+                run_times += page_times
+                run_pairs += pairs
+            else:
+                run_times, run_pairs = times[opened:cut], pairs[opened - lo :]
             if page_times:
                 yield [(page_times, pairs)]
             if cut < count:
@@ -1272,8 +1361,19 @@ def _sample(
             t += step
 
 
-def _micros_of(step: timedelta) -> int:
-    return step // timedelta(microseconds=1)
+def _step_micros(step: timedelta | float) -> int:
+    """``step`` (a timedelta or seconds) in microseconds; ConfigError unless positive."""
+    if isinstance(step, timedelta):
+        micros = step // timedelta(microseconds=1)
+    elif isinstance(step, int | float) and not isinstance(step, bool):
+        if not math.isfinite(step):
+            raise ConfigError(f"step must be a finite number of seconds, not {step!r}")
+        micros = round(step * 1_000_000)
+    else:
+        raise TypeError(f"step must be a timedelta or seconds, not {type(step).__name__}")
+    if micros <= 0:
+        raise ConfigError(f"step must be positive (at least a microsecond), not {step!r}")
+    return micros
 
 
 def _abort(response: requests.Response) -> None:
@@ -1281,6 +1381,5 @@ def _abort(response: requests.Response) -> None:
     connection = getattr(response.raw, "_connection", None)
     sock = getattr(connection, "sock", None)
     if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):  # already closed
-            sock.shutdown(socket.SHUT_RDWR)
+        shutdown(sock)
     response.close()

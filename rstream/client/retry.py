@@ -8,7 +8,10 @@ is a template: it is copied with :meth:`tenacity.Retrying.copy`, never mutated.
 
 Defaults: exponential backoff with full jitter from 0.5 s, capped at 30 s; for
 blocking calls at most 5 attempts and 60 s, for the live tail no limit. A
-``Retry-After`` from the server is a floor under the backoff.
+``Retry-After`` from the server is a floor under the backoff. A blocking call
+whose connection is refused (no server listens: stopped, restarting, wrong
+port) gives up before :data:`REFUSED_DEADLINE` seconds have passed in all, so
+a caller learns of it in seconds, not a minute.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import email.utils
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
 
 import requests
 import tenacity
@@ -29,12 +33,15 @@ __all__ = [
     "DEFAULT_MAX_DELAY",
     "DEFAULT_MAX_WAIT",
     "MAX_RETRY_AFTER",
+    "REFUSED_DEADLINE",
     "RetryableError",
     "blocking_policy",
     "default_template",
     "is_retryable",
     "live_policy",
     "parse_retry_after",
+    "single_attempt",
+    "stop_refused_after",
     "wait_retry_after",
 ]
 
@@ -45,6 +52,7 @@ DEFAULT_MAX_DELAY = 60.0
 # A Retry-After beyond this is treated as this: a misconfigured server must not
 # park a client for hours.
 MAX_RETRY_AFTER = 300.0
+REFUSED_DEADLINE = 2.0
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -56,7 +64,8 @@ class RetryableError(Exception):
     error (:class:`~rstream.TransportError` or :class:`~rstream.ServerError`)
     once the policy gives up. ``response`` is the failed response (closed), if
     any; ``cause`` the connection error, if any; ``retry_after`` the server's
-    ``Retry-After`` in seconds.
+    ``Retry-After`` in seconds; ``refused`` whether no connection could be made
+    at all (see :class:`stop_refused_after`).
     """
 
     def __init__(
@@ -67,12 +76,14 @@ class RetryableError(Exception):
         response: requests.Response | None = None,
         cause: BaseException | None = None,
         retry_after: float | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.response = response
         self.cause = cause
         self.retry_after = retry_after
+        self.refused = refused
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -114,6 +125,28 @@ class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801  (tenacity's nami
             if isinstance(exc, RetryableError) and exc.retry_after is not None:
                 wait = max(wait, exc.retry_after)
         return wait
+
+
+class stop_refused_after(tenacity.stop.stop_base):  # noqa: N801  (tenacity's naming)
+    """Stop when the last attempt's connection was refused and the next one would
+    begin ``deadline`` seconds or more after the first.
+
+    Time is the larger of the clock and the sum of the waits, so that a test
+    with an injected ``sleep`` sees the deadline as a real caller would.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        exc = outcome.exception()
+        if not (isinstance(exc, RetryableError) and exc.refused):
+            return False
+        spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+        return spent + retry_state.upcoming_sleep >= self.deadline
 
 
 def default_template() -> tenacity.Retrying:
@@ -159,8 +192,18 @@ def _is_tenacity_default_retry(retry: object) -> bool:
 def blocking_policy(
     template: tenacity.Retrying | None, *, sleep: Callable[[float], None]
 ) -> tenacity.Retrying:
-    """The policy for blocking calls: bounded (the template's stop, or 5 attempts / 60 s)."""
-    return _derive(template or default_template(), sleep, None)
+    """The policy for blocking calls: bounded (the template's stop, or 5 attempts / 60 s),
+    and at most :data:`REFUSED_DEADLINE` seconds while connections are refused."""
+    template = template or default_template()
+    refused = stop_refused_after(REFUSED_DEADLINE)
+    # stop_any calls each stop; a plain callable (tenacity allows one) works too.
+    stop = tenacity.stop_any(refused, cast(tenacity.stop.stop_base, template.stop))
+    return _derive(template, sleep, stop)
+
+
+def single_attempt(*, sleep: Callable[[float], None]) -> tenacity.Retrying:
+    """One attempt (one pass over the server URLs), never repeated: for probes."""
+    return _derive(tenacity.Retrying(stop=tenacity.stop_after_attempt(1)), sleep, None)
 
 
 def live_policy(

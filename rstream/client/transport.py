@@ -13,7 +13,11 @@ Everything the client sends goes through :meth:`Transport.request`:
 * error responses become the exceptions of :mod:`rstream.errors`
   (:func:`raise_for_response`).
 
-``close()`` interrupts a backoff wait and makes every later call raise
+``close()`` wakes every call of the transport within milliseconds, whatever
+the server does: it shuts down the socket of every connection the session
+made (:class:`~rstream.client.interrupt.Interrupter`), which wakes a request
+being sent, waiting for its response or reading its body, and it cuts a
+backoff wait short. The woken calls, and every later one, raise
 :class:`~rstream.ClientClosed`.
 """
 
@@ -22,17 +26,18 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import requests
 import tenacity
 import urllib3.exceptions
 
-from rstream.client.interrupt import ObservableAdapter
+from rstream.client.interrupt import Interrupter, ObservableAdapter
 from rstream.client.retry import (
     RETRYABLE_STATUSES,
     RetryableError,
@@ -40,6 +45,7 @@ from rstream.client.retry import (
     default_template,
     live_policy,
     parse_retry_after,
+    single_attempt,
 )
 from rstream.errors import (
     AuthError,
@@ -58,6 +64,7 @@ from rstream.errors import (
 __all__ = [
     "IDEMPOTENT_METHODS",
     "Transport",
+    "describe_failure",
     "json_body",
     "quote_stream_id",
     "raise_for_response",
@@ -213,6 +220,50 @@ def json_body(response: requests.Response) -> Any:
         ) from None
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (``reason``, ``__cause__``, ``__context__``, an
+    exception among its ``args``), outermost first, each once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        err = todo.pop(0)
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        inner = [getattr(err, "reason", None), err.__cause__, err.__context__, *err.args]
+        todo += [e for e in inner if isinstance(e, BaseException)]
+
+
+def _is_name_error(exc: BaseException) -> bool:
+    """Whether the server's host name could not be resolved (not worth retrying)."""
+    return any(isinstance(e, socket.gaierror) for e in _causes(exc))
+
+
+# urllib3 names its own objects in its messages: "HTTPConnectionPool(host='x',
+# port=1): " and "<...HTTPConnection object at 0x7f...>: ". The caller knows the URL.
+_INTERNALS = re.compile(r"\w*ConnectionPool\([^)]*\): |<[\w.]+ object at 0x[0-9a-fA-F]+>:? ?")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong with a request, in plain words, without urllib3's internals."""
+    causes = list(_causes(exc))
+    for err in causes:
+        if isinstance(err, socket.gaierror):
+            return f"the host name could not be resolved ({err.strerror or err})"
+    for err in causes:
+        if isinstance(err, ConnectionRefusedError):
+            return "the connection was refused (no server listens there)"
+    if isinstance(exc, requests.ConnectTimeout):
+        return "no connection within the connect timeout"
+    if isinstance(exc, requests.ReadTimeout):
+        return "no answer within the read timeout"
+    for err in reversed(causes):  # the innermost system error says it best
+        if isinstance(err, OSError) and err.strerror:
+            return str(err.strerror)
+    return _INTERNALS.sub("", str(causes[-1]) or type(causes[-1]).__name__)
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     """Whether the request certainly never reached the server (safe to resend a POST)."""
     if isinstance(exc, requests.ConnectTimeout):
@@ -266,12 +317,15 @@ class Transport:
     ) -> None:
         if token is not None and not (isinstance(token, str) or callable(token)):
             raise TypeError("token must be a str, a callable returning one, or None")
+        if isinstance(token, str):
+            token = _clean_token(token)
         self.urls = _normalise_urls(urls)
         self.timeout = _normalise_timeout(timeout)
         self.retry = retry if retry is not None else default_template()
         self._token = token
         self._user_sleep = sleep
         self._closed = threading.Event()
+        self._interrupter = Interrupter()
         self._lock = threading.Lock()
         self._good = 0  # index of the URL that answered last
 
@@ -279,10 +333,13 @@ class Transport:
 
         session = requests.Session()
         # max_retries=0: retrying is ours (tenacity), urllib3 must not add its own.
-        # Observable: the live tail's close() can interrupt a request still waiting
-        # for its response (see rstream.client.interrupt).
+        # Observable: close() shuts down the socket of every connection, and the
+        # live tail's close() the one of its request (see rstream.client.interrupt).
         adapter = ObservableAdapter(
-            pool_connections=max(len(self.urls), 1), pool_maxsize=pool_maxsize, max_retries=0
+            on_socket=self._interrupter.add,
+            pool_connections=max(len(self.urls), 1),
+            pool_maxsize=pool_maxsize,
+            max_retries=0,
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -297,6 +354,8 @@ class Transport:
         """The policy of blocking calls (bounded); derived from ``retry``."""
         self.live_retry = live_policy(retry, sleep=self.sleep)
         """The policy of the live tail (no attempt limit unless ``retry`` sets one)."""
+        self.probe_retry = single_attempt(sleep=self.sleep)
+        """One attempt, never repeated (for :meth:`rstream.Client.ping`)."""
 
     # -- small API ---------------------------------------------------------------
 
@@ -341,6 +400,8 @@ class Transport:
                     f"the token callable returned {type(token).__name__}, not str; "
                     "it must return the bearer token (or None for none)"
                 )
+            if token is not None:
+                token = _clean_token(token)
         if not token:
             return {}
         return {"Authorization": f"Bearer {token}"}
@@ -424,10 +485,14 @@ class Transport:
             response.close()
 
     def close(self) -> None:
-        """Stop: wake a backoff wait, close pooled connections. Idempotent."""
+        """Stop: wake every call in flight and a backoff wait, close the connections.
+
+        Returns at once, whatever the server does; idempotent, from any thread.
+        """
         if self._closed.is_set():
             return
-        self._closed.set()
+        self._closed.set()  # first: a woken call sees it and raises ClientClosed
+        self._interrupter.interrupt()
         self.session.close()
 
     def __enter__(self) -> Transport:
@@ -452,25 +517,35 @@ class Transport:
         start = self._good
         count = len(self.urls)
         last: RetryableError | None = None
+        names: list[str] = []  # the URLs whose host name did not resolve
         for k in range(count):
             index = (start + k) % count
             url = self.url_for(index, call.path)
             try:
                 response = self._send(call, url)
-            except requests.RequestException as exc:
+            except (requests.RequestException, OSError, ValueError, AttributeError) as exc:
                 self._check_open()  # the dying read of a closed session is not news
+                if not isinstance(exc, requests.RequestException):
+                    raise
+                reason = describe_failure(exc)
+                if _is_name_error(exc):
+                    names.append(f"{url}: {reason}")
+                    continue
                 if not _is_transient(exc):
                     raise TransportError(
-                        f"{call.method} {url} failed: {exc}; "
+                        f"{call.method} {url} failed: {reason}; "
                         "check the URL and the TLS settings (verify=, cert=)"
                     ) from exc
-                if not (call.idempotent or _is_connect_error(exc)):
+                connect_error = _is_connect_error(exc)
+                if not (call.idempotent or connect_error):
                     raise TransportError(
-                        f"{call.method} {url} failed after it was sent ({exc}); "
+                        f"{call.method} {url} failed after it was sent ({reason}); "
                         "it may or may not have taken effect"
                     ) from exc
-                logger.info("%s %s failed: %s", call.method, url, exc)
-                last = RetryableError(f"{call.method} {url}: {exc}", url=url, cause=exc)
+                logger.info("%s %s failed: %s", call.method, url, reason)
+                last = RetryableError(
+                    f"{call.method} {url}: {reason}", url=url, cause=exc, refused=connect_error
+                )
                 continue
             status = response.status_code
             if status in RETRYABLE_STATUSES and (
@@ -500,7 +575,10 @@ class Transport:
         # one URL this is a no-op.
         with self._lock:
             self._good = (start + 1) % count
-        assert last is not None
+        if last is None:  # no host name resolved: retrying would not change that
+            raise TransportError(
+                f"{call.method} {call.path} failed: {'; '.join(names)}. Check the URL."
+            )
         raise last
 
     def _send(self, call: _Call, url: str) -> requests.Response:
@@ -535,11 +613,27 @@ class Transport:
                     err.args = (f"{err.args[0]} (after {attempts} attempt(s))",)
                 raise err from None
         servers = ", ".join(self.urls)
+        reason = describe_failure(exc.cause) if exc.cause is not None else str(exc)
         raise TransportError(
             f"{call.method} {call.path} failed: no server answered after {attempts} "
-            f"attempt(s) ({servers}); last error: {exc.cause or exc}. "
+            f"attempt(s) ({servers}); last error: {reason}. "
             "Check that the server is running and reachable."
         ) from exc.cause
+
+
+def _clean_token(token: str) -> str:
+    """``token`` without surrounding whitespace (a token file ends in a newline).
+
+    Raises :class:`~rstream.ConfigError` without showing the token if what is
+    left cannot be sent in a header.
+    """
+    token = token.strip()
+    if not all(" " < c < "\x7f" for c in token):
+        raise ConfigError(
+            "the token has a space, a control or a non-ASCII character inside it, "
+            "which cannot be sent in an Authorization header; check where it comes from"
+        )
+    return token
 
 
 class _Call:

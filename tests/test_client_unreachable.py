@@ -1,0 +1,93 @@
+"""An unreachable server: a name that does not resolve fails at once, a refused
+connection within a short deadline, with messages in plain words; ping() says False."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import requests
+
+from rstream.client import Client
+from rstream.client.retry import REFUSED_DEADLINE
+from rstream.client.transport import Transport, describe_failure
+from rstream.errors import TransportError
+from tests.serverutil import running_server
+
+# Names urllib3 puts in its messages, which mean nothing to a user.
+INTERNALS = ("ConnectionPool", "object at 0x", "Observable", "urllib3", "Max retries")
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def assert_plain(message: str) -> None:
+    for internal in INTERNALS:
+        assert internal not in message, message
+
+
+def test_a_name_that_does_not_resolve_fails_at_once() -> None:
+    waits: list[float] = []
+    with Transport("http://no-such-host.invalid:8080", sleep=waits.append) as t:
+        with pytest.raises(TransportError, match="could not be resolved") as info:
+            t.get_json("/v1/health")
+    assert waits == []  # not retried
+    assert "no-such-host.invalid" in str(info.value)
+    assert_plain(str(info.value))
+
+
+def test_a_refused_connection_is_retried_within_the_deadline_then_fails() -> None:
+    waits: list[float] = []
+    with Transport(closed_port_url(), sleep=waits.append) as t:
+        with pytest.raises(TransportError, match="connection was refused") as info:
+            t.get_json("/v1/health")
+    assert len(waits) >= 1  # retried ...
+    assert sum(waits) < REFUSED_DEADLINE  # ... within the deadline
+    assert_plain(str(info.value))
+
+
+def test_a_refused_connection_fails_within_the_deadline_in_real_time() -> None:
+    began = time.monotonic()
+    with Client(closed_port_url()) as client, pytest.raises(TransportError) as info:
+        client.stream("robot").info()
+    assert time.monotonic() - began < REFUSED_DEADLINE + 1.0  # margin for a busy machine
+    assert "Check that the server is running" in str(info.value)
+    assert_plain(str(info.value))
+
+
+def test_a_replica_with_a_bad_name_fails_over_to_a_good_one() -> None:
+    waits: list[float] = []
+    with (
+        running_server() as url,
+        Client(["http://no-such-host.invalid", url], sleep=waits.append) as client,
+    ):
+        assert client.stream("robot").write_state({"a": 1}) is not None
+        assert client.transport.current_index == 1
+    assert waits == []
+
+
+def test_ping_says_whether_a_server_answers() -> None:
+    waits: list[float] = []
+    with Client(closed_port_url(), sleep=waits.append) as client:
+        assert client.ping() is False
+    assert waits == []  # a probe: one attempt
+    with Client("http://no-such-host.invalid") as client:
+        assert client.ping() is False
+    with running_server() as url, Client(url) as client:
+        assert client.ping() is True
+
+
+def test_describe_failure_names_what_happened() -> None:
+    for url, words in [
+        (closed_port_url(), "the connection was refused"),
+        ("http://no-such-host.invalid", "could not be resolved"),
+    ]:
+        with pytest.raises(requests.RequestException) as info:
+            requests.get(url, timeout=5)
+        assert words in describe_failure(info.value)
+        assert_plain(describe_failure(info.value))
