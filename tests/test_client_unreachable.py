@@ -33,9 +33,11 @@ def assert_plain(message: str) -> None:
 
 def test_a_name_that_does_not_resolve_fails_at_once() -> None:
     waits: list[float] = []
-    with Transport("http://no-such-host.invalid:8080", sleep=waits.append) as t:
-        with pytest.raises(TransportError, match="could not be resolved") as info:
-            t.get_json("/v1/health")
+    with (
+        Transport("http://no-such-host.invalid:8080", sleep=waits.append) as t,
+        pytest.raises(TransportError, match="could not be resolved") as info,
+    ):
+        t.get_json("/v1/health")
     assert waits == []  # not retried
     assert "no-such-host.invalid" in str(info.value)
     assert_plain(str(info.value))
@@ -43,9 +45,11 @@ def test_a_name_that_does_not_resolve_fails_at_once() -> None:
 
 def test_a_refused_connection_is_retried_within_the_deadline_then_fails() -> None:
     waits: list[float] = []
-    with Transport(closed_port_url(), sleep=waits.append) as t:
-        with pytest.raises(TransportError, match="connection was refused") as info:
-            t.get_json("/v1/health")
+    with (
+        Transport(closed_port_url(), sleep=waits.append) as t,
+        pytest.raises(TransportError, match="connection was refused") as info,
+    ):
+        t.get_json("/v1/health")
     assert len(waits) >= 1  # retried ...
     assert sum(waits) < REFUSED_DEADLINE  # ... within the deadline
     assert_plain(str(info.value))

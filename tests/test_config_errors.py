@@ -14,6 +14,7 @@ from rstream.server.storage import MemoryStorage
     [
         lambda: rstream.Client("http://127.0.0.1:9", max_workers=0),
         lambda: rstream.Client("http://127.0.0.1:9", page_size=0),
+        lambda: rstream.Client("http://127.0.0.1:9", token="two\nlines"),
         lambda: Limits(page_size=0),
         lambda: create_app(MemoryStorage(), heartbeat=0),
         lambda: create_app(MemoryStorage(), retry_ms=-1),
@@ -21,7 +22,17 @@ from rstream.server.storage import MemoryStorage
         lambda: rstream.RateConfig.from_json({"keyframe_frequency": -1}),
         lambda: rstream.Entry(0, 7, {}),
     ],
-    ids=["max_workers", "page_size", "limits", "heartbeat", "retry_ms", "token", "rate", "kind"],
+    ids=[
+        "max_workers",
+        "page_size",
+        "client_token",
+        "limits",
+        "heartbeat",
+        "retry_ms",
+        "token",
+        "rate",
+        "kind",
+    ],
 )
 def test_bad_configuration_is_an_rstream_error(make: Callable[[], object]) -> None:
     with pytest.raises(rstream.RStreamError) as info:
