@@ -95,3 +95,21 @@ def test_describe_failure_names_what_happened() -> None:
             requests.get(url, timeout=5)
         assert words in describe_failure(info.value)
         assert_plain(describe_failure(info.value))
+
+
+def test_a_server_that_never_answers_is_a_timeout_that_says_so() -> None:
+    waits: list[float] = []
+    with socket.socket() as listener:  # accepts connections (the backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with (
+            Client(url, timeout=(1.0, 0.05), sleep=waits.append) as client,
+            pytest.raises(
+                TransportError, match=r"no answer within the read timeout \(0.05 s\)"
+            ) as info,
+        ):
+            client.stream("robot").info()
+    assert len(waits) == 4  # a read timeout is worth retrying: 5 attempts
+    assert "after 5 attempt(s)" in str(info.value)
+    assert_plain(str(info.value))

@@ -245,8 +245,12 @@ def _is_name_error(exc: BaseException) -> bool:
 _INTERNALS = re.compile(r"\w*ConnectionPool\([^)]*\): |<[\w.]+ object at 0x[0-9a-fA-F]+>:? ?")
 
 
-def describe_failure(exc: BaseException) -> str:
-    """What went wrong with a request, in plain words, without urllib3's internals."""
+def describe_failure(exc: BaseException, timeout: tuple[float, float] | None = None) -> str:
+    """What went wrong with a request, in plain words, without urllib3's internals.
+
+    ``timeout``, the request's ``(connect, read)`` seconds, is named in a timeout's
+    description.
+    """
     causes = list(_causes(exc))
     for err in causes:
         if isinstance(err, socket.gaierror):
@@ -255,9 +259,11 @@ def describe_failure(exc: BaseException) -> str:
         if isinstance(err, ConnectionRefusedError):
             return "the connection was refused (no server listens there)"
     if isinstance(exc, requests.ConnectTimeout):
-        return "no connection within the connect timeout"
+        seconds = f" ({timeout[0]:g} s)" if timeout else ""
+        return f"no connection within the connect timeout{seconds}"
     if isinstance(exc, requests.ReadTimeout):
-        return "no answer within the read timeout"
+        seconds = f" ({timeout[1]:g} s)" if timeout else ""
+        return f"no answer within the read timeout{seconds}"
     for err in reversed(causes):  # the innermost system error says it best
         if isinstance(err, OSError) and err.strerror:
             return str(err.strerror)
@@ -529,7 +535,7 @@ class Transport:
                 self._check_open()  # the dying read of a closed session is not news
                 if not isinstance(exc, requests.RequestException):
                     raise
-                reason = describe_failure(exc)
+                reason = describe_failure(exc, call.timeout)
                 if _is_name_error(exc):
                     names.append(f"{url}: {reason}")
                     continue
@@ -615,7 +621,8 @@ class Transport:
                     err.args = (f"{err.args[0]} (after {attempts} attempt(s))",)
                 raise err from None
         servers = ", ".join(self.urls)
-        reason = describe_failure(exc.cause) if exc.cause is not None else str(exc)
+        cause = exc.cause
+        reason = str(exc) if cause is None else describe_failure(cause, call.timeout)
         raise TransportError(
             f"{call.method} {call.path} failed: no server answered after {attempts} "
             f"attempt(s) ({servers}); last error: {reason}. "
