@@ -156,9 +156,9 @@ def _opt_ms(value: object) -> int | float | None:
     """Milliseconds: an integer, or a float for a duration of a fraction of one."""
     if value is None:
         return None
-    if type(value) not in (int, float) or not 0 <= value < math.inf:  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
         raise TypeError(f"expected a non-negative number of milliseconds, not {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _opt_delta(ms: float | None) -> timedelta | None:

@@ -545,6 +545,9 @@ class Transport:
                         "check the URL and the TLS settings (verify=, cert=)"
                     ) from exc
                 connect_error = _is_connect_error(exc)
+                # Refused (or unreachable) at once, not a connect timeout: see
+                # retry.stop_refused_after.
+                refused = connect_error and not isinstance(exc, requests.ConnectTimeout)
                 if not (call.idempotent or connect_error):
                     raise TransportError(
                         f"{call.method} {url} failed after it was sent ({reason}); "
@@ -552,7 +555,7 @@ class Transport:
                     ) from exc
                 logger.info("%s %s failed: %s", call.method, url, reason)
                 last = RetryableError(
-                    f"{call.method} {url}: {reason}", url=url, cause=exc, refused=connect_error
+                    f"{call.method} {url}: {reason}", url=url, cause=exc, refused=refused
                 )
                 continue
             status = response.status_code
