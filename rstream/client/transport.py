@@ -398,10 +398,8 @@ class Transport:
             try:
                 token = token()
             except Exception as exc:
-                # Its type only: the message of a token source may hold the token.
                 raise AuthError(
-                    f"the token callable raised {type(exc).__name__} (see the cause below); "
-                    "fix it or pass a token string"
+                    f"the token callable raised {exc!r}; fix it or pass a token string"
                 ) from exc
             if token is not None and not isinstance(token, str):
                 raise AuthError(
