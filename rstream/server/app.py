@@ -17,8 +17,8 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -126,6 +126,12 @@ class _JSONResponse(JSONResponse):
 
 
 @dataclass
+class _StreamLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0  # holding or waiting; under _Server._locks_lock
+
+
+@dataclass
 class _Page:
     body: bytes
     count: int
@@ -152,7 +158,8 @@ class _Server:
         self.clock = clock
         self.hub = Hub(limits)
         self._writers: dict[str, Stream] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        # Only the streams being written have a lock (see _lock).
+        self._locks: dict[str, _StreamLock] = {}
         self._locks_lock = threading.Lock()
         stream = "/v1/streams/{stream_id}"
         routes = [
@@ -198,12 +205,23 @@ class _Server:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _lock(self, stream_id: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _lock(self, stream_id: str) -> Iterator[None]:
+        """Hold the stream's lock. The lock exists while someone holds or waits
+        for it, so ids that were only refused leave nothing behind."""
         with self._locks_lock:
             lock = self._locks.get(stream_id)
             if lock is None:
-                lock = self._locks[stream_id] = threading.Lock()
-            return lock
+                lock = self._locks[stream_id] = _StreamLock()
+            lock.users += 1
+        try:
+            with lock.lock:
+                yield
+        finally:
+            with self._locks_lock:
+                lock.users -= 1
+                if not lock.users:
+                    del self._locks[stream_id]
 
     def _writer(self, stream_id: str, rate: RateConfig) -> Stream:
         # Called under the stream's lock.
