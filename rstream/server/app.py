@@ -27,6 +27,7 @@ import anyio.to_thread
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -55,6 +56,7 @@ from rstream.server.errors import error_response, exception_handlers, fail, unex
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
+from rstream.server.security import BrowserGuard
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
 from rstream.server.storage.base import check_entry_time, clamp_us
 
@@ -86,6 +88,8 @@ def create_app(
     retry_ms: int = 1000,
     limits: Limits | None = None,
     clock: Clock | None = None,
+    allowed_hosts: Iterable[str] = (),
+    allowed_origins: Iterable[str] = (),
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
@@ -93,6 +97,10 @@ def create_app(
     request may ask for another with ``?heartbeat=``). ``retry_ms``: the SSE
     ``retry:`` sent first. ``clock``: the writers' clock (epoch micros or an
     aware datetime), for tests. The app does not close ``storage``.
+
+    ``allowed_hosts`` / ``allowed_origins``: what ``Host`` may name besides
+    loopback, IP addresses and this machine's name (``"*"``: anything), and
+    which web pages may write (:mod:`rstream.server.security`).
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -108,6 +116,13 @@ def create_app(
         retry_ms=retry_ms,
         limits=limits or Limits(),
         clock=clock,
+        middleware=[
+            Middleware(
+                BrowserGuard,
+                allowed_hosts=tuple(allowed_hosts),
+                allowed_origins=tuple(allowed_origins),
+            )
+        ],
     )
     return server.app
 
@@ -149,6 +164,7 @@ class _Server:
         retry_ms: int,
         limits: Limits,
         clock: Clock | None,
+        middleware: list[Middleware],
     ) -> None:
         self.storage = storage
         self.tokens = tokens
@@ -184,6 +200,7 @@ class _Server:
             routes=routes,
             exception_handlers=exception_handlers(),
             lifespan=self._lifespan,
+            middleware=middleware,
         )
         starlette.state.hub = self.hub
         starlette.state.storage = storage
