@@ -123,6 +123,7 @@ class ServerThread:
             config = uvicorn.Config(
                 self.app,
                 http=guarded_protocol(limits, self.max_connections),
+                ws="none",  # the protocol has no WebSocket; an upgrade is a plain request
                 lifespan="on",
                 log_config=None,
                 access_log=False,
