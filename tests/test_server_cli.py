@@ -105,6 +105,7 @@ def test_limits_and_hosts_from_flags(tmp_path: Path) -> None:
         "--allowed-host", "rstream.example", "--allowed-origin", "https://app.example",
         "--max-body", "1000", "--max-state", "100", "--max-subscribers", "1",
         "--max-connections", "50", "--idle-timeout", "2", "--request-timeout", "3",
+        "--send-timeout", "4",
     )  # fmt: skip
     server = ServerProcess(f"sqlite:///{tmp_path / 'f.db'}", args=args)
     with server, requests.Session() as http:
@@ -120,4 +121,7 @@ def test_limits_and_hosts_from_flags(tmp_path: Path) -> None:
             assert http.get(f"{url}/v1/streams/a/live").status_code == 429
         logs = server.log_text()
     assert "accepting at most 50 connections" in logs
-    assert "closed after 2 s, requests must arrive within 3 s" in logs
+    assert (
+        "closed after 2 s, requests must arrive within 3 s, clients must take data within 4 s"
+        in logs
+    )

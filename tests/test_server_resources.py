@@ -10,6 +10,7 @@ import logging
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +20,13 @@ import requests
 from starlette.applications import Starlette
 from starlette.types import Message
 
-from rstream.server import ServerThread, create_app
+from rstream.server import Limits, ServerThread, create_app
 from rstream.server.connections import ConnectionLimits, connection_cap
 from rstream.server.logs import RepeatFilter
 from rstream.server.storage import MemoryStorage
 from tests.serverutil import ServerProcess
+
+MiB = 1024 * 1024
 
 
 @contextlib.contextmanager
@@ -170,6 +173,37 @@ def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503() -> None:
         assert answer.startswith(b"HTTP/1.1 503 ")
         assert b"retry-after: 1\r\n" in answer
         assert b'"code": "unavailable"' in answer
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's state of a TCP socket (``tcpi_state``: 1 established, 7 closed)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def test_a_response_its_client_does_not_take_is_dropped() -> None:
+    limits = Limits(page_bytes=64 * MiB)
+    with contextlib.closing(MemoryStorage()) as store, requests.Session() as http:
+        connections = ConnectionLimits(send_timeout=0.5)
+        with ServerThread(create_app(store, limits=limits), connections=connections) as server:
+            entries = f"{server.url}/v1/streams/s/entries"
+            for i in range(12):  # a 10 MB page, more than the kernel buffers on the way
+                snapshot = {"timestamp": f"2030-01-01T00:00:{i:02d}Z", "type": "snapshot",
+                            "data": {"blob": f"{i:08d}" * 100_000}}  # fmt: skip
+                assert http.post(entries, json=snapshot).ok
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(b"GET /v1/streams/s/entries HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                waited = threading.Event()
+                deadline = time.monotonic() + 10
+                while tcp_state(sock) == 1 and time.monotonic() < deadline:
+                    waited.wait(0.02)  # the server resets the connection once stalled
+                assert tcp_state(sock) == 7  # closed by a reset: nothing more will come
+                sock.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    read_until_closed(sock)
+            # The server goes on serving.
+            assert http.get(f"{server.url}/v1/streams/s").json()["revision"] == 12
 
 
 def limit_files() -> None:

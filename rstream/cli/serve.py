@@ -141,6 +141,12 @@ def _token(path: str | None, env: str) -> str | None:
     "SECONDS",
     "Answer 408 and close when a request takes longer than this to arrive.",
 )
+@_limit(
+    "--send-timeout",
+    30.0,
+    "SECONDS",
+    "Drop a response whose client takes no data for this long.",
+)
 def serve(
     db: str | None,
     host: str,
@@ -157,6 +163,7 @@ def serve(
     max_connections: int | None,
     idle_timeout: float,
     request_timeout: float,
+    send_timeout: float,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
@@ -204,7 +211,7 @@ def serve(
             allowed_hosts=(*allowed_hosts, host.strip("[]")),
             allowed_origins=allowed_origins,
         )
-        connections = ConnectionLimits(max_connections, idle_timeout, request_timeout)
+        connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:
             server = ServerThread(app, host, port, connections=connections).start()
         except ConfigError as exc:  # an address that cannot be bound, in one line

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-import socket
-import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from rstream.errors import (
     StreamNotFound,
 )
 from rstream.server.auth import Tokens
+from rstream.server.connections import reset
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
@@ -685,16 +685,7 @@ def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] |
     if not isinstance(transport, asyncio.Transport):
         return None
 
-    def abort() -> None:
-        # Linger 0: the kernel drops what is queued for the peer and sends a
-        # reset, instead of trickling megabytes to a client that does not read.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-
-    return abort
+    return functools.partial(reset, transport)
 
 
 # -- request parsing ---------------------------------------------------------------

@@ -13,21 +13,28 @@ protocol built by :func:`guarded_protocol` adds, per connection:
   head and body must have arrived within ``request_timeout`` seconds (a
   client that trickles a request, slowloris-style, is answered 408 and
   closed);
+- a *send* deadline: a response whose client takes no byte for
+  ``send_timeout`` seconds while the server has bytes for it is dropped (the
+  connection reset), so a client that never reads cannot pin a response in
+  memory;
 - a *cap*: past ``max_connections`` open connections, a new connection closes
   the connection that has waited longest for a request; when every
   connection is busy with a request (a live tail, say), the new one is
   answered 503 at once and closed.
 
-Nothing is limited while the server handles a request or sends a response:
-a live tail may stay open for days.
+Otherwise nothing is limited while the server handles a request or sends a
+response: a live tail may stay open for days.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,7 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rstream.errors import ConfigError
 
-__all__ = ["ConnectionLimits", "connection_cap", "file_limit", "guarded_protocol"]
+__all__ = ["ConnectionLimits", "connection_cap", "file_limit", "guarded_protocol", "reset"]
 
 logger = logging.getLogger("rstream.server")
 
@@ -55,11 +62,13 @@ class ConnectionLimits:
       the file limit allows (:func:`connection_cap`).
     - ``idle_timeout``: seconds a connection may wait for a request.
     - ``request_timeout``: seconds from a request's first byte to its last.
+    - ``send_timeout``: seconds a response may wait for its client to take data.
     """
 
     max_connections: int | None = None
     idle_timeout: float = 5.0
     request_timeout: float = 30.0
+    send_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_connections is not None and (
@@ -68,7 +77,7 @@ class ConnectionLimits:
             raise ConfigError(
                 f"max_connections must be a positive int, not {self.max_connections!r}"
             )
-        for name in ("idle_timeout", "request_timeout"):
+        for name in ("idle_timeout", "request_timeout", "send_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -108,6 +117,7 @@ def guarded_protocol(limits: ConnectionLimits, cap: int) -> type[asyncio.Protoco
             "cap": cap,
             "idle_timeout": float(limits.idle_timeout),
             "request_timeout": float(limits.request_timeout),
+            "send_timeout": float(limits.send_timeout),
             "waiting": {},
         },
     )
@@ -141,6 +151,7 @@ class _GuardedH11Protocol(H11Protocol):
     cap: ClassVar[int]
     idle_timeout: ClassVar[float]
     request_timeout: ClassVar[float]
+    send_timeout: ClassVar[float]
     # The server's connections waiting for (the head of) a request, the one
     # that has waited longest first; a dict is an ordered set.
     waiting: ClassVar[dict[_GuardedH11Protocol, None]]
@@ -148,6 +159,7 @@ class _GuardedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._stalled: asyncio.TimerHandle | None = None  # the send deadline
         self._receiving = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -169,7 +181,17 @@ class _GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         self.waiting.pop(self, None)
+        self._unstall()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.send_timeout, self._on_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -216,6 +238,18 @@ class _GuardedH11Protocol(H11Protocol):
         self._deadline = None
         self._close(b"")
 
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _on_stalled(self) -> None:
+        self._stalled = None
+        logger.info("a client took no data for %g s: dropping its response", self.send_timeout)
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+        reset(self.transport)
+
     def _on_slow_request(self) -> None:
         self._deadline = None
         # A 408 only if no response has begun (the app may be reading the body).
@@ -243,3 +277,14 @@ class _GuardedH11Protocol(H11Protocol):
         self.transport.close()
         # Out of the count now: the connection is gone as far as the cap goes.
         self.connections.discard(self)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a connection at once, with what is queued for the peer."""
+    # Linger 0: the kernel drops what is queued for the peer and sends a
+    # reset, instead of trickling megabytes to a client that does not read.
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

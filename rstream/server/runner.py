@@ -114,11 +114,13 @@ class ServerThread:
             self.max_connections = connection_cap(limits.max_connections, files)
             logger.info(
                 "accepting at most %d connections (open files limit: %s); idle ones are "
-                "closed after %g s, requests must arrive within %g s",
+                "closed after %g s, requests must arrive within %g s, clients must take "
+                "data within %g s",
                 self.max_connections,
                 "unlimited" if files is None else files,
                 limits.idle_timeout,
                 limits.request_timeout,
+                limits.send_timeout,
             )
             config = uvicorn.Config(
                 self.app,
