@@ -230,18 +230,14 @@ class _GuardedH11Protocol(H11Protocol):
         self._deadline = self.loop.call_later(seconds, callback)
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = _cancel(self._deadline)
 
     def _on_idle(self) -> None:
         self._deadline = None
         self._close(b"")
 
     def _unstall(self) -> None:
-        if self._stalled is not None:
-            self._stalled.cancel()
-            self._stalled = None
+        self._stalled = _cancel(self._stalled)
 
     def _on_stalled(self) -> None:
         self._stalled = None
@@ -277,6 +273,13 @@ class _GuardedH11Protocol(H11Protocol):
         self.transport.close()
         # Out of the count now: the connection is gone as far as the cap goes.
         self.connections.discard(self)
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel ``timer`` if there is one; returns None, for the attribute that held it."""
+    if timer is not None:
+        timer.cancel()
+    return None
 
 
 def reset(transport: asyncio.Transport) -> None:
