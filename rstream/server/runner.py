@@ -4,7 +4,8 @@
 runs uvicorn on it in a thread, and returns once the server accepts
 connections; ``stop()`` ends live responses, shuts uvicorn down and joins the
 thread. Connections are capped under the process's file limit and closed when
-idle or too slow to send a request (:mod:`rstream.server.connections`).
+idle, too slow to send a request or to take a response
+(:mod:`rstream.server.connections`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ class ServerThread:
 
     ``port=0`` picks a free port; ``host`` may be an IPv6 address with or
     without brackets; :attr:`url` is the base URL once :meth:`start` has
-    returned. ``connections``: the cap and timeouts of connections
-    (:class:`~rstream.server.connections.ConnectionLimits`). :meth:`stop` is idempotent, asks live
-    responses to end (``app.state.hub.close()``) and joins the thread. Usable
-    as a context manager.
+    returned, which raises :class:`~rstream.errors.ConfigError` for an address
+    it cannot listen on. ``connections``: the cap and timeouts of connections
+    (:class:`~rstream.server.connections.ConnectionLimits`). :meth:`stop` is
+    idempotent, asks live responses to end (``app.state.hub.close()``) and
+    joins the thread. Usable as a context manager.
     """
 
     def __init__(
