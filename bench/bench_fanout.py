@@ -196,7 +196,7 @@ def run(
                 sock = socket.create_connection(servers[k % replicas].address)
                 sock.sendall(
                     f"GET /v1/streams/{STREAM}/live?since={start_rev} HTTP/1.1\r\n"
-                    "Host: bench\r\n\r\n".encode()
+                    "Host: 127.0.0.1\r\n\r\n".encode()
                 )
                 # Measure latency on every replica alike.
                 subs.append(Subscriber(sock, measure=(k // replicas) % LATENCY_EVERY == 0))

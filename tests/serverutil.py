@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -71,8 +71,10 @@ class ServerProcess:
         args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         start_timeout: float = 15.0,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         self.db = db
+        self.preexec_fn = preexec_fn  # run in the child before rstream starts (setrlimit)
         self.port = port
         self.args = args
         self.env = dict(os.environ if env is None else env)
@@ -91,7 +93,12 @@ class ServerProcess:
             *self.args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, env=self.env, stdin=subprocess.DEVNULL
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec_fn,
         )
         line = self._read_line(self.start_timeout)
         url = line.strip().rsplit(" ", 1)[-1]

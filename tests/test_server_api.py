@@ -489,7 +489,7 @@ def test_too_large(storage: Storage, http: requests.Session) -> None:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(
-                b"POST /v1/streams/big/state HTTP/1.1\r\nHost: x\r\n"
+                b"POST /v1/streams/big/state HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
             )
             head = sock.recv(65536)

@@ -207,7 +207,7 @@ def test_slow_subscriber_is_disconnected_others_are_not(
         # A reader that never reads: small receive buffer, request sent, then silence.
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect((host, int(port)))
-        stuck.sendall(b"GET /v1/streams/big/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.sendall(b"GET /v1/streams/big/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         # A reader that keeps up, in a thread.
         received: queue.Queue[str | None] = queue.Queue()
         with SSEReader(f"{url}/v1/streams/big/live") as good:

@@ -126,7 +126,7 @@ def test_slow_subscriber_does_not_grow_server_memory(tmp_path: Path) -> None:
         http.post(state, json={"state": {"blob": ""}, "timestamp": T0})
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect(("127.0.0.1", server.port))
-        stuck.sendall(b"GET /v1/streams/m/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.sendall(b"GET /v1/streams/m/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert stuck.recv(1024).startswith(b"HTTP/1.1 200 ")
         for i in range(1, 5):  # warm up allocator and caches
             http.post(state, json={"state": {"blob": "w" * size}, "timestamp": T0 + 0.01 * i})

@@ -7,14 +7,19 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
 __all__ = ["default_db_url", "serve"]
 
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+logger = logging.getLogger("rstream.server")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def default_db_url() -> str:
@@ -24,6 +29,18 @@ def default_db_url() -> str:
     directory = Path(platformdirs.user_data_dir("rstream"))
     directory.mkdir(parents=True, exist_ok=True)
     return "sqlite:///" + str(directory / "streams.db")
+
+
+_MIB = 1024 * 1024
+
+
+def _limit(flag: str, default: float, metavar: str, help: str) -> Callable[[_F], _F]:
+    """A limit's option; the defaults are those of Limits and ConnectionLimits (the
+    server extra loads lazily). Sizes and counts are positive ints, times seconds."""
+    kind = click.IntRange(1) if isinstance(default, int) else click.FloatRange(0.01, 3600)
+    return click.option(
+        flag, default=default, show_default=True, type=kind, metavar=metavar, help=help
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -56,7 +73,12 @@ def _token(path: str | None, env: str) -> str | None:
     "postgresql://user@host/db[?schema=name] for several replicas on one database "
     "(default: streams.db in the user data directory).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (an IPv6 address with or without brackets).",
+)
 @click.option(
     "--port",
     default=8080,
@@ -81,14 +103,49 @@ def _token(path: str | None, env: str) -> str | None:
     type=click.FloatRange(0.05, 300),
     help="Seconds between heartbeats on live responses.",
 )
-@click.option(
+@_limit(
     "--subscriber-buffer",
-    default=16 * 1024 * 1024,  # Limits().subscriber_bytes; the server extra loads lazily
-    show_default=True,
-    type=click.IntRange(1),
-    metavar="BYTES",
-    help="How far (bytes of events) a live subscriber may fall behind before it is "
+    16 * _MIB,
+    "BYTES",
+    "How far (bytes of events) a live subscriber may fall behind before it is "
     "disconnected (it resumes by revision).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Accept requests whose Host is NAME (repeatable; '*': any). Loopback names, "
+    "IP addresses, this machine's name and the --host name are always accepted.",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let web pages of ORIGIN (https://app.example) write (repeatable).",
+)
+@_limit("--max-body", 8 * _MIB, "BYTES", "Largest request body (413 past it).")
+@_limit("--max-state", _MIB, "BYTES", "Largest state or entry data, as compact JSON (413 past it).")
+@_limit("--max-subscribers", 1_000, "N", "Live subscribers per stream (429 past it).")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Open connections at most (default: what the open files limit allows).",
+)
+@_limit("--idle-timeout", 5.0, "SECONDS", "Close a connection that waits this long for a request.")
+@_limit(
+    "--request-timeout",
+    30.0,
+    "SECONDS",
+    "Answer 408 and close when a request takes longer than this to arrive.",
+)
+@_limit(
+    "--send-timeout",
+    30.0,
+    "SECONDS",
+    "Drop a response whose client takes no data for this long.",
 )
 def serve(
     db: str | None,
@@ -98,13 +155,26 @@ def serve(
     write_token_file: str | None,
     heartbeat: float,
     subscriber_buffer: int,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
+    max_body: int,
+    max_state: int,
+    max_subscribers: int,
+    max_connections: int | None,
+    idle_timeout: float,
+    request_timeout: float,
+    send_timeout: float,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
     Binding an address other than loopback needs a write token, so that the
     network cannot write to your streams.
     """
+    from rstream.errors import ConfigError
     from rstream.server import Limits, ServerThread, create_app, open_storage
+    from rstream.server.auth import Tokens
+    from rstream.server.connections import ConnectionLimits
+    from rstream.server.logs import RepeatFilter
 
     read_token = _token(read_token_file, "RSTREAM_READ_TOKEN")
     write_token = _token(write_token_file, "RSTREAM_WRITE_TOKEN")
@@ -117,6 +187,7 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    detach_filter = RepeatFilter().attach()
     url = db or default_db_url()
     storage = open_storage(url)
     stop = threading.Event()
@@ -131,9 +202,24 @@ def serve(
             read_token=read_token,
             write_token=write_token,
             heartbeat=heartbeat,
-            limits=Limits(subscriber_bytes=subscriber_buffer),
+            limits=Limits(
+                max_body_bytes=max_body,
+                max_state_bytes=max_state,
+                max_subscribers=max_subscribers,
+                subscriber_bytes=subscriber_buffer,
+            ),
+            allowed_hosts=(*allowed_hosts, host.strip("[]")),
+            allowed_origins=allowed_origins,
         )
-        with ServerThread(app, host, port) as server:
+        connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
+        try:
+            server = ServerThread(app, host, port, connections=connections).start()
+        except ConfigError as exc:  # an address that cannot be bound, in one line
+            raise click.ClickException(
+                f"{exc} (--host takes an address of this machine: 127.0.0.1, ::1, 0.0.0.0, ...)"
+            ) from None
+        logger.info("access: %s", Tokens(read_token, write_token).describe())
+        with server:
             click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")
             stop.wait()
             click.echo("rstream serve: stopping", err=True)
@@ -141,6 +227,7 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.close()
+        detach_filter()
 
 
 def _redacted(url: str) -> str:

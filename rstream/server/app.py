@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-import socket
-import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -27,6 +26,7 @@ import anyio.to_thread
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -51,10 +51,12 @@ from rstream.errors import (
     StreamNotFound,
 )
 from rstream.server.auth import Tokens
+from rstream.server.connections import reset
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
+from rstream.server.security import BrowserGuard
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
 from rstream.server.storage.base import check_entry_time, clamp_us
 
@@ -86,6 +88,8 @@ def create_app(
     retry_ms: int = 1000,
     limits: Limits | None = None,
     clock: Clock | None = None,
+    allowed_hosts: Iterable[str] = (),
+    allowed_origins: Iterable[str] = (),
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
@@ -93,6 +97,10 @@ def create_app(
     request may ask for another with ``?heartbeat=``). ``retry_ms``: the SSE
     ``retry:`` sent first. ``clock``: the writers' clock (epoch micros or an
     aware datetime), for tests. The app does not close ``storage``.
+
+    ``allowed_hosts`` / ``allowed_origins``: what ``Host`` may name besides
+    loopback, IP addresses and this machine's name (``"*"``: anything), and
+    which web pages may write (:mod:`rstream.server.security`).
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -108,6 +116,13 @@ def create_app(
         retry_ms=retry_ms,
         limits=limits or Limits(),
         clock=clock,
+        middleware=[
+            Middleware(
+                BrowserGuard,
+                allowed_hosts=tuple(allowed_hosts),
+                allowed_origins=tuple(allowed_origins),
+            )
+        ],
     )
     return server.app
 
@@ -123,6 +138,12 @@ class _JSONResponse(JSONResponse):
         except UnicodeEncodeError:
             text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
             return text.encode("ascii")
+
+
+@dataclass
+class _StreamLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0  # holding or waiting; under _Server._locks_lock
 
 
 @dataclass
@@ -143,6 +164,7 @@ class _Server:
         retry_ms: int,
         limits: Limits,
         clock: Clock | None,
+        middleware: list[Middleware],
     ) -> None:
         self.storage = storage
         self.tokens = tokens
@@ -152,7 +174,8 @@ class _Server:
         self.clock = clock
         self.hub = Hub(limits)
         self._writers: dict[str, Stream] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        # Only the streams being written have a lock (see _lock).
+        self._locks: dict[str, _StreamLock] = {}
         self._locks_lock = threading.Lock()
         stream = "/v1/streams/{stream_id}"
         routes = [
@@ -177,6 +200,7 @@ class _Server:
             routes=routes,
             exception_handlers=exception_handlers(),
             lifespan=self._lifespan,
+            middleware=middleware,
         )
         starlette.state.hub = self.hub
         starlette.state.storage = storage
@@ -198,12 +222,23 @@ class _Server:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _lock(self, stream_id: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _lock(self, stream_id: str) -> Iterator[None]:
+        """Hold the stream's lock. The lock exists while someone holds or waits
+        for it, so ids that were only refused leave nothing behind."""
         with self._locks_lock:
             lock = self._locks.get(stream_id)
             if lock is None:
-                lock = self._locks[stream_id] = threading.Lock()
-            return lock
+                lock = self._locks[stream_id] = _StreamLock()
+            lock.users += 1
+        try:
+            with lock.lock:
+                yield
+        finally:
+            with self._locks_lock:
+                lock.users -= 1
+                if not lock.users:
+                    del self._locks[stream_id]
 
     def _writer(self, stream_id: str, rate: RateConfig) -> Stream:
         # Called under the stream's lock.
@@ -650,16 +685,7 @@ def _aborter(send: Callable[[Message], Awaitable[None]]) -> Callable[[], None] |
     if not isinstance(transport, asyncio.Transport):
         return None
 
-    def abort() -> None:
-        # Linger 0: the kernel drops what is queued for the peer and sends a
-        # reset, instead of trickling megabytes to a client that does not read.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-
-    return abort
+    return functools.partial(reset, transport)
 
 
 # -- request parsing ---------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Bearer-token authorization: an optional read token and an optional write token.
 
 Without a read token reads are open; with one, reads need the read or the write
-token. With a write token, writes need it. Tokens are compared with
-:func:`hmac.compare_digest` and never logged.
+token. With a write token, writes need it; with only a read token, writes need
+the read token (a server that guards reads never leaves writes open). Tokens
+are compared with :func:`hmac.compare_digest` and never logged.
 """
 
 from __future__ import annotations
@@ -40,9 +41,25 @@ class Tokens:
         if given is None or not (_same(given, self.read) or _same(given, self.write)):
             fail(401, "unauthorized", "a read or write token is required (Authorization: Bearer)")
 
+    def describe(self) -> str:
+        """Which operations are open and which need which token, in one line (no secrets)."""
+        reads = "open to anyone" if self.read is None else "need the read or write token"
+        if self.write is not None:
+            writes = "need the write token"
+        elif self.read is not None:
+            writes = "need the read token (there is no write token)"
+        else:
+            writes = "open to anyone"
+        return f"reads {reads}; writes {writes}"
+
     def check_write(self, request: Request) -> None:
-        """Raise 401 (no or unknown token) or 403 (a read token) unless the request may write."""
+        """Raise 401 (no or unknown token) or 403 (a read token) unless the request may write.
+
+        Without a write token, a server with a read token takes it for writes too.
+        """
         if self.write is None:
+            if self.read is not None and not _same(_bearer(request) or "", self.read):
+                fail(401, "unauthorized", "a token is required (Authorization: Bearer)")
             return
         given = _bearer(request)
         if given is not None and _same(given, self.write):

@@ -27,6 +27,10 @@ class Limits:
       before the server disconnects it; it resumes by revision.
     - ``tail_cache_events`` / ``tail_cache_bytes``: recent changes per stream
       kept encoded in memory, so that one storage read serves every subscriber.
+
+    What a connection may cost (how many, how long idle or sending) is set on
+    the :class:`~rstream.server.ServerThread` serving the app, with
+    :class:`~rstream.server.connections.ConnectionLimits`.
     """
 
     max_body_bytes: int = 8 * MiB

@@ -3,7 +3,9 @@
 ``ServerThread(app).start()`` binds a loopback port (a free one by default),
 runs uvicorn on it in a thread, and returns once the server accepts
 connections; ``stop()`` ends live responses, shuts uvicorn down and joins the
-thread.
+thread. Connections are capped under the process's file limit and closed when
+idle, too slow to send a request or to take a response
+(:mod:`rstream.server.connections`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import threading
 import time
@@ -19,20 +22,32 @@ from typing import Any
 
 import uvicorn
 
-from rstream.errors import RStreamError
+from rstream.errors import ConfigError, RStreamError
+from rstream.server.connections import (
+    ConnectionLimits,
+    connection_cap,
+    file_limit,
+    guarded_protocol,
+)
 
 __all__ = ["ServerThread"]
 
 logger = logging.getLogger("rstream.server")
 
+ACCEPT_BATCH = 16  # connections accepted per event loop turn
+LISTEN_QUEUE = 2048  # connections the kernel holds until they are accepted
+
 
 class ServerThread:
     """uvicorn serving ``app`` on ``host:port`` in a daemon thread.
 
-    ``port=0`` picks a free port; :attr:`url` is the base URL once
-    :meth:`start` has returned. :meth:`stop` is idempotent, asks live
-    responses to end (``app.state.hub.close()``) and joins the thread. Usable
-    as a context manager.
+    ``port=0`` picks a free port; ``host`` may be an IPv6 address with or
+    without brackets; :attr:`url` is the base URL once :meth:`start` has
+    returned, which raises :class:`~rstream.errors.ConfigError` for an address
+    it cannot listen on. ``connections``: the cap and timeouts of connections
+    (:class:`~rstream.server.connections.ConnectionLimits`). :meth:`stop` is
+    idempotent, asks live responses to end (``app.state.hub.close()``) and
+    joins the thread. Usable as a context manager.
     """
 
     def __init__(
@@ -44,9 +59,13 @@ class ServerThread:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         graceful_timeout: int = 2,
+        connections: ConnectionLimits | None = None,
     ) -> None:
         self.app = app
-        self.host = host
+        # "[::1]" is how a URL writes an IPv6 address; bind() wants "::1".
+        self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self.connections = connections or ConnectionLimits()
+        self.max_connections = 0  # known once started
         self.port = port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -81,17 +100,44 @@ class ServerThread:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, self.port))
+            except OSError as exc:
+                sock.close()
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    f"cannot listen on {self.host!r}, port {self.port}: {reason}"
+                ) from None
             except BaseException:
                 sock.close()
                 raise
             self._sock = sock
             self.port = sock.getsockname()[1]
+            limits = self.connections
+            files = file_limit()
+            self.max_connections = connection_cap(limits.max_connections, files)
+            logger.info(
+                "accepting at most %d connections (open files limit: %s); idle ones are "
+                "closed after %g s, requests must arrive within %g s, clients must take "
+                "data within %g s",
+                self.max_connections,
+                "unlimited" if files is None else files,
+                limits.idle_timeout,
+                limits.request_timeout,
+                limits.send_timeout,
+            )
             config = uvicorn.Config(
                 self.app,
+                http=guarded_protocol(limits, self.max_connections),
+                ws="none",  # the protocol has no WebSocket; an upgrade is a plain request
                 lifespan="on",
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=self._graceful_timeout,
+                # uvicorn's own keep-alive timer; the protocol's idle deadline is exact.
+                timeout_keep_alive=max(1, math.ceil(limits.idle_timeout)),
+                # asyncio accepts up to `backlog` connections per loop turn before
+                # any of them reaches the protocol, which counts them: a small batch
+                # keeps a flood from overshooting the cap into the file limit.
+                backlog=ACCEPT_BATCH,
             )
             self._server = uvicorn.Server(config)
             self._thread = threading.Thread(
@@ -106,6 +152,9 @@ class ServerThread:
         if not server.started:
             self.stop()
             raise RStreamError(f"the server did not start on {self.url}: {self._error!r}")
+        # asyncio's listen(backlog) also shortened the kernel's queue of pending
+        # connections; give it back its usual length (listen() again only resizes).
+        self._sock.listen(LISTEN_QUEUE)
         return self
 
     def _run(self) -> None:
