@@ -57,7 +57,7 @@ from rstream.server.params import (
     time_param,
 )
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
-from rstream.server.storage.base import clamp_us
+from rstream.server.storage.base import check_batch_order, check_entry_time, clamp_us
 
 __all__ = ["create_app"]
 
@@ -441,6 +441,7 @@ class _Server:
                 if info is None:
                     if not entries:
                         raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+                    _check_first_batch(entries, batch.deep)
                     created = self.storage.create_stream(stream_id)
                     info = self._info(stream_id)
                 writer = self._writer(stream_id, info.rate)
@@ -677,6 +678,15 @@ def _check_mutations(
             raise MutationError(f"entry {i} of the batch: {exc.reason}", exc.path) from None
         if i in deep:
             check_state_depth(state, f"entry {i} of the batch")
+
+
+def _check_first_batch(entries: list[Entry], deep: frozenset[int]) -> None:
+    """Raise what appending ``entries`` to a new stream would, before the stream
+    is created: a refused batch leaves no empty stream behind."""
+    _check_mutations(None, entries, deep)
+    check_batch_order(None, entries)
+    for i, entry in enumerate(entries):
+        check_entry_time(entry.micros, f"entry {i} of the batch")
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
