@@ -801,3 +801,30 @@ def test_an_error_quoting_a_lone_surrogate_is_json(
     r = http.post(f"{shared_url}/v1/streams/{sid}/state", json={"state": {}, "\ud800": 1})
     assert (r.status_code, error_of(r)) == (400, "bad_request")
     assert "\\ud800" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/streams/f/state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX: a\x00b\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/streams/f/state HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\nzz\r\n",
+    ],
+)
+def test_malformed_http_gets_a_json_error(shared_url: str, head: bytes) -> None:
+    host, port = shared_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    header_text, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400 "), reply
+    assert b"content-type: application/json" in header_text.lower(), reply
+    assert json.loads(body)["error"]["code"] == "bad_request"

@@ -34,6 +34,7 @@ from rstream.errors import (
 
 __all__ = [
     "STATUS_OF",
+    "error_json",
     "error_response",
     "exception_handlers",
     "fail",
@@ -82,12 +83,22 @@ def error_response(
     )
 
 
+def error_json(code: str, message: str) -> bytes:
+    """The body of an error: ``{"error": {"code", "message"}}`` as ASCII JSON, so a
+    message that quotes input (even a lone surrogate, which UTF-8 cannot carry)
+    is always sent."""
+    return _dump({"error": {"code": code, "message": message}})
+
+
+def _dump(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 class _ErrorResponse(JSONResponse):
-    """An error body in ASCII: a message that quotes input (even a lone
-    surrogate, which UTF-8 cannot carry) is always sent."""
+    """A JSON response rendered by :func:`error_json`'s rules."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        return _dump(content)
 
 
 def _status_of(exc: RStreamError) -> tuple[int, str]:

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from rstream.errors import RStreamError
+from rstream.server.http11 import JSONErrorsH11Protocol
 
 __all__ = ["ServerThread"]
 
@@ -92,6 +93,7 @@ class ServerThread:
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=self._graceful_timeout,
+                http=JSONErrorsH11Protocol,
             )
             self._server = uvicorn.Server(config)
             self._thread = threading.Thread(
