@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,9 @@ import pytest
 import requests
 
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.stream import MAX_RATE_MS, RateConfig
 from rstream.core.timestamps import format_rfc3339
+from rstream.errors import ConfigError
 from rstream.server import Limits
 from rstream.server.live import encode_entry, encode_row
 from rstream.server.storage import MemoryStorage, Storage, open_storage
@@ -580,6 +583,18 @@ def test_rate_out_of_range_is_a_400_in_the_protocols_words(
         assert f"{field} must be a number of milliseconds from 0 to 1000000000000000" in message
         assert "days" not in message
     assert http.get(f"{url}/v1/streams/r").status_code == 404
+
+
+def test_rate_config_refuses_what_storage_cannot_hold() -> None:
+    longest = timedelta(milliseconds=MAX_RATE_MS)
+    assert RateConfig(longest, longest).to_json() == {
+        "keyframe_frequency": MAX_RATE_MS,
+        "change_frequency": MAX_RATE_MS,
+    }
+    with pytest.raises(ConfigError, match="at most 1000000000000000 ms"):
+        RateConfig(keyframe_frequency=timedelta(days=999_999_999))
+    with pytest.raises(ConfigError, match="from 0 to 1000000000000000"):
+        RateConfig.from_json({"change_frequency": 9.3e15})
 
 
 def test_the_longest_rate_is_stored_and_read_back(url: str, http: requests.Session) -> None:
