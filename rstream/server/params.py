@@ -105,12 +105,14 @@ def is_empty(body: bytes) -> bool:
 
 def parse_json(body: bytes, what: str) -> Any:
     """The JSON value of ``body``; 400 ``invalid_json`` for an empty body, text
-    that is not JSON (NaN, Infinity, bad UTF-8 included) or an object with a
-    key twice."""
+    that is not JSON in UTF-8 (NaN, Infinity, other encodings and a byte order
+    mark included) or an object with a key twice."""
     if is_empty(body):
         fail(400, "invalid_json", f"{what} is empty")
     try:
-        return json.loads(body, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        # Decoded as UTF-8 here: json.loads would also take UTF-16, UTF-32 and a BOM.
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         fail(400, "invalid_json", f"{what} is not valid JSON: {exc}")
 
