@@ -466,7 +466,7 @@ class _Server:
         stream_id = _stream_id(request)
         query = request.query_params
         since, reset_reason = resume_point(request.headers.get("last-event-id"), query)
-        heartbeat = heartbeat_param(request.query_params, self.heartbeat)
+        heartbeat = heartbeat_param(query, self.heartbeat)
         await anyio.to_thread.run_sync(self._info, stream_id)
         # In the thread pool: a SQL storage reads the database for a log it has not cached.
         log = await anyio.to_thread.run_sync(self.storage.log, stream_id)
