@@ -42,7 +42,8 @@ def seed_streams(url: str) -> None:
         assert http.put(f"{url}/v1/streams/empty").status_code == 201
 
 
-def run_schemathesis(url: str, examples: int, seed: str) -> tuple[int, str]:
+def run_schemathesis(url: str, examples: int, seed: str, workdir: Path) -> tuple[int, str]:
+    """``st run`` in ``workdir`` (where it keeps its cache); (exit code, output)."""
     command = [
         sys.executable,
         "-m",
@@ -61,14 +62,16 @@ def run_schemathesis(url: str, examples: int, seed: str) -> tuple[int, str]:
     ]
     if seed != "random":
         command += ["--seed", seed]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=1800, check=False
+    )
     return done.returncode, done.stdout + done.stderr
 
 
-def test_every_operation_holds_to_the_schema(storage: Storage) -> None:
+def test_every_operation_holds_to_the_schema(storage: Storage, tmp_path: Path) -> None:
     with running_server(storage) as url:
         seed_streams(url)
-        code, output = run_schemathesis(url, EXAMPLES, SEED)
+        code, output = run_schemathesis(url, EXAMPLES, SEED, tmp_path)
     tested = re.search(r"Tested: (\d+)", output)
     generated = re.search(r"(\d+) generated", output)
     print(output[-3000:])  # the summary, for `make fuzz` and for the closing figures
