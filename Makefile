@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --duration 20
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test lint format bench demo clean fuzz
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,10 @@ demo: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The schemathesis run of the suite (tests/test_schema_fuzz.py), longer and
+# with a new seed each time: FUZZ_EXAMPLES examples per operation.
+FUZZ_EXAMPLES ?= 500
+fuzz: install
+	RSTREAM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RSTREAM_FUZZ_SEED=random \
+		$(PY) -m pytest -p no:randomly -s --timeout=3600 tests/test_schema_fuzz.py

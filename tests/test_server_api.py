@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,9 @@ import pytest
 import requests
 
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.stream import MAX_RATE_MS, RateConfig
 from rstream.core.timestamps import format_rfc3339
+from rstream.errors import ConfigError
 from rstream.server import Limits
 from rstream.server.live import encode_entry, encode_row
 from rstream.server.storage import MemoryStorage, Storage, open_storage
@@ -22,6 +25,8 @@ from tests.serverutil import running_server
 from tests.test_storage import TRICKY
 
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
+# The tricky states the server takes (it refuses lone surrogates; storage keeps them).
+SENDABLE = [data for data in TRICKY if "lone_surrogate" not in data]
 
 
 def iso(seconds: float) -> str:
@@ -278,17 +283,17 @@ def test_entries_page_is_every_entry_encoded(
 ) -> None:
     db = "memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'page.db'}"
     with open_storage(db) as storage, running_server(storage) as url:
-        entries = [snap(T0 + i, **data) for i, data in enumerate(TRICKY)]
+        entries = [snap(T0 + i, **data) for i, data in enumerate(SENDABLE)]
         assert http.post(f"{url}/v1/streams/t/entries", json=entries).status_code == 201
-        state = {"lone_surrogate": "\udc00", "text": "ü"}
+        state = {"text": "ü"}
         r = http.post(f"{url}/v1/streams/t/state", json={"state": state})
         assert r.status_code == 200, r.text
         assert r.json()["entry"]["data"] == state
         body = http.get(f"{url}/v1/streams/t/entries").content
         stored = list(storage.log("t").iter_range(None, None))
-    assert len(stored) == len(TRICKY) + 1
+    assert len(stored) == len(SENDABLE) + 1
     assert body == b"".join(encode_entry(entry) + b"\n" for entry in stored)
-    assert [json.loads(line)["data"] for line in body.splitlines()] == [*TRICKY, state]
+    assert [json.loads(line)["data"] for line in body.splitlines()] == [*SENDABLE, state]
 
 
 def test_immutable_ranges_have_an_etag(url: str, http: requests.Session) -> None:
@@ -547,3 +552,294 @@ def test_auth_write_only(storage: Storage, http: requests.Session) -> None:
 def test_auth_off(url: str, http: requests.Session) -> None:
     r = http.post(f"{url}/v1/streams/a/state", json={"state": {}}, headers={"Authorization": "x"})
     assert r.status_code == 201
+
+
+# -- hostile input: each refused as the protocol says, with nothing stored ---------------
+
+
+def post_raw(
+    http: requests.Session, url: str, body: bytes, ctype: str = "application/json"
+) -> requests.Response:
+    return http.post(url, data=body, headers={"Content-Type": ctype})
+
+
+def nested(depth: int, leaf: Any = 1) -> dict[str, Any]:
+    """An object nested ``depth`` deep (the object itself is depth 1)."""
+    value: Any = leaf
+    for _ in range(depth):
+        value = {"a": value}
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("value", [9_300_000_000_000_000, 10**15 + 1, 1e300, 2**64, -1])
+def test_rate_out_of_range_is_a_400_in_the_protocols_words(
+    url: str, http: requests.Session, value: float
+) -> None:
+    for field in ("change_frequency", "keyframe_frequency"):
+        r = http.put(f"{url}/v1/streams/r", json={"record_rate": {field: value}})
+        assert (r.status_code, error_of(r)) == (400, "bad_request"), r.text
+        message = r.json()["error"]["message"]
+        assert f"{field} must be a number of milliseconds from 0 to 1000000000000000" in message
+        assert "days" not in message
+    assert http.get(f"{url}/v1/streams/r").status_code == 404
+
+
+def test_rate_config_refuses_what_storage_cannot_hold() -> None:
+    longest = timedelta(milliseconds=MAX_RATE_MS)
+    assert RateConfig(longest, longest).to_json() == {
+        "keyframe_frequency": MAX_RATE_MS,
+        "change_frequency": MAX_RATE_MS,
+    }
+    with pytest.raises(ConfigError, match="at most 1000000000000000 ms"):
+        RateConfig(keyframe_frequency=timedelta(days=999_999_999))
+    with pytest.raises(ConfigError, match="from 0 to 1000000000000000"):
+        RateConfig.from_json({"change_frequency": 9.3e15})
+
+
+def test_the_longest_rate_is_stored_and_read_back(url: str, http: requests.Session) -> None:
+    rate = {"keyframe_frequency": 10**15, "change_frequency": 10**15}
+    r = http.put(f"{url}/v1/streams/r", json={"record_rate": rate})
+    assert r.status_code == 201, r.text
+    assert http.get(f"{url}/v1/streams/r").json()["record_rate"] == rate
+    r = http.post(f"{url}/v1/streams/r/state", json={"state": {"a": 1}, "timestamp": T0})
+    assert r.json()["action"] == "snapshot"
+
+
+@pytest.mark.parametrize("padding", [0, 600_000], ids=["small", "over-512KiB"])
+@pytest.mark.parametrize(
+    "where",
+    ["state value", "state key", "entry data", "ndjson data", "mutation data"],
+)
+def test_lone_surrogates_are_refused_at_any_size(
+    shared_url: str, sid: str, http: requests.Session, where: str, padding: int
+) -> None:
+    url = shared_url
+    http.post(f"{url}/v1/streams/{sid}/entries", json=[snap(T0, a=1)])
+    pad = "p" * padding
+    # requests sends the JSON escape \ud800: valid JSON text, but no UTF-8 can hold it.
+    if where == "state value":
+        r = http.post(f"{url}/v1/streams/{sid}/state", json={"state": {"p": pad, "s": "\ud800"}})
+    elif where == "state key":
+        r = http.post(f"{url}/v1/streams/{sid}/state", json={"state": {"p": pad, "\udfff": 1}})
+    elif where == "mutation data":
+        r = http.post(f"{url}/v1/streams/{sid}/entries", json=[mut(T0 + 1, p=pad, s="x\ud800")])
+    else:
+        entry = snap(T0 + 1, p=pad, s=["\ud83e"])
+        if where == "entry data":
+            r = http.post(f"{url}/v1/streams/{sid}/entries", json=[entry])
+        else:
+            r = post_raw(http, f"{url}/v1/streams/{sid}/entries",
+                         json.dumps(entry).encode() + b"\n", "application/x-ndjson")  # fmt: skip
+    assert (r.status_code, error_of(r)) == (400, "invalid_json"), r.text
+    assert "lone surrogate" in r.json()["error"]["message"]
+    assert revision(http, url, sid) == 1
+
+
+def test_depth_limit_on_every_way_in(shared_url: str, sid: str, http: requests.Session) -> None:
+    url = shared_url
+    state_url, entries_url = f"{url}/v1/streams/{sid}/state", f"{url}/v1/streams/{sid}/entries"
+    assert http.post(state_url, json={"state": nested(64), "timestamp": T0}).status_code == 201
+    for depth in (65, 500, 950):
+        r = http.post(state_url, json={"state": nested(depth, 2)})
+        assert (r.status_code, error_of(r)) == (400, "invalid_json"), depth
+        assert "nested deeper than 64 levels" in r.json()["error"]["message"]
+        assert "$.state.a.a.a" in r.json()["error"]["message"]  # the path
+        r = http.post(entries_url, json=[{**snap(T0 + 1), "data": nested(depth, 2)}])
+        assert (r.status_code, error_of(r)) == (400, "invalid_json"), depth
+        assert "entry 0: $.data.a.a" in r.json()["error"]["message"]
+    # A mutation deeper than a state may be is refused when its state would be too deep...
+    r = http.post(entries_url, json=[mut(T0 + 1, z=nested(66))])
+    assert (r.status_code, error_of(r)) == (400, "invalid_json")
+    assert "the state after entry 0 of the batch" in r.json()["error"]["message"]
+    # ...and beyond any state's mutation, refused before it is applied.
+    r = http.post(entries_url, json=[mut(T0 + 1, **nested(300))])
+    assert (r.status_code, error_of(r)) == (400, "invalid_json")
+    assert revision(http, url, sid) == 1
+    # Writes that change the deepest value still work (no RecursionError).
+    r = http.post(state_url, json={"state": nested(64, 3), "timestamp": T0 + 2})
+    assert (r.status_code, r.json()["action"]) == (200, "mutation"), r.text
+
+
+def test_a_deep_mutation_of_a_state_within_the_limit_is_taken(
+    shared_url: str, sid: str, http: requests.Session
+) -> None:
+    # Arrays 40 deep: the writer's mutation spends two levels per array ($mutateIdx).
+    deep: Any = 0
+    for _ in range(40):
+        deep = [deep]
+    r = http.post(
+        f"{shared_url}/v1/streams/{sid}/state", json={"state": {"x": deep}, "timestamp": T0}
+    )
+    assert r.status_code == 201
+    changed: Any = 1
+    for _ in range(40):
+        changed = [changed]
+    r = http.post(
+        f"{shared_url}/v1/streams/{sid}/state", json={"state": {"x": changed}, "timestamp": T0 + 1}
+    )
+    entry = r.json()["entry"]
+    assert entry["type"] == 1
+    copy = f"{shared_url}/v1/streams/{sid}-copy/entries"
+    first = {**snap(T0), "data": {"x": deep}}
+    r = http.post(copy, json=[first, entry])
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("endpoint", ["state", "entries"])
+def test_state_limit_counts_the_stored_form(
+    storage: Storage, http: requests.Session, endpoint: str
+) -> None:
+    # 105,000 x "1e15," is a 525 KB body; stored as 1000000000000000.0 it is 1.9 MB.
+    numbers = b",".join([b"1e15"] * 105_000)
+    with running_server(storage) as url:
+        if endpoint == "state":
+            body = b'{"state": {"a": [' + numbers + b"]}}"
+        else:
+            body = (
+                b'[{"timestamp": "2024-05-01T12:00:00Z", "type": 0, "data": {"a": ['
+                + numbers
+                + b"]}}]"
+            )
+        assert 512_000 < len(body) < 1024 * 1024
+        r = post_raw(http, f"{url}/v1/streams/f/{endpoint}", body)
+        assert (r.status_code, error_of(r)) == (413, "too_large"), r.text
+        assert "as stored" in r.json()["error"]["message"]
+        assert http.get(f"{url}/v1/streams").json() == {"streams": []}
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/v1/health", {"GET", "HEAD"}),
+        ("/v1/openapi.json", {"GET", "HEAD"}),
+        ("/v1/streams", {"GET", "HEAD"}),
+        ("/v1/streams/x", {"GET", "HEAD", "PUT"}),
+        ("/v1/streams/x/window", {"GET", "HEAD"}),
+        ("/v1/streams/x/entries", {"GET", "HEAD", "POST"}),
+        ("/v1/streams/x/live", {"GET", "HEAD"}),
+        ("/v1/streams/x/state", {"POST"}),
+    ],
+)
+def test_allow_lists_every_method_of_the_route(
+    shared_url: str, http: requests.Session, path: str, methods: set[str]
+) -> None:
+    for method in ("OPTIONS", "DELETE", "PATCH", "TRACE"):
+        r = http.request(method, shared_url + path)
+        assert (r.status_code, error_of(r)) == (405, "method_not_allowed"), (method, path)
+        assert {m.strip() for m in r.headers["Allow"].split(",")} == methods, (method, path)
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body", "code", "words"),
+    [
+        ("POST", "/state", b'{"state": {}, "timestamp": null}', "invalid_time", "not null"),
+        ("POST", "/state", b'{"state": {"a": 1}, "state": {}}', "invalid_json", "twice"),
+        ("POST", "/state", b'{"state": {"a": 1, "a": 2}}', "invalid_json", "twice"),
+        ("POST", "/state", b'{"state": {}, "timestamp": 1e300}', "invalid_time", "storable"),
+        ("POST", "/state", b'{"state": {}, "timestamp": "2024-05-01 12:00:00Z"}', "invalid_time",
+         "RFC 3339"),
+        ("POST", "/state", b'{"state": {}, "timestamp": "0000-01-01T00:00:00Z"}', "invalid_time",
+         "years 0001 to 9999"),
+        ("PUT", "", b"\x0b", "invalid_json", "not valid JSON"),
+        ("PUT", "", b"\x0c{}", "invalid_json", "not valid JSON"),
+        ("PUT", "", b'{"record_rate": {}, "record_rate": {}}', "invalid_json", "twice"),
+        ("POST", "/entries", b'[{"timestamp": "2024-05-01T12:00:01Z", "type": 0, "data": {}, '
+         b'"rev": null}]', "invalid_entry", "'rev'"),
+        ("POST", "/entries", b'[{"timestamp": "2024-05-01T12:00:01Z", "type": 0, "data": {}, '
+         b'"extra": 1}]', "invalid_entry", "unknown field"),
+        ("POST", "/entries", b'[{"timestamp": "2024-05-01T12:00:01Z", "type": 0, "type": 1, '
+         b'"data": {}}]', "invalid_json", "twice"),
+        ("POST", "/entries", b'[{"timestamp": "2024-05-01T12:00:01.1234567891Z", "type": 0, '
+         b'"data": {}}]', "invalid_entry", "RFC 3339"),
+    ],
+)  # fmt: skip
+def test_the_server_refuses_what_the_schema_forbids(
+    shared_url: str,
+    sid: str,
+    http: requests.Session,
+    method: str,
+    suffix: str,
+    body: bytes,
+    code: str,
+    words: str,
+) -> None:
+    url = shared_url
+    http.post(f"{url}/v1/streams/{sid}/state", json={"state": {"a": 0}, "timestamp": T0})
+    r = http.request(method, f"{url}/v1/streams/{sid}{suffix}", data=body,
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+    assert (r.status_code, error_of(r)) == (400, code), r.text
+    message = r.json()["error"]["message"]
+    assert words in message
+    assert revision(http, url, sid) == 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "query"),
+    [
+        ("/window", {"at": ""}),
+        ("/window", {"at": " 1714564800"}),
+        ("/window", {"at": "1_714_564_800"}),
+        ("/window", {"at": "2024-05-01 12:00:00Z"}),
+        ("/entries", {"end": "0000-12-31T00:00:00Z"}),
+        ("/entries", {"start": "NaN"}),
+        ("/live", {"heartbeat": "1_0"}),
+        ("/live", {"heartbeat": " 5"}),
+        ("/live", {"since": "1000000000000000000"}),
+        ("/live", {"since": "-1"}),
+    ],
+)
+def test_query_values_the_schema_forbids_are_refused(
+    shared_url: str, sid: str, http: requests.Session, suffix: str, query: dict[str, str]
+) -> None:
+    http.post(f"{shared_url}/v1/streams/{sid}/state", json={"state": {"a": 0}, "timestamp": T0})
+    r = http.get(f"{shared_url}/v1/streams/{sid}{suffix}", params=query, timeout=5)
+    assert r.status_code == 400, r.text
+    assert error_of(r) in ("bad_request", "invalid_time")
+
+
+def test_error_messages_say_each_prefix_once(
+    shared_url: str, sid: str, http: requests.Session
+) -> None:
+    url = f"{shared_url}/v1/streams/{sid}/state"
+    for timestamp in (-3.806531945225965e16, "9999-12-31T23:59:59-01:00", "noon"):
+        r = http.post(url, json={"state": {}, "timestamp": timestamp})
+        assert (r.status_code, error_of(r)) == (400, "invalid_time"), r.text
+        assert r.json()["error"]["message"].count("field 'timestamp'") == 1, r.text
+    r = http.get(f"{shared_url}/v1/streams/{sid}/window", params={"at": "noon"})
+    assert r.json()["error"]["message"].count("query parameter 'at'") == 1
+
+
+def test_an_error_quoting_a_lone_surrogate_is_json(
+    shared_url: str, sid: str, http: requests.Session
+) -> None:
+    r = http.post(f"{shared_url}/v1/streams/{sid}/state", json={"state": {}, "\ud800": 1})
+    assert (r.status_code, error_of(r)) == (400, "bad_request")
+    assert "\\ud800" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/streams/f/state HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX: a\x00b\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/streams/f/state HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\nzz\r\n",
+    ],
+)
+def test_malformed_http_gets_a_json_error(shared_url: str, head: bytes) -> None:
+    host, port = shared_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    header_text, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400 "), reply
+    assert b"content-type: application/json" in header_text.lower(), reply
+    assert json.loads(body)["error"]["code"] == "bad_request"

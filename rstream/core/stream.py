@@ -37,7 +37,7 @@ from rstream.core.mutation import apply_mutation, build_mutation, copy_json
 from rstream.core.timestamps import TimeLike, format_rfc3339, from_micros, to_micros
 from rstream.errors import ConfigError, MutationError, OutOfOrder
 
-__all__ = ["Clock", "RateConfig", "Stream", "WriteAction", "decide"]
+__all__ = ["MAX_RATE_MS", "Clock", "RateConfig", "Stream", "WriteAction", "decide"]
 
 State = dict[str, Any]
 Clock = Callable[[], "int | datetime"]
@@ -45,6 +45,11 @@ Clock = Callable[[], "int | datetime"]
 
 _ONE_MS = timedelta(milliseconds=1)
 _ONE_US = timedelta(microseconds=1)
+
+MAX_RATE_MS = 10**15
+"""The longest ``keyframe_frequency`` or ``change_frequency``, in milliseconds
+(about 31,700 years): as microseconds it still fits the 64-bit integers storage keeps."""
+_MAX_RATE = timedelta(milliseconds=MAX_RATE_MS)
 
 
 class WriteAction(enum.Enum):
@@ -63,7 +68,9 @@ class RateConfig:
     ``keyframe_frequency``: a write more than this after the last snapshot is a
     snapshot (default 60 s). ``change_frequency``: a write less than this after
     the last mutation amends it instead of appending another (default 1 s;
-    ``timedelta(0)`` turns amending off). Both are non-negative timedeltas.
+    ``timedelta(0)`` turns amending off). Both are timedeltas from 0 to
+    :data:`MAX_RATE_MS` milliseconds; anything else raises
+    :class:`~rstream.ConfigError`.
     """
 
     keyframe_frequency: timedelta = timedelta(seconds=60)
@@ -76,6 +83,8 @@ class RateConfig:
                 raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
             if value < timedelta(0):
                 raise ConfigError(f"{name} must not be negative, got {value}")
+            if value > _MAX_RATE:
+                raise ConfigError(f"{name} must be at most {MAX_RATE_MS} ms, got {value}")
 
     @property
     def keyframe_micros(self) -> int:
@@ -101,7 +110,7 @@ class RateConfig:
         """Read :meth:`to_json`'s form; a missing field keeps its default.
 
         Raises :class:`~rstream.ConfigError` (a ``ValueError``) for anything
-        but a non-negative number of milliseconds.
+        but a number of milliseconds from 0 to :data:`MAX_RATE_MS`.
         """
         if not isinstance(obj, Mapping):
             raise ConfigError(f"rate config must be a JSON object, not {type(obj).__name__}")
@@ -112,8 +121,13 @@ class RateConfig:
             value = obj[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number of milliseconds, not {value!r}")
-            if not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{name} must be a finite non-negative number, not {value!r}")
+            # Compared as the number it is: a float or int past the range never
+            # reaches timedelta, whose own overflow message speaks of days.
+            if not 0 <= value <= MAX_RATE_MS:
+                raise ConfigError(
+                    f"{name} must be a number of milliseconds from 0 to {MAX_RATE_MS}, "
+                    f"not {value!r}"
+                )
             fields[name] = timedelta(milliseconds=value)
         return cls(**fields)
 

@@ -35,30 +35,31 @@ from starlette.types import Message, Receive, Scope, Send
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import Clock, RateConfig, Stream
-from rstream.core.timestamps import (
-    format_rfc3339,
-    from_micros,
-    parse_rfc3339,
-    parse_time,
-    to_micros,
-)
-from rstream.errors import (
-    ConfigError,
-    EntryFormatError,
-    InvalidTimestamp,
-    MutationError,
-    OutOfRange,
-    StreamNotFound,
-)
+from rstream.core.timestamps import format_rfc3339, from_micros
+from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.connections import reset
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
+from rstream.server.params import (
+    MAX_HEARTBEAT,
+    MIN_HEARTBEAT,
+    check_state_depth,
+    heartbeat_param,
+    limit_param,
+    parse_entries,
+    parse_json,
+    parse_rate_body,
+    parse_state_write,
+    resume_point,
+    state_size,
+    time_param,
+)
 from rstream.server.security import BrowserGuard
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
-from rstream.server.storage.base import check_entry_time, clamp_us
+from rstream.server.storage.base import check_batch_order, check_entry_time, clamp_us
 
 __all__ = ["create_app"]
 
@@ -66,9 +67,7 @@ logger = logging.getLogger("rstream.server")
 
 NDJSON = "application/x-ndjson"
 IMMUTABLE = "public, max-age=31536000, immutable"
-MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 300.0
 _ABORT_KEY = "rstream.abort_connection"
-_STATE_FIELDS = frozenset({"state", "timestamp"})
 # The methods of each route under /v1/streams/{id}, by path suffix.
 _ALLOWED = {
     "": ("GET", "HEAD", "PUT"),
@@ -182,11 +181,10 @@ class _Server:
             Route("/v1/health", self.health, methods=["GET"]),
             Route("/v1/openapi.json", self.openapi, methods=["GET"]),
             Route("/v1/streams", self.list_streams, methods=["GET"]),
-            Route(stream, self.get_stream, methods=["GET"]),
-            Route(stream, self.put_stream, methods=["PUT"]),
+            # One route per path, so that a 405 lists every method of it in Allow.
+            _route(stream, {"GET": self.get_stream, "PUT": self.put_stream}),
             Route(stream + "/window", self.window, methods=["GET"]),
-            Route(stream + "/entries", self.get_entries, methods=["GET"]),
-            Route(stream + "/entries", self.post_entries, methods=["POST"]),
+            _route(stream + "/entries", {"GET": self.get_entries, "POST": self.post_entries}),
             Route(stream + "/live", self.live, methods=["GET"]),
             Route(stream + "/state", self.post_state, methods=["POST"]),
             # Ids with a "/" (decoded %2F, "../x") match no route above.
@@ -275,18 +273,8 @@ class _Server:
             fail(400, "bad_request", "the request body was cut short")
         return b"".join(chunks)
 
-    async def _read_json(self, request: Request) -> Any:
-        return _loads(await self._read_body(request), "request body")
-
     def _check_state_size(self, data: Mapping[str, Any], where: str, raw_len: int) -> None:
-        limit = self.limits.max_state_bytes
-        # Compact UTF-8 JSON is at most about the size of the text it was parsed
-        # from, so small bodies need no re-encoding to be measured.
-        if raw_len * 2 <= limit:
-            return
-        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > limit:
-            fail(413, "too_large", f"{where} is {size} bytes of JSON, over the limit of {limit}")
+        state_size(data, where, raw_len, self.limits.max_state_bytes)
 
     # -- routes --------------------------------------------------------------------
 
@@ -340,17 +328,7 @@ class _Server:
     async def put_stream(self, request: Request) -> Response:
         self.tokens.check_write(request)
         stream_id = _stream_id(request)
-        body = await self._read_body(request)
-        rate: RateConfig | None = None
-        if body.strip():
-            obj = _loads(body, "request body")
-            if not isinstance(obj, dict):
-                fail(400, "bad_request", "the body must be a JSON object")
-            extra = set(obj) - {"record_rate"}
-            if extra:
-                fail(400, "bad_request", f"unknown field(s) {sorted(extra)!r}")
-            if "record_rate" in obj:
-                rate = _rate(obj["record_rate"])
+        rate = parse_rate_body(await self._read_body(request))
 
         def put() -> tuple[bool, StreamInfo]:
             with self._lock(stream_id):
@@ -366,7 +344,7 @@ class _Server:
     async def window(self, request: Request) -> Response:
         self.tokens.check_read(request)
         stream_id = _stream_id(request)
-        at = _time_param(request, "at")
+        at = time_param(request.query_params, "at")
 
         def window() -> dict[str, Any]:
             self._info(stream_id)
@@ -395,16 +373,9 @@ class _Server:
     async def get_entries(self, request: Request) -> Response:
         self.tokens.check_read(request)
         stream_id = _stream_id(request)
-        start = _time_param(request, "start")
-        end = _time_param(request, "end")
-        limit = self.limits.page_size
-        raw_limit = request.query_params.get("limit")
-        if raw_limit is not None:
-            # Leading zeros stripped before the cut: more than 12 digits is over any page size.
-            digits = raw_limit.lstrip("0")
-            if not _is_digits(raw_limit) or not digits:
-                fail(400, "bad_request", f"limit must be a positive integer, not {raw_limit!r}")
-            limit = min(int(digits[:12]), limit)
+        start = time_param(request.query_params, "start")
+        end = time_param(request.query_params, "end")
+        limit = limit_param(request.query_params, self.limits.page_size)
 
         page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit)
         headers = {"Content-Type": NDJSON}
@@ -458,18 +429,7 @@ class _Server:
         self.tokens.check_write(request)
         stream_id = _stream_id(request)
         body = await self._read_body(request)
-        obj = _loads(body, "request body")
-        if not isinstance(obj, dict):
-            fail(400, "bad_request", 'the body must be a JSON object {"state": {...}}')
-        extra = set(obj) - _STATE_FIELDS
-        if extra:
-            fail(400, "bad_request", f"unknown field(s) {sorted(extra)!r}")
-        if "state" not in obj:
-            fail(400, "bad_request", "missing field 'state'")
-        state = obj["state"]
-        if not isinstance(state, dict):
-            fail(400, "bad_request", "'state' must be a JSON object")
-        when = _body_time(obj.get("timestamp"))
+        state, when = parse_state_write(parse_json(body, "request body"))
         self._check_state_size(state, "the state", len(body))
 
         def write() -> tuple[bool, str, Entry | None, int]:
@@ -504,7 +464,8 @@ class _Server:
         stream_id = _stream_id(request)
         body = await self._read_body(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        entries = _parse_entries(body, ndjson=content_type == NDJSON)
+        batch = parse_entries(body, ndjson=content_type == NDJSON)
+        entries = batch.entries
         for i, entry in enumerate(entries):
             self._check_state_size(entry.data, f"entry {i} of the batch", len(body))
 
@@ -515,13 +476,14 @@ class _Server:
                 if info is None:
                     if not entries:
                         raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
+                    _check_first_batch(entries, batch.deep)
                     created = self.storage.create_stream(stream_id)
                     info = self._info(stream_id)
                 writer = self._writer(stream_id, info.rate)
                 if not entries:
                     return created, [], writer.log.revision
                 with _write_lock(writer.log):
-                    _check_mutations(writer.state, entries)
+                    _check_mutations(writer.state, entries, batch.deep)
                     stored = self.storage.log(stream_id).append_many(entries)
                 return created, stored, stored[-1].rev or 0
 
@@ -537,20 +499,9 @@ class _Server:
     async def live(self, request: Request) -> Response:
         self.tokens.check_read(request)
         stream_id = _stream_id(request)
-        since, reset_reason = _resume_point(request)
-        heartbeat = self.heartbeat
-        raw = request.query_params.get("heartbeat")
-        if raw is not None:
-            try:
-                heartbeat = float(raw)
-            except ValueError:
-                heartbeat = float("nan")
-            if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
-                fail(
-                    400,
-                    "bad_request",
-                    f"heartbeat must be between {MIN_HEARTBEAT} and {MAX_HEARTBEAT} seconds",
-                )
+        query = request.query_params
+        since, reset_reason = resume_point(request.headers.get("last-event-id"), query)
+        heartbeat = heartbeat_param(query, self.heartbeat)
         await anyio.to_thread.run_sync(self._info, stream_id)
         # In the thread pool: a SQL storage reads the database for a log it has not cached.
         log = await anyio.to_thread.run_sync(self.storage.log, stream_id)
@@ -577,6 +528,17 @@ class _Server:
         except BaseException:
             self.hub.unsubscribe(subscriber)
             raise
+
+
+def _route(path: str, handlers: Mapping[str, Callable[[Request], Awaitable[Response]]]) -> Route:
+    """One route for several methods of one path, so that its 405 answers list
+    them all in ``Allow`` (HEAD is served by the GET handler)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
 
 
 def _write_lock(log: object) -> contextlib.AbstractContextManager[object]:
@@ -723,96 +685,11 @@ def _bad_id_message(stream_id: str) -> str:
     )
 
 
-def _time_param(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_time(raw)
-    except InvalidTimestamp as exc:
-        raise InvalidTimestamp(f"query parameter {name!r}: {exc}") from None
-
-
-def _body_time(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidTimestamp(
-            f"field 'timestamp' must be RFC 3339 text or epoch seconds, not {type(value).__name__}"
-        )
-    try:
-        micros = parse_rfc3339(value) if isinstance(value, str) else to_micros(value)
-        check_entry_time(micros, "field 'timestamp'")
-    except InvalidTimestamp as exc:
-        raise InvalidTimestamp(f"field 'timestamp': {exc}") from None
-    return micros
-
-
-def _resume_point(request: Request) -> tuple[int | None, str | None]:
-    """``(since, reset_reason)``: the header wins over ``?since``; an unusable
-    Last-Event-ID (browsers send whatever id they saw) is answered with a reset."""
-    header = request.headers.get("last-event-id")
-    if header is not None and header.strip():
-        text = header.strip()
-        if _is_digits(text) and len(text) <= 18:
-            return int(text), None
-        return None, f"Last-Event-ID {text[:40]!r} is not a revision"
-    raw = request.query_params.get("since")
-    if raw is None:
-        return None, None
-    if not _is_digits(raw) or len(raw) > 18:
-        fail(400, "bad_request", f"since must be a non-negative integer revision, not {raw[:40]!r}")
-    return int(raw), None
-
-
-def _is_digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
-def _loads(body: bytes, what: str) -> Any:
-    if not body.strip():
-        fail(400, "invalid_json", f"{what} is empty")
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        fail(400, "invalid_json", f"{what} is not valid JSON: {exc}")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _rate(value: object) -> RateConfig:
-    if not isinstance(value, dict):
-        fail(400, "bad_request", "'record_rate' must be a JSON object")
-    extra = set(value) - {"keyframe_frequency", "change_frequency"}
-    if extra:
-        fail(400, "bad_request", f"unknown record_rate field(s) {sorted(extra)!r}")
-    try:
-        return RateConfig.from_json(value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        fail(400, "bad_request", f"record_rate: {exc}")
-
-
-def _parse_entries(body: bytes, *, ndjson: bool) -> list[Entry]:
-    if ndjson:
-        entries = []
-        for n, line in enumerate(body.split(b"\n"), 1):
-            if not line.strip():
-                continue
-            entries.append(Entry.from_json(_loads(line, f"line {n}"), where=f"line {n}"))
-        return entries
-    obj = _loads(body, "request body")
-    if isinstance(obj, dict):
-        return [Entry.from_json(obj)]
-    if isinstance(obj, list):
-        return [Entry.from_json(item, where=f"entry {i}") for i, item in enumerate(obj)]
-    raise EntryFormatError("malformed entry: expected an entry object, an array or NDJSON")
-
-
-def _check_mutations(state: dict[str, Any] | None, entries: list[Entry]) -> None:
-    """Raise MutationError unless every mutation applies to the state before it."""
+def _check_mutations(
+    state: dict[str, Any] | None, entries: list[Entry], deep: frozenset[int]
+) -> None:
+    """Raise MutationError unless every mutation applies to the state before it;
+    400 if a mutation of ``deep`` makes a state nested too deep."""
     for i, entry in enumerate(entries):
         if entry.kind is EntryKind.SNAPSHOT:
             state = entry.data
@@ -825,6 +702,17 @@ def _check_mutations(state: dict[str, Any] | None, entries: list[Entry]) -> None
             state = apply_mutation(state, entry.data)
         except MutationError as exc:
             raise MutationError(f"entry {i} of the batch: {exc.reason}", exc.path) from None
+        if i in deep:
+            check_state_depth(state, f"entry {i} of the batch")
+
+
+def _check_first_batch(entries: list[Entry], deep: frozenset[int]) -> None:
+    """Raise what appending ``entries`` to a new stream would, before the stream
+    is created: a refused batch leaves no empty stream behind."""
+    _check_mutations(None, entries, deep)
+    check_batch_order(None, entries)
+    for i, entry in enumerate(entries):
+        check_entry_time(entry.micros, f"entry {i} of the batch")
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

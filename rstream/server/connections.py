@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import socket
@@ -40,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rstream.errors import ConfigError
+from rstream.server.errors import error_json
+from rstream.server.http11 import JSONErrorsH11Protocol
 
 __all__ = ["ConnectionLimits", "connection_cap", "file_limit", "guarded_protocol", "reset"]
 
@@ -126,7 +126,7 @@ def guarded_protocol(limits: ConnectionLimits, cap: int) -> type[asyncio.Protoco
 def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     # Written before h11 has seen a request, so built by hand; the body is the
     # protocol's JSON error form.
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_json(code, message)
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
@@ -147,7 +147,7 @@ _FULL = _raw_error(
 _SLOW = _raw_error(408, "Request Timeout", "request_timeout", "the request did not arrive in time")
 
 
-class _GuardedH11Protocol(H11Protocol):
+class _GuardedH11Protocol(JSONErrorsH11Protocol):
     cap: ClassVar[int]
     idle_timeout: ClassVar[float]
     request_timeout: ClassVar[float]

@@ -9,6 +9,7 @@ one exception tree and one place that turns it into a response.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from typing import Any, NoReturn
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from rstream.errors import (
     ClientClosed,
     EntryFormatError,
+    InvalidJSON,
     InvalidTimestamp,
     MutationError,
     OutOfOrder,
@@ -32,6 +34,7 @@ from rstream.errors import (
 
 __all__ = [
     "STATUS_OF",
+    "error_json",
     "error_response",
     "exception_handlers",
     "fail",
@@ -45,6 +48,7 @@ STATUS_OF: tuple[tuple[type[RStreamError], int, str], ...] = (
     (InvalidTimestamp, 400, "invalid_time"),
     (MutationError, 422, "invalid_mutation"),
     (EntryFormatError, 400, "invalid_entry"),
+    (InvalidJSON, 400, "invalid_json"),  # JSON no state may hold: lone surrogates, too deep
     (OutOfOrder, 409, "out_of_order"),
     (OutOfRange, 404, "out_of_range"),
     (StreamNotFound, 404, "stream_not_found"),
@@ -74,9 +78,27 @@ def error_response(
     if status in (429, 503):
         extra.setdefault("Retry-After", _RETRY_AFTER)
     extra.setdefault("Cache-Control", "no-store")
-    return JSONResponse(
+    return _ErrorResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=extra
     )
+
+
+def error_json(code: str, message: str) -> bytes:
+    """The body of an error: ``{"error": {"code", "message"}}`` as ASCII JSON, so a
+    message that quotes input (even a lone surrogate, which UTF-8 cannot carry)
+    is always sent."""
+    return _dump({"error": {"code": code, "message": message}})
+
+
+def _dump(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class _ErrorResponse(JSONResponse):
+    """A JSON response rendered by :func:`error_json`'s rules."""
+
+    def render(self, content: Any) -> bytes:
+        return _dump(content)
 
 
 def _status_of(exc: RStreamError) -> tuple[int, str]:

@@ -9,14 +9,54 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from rstream.core.stream import MAX_RATE_MS
+from rstream.server.params import (
+    MAX_EPOCH_SECONDS,
+    MAX_HEARTBEAT,
+    MAX_REVISION,
+    MIN_EPOCH_SECONDS,
+    MIN_HEARTBEAT,
+    NUMBER_PATTERN,
+    TIME_PATTERN,
+)
+
 __all__ = ["openapi_document"]
 
-_TIME = {"type": "string", "description": "RFC 3339, UTC (e.g. 2024-05-01T12:00:00.25Z)"}
+# The patterns and bounds are the ones rstream.server.params enforces.
+_TIME = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": TIME_PATTERN,
+    "description": "RFC 3339 in years 0001 to 9999 (e.g. 2024-05-01T12:00:00.25Z); "
+    "the server writes UTC with the fraction trimmed",
+}
 _NULLABLE_TIME = {**_TIME, "nullable": True}
 _TIME_PARAM = {
-    "type": "string",
-    "description": "RFC 3339 (URL-encoded) or epoch seconds with up to six decimals",
+    "description": "RFC 3339 (URL-encoded: + as %2B) or epoch seconds (1714564800.25)",
+    "anyOf": [
+        {"type": "string", "format": "date-time", "pattern": TIME_PATTERN},
+        {"type": "string", "pattern": NUMBER_PATTERN},
+    ],
 }
+_RATE_MS = {"type": "number", "minimum": 0, "maximum": MAX_RATE_MS, "description": "ms"}
+
+
+def _event(names: list[str], data: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"type": "string", "enum": names},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+            },
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -31,18 +71,22 @@ _SCHEMAS: dict[str, Any] = {
                         "type": "string",
                         "enum": [
                             "bad_request",
+                            "invalid_host",
                             "invalid_json",
                             "invalid_stream_id",
                             "invalid_entry",
                             "invalid_time",
                             "unauthorized",
                             "forbidden",
+                            "forbidden_origin",
                             "stream_not_found",
                             "out_of_range",
                             "not_found",
                             "method_not_allowed",
+                            "request_timeout",
                             "out_of_order",
                             "too_large",
+                            "unsupported_media_type",
                             "invalid_mutation",
                             "too_many_subscribers",
                             "unavailable",
@@ -57,6 +101,7 @@ _SCHEMAS: dict[str, Any] = {
     "Entry": {
         "type": "object",
         "required": ["timestamp", "type", "data"],
+        "additionalProperties": False,
         "properties": {
             "timestamp": _TIME,
             "type": {
@@ -74,8 +119,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "keyframe_frequency": {"type": "number", "minimum": 0, "description": "ms"},
-            "change_frequency": {"type": "number", "minimum": 0, "description": "ms"},
+            "keyframe_frequency": _RATE_MS,
+            "change_frequency": _RATE_MS,
         },
     },
     "StreamSummary": {
@@ -116,8 +161,16 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "state": {"type": "object"},
             "timestamp": {
-                "description": "RFC 3339 or epoch seconds; default: the server's clock",
-                "oneOf": [{"type": "string"}, {"type": "number"}],
+                "description": "RFC 3339 or epoch seconds; default (absent, never null): "
+                "the server's clock",
+                "oneOf": [
+                    _TIME,
+                    {
+                        "type": "number",
+                        "minimum": MIN_EPOCH_SECONDS,
+                        "maximum": MAX_EPOCH_SECONDS,
+                    },
+                ],
             },
         },
     },
@@ -129,6 +182,22 @@ _SCHEMAS: dict[str, Any] = {
             "entry": {"allOf": [{"$ref": "#/components/schemas/Entry"}], "nullable": True},
             "revision": {"type": "integer", "minimum": 0},
         },
+    },
+    "Reset": {
+        "type": "object",
+        "required": ["reason", "revision"],
+        "properties": {
+            "reason": {"type": "string"},
+            "revision": {"type": "integer", "minimum": 0},
+        },
+    },
+    # One event of the live tail, as an SSE reader sees it: the schema of the
+    # stream's items (what OpenAPI 3.2 calls itemSchema).
+    "LiveEvent": {
+        "oneOf": [
+            _event(["entry", "amend"], "Entry"),
+            _event(["reset"], "Reset"),
+        ],
     },
     "EntriesWritten": {
         "type": "object",
@@ -159,17 +228,20 @@ _REF = {name: {"$ref": f"#/components/schemas/{name}"} for name in _SCHEMAS}
 _STRING = {"schema": {"type": "string"}}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
 _READ_ERRORS = {
-    "400": _error("bad_request, invalid_stream_id or invalid_time"),
+    "400": _error("bad_request, invalid_host, invalid_stream_id or invalid_time"),
     "401": _error("unauthorized", {"WWW-Authenticate": _STRING}),
     "404": _error("stream_not_found, out_of_range or not_found"),
     "503": _error("unavailable", _RETRY_AFTER),
 }
 _WRITE_ERRORS = {
     **_READ_ERRORS,
-    "400": _error("bad_request, invalid_json, invalid_stream_id, invalid_entry or invalid_time"),
-    "403": _error("forbidden: a read token on a write endpoint"),
+    "400": _error(
+        "bad_request, invalid_host, invalid_json, invalid_stream_id, invalid_entry or invalid_time"
+    ),
+    "403": _error("forbidden (a read token on a write endpoint) or forbidden_origin"),
     "409": _error("out_of_order"),
     "413": _error("too_large"),
+    "415": _error("unsupported_media_type: a write whose Content-Type is not JSON or NDJSON"),
     "422": _error("invalid_mutation"),
 }
 _STREAM_ID = {
@@ -303,7 +375,14 @@ _PATHS: dict[str, Any] = {
                             ]
                         }
                     },
-                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "application/x-ndjson": {
+                        "schema": {
+                            "type": "string",
+                            "format": "ndjson",
+                            "description": "one Entry per line",
+                        },
+                        "x-item-schema": _REF["Entry"],
+                    },
                 },
             },
             "responses": {
@@ -322,13 +401,17 @@ _PATHS: dict[str, Any] = {
                     "name": "since",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_REVISION},
                 },
                 {
                     "name": "heartbeat",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "number", "minimum": 0.05, "maximum": 300},
+                    "schema": {
+                        "type": "number",
+                        "minimum": MIN_HEARTBEAT,
+                        "maximum": MAX_HEARTBEAT,
+                    },
                 },
                 {
                     "name": "Last-Event-ID",
@@ -339,9 +422,12 @@ _PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": {
-                    "description": "entry, amend and reset events; : ping comments",
-                    "headers": {"RStream-Heartbeat": _STRING},
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "description": "Server-Sent Events, first a retry: line. Events: "
+                    "entry (data: an Entry, id: its rev), amend (the same; it replaces the "
+                    "newest mutation), reset (data: a Reset, id: the stream's revision); "
+                    "': ping' comments every heartbeat seconds",
+                    "headers": {"RStream-Heartbeat": {"schema": {"type": "number"}}},
+                    "content": {"text/event-stream": {"schema": _REF["LiveEvent"]}},
                 },
                 **_READ_ERRORS,
                 "429": _error("too_many_subscribers", _RETRY_AFTER),
