@@ -44,11 +44,17 @@ __all__ = ["Change", "LiveState", "Step"]
 
 
 class Change(NamedTuple):
-    """A state to deliver: the state at ``micros`` as of revision ``rev`` (read-only)."""
+    """A state to deliver: the state at ``micros`` as of revision ``rev`` (read-only).
+
+    ``base`` is the state before the entry (None for a snapshot): what an amend of
+    this entry applies to, so a subscriber that catches up from the server can
+    rebuild the entry's state if it was amended meanwhile.
+    """
 
     micros: int
     state: dict[str, Any]
     rev: int
+    base: dict[str, Any] | None = None
 
     @property
     def timestamp(self) -> datetime:
@@ -109,7 +115,7 @@ class LiveState:
         """The newest state, or None before the tail is anchored."""
         if self._state is None or self._rev is None:
             return None
-        return Change(self._entries[-1].micros, self._state, self._rev)
+        return Change(self._entries[-1].micros, self._state, self._rev, self._prev_state)
 
     def window(self) -> list[Entry] | None:
         """The live window's entries so far (snapshot first), or None when not anchored."""
@@ -142,7 +148,7 @@ class LiveState:
                     self._prev_state = state
                     self._state = new_state
                     self._rev = rev
-                    change = _tuple_new(Change, (micros, new_state, rev))
+                    change = _tuple_new(Change, (micros, new_state, rev, state))
                     return _tuple_new(Step, (change, None, None, True))
             return self._entry(entry, amend=False)
         if event == "amend":
@@ -220,12 +226,13 @@ class LiveState:
             self._state = entry.data
             self._rev = rev
             return Step(Change(entry.micros, entry.data, rev), committed, applied=True)
-        state = self._apply(self._state, entry)
+        base = self._state
+        state = self._apply(base, entry)
         entries.append(entry)
-        self._prev_state = self._state
+        self._prev_state = base
         self._state = state
         self._rev = rev
-        return Step(Change(entry.micros, state, rev), applied=True)
+        return Step(Change(entry.micros, state, rev, base), applied=True)
 
     def _replace_last(self, entry: Entry, last: Entry) -> Step:
         rev = entry.rev
@@ -246,7 +253,7 @@ class LiveState:
         self._entries[-1] = entry
         self._state = state
         self._rev = rev
-        return Step(Change(entry.micros, state, rev), applied=True)
+        return Step(Change(entry.micros, state, rev, self._prev_state), applied=True)
 
     def _anchor(self, snapshot: Entry) -> Step:
         rev = snapshot.rev
