@@ -177,6 +177,20 @@ def test_reset_reanchors_and_reports_a_gap() -> None:
     assert live.feed(*ev(mut(8, {"b": 2}, 3))).gap is None
 
 
+def test_a_live_window_longer_than_max_window_is_not_kept() -> None:
+    live = LiveState(max_window=2)
+    steps = live.feed_all([ev(e) for e in LOG[:3]])  # 3 entries: one too many
+    assert [s.change.state for s in steps if s.change] == [s for _, s in states_of(LOG[:3])]
+    assert live.window() is None  # not kept: memory stays bounded
+    amended = mut(2, {"pos": {"$mutateIdx": {"0": 7}}}, 4)
+    step = live.feed(*ev(amended, "amend"))  # the newest entry is still known
+    assert step.change is not None
+    assert step.change.state["pos"] == [7, 0]
+    step = live.feed(*ev(snap(3, {"battery": 0.8}, 5)))
+    assert step.committed is None  # the incomplete window is not handed to the store
+    assert live.window() == [snap(3, {"battery": 0.8}, 5)]
+
+
 def test_rev_comes_from_the_event_id_when_the_entry_has_none() -> None:
     live = LiveState()
     data = json.dumps(LOG[0].to_json())

@@ -165,7 +165,8 @@ class LiveTail:
     the reader thread, outside any lock, when a new snapshot arrives live, with
     the previous live window (complete, snapshot first; read-only entries).
 
-    ``capacity`` bounds the changes held in memory for slow subscribers;
+    ``capacity`` bounds the changes held in memory for slow subscribers, and
+    the live window's entries kept (past it, ``live_window()`` is None);
     ``fetch(start)`` returns the server's entries from ``start`` (epoch
     microseconds) on, so that a ``"block"`` subscriber that fell further
     behind reads them from the server (without it, such a subscriber is given
@@ -213,7 +214,7 @@ class LiveTail:
         self._clock = clock
 
         self._lock = threading.Lock()  # guards _state, _subscriptions, _closed
-        self._state = LiveState()
+        self._state = LiveState(max_window=capacity)
         self._log = ChangeLog(capacity, fetch=fetch, name=stream_id, clock=clock)
         self._subscriptions: list[Subscription] = []
         self._closed = False
