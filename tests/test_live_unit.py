@@ -1242,3 +1242,119 @@ def test_a_raising_token_callable_stops_the_tail_with_an_auth_error(
     assert len(mocked.calls) == 0
     tail.close()
     transport.close()
+
+
+# -- the change log as a whole: a model check ----------------------------------
+
+
+class ModelServer:
+    """A stream as the server holds it (amends replace the newest entry), and the
+    live events it sends, fed to a LiveState into a change log as the tail does."""
+
+    def __init__(self, log: ChangeLog) -> None:
+        self.entries: list[Entry] = []
+        self.states: list[dict[str, Any]] = []  # the state after each entry
+        self.rev = 0
+        self.live = LiveState()
+        self.log = log
+
+    def write(self, value: int, how: str) -> None:
+        new = {"v": value, "k": {"x": value % 3}}
+        self.rev += 1
+        amend = how == "amend" and len(self.entries) > 1 and not self.entries[-1].is_snapshot
+        if amend:
+            base = self.states[-2]
+            last = self.entries[-1]
+            entry = Entry.from_micros(
+                last.micros, EntryKind.MUTATION, build_mutation(base, new), self.rev
+            )
+            self.entries[-1], self.states[-1] = entry, new
+        else:
+            micros = T0 + len(self.entries) * 1000
+            if how == "snapshot" or not self.entries:
+                entry = Entry.from_micros(micros, EntryKind.SNAPSHOT, new, self.rev)
+            else:
+                data = build_mutation(self.states[-1], new)
+                entry = Entry.from_micros(micros, EntryKind.MUTATION, data, self.rev)
+            self.entries.append(entry)
+            self.states.append(new)
+        step = self.live.feed(*ev(entry, "amend" if amend else "entry"))
+        assert step.change is not None
+        self.log.append([step.change])
+
+    def fetch(self, start: int) -> Iterator[Entry]:
+        return iter([e for e in list(self.entries) if e.micros >= start])
+
+
+def collapse(items: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """Replacements folded: of consecutive states at one time, the last."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    for micros, state in items:
+        if out and out[-1][0] == micros:
+            out[-1] = (micros, state)
+        else:
+            out.append((micros, state))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.sampled_from(["entry", "entry", "amend", "snapshot"])),
+            st.tuples(st.just("read"), st.integers(0, 3)),
+            st.tuples(st.just("notice"), st.just(0)),
+        ),
+        max_size=80,
+    ),
+    st.integers(1, 6),
+)
+def test_readers_of_every_policy_against_a_model_of_the_server(
+    operations: list[tuple[str, Any]], capacity: int
+) -> None:
+    """Whatever the writes, amends and reads, with a tiny memory: a "block" reader
+    gets every change of the server's log once, in order (amends as replacements);
+    "latest" and "drop_oldest" readers end on the newest state; every reader gets
+    every notice once, in order."""
+    log = ChangeLog(capacity, name="model")
+    server = ModelServer(log)
+    log._fetch = server.fetch
+    server.write(0, "snapshot")
+    log.mark_loaded()
+    queues = [queue_of(log), queue_of(log), queue_of(log, overflow="latest")]
+    queues.append(queue_of(log, 2, "drop_oldest"))
+    notices: list[list[BaseException]] = [[] for _ in queues]
+    got: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in queues]
+    for q, seen in zip(queues, notices, strict=True):
+        q.on_error = seen.append
+    sent: list[BaseException] = []
+    for i, (op, arg) in enumerate(operations, start=1):
+        if op == "write":
+            server.write(i, arg)
+        elif op == "notice":
+            notice = Disconnected(f"lost {i}")
+            sent.append(notice)
+            log.append([notice])
+        else:
+            with contextlib.suppress(rstream.Empty):
+                ts, state = queues[arg].get_nowait()
+                got[arg].append((to_micros(ts), state))
+    for q, items in zip(queues, got, strict=True):
+        items += [(to_micros(ts), state) for ts, state in iter_now(q)]
+    expected = list(zip([e.micros for e in server.entries], server.states, strict=True))
+    for items in got[:2]:
+        assert collapse(items) == expected
+    for items in got[2:]:
+        assert items[-1] == expected[-1]
+        assert [m for m, _ in items] == sorted(m for m, _ in items)
+    for q, seen in zip(queues, notices, strict=True):
+        assert seen == sent, (q.overflow, seen, sent)
+
+
+def iter_now(q: StateQueue) -> Iterator[tuple[datetime, dict[str, Any]]]:
+    """What ``q`` holds now, without waiting."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except rstream.Empty:
+            return

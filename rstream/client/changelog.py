@@ -34,11 +34,12 @@ them out.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 from rstream.client.catchup import changes_after
 from rstream.client.health import SubscriberLag
@@ -123,8 +124,9 @@ class ChangeLog:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         # The items held, oldest first, from _items[_head] (seq _first) on; the
-        # list is compacted now and then instead of popping from its front.
-        self._items: list[Item] = []
+        # list is compacted now and then instead of popping from its front, and
+        # the slots before _head are None, so what is dropped is freed at once.
+        self._items: list[Item | None] = []
         self._times: list[float] = []  # when each item arrived (clock)
         self._head = 0
         self._first = 1  # the seq of _items[_head]; seq 0 is "before everything"
@@ -205,12 +207,12 @@ class ChangeLog:
     def current(self, timeout: float | None) -> Change | None:
         """The newest change once loaded, waiting up to ``timeout`` seconds (None:
         no limit); None on timeout or when the log ended first."""
-        deadline = None if timeout is None else self._clock() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not (self._loaded and self._current is not None):
                 if self._ended:
                     return None
-                remaining = None if deadline is None else deadline - self._clock()
+                remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._changed.wait(remaining)
@@ -277,10 +279,13 @@ class ChangeLog:
         keep_from = self._next  # nothing, unless a reader needs it
         for reader in self._readers:
             keep_from = min(keep_from, reader._needs_from(self._next - 1))
-        keep_from = max(keep_from, self._next - self.capacity, self._first)
+        # Past capacity, the oldest go, but never the current change (notices after
+        # it must not push the newest state out of memory).
+        keep_from = max(keep_from, min(self._next - self.capacity, self._current_seq), self._first)
         drop = keep_from - self._first
         if drop <= 0:
             return
+        self._items[self._head : self._head + drop] = itertools.repeat(None, drop)
         self._head += drop
         self._first = keep_from
         if self._head > 1024 and self._head * 2 > len(self._items):
@@ -296,29 +301,25 @@ class ChangeLog:
     def _rejoin(self, reader: Reader, rev: int) -> bool:
         """Whether the held items continue a catch-up that reached revision ``rev``:
         then the reader's position is set to just before the first change after it."""
-        first_change = None
-        for i in range(self._head, len(self._items)):
-            item = self._items[i]
-            if not isinstance(item, BaseException):
-                first_change = i
-                break
-        current = self._current
-        if first_change is None:
+        changes = (
+            (self._first + i, item)
+            for i, item in enumerate(itertools.islice(self._items, self._head, None))
+            if isinstance(item, Change)
+        )
+        oldest = next(changes, None)
+        if oldest is None:  # nothing held: the current state is the end of the log
+            current = self._current
             if current is None or current.rev > rev:
                 return False
             reader._pos = self._next - 1
             return True
-        item = self._items[first_change]
-        assert not isinstance(item, BaseException)
-        if item.rev > rev:
-            return False
-        pos = self._next - 1
-        for i in range(first_change, len(self._items)):
-            item = self._items[i]
-            if not isinstance(item, BaseException) and item.rev > rev:
-                pos = self._first + (i - self._head) - 1
+        if oldest[1].rev > rev:
+            return False  # changes after rev may be missing from memory: read on
+        reader._pos = self._next - 1
+        for seq, change in itertools.chain([oldest], changes):
+            if change.rev > rev:
+                reader._pos = seq - 1
                 break
-        reader._pos = pos
         return True
 
 
@@ -361,6 +362,7 @@ class Reader:
         self._closed = False
         self._busy = False  # a take is reading from the server (outside the lock)
         self._ready: list[Item] = []  # taken out of the log, not handed out yet
+        self._fetched_any = False  # the current fetch has given a change
         self._warned_at: float | None = None
         self._placed_at = 0.0  # when it was given its position (the log's clock)
 
@@ -511,6 +513,7 @@ class Reader:
                     self._catching = changes_after(
                         self._last, _fetched(changelog._fetch, self._last.micros)
                     )
+                    self._fetched_any = False
                     return None
                 if not any(isinstance(notice, Gap) for notice in notices):
                     notices.append(
@@ -527,7 +530,7 @@ class Reader:
             out += notices
             self._pos = floor
         start = changelog._at(self._pos + 1)
-        taken = changelog._items[start : start + max(limit - len(out), 1)]
+        taken = cast("list[Item]", changelog._items[start : start + max(limit - len(out), 1)])
         self._pos += len(taken)
         for item in reversed(taken):
             if not isinstance(item, BaseException):
@@ -537,61 +540,66 @@ class Reader:
         return out
 
     def _catch_up(self, limit: int) -> list[Item]:
-        """Changes read from the server (lock NOT held), until the log holds what
-        follows them; then the notices of the part re-fetched, and the reader is
-        back in the log."""
+        """Changes read from the server (lock NOT held), up to ``limit``.
+
+        Once the log holds what follows the last of them, the reader rejoins the
+        log, after the notices of the part re-fetched. A fetch that ends before
+        that is followed by a new one from the last change given (the next take);
+        a fetch that brings nothing new means the server cannot fill the hole: a
+        :class:`~rstream.Gap`, and the reader goes on from the oldest change held.
+        A fetch that fails is reported (in the items); the next take tries again.
+        """
         changelog = self.log
         catching = self._catching
         if catching is None:
             return []
         started_at = self._pos
         out: list[Item] = []
-        rejoined = False
+        done = rejoined = False
         with changelog._lock:
             self._busy = True
         try:
             for change in catching:
                 out.append(change)
                 self._last = change
+                self._fetched_any = True
                 with changelog._lock:
                     if self._closed:
+                        done = True
                         return []
                     if changelog._rejoin(self, change.rev):
-                        rejoined = True
+                        done = rejoined = True
                         break
                 if len(out) >= limit:
-                    return out
+                    break
             else:
-                with changelog._lock:
-                    rejoined = True
-                    last = self._last
-                    if not out and not changelog._rejoin(self, -1 if last is None else last.rev):
-                        # The server has nothing after the last change given, yet the log
-                        # moved on beyond memory: go on from what is held, and say so.
-                        self._pos = changelog._first - 1
-                        out.append(
-                            Gap(
-                                f"catching up on {changelog.name!r} found nothing after the "
-                                "last change given; going on from the oldest change held",
-                                after_rev=None if last is None else last.rev,
-                                resumed_rev=None,
+                done = True  # this fetch is over
+                if not self._fetched_any:
+                    with changelog._lock:
+                        rejoined = True
+                        last = self._last
+                        if not changelog._rejoin(self, -1 if last is None else last.rev):
+                            self._pos = changelog._first - 1
+                            out.append(
+                                Gap(
+                                    f"catching up on {changelog.name!r}, the server had "
+                                    "nothing after the last change given; going on from "
+                                    "the oldest change held",
+                                    after_rev=None if last is None else last.rev,
+                                    resumed_rev=None,
+                                )
                             )
-                        )
-        except Exception as exc:  # the fetch failed: say so; the next take tries again
-            rejoined = True
+        except Exception as exc:
+            done = True
             out.append(exc)
-            with changelog._lock:
-                self._pos = min(self._pos, started_at)
         finally:
             with changelog._lock:
                 self._busy = False
-                if rejoined or self._closed:
+                if done or self._closed:
                     self._catching = None
-                    out += changelog._markers_in(started_at, self._pos) if rejoined else []
-                    finished = True
-                else:
-                    finished = False
-            if finished:
+                if rejoined:
+                    out += changelog._markers_in(started_at, self._pos)
+            if done or self._closed:
                 _close_iterator(catching)
         return out
 
