@@ -28,9 +28,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
+import tenacity
 
 from rstream.client._gc import paused as _gc_paused
 from rstream.client.changelog import DEFAULT_LAG_WARNING, DEFAULT_LATEST_TIMEOUT
+from rstream.client.retry import blocking_policy
 from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
@@ -71,6 +73,11 @@ if TYPE_CHECKING:
 __all__ = ["NDJSONDecoder", "RemoteStream", "StreamMetadata", "parse_ndjson"]
 
 logger = logging.getLogger("rstream.client")
+
+_ONE_ATTEMPT = blocking_policy(
+    tenacity.Retrying(stop=tenacity.stop_after_attempt(1)), sleep=lambda seconds: None
+)
+"""A request tried once (for the live tail, which has its own backoff)."""
 
 State = dict[str, Any]
 _NDJSON = "application/x-ndjson"
@@ -871,8 +878,17 @@ class RemoteStream:
         return self._iter_range(start, None)
 
     def _revision(self) -> int:
-        """The stream's revision now (the live tail's backlog ends there)."""
-        return self.info().revision
+        """The stream's revision now (the live tail's backlog ends there).
+
+        One attempt: the live tail retries with its own backoff, which
+        ``close()`` cuts short, where the blocking policy's waits would hold it.
+        """
+        self._check_open()
+        response = self._transport.request("GET", self._path, stream_id=self.id, retry=_ONE_ATTEMPT)
+        try:
+            return StreamMetadata.from_json(json_body(response)).revision
+        finally:
+            response.close()
 
     def _on_live_commit(self, entries: list[Entry]) -> None:
         # The tail tells us the window's entries; its end is the new live
