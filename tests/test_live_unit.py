@@ -431,7 +431,7 @@ def test_every_subscriber_gets_the_current_state_once_then_every_change() -> Non
     assert ids(early) == [5, 6]
     assert ids(late) == [5, 6]
     notice = Disconnected("lost", url="http://x")
-    log.append([notice])
+    log.notice(notice)
     after_notice = queue_of(log)
     assert ids(after_notice) == [6]  # the current state, not the notice before it
 
@@ -445,7 +445,7 @@ def test_queue_drop_oldest_and_latest() -> None:
     noticed = queue_of(log, overflow="latest", on_error=seen.append)
     log.append([change(1), change(2)])
     gap = Gap("g", after_rev=1, resumed_rev=2)
-    log.append([gap])
+    log.notice(gap)
     log.append([change(3), change(4)])
     assert ids(dropping) == [2, 3, 4]
     assert dropping.dropped == 2
@@ -806,7 +806,12 @@ def test_subscription_delivers_states_and_notices_in_order() -> None:
 
     log = loaded_log()
     sub = Subscription(log.reader(), on_state, events.append)
-    log.append([change(1), gap, change(2), lost, back, change(3), change(4)])
+    log.append([change(1)])
+    log.notice(gap)
+    log.append([change(2)])
+    log.notice(lost)
+    log.notice(back)
+    log.append([change(3), change(4)])
     sub.start()
     assert done.wait(5)
     sub.close()
@@ -1334,7 +1339,7 @@ def test_readers_of_every_policy_against_a_model_of_the_server(
         elif op == "notice":
             notice = Disconnected(f"lost {i}")
             sent.append(notice)
-            log.append([notice])
+            log.notice(notice)
         else:
             with contextlib.suppress(rstream.Empty):
                 ts, state = queues[arg].get_nowait()

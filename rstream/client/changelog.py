@@ -34,11 +34,12 @@ them out.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, TypeAlias, cast
 
 from rstream.client.catchup import changes_after
@@ -130,7 +131,10 @@ class ChangeLog:
         self._times: list[float] = []  # when each item arrived (clock)
         self._head = 0
         self._first = 1  # the seq of _items[_head]; seq 0 is "before everything"
-        self._markers: list[tuple[int, BaseException]] = []  # (seq, notice), oldest first
+        # The notices, oldest first, and their seqs (for bisecting): kept past the
+        # items, for readers that skip or catch up over them.
+        self._markers: list[BaseException] = []
+        self._marker_seqs: list[int] = []
         self._current: Change | None = None  # the newest change
         self._current_seq = 0
         self._readers: list[Reader] = []
@@ -140,30 +144,35 @@ class ChangeLog:
 
     # -- the producer ---------------------------------------------------------------
 
-    def append(self, items: Iterable[Item]) -> None:
-        """Add changes and notices, in order (the live tail's reader thread). Never waits."""
+    def append(self, changes: Sequence[Change]) -> None:
+        """Add changes, in order (the live tail's reader thread). Never waits."""
+        if not changes:
+            return
         now = self._clock()
-        warnings: list[str] = []
         with self._lock:
             if self._ended:
                 return
-            seq = self._next
-            for item in items:
-                self._items.append(item)
-                self._times.append(now)
-                if isinstance(item, BaseException):
-                    self._markers.append((seq, item))
-                else:
-                    self._current, self._current_seq = item, seq
-                seq += 1
+            self._items += changes
+            self._times += itertools.repeat(now, len(changes))
+            self._current, self._current_seq = changes[-1], self._next - 1
+            warnings = self._appended(now)
+        for warning in warnings:
+            log.warning("%s", warning)
+
+    def notice(self, notice: BaseException) -> None:
+        """Add a notice for every reader, in order with the changes (never skipped)."""
+        now = self._clock()
+        with self._lock:
+            if self._ended:
+                return
+            self._marker_seqs.append(self._next)
+            self._markers.append(notice)
+            self._items.append(notice)
+            self._times.append(now)
             if len(self._markers) > _MARKERS_KEPT:
-                del self._markers[: len(self._markers) - _MARKERS_KEPT]
-            self._trim()
-            for reader in self._readers:
-                warning = reader._lag_warning(now)
-                if warning is not None:
-                    warnings.append(warning)
-            self._changed.notify_all()
+                del self._markers[:-_MARKERS_KEPT]
+                del self._marker_seqs[:-_MARKERS_KEPT]
+            warnings = self._appended(now)
         for warning in warnings:
             log.warning("%s", warning)
 
@@ -272,7 +281,19 @@ class ChangeLog:
 
     def _markers_in(self, after: int, upto: int) -> list[BaseException]:
         """The notices with ``after < seq <= upto``, in order."""
-        return [notice for seq, notice in self._markers if after < seq <= upto]
+        seqs = self._marker_seqs
+        if not seqs or seqs[-1] <= after:
+            return []
+        lo = bisect.bisect_right(seqs, after)
+        return self._markers[lo : bisect.bisect_right(seqs, upto, lo)]
+
+    def _appended(self, now: float) -> list[str]:
+        """After an append: trim, wake the readers; the lag warnings to log."""
+        self._trim()
+        self._changed.notify_all()
+        return [
+            warning for reader in self._readers if (warning := reader._lag_warning(now)) is not None
+        ]
 
     def _trim(self) -> None:
         """Drop what no reader needs, and anything past ``capacity``."""
@@ -644,24 +665,28 @@ class Reader:
         return first + max(behind, 0)
 
     def _lag(self, now: float) -> tuple[int, float]:
-        changelog = self.log
         entries = self._count()
         if entries == 0:
             return 0, 0.0
+        return entries, max(now - self._behind_since(now), 0.0)
+
+    def _behind_since(self, now: float) -> float:
+        """When the oldest item not given to this reader arrived (``now`` if none)."""
+        changelog = self.log
         if self._first_item is not None:
-            since = self._placed_at  # the current state, waiting since it subscribed
-        else:
-            held = len(changelog._items) - changelog._head
-            if held == 0:
-                return entries, 0.0
-            seq = max(self._pos + 1, changelog._first)
-            since = changelog._times[changelog._at(min(seq, changelog._next - 1))]
-        return entries, max(now - since, 0.0)
+            return self._placed_at  # the current state, waiting since it subscribed
+        if changelog._head == len(changelog._items) or self._pos >= changelog._next - 1:
+            return now
+        seq = max(self._pos + 1, changelog._first)
+        return changelog._times[changelog._at(seq)]
 
     def _lag_warning(self, now: float) -> str | None:
         if self.lag_warning is None or self._pending or self._closed:
             return None
         if self._warned_at is not None and now - self._warned_at < _WARN_EVERY:
+            return None
+        seconds = now - self._behind_since(now)
+        if seconds <= self.lag_warning:
             return None
         entries, seconds = self._lag(now)
         if seconds <= self.lag_warning:

@@ -54,12 +54,11 @@ from rstream.client.changelog import (
     DEFAULT_LATEST_TIMEOUT,
     ChangeLog,
     Fetch,
-    Item,
     Overflow,
 )
 from rstream.client.health import ConnectionState, Health, HealthTracker
 from rstream.client.interrupt import observe_sockets
-from rstream.client.livestate import LiveState
+from rstream.client.livestate import Change, LiveState
 from rstream.client.queues import StateQueue
 from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, EventStream, SSEEvent, iter_chunks
@@ -230,7 +229,7 @@ class LiveTail:
         self._url_index = getattr(transport, "current_index", 0)
         self._server_retry = 0.0  # the server's retry:, seconds
         self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
-        self._pending: list[Item] = []  # applied, not yet in the log (see _flush)
+        self._pending: list[Change] = []  # applied, not yet in the log (see _flush)
         self._loaded_at: int | None = None  # the revision that ends the backlog, if known
         self._was_open = False  # a connection has been open: losing it is an outage
         self._down_since: float | None = None  # when the current outage began (clock)
@@ -423,8 +422,9 @@ class LiveTail:
             self._log.mark_loaded()
 
     def _notice(self, notice: BaseException) -> None:
-        self._pending.append(notice)
+        """A notice for every subscriber, after the changes applied before it."""
         self._flush()
+        self._log.notice(notice)
 
     def _connection_lost(self, cause: BaseException, url: str) -> None:
         """An open connection ended: the first loss of an outage is a notice."""
@@ -741,8 +741,8 @@ class LiveTail:
         with self._lock:
             change, committed, gap, applied = self._state.feed(event.event, event.data, event.id)
         if gap is not None:
-            self._pending.append(gap)
             log.warning("stream %r: %s", self.stream_id, gap)
+            self._notice(gap)
         if change is not None:
             self._pending.append(change)
         if committed is not None and self._on_commit is not None:
