@@ -1363,3 +1363,34 @@ def iter_now(q: StateQueue) -> Iterator[tuple[datetime, dict[str, Any]]]:
             yield q.get_nowait()
         except rstream.Empty:
             return
+
+
+def test_an_outage_is_one_disconnected_one_reconnected_and_one_warning(
+    mocked: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_sse(mocked, sse(ev(LOG[0])))  # open, then lost
+    for _ in range(3):
+        add_error(mocked, 503, "unavailable")  # the outage goes on: no more notices
+    add_sse(mocked, sse(ev(LOG[1])))  # back
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    waits = Waits(5)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0), clock=clock)
+    errors: list[BaseException] = []
+    q = tail.states(on_error=errors.append)
+    with caplog.at_level(logging.INFO, logger="rstream"):
+        run_script(tail, transport, waits)
+        assert [s for _, s in q] == [LOG[0].data, states_of(LOG[:2])[1][1]]
+    kinds = [type(e) for e in errors]
+    assert kinds == [Disconnected, Reconnected, Disconnected]  # the last: the script's end
+    lost, back = errors[0], errors[1]
+    assert isinstance(lost, Disconnected)
+    assert isinstance(back, Reconnected)
+    assert lost.url == back.url == LIVE
+    assert back.downtime > 0
+    warnings = [r for r in caplog.records if "lost its connection" in r.getMessage()]
+    assert len(warnings) == 2  # one per outage, not one per failed attempt

@@ -582,7 +582,7 @@ class LiveTail:
         assert self._current_revision is not None
         try:
             self._loaded_at = self._current_revision()
-        except (TransportError, ServerError) as exc:
+        except (TransportError, ServerError, ProtocolError) as exc:  # as the live GET's
             self._check_stop()
             self._failed_over(exc)
 
