@@ -14,7 +14,7 @@ def test_subscribe_and_states_pass_their_queue_options_to_the_tail() -> None:
         queue = robot.states(maxsize=7, overflow="drop_oldest", on_error=errors.append)
         sub = robot.subscribe(lambda ts, state: None, maxsize=3, overflow="latest")
         assert (queue.maxsize, queue.overflow) == (7, "drop_oldest")
-        assert (sub.queue.maxsize, sub.queue.overflow) == (3, "latest")
+        assert (sub.maxsize, sub.overflow) == (3, "latest")
         ts, state = queue.get(timeout=5)
         assert state == {"n": 0}
         assert isinstance(ts, datetime)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
+import queue
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -21,23 +23,27 @@ from hypothesis import strategies as st
 from responses.registries import OrderedRegistry
 
 import rstream
+from rstream.client.changelog import ChangeLog, Overflow
 from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
 from rstream.client.live import LiveTail
-from rstream.client.livestate import LiveState, Step
+from rstream.client.livestate import Change, LiveState
 from rstream.client.queues import StateQueue
 from rstream.client.sse import EventStream
 from rstream.client.subscription import Subscription
 from rstream.client.transport import Transport
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation, build_mutation
-from rstream.core.timestamps import from_micros, to_micros
+from rstream.core.timestamps import to_micros
 from rstream.errors import (
     AuthError,
     ClientClosed,
+    Disconnected,
     Gap,
     ProtocolError,
+    Reconnected,
     ServerError,
     StreamNotFound,
+    TransportError,
 )
 
 BASE = "http://rstream.test"
@@ -169,6 +175,20 @@ def test_reset_reanchors_and_reports_a_gap() -> None:
     assert step.committed is None
     # The gap is reported once.
     assert live.feed(*ev(mut(8, {"b": 2}, 3))).gap is None
+
+
+def test_a_live_window_longer_than_max_window_is_not_kept() -> None:
+    live = LiveState(max_window=2)
+    steps = live.feed_all([ev(e) for e in LOG[:3]])  # 3 entries: one too many
+    assert [s.change.state for s in steps if s.change] == [s for _, s in states_of(LOG[:3])]
+    assert live.window() is None  # not kept: memory stays bounded
+    amended = mut(2, {"pos": {"$mutateIdx": {"0": 7}}}, 4)
+    step = live.feed(*ev(amended, "amend"))  # the newest entry is still known
+    assert step.change is not None
+    assert step.change.state["pos"] == [7, 0]
+    step = live.feed(*ev(snap(3, {"battery": 0.8}, 5)))
+    assert step.committed is None  # the incomplete window is not handed to the store
+    assert live.window() == [snap(3, {"battery": 0.8}, 5)]
 
 
 def test_rev_comes_from_the_event_id_when_the_entry_has_none() -> None:
@@ -352,145 +372,334 @@ def test_health_transitions_follow_the_table() -> None:
         assert state is ConnectionState.CLOSED or ConnectionState.CLOSED in TRANSITIONS[state]
 
 
-# -- queues and subscriptions ----------------------------------------------------
+# -- the change log, queues and subscriptions -----------------------------------
 
 
-def item(i: int) -> tuple[datetime, dict[str, Any]]:
-    return from_micros(T0 + i), {"i": i, "nested": {"i": i}}
+def change(i: int, rev: int | None = None) -> Change:
+    return Change(T0 + i, {"i": i, "nested": {"i": i}}, i + 1 if rev is None else rev)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loaded_log(
+    *changes: Change,
+    capacity: int = 1000,
+    fetch: Callable[[int], Iterator[Entry]] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> ChangeLog:
+    """A change log holding ``changes`` (default: change 0), loaded."""
+    log = ChangeLog(capacity, fetch=fetch, name="robot-1", clock=clock or Clock())
+    log.append(changes or [change(0)])
+    log.mark_loaded()
+    return log
+
+
+def queue_of(
+    log: ChangeLog, maxsize: int = 1000, overflow: Overflow = "block", **kwargs: Any
+) -> StateQueue:
+    return StateQueue(log.reader(overflow, maxsize), **kwargs)
+
+
+def ids(q: StateQueue) -> list[int]:
+    """Every state waiting in ``q`` (without waiting for more)."""
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait()[1]["i"])
+        except rstream.Empty:
+            return out
+
+
+def test_every_subscriber_gets_the_current_state_once_then_every_change() -> None:
+    log = ChangeLog(1000, name="robot-1")
+    early = StateQueue(log.reader())  # before the stream is loaded
+    log.append([change(i) for i in range(5)])  # the backlog: the live window
+    assert ids(early) == []  # still loading: no replay of the window
+    log.mark_loaded()
+    late = queue_of(log)
+    assert ids(early) == [4]  # the state once loaded, exactly once
+    assert ids(late) == [4]  # the state current when it subscribed
+    log.append([change(5), change(6)])
+    assert ids(early) == [5, 6]
+    assert ids(late) == [5, 6]
+    notice = Disconnected("lost", url="http://x")
+    log.notice(notice)
+    after_notice = queue_of(log)
+    assert ids(after_notice) == [6]  # the current state, not the notice before it
 
 
 def test_queue_drop_oldest_and_latest() -> None:
-    q = StateQueue(3, "drop_oldest")
-    for i in range(5):
-        assert q.put(item(i))
-    assert q.qsize() == 3
-    assert q.dropped == 2
-    assert [q.get_nowait()[1]["i"] for _ in range(3)] == [2, 3, 4]
-    latest = StateQueue(overflow="latest")
-    gap = Gap("g", after_rev=1, resumed_rev=2)
-    latest.put(item(0))
-    latest.put_error(gap)
-    for i in range(1, 4):
-        latest.put(item(i))
+    log = loaded_log()
+    dropping = queue_of(log, 3, "drop_oldest")
+    latest = queue_of(log, overflow="latest")
     seen: list[BaseException] = []
     latest.on_error = seen.append
-    assert latest.get_nowait()[1]["i"] == 3
-    assert latest.dropped == 3
-    assert seen == [gap]  # errors are never dropped
-    with pytest.raises(TimeoutError):
-        latest.get(timeout=0.01)
-
-
-def test_queue_put_many_follows_each_policy() -> None:
-    items = [item(i) for i in range(6)]
-    dropping = StateQueue(4, "drop_oldest")
-    assert dropping.put_many(items)
-    assert [dropping.get_nowait()[1]["i"] for _ in range(4)] == [2, 3, 4, 5]
+    noticed = queue_of(log, overflow="latest", on_error=seen.append)
+    log.append([change(1), change(2)])
+    gap = Gap("g", after_rev=1, resumed_rev=2)
+    log.notice(gap)
+    log.append([change(3), change(4)])
+    assert ids(dropping) == [2, 3, 4]
     assert dropping.dropped == 2
-    latest = StateQueue(overflow="latest")
-    latest.put(item(9))
-    assert latest.put_many(items)
-    assert latest.get_nowait()[1]["i"] == 5
-    assert latest.dropped == 6
-    assert latest.put_many([])
-    blocking = StateQueue(2, "block")
-    done = threading.Event()
-
-    def producer() -> None:
-        blocking.put_many(items)
-        done.set()
-
-    thread = threading.Thread(target=producer)
-    thread.start()
-    got = [blocking.get(timeout=2)[1]["i"] for _ in range(6)]  # drains as it fills
-    assert done.wait(2)
-    thread.join()
-    assert got == [0, 1, 2, 3, 4, 5]
-    assert blocking.dropped == 0
+    assert ids(noticed) == [4]
+    assert noticed.dropped == 4
+    assert seen == [gap]  # notices are never skipped
+    assert ids(latest) == [4]
+    assert seen == [gap, gap]
 
 
-def test_queue_block_applies_back_pressure_until_get() -> None:
-    q = StateQueue(1, "block")
-    q.put(item(0))
-    done = threading.Event()
-
-    def producer() -> None:
-        q.put(item(1))
-        done.set()
-
-    thread = threading.Thread(target=producer)
-    thread.start()
-    assert not done.wait(0.05)  # blocked: the queue is full
-    assert q.get()[1]["i"] == 0
-    assert done.wait(2)
-    thread.join()
-    assert q.get()[1]["i"] == 1
-    assert q.dropped == 0
+def test_a_block_queue_gets_every_change_and_never_holds_the_producer_back() -> None:
+    log = loaded_log(capacity=20_000)
+    unread = queue_of(log, maxsize=5)  # never read while the stream moves on
+    fast = queue_of(log, overflow="latest")
+    for start in range(1, 10_001, 1000):
+        log.append([change(i) for i in range(start, start + 1000)])  # never waits
+        assert ids(fast)[-1] == start + 999
+    assert unread.qsize() == 10_001
+    assert unread.full()
+    assert ids(unread) == list(range(10_001))
+    assert unread.dropped == 0
 
 
-def test_queue_close_wakes_blocked_calls_and_iteration_ends() -> None:
-    q = StateQueue(1)
-    q.put(item(0))
-    results: list[object] = []
+def test_the_log_holds_only_what_readers_need_and_at_most_its_capacity() -> None:
+    log = loaded_log(capacity=100)
+    up_to_date = queue_of(log, overflow="latest")
+    log.append([change(i) for i in range(1, 1000)])
+    assert ids(up_to_date) == [999]
+    assert log.held == 0  # nobody needs anything: only the current state is kept
+    unread = queue_of(log)
+    log.append([change(i) for i in range(1000, 2000)])
+    assert log.held == 100  # the unread block queue holds back at most the capacity
+    unread.close()
+    log.append([change(2000)])
+    assert log.held == 0
 
-    def blocked_put() -> None:
-        results.append(q.put(item(1)))
 
-    thread = threading.Thread(target=blocked_put)
+def _server_log(count: int, *, amend_last_at: int | None = None) -> list[Entry]:
+    """A log with revisions: snapshots every 7 entries, mutations between."""
+    entries: list[Entry] = []
+    state: dict[str, Any] = {}
+    for i in range(count):
+        new = {"i": i, "nested": {"i": i}, "mode": ["a", "b", "c"][i % 3]}
+        if i % 7 == 0:
+            entries.append(Entry.from_micros(T0 + i, EntryKind.SNAPSHOT, new, i + 1))
+        else:
+            entries.append(
+                Entry.from_micros(T0 + i, EntryKind.MUTATION, build_mutation(state, new), i + 1)
+            )
+        state = new
+    return entries
+
+
+class Feeder:
+    """Feeds entries as the live tail does: events into LiveState, changes into the log."""
+
+    def __init__(self, log: ChangeLog) -> None:
+        self.log = log
+        self.live = LiveState()
+
+    def __call__(self, entries: list[Entry], event: str = "entry") -> None:
+        for entry in entries:
+            step = self.live.feed(*ev(entry, event))
+            assert step.change is not None
+            self.log.append([step.change])
+
+
+def test_a_block_reader_out_of_memory_catches_up_from_the_server_exactly_once() -> None:
+    server = _server_log(300)
+    asked: list[int] = []
+
+    def fetch(start: int) -> Iterator[Entry]:
+        asked.append(start)
+        yield from (e for e in server if e.micros >= start)
+
+    log = ChangeLog(20, fetch=fetch, name="robot-1")
+    feed = Feeder(log)
+    feed(server[:10])
+    log.mark_loaded()
+    slow = queue_of(log)
+    first = slow.get(timeout=1)  # the current state: change 9
+    assert first[1]["i"] == 9
+    feed(server[10:300])  # 290 changes: far more than the 20 held
+    assert log.held == 20
+    got = [first, *(slow.get_nowait() for _ in range(290))]
+    assert [(to_micros(t), s) for t, s in got] == states_of(server)[9:]
+    assert asked == [T0 + 9]  # one catch-up, from the last change given
+    assert slow.lag == (0, 0.0)
+    with pytest.raises(rstream.Empty):
+        slow.get_nowait()  # nothing repeated where it rejoined the log
+
+
+def test_catching_up_gives_an_amended_entry_again_as_a_replacement() -> None:
+    server = _server_log(40)
+    # Entry 9 is amended on the server (same time, a new revision) after the slow
+    # reader was given it; the entries after it come later, with later revisions.
+    amended_9 = Entry.from_micros(T0 + 9, EntryKind.MUTATION, {"i": 99}, 41)
+    rest = [e.replace(rev=(e.rev or 0) + 32) for e in server[10:40]]
+    on_server = [*server[:9], amended_9, *rest]
+    log = ChangeLog(5, fetch=lambda start: iter([e for e in on_server if e.micros >= start]))
+    feed = Feeder(log)
+    feed(server[:10])
+    log.mark_loaded()
+    slow = queue_of(log)
+    assert slow.get_nowait()[1]["i"] == 9
+    feed([amended_9], "amend")
+    feed(rest)
+    got = ids(slow)
+    assert got[0] == 99  # the amended state of entry 9, then every later one, once
+    assert got[1:] == list(range(10, 40))
+
+
+def test_a_failed_catch_up_is_reported_and_tried_again() -> None:
+    server = _server_log(60)
+    failures = [TransportError("server down")]
+
+    def fetch(start: int) -> Iterator[Entry]:
+        if failures:
+            raise failures.pop()
+        yield from (e for e in server if e.micros >= start)
+
+    log = ChangeLog(5, fetch=fetch, name="robot-1")
+    feed = Feeder(log)
+    feed(server[:1])
+    log.mark_loaded()
+    errors: list[BaseException] = []
+    slow = queue_of(log, on_error=errors.append)
+    feed(server[1:60])
+    assert ids(slow) == list(range(60))
+    assert [str(e) for e in errors] == ["server down"]
+
+
+def test_without_a_fetch_a_reader_out_of_memory_is_told_of_a_gap() -> None:
+    log = ChangeLog(5, name="robot-1")
+    feed = Feeder(log)
+    feed(_server_log(30)[:1])
+    log.mark_loaded()
+    errors: list[BaseException] = []
+    slow = queue_of(log, on_error=errors.append)
+    feed(_server_log(30)[1:30])
+    assert ids(slow) == [0, *range(25, 30)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], Gap)
+
+
+def test_the_queue_is_polled_like_queue_queue() -> None:
+    log = loaded_log()
+    with queue_of(log, maxsize=2) as q:
+        assert (q.maxsize, q.qsize(), len(q), q.empty(), q.full()) == (2, 1, 1, False, False)
+        assert q.get(True, 0.5)[1]["i"] == 0  # positional block and timeout
+        assert q.empty()
+        for call in (
+            lambda: q.get(timeout=0.01),
+            lambda: q.get(True, 0),
+            lambda: q.get(block=False),
+            q.get_nowait,
+        ):
+            with pytest.raises(queue.Empty) as info:
+                call()
+            assert isinstance(info.value, rstream.Empty)
+            assert isinstance(info.value, rstream.RStreamError)
+            assert not isinstance(info.value, OSError)
+        log.append([change(1), change(2)])
+        assert q.full()
+        log.finish()
+        assert [s["i"] for _, s in q] == [1, 2]  # iteration drains, then ends
+        assert q.closed
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+
+
+def test_close_wakes_a_blocked_get_and_iteration_ends() -> None:
+    log = loaded_log()
+    q = queue_of(log)
+    assert q.get_nowait()[1]["i"] == 0
+    raised: list[BaseException] = []
+
+    def consumer() -> None:
+        try:
+            q.get()
+        except ClientClosed as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=consumer)
     thread.start()
     q.close()
-    thread.join(2)
-    assert results == [False]
-    with pytest.raises(ClientClosed):
-        q.get(timeout=1)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(raised) == 1
     assert list(q) == []
     q.close()  # idempotent
 
 
-def test_queue_finish_drains_then_raises_the_fatal_error() -> None:
-    q = StateQueue(5)
-    q.put(item(0))
-    q.finish(StreamNotFound("gone", stream_id="robot-1"))
+def test_finish_drains_then_raises_the_fatal_error() -> None:
+    log = loaded_log()
+    q = queue_of(log)
+    log.finish(StreamNotFound("gone", stream_id="robot-1"))
     assert q.get()[1]["i"] == 0
     with pytest.raises(StreamNotFound):
         q.get()
-    iterating = iter(q)
     with pytest.raises(StreamNotFound):  # iteration raises it too: it is not a normal end
-        next(iterating)
-    normal = StateQueue(5)
-    normal.put(item(1))
-    normal.finish()
-    assert [s["i"] for _, s in normal] == [1]
+        next(iter(q))
+    with pytest.raises(StreamNotFound):
+        log.reader()  # no later subscriber is left waiting
 
 
 def test_each_consumer_gets_its_own_copy() -> None:
-    shared = item(0)
-    a, b = StateQueue(), StateQueue()
-    a.put(shared)
-    b.put(shared)
+    log = loaded_log()
+    a, b = queue_of(log), queue_of(log)
     state_a = a.get()[1]
     state_a["nested"]["i"] = "changed"
     assert b.get()[1] == {"i": 0, "nested": {"i": 0}}
-    assert shared[1] == {"i": 0, "nested": {"i": 0}}
+    assert log.current(0) == change(0)
 
 
 def test_queue_rejects_bad_arguments() -> None:
+    log = loaded_log()
     with pytest.raises(rstream.ConfigError, match="overflow"):  # also a ValueError
-        StateQueue(overflow="drop_newest")
+        log.reader("drop_newest")
     with pytest.raises(rstream.ConfigError, match="maxsize"):
-        StateQueue(0)
+        log.reader("block", 0)
+    with pytest.raises(rstream.ConfigError, match="lag_warning"):
+        log.reader("block", 1, lag_warning=0)
 
 
-def test_tail_options_are_checked_as_configuration() -> None:
-    transport = Transport(BASE)
-    with pytest.raises(rstream.ConfigError, match="heartbeat_timeout"):
-        LiveTail(transport, "robot-1", heartbeat_timeout=0)
-    with pytest.raises(rstream.ConfigError, match="max_event_bytes"):
-        EventStream([], max_event_bytes=0)
-    transport.close()
+def test_lag_is_visible_and_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    log = loaded_log(clock=clock)
+    slow = queue_of(log)
+    keeping_up = queue_of(log, overflow="latest")
+    assert slow.lag == (1, 0.0)
+    clock.now += 2
+    log.append([change(1), change(2)])
+    assert ids(keeping_up) == [2]
+    clock.now += 11
+    with caplog.at_level(logging.WARNING, logger="rstream"):
+        log.append([change(3)])
+        assert ids(keeping_up) == [3]
+        clock.now += 5
+        log.append([change(4)])  # still behind: not warned again within a minute
+    assert slow.lag == (5, 18.0)
+    assert keeping_up.lag == (1, 0.0)
+    warnings = [r for r in caplog.records if "behind" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "13.0 s" in warnings[0].getMessage()  # waiting for its first state since t=100
+    lags = log.lags()
+    assert [(lag.overflow, lag.entries) for lag in lags] == [("block", 5), ("latest", 1)]
+    assert ids(slow) == [0, 1, 2, 3, 4]
+    assert slow.lag == (0, 0.0)
 
 
-def test_subscription_raising_callback_goes_to_on_error_and_continues() -> None:
+def test_subscription_raising_callback_goes_to_on_error_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     errors: list[BaseException] = []
     got: list[int] = []
     done = threading.Event()
@@ -502,20 +711,65 @@ def test_subscription_raising_callback_goes_to_on_error_and_continues() -> None:
         if state["i"] == 2:
             done.set()
 
-    sub = Subscription(on_state, errors.append)
-    sub.start()
-    for i in range(3):
-        sub.queue.put(item(i))
-    assert done.wait(2)
-    sub.close()
+    log = loaded_log()
+    with caplog.at_level(logging.DEBUG, logger="rstream"):
+        sub = Subscription(log.reader(), on_state, errors.append)
+        sub.start()
+        log.append([change(1), change(2)])
+        assert done.wait(5)
+        sub.close()
     assert got == [0, 2]
     assert [str(e) for e in errors] == ["boom"]
+    assert not [r for r in caplog.records if r.exc_info]  # the caller handles it
     assert not sub.thread.is_alive()
     sub.close()
 
 
+def test_a_raising_callback_without_on_error_is_logged_once_per_type_then_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done = threading.Event()
+
+    def on_state(ts: datetime, state: dict[str, Any]) -> None:
+        if state["i"] == 50:
+            done.set()
+        raise (KeyError if state["i"] % 2 else ValueError)(state["i"])
+
+    log = loaded_log()
+    with caplog.at_level(logging.DEBUG, logger="rstream"):
+        sub = Subscription(log.reader(), on_state)
+        sub.start()
+        log.append([change(i) for i in range(1, 51)])
+        assert done.wait(5)
+        sub.close()
+    records = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert len(records) == 2  # one per exception type, each with its traceback
+    assert all(r.exc_info for r in records)
+    assert {r.exc_info[0] for r in records if r.exc_info} == {KeyError, ValueError}
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [lambda: None, lambda ts: None, lambda ts, state, extra: None, "not callable"],
+)
+def test_subscribe_checks_the_callback_takes_ts_and_state(callback: Any) -> None:
+    log = loaded_log()
+    with pytest.raises(TypeError, match="on_state"):
+        Subscription(log.reader(), callback)
+
+
+def test_callbacks_that_take_ts_and_state_are_accepted() -> None:
+    class Handler:
+        def __call__(self, ts: datetime, state: dict[str, Any], *more: object) -> None:
+            pass
+
+    log = loaded_log()
+    for callback in (Handler(), lambda *args: None, lambda ts, state, extra=1: None, print):
+        Subscription(log.reader(), callback).close()
+
+
 def test_subscription_delivers_nothing_more_once_closed() -> None:
-    """A dispatcher takes states out of its inbox in batches; closing the
+    """A dispatcher takes states out of the log in batches; closing the
     subscription still drops every state not yet handed to the callback."""
     entered, release = threading.Event(), threading.Event()
     got: list[int] = []
@@ -525,36 +779,43 @@ def test_subscription_delivers_nothing_more_once_closed() -> None:
         entered.set()
         assert release.wait(5)
 
-    sub = Subscription(on_state)
-    sub.queue.put_many([item(i) for i in range(10)])  # all waiting: one batch
+    log = loaded_log(*(change(i) for i in range(10)))
+    sub = Subscription(log.reader(), on_state)
+    log.append([change(i) for i in range(10, 20)])
     sub.start()
     assert entered.wait(5)
-    sub.queue.close()  # while the callback runs with nine states taken out
+    sub._reader.close()  # while the callback runs
     release.set()
     sub.join(5)
     assert not sub.thread.is_alive()
-    assert got == [0]
+    assert got == [9]
     assert sub.delivered == 1
 
 
-def test_subscription_delivers_states_and_gaps_in_order() -> None:
+def test_subscription_delivers_states_and_notices_in_order() -> None:
     events: list[object] = []
     done = threading.Event()
     gap = Gap("re-anchored", after_rev=3, resumed_rev=9)
+    lost = Disconnected("lost", url="http://x")
+    back = Reconnected("back", url="http://x", downtime=1.5)
 
     def on_state(ts: datetime, state: dict[str, Any]) -> None:
         events.append(state["i"])
         if state["i"] == 4:
             done.set()
 
-    sub = Subscription(on_state, events.append)
-    sub.queue.put_many([item(0), item(1)])
-    sub.queue.put_error(gap)
-    sub.queue.put_many([item(2), item(3), item(4)])
+    log = loaded_log()
+    sub = Subscription(log.reader(), on_state, events.append)
+    log.append([change(1)])
+    log.notice(gap)
+    log.append([change(2)])
+    log.notice(lost)
+    log.notice(back)
+    log.append([change(3), change(4)])
     sub.start()
     assert done.wait(5)
     sub.close()
-    assert events == [0, 1, gap, 2, 3, 4]
+    assert events == [0, 1, gap, 2, lost, back, 3, 4]
     assert not sub.thread.is_alive()
 
 
@@ -641,7 +902,7 @@ def test_resume_sends_last_applied_revision(mocked: responses.RequestsMock) -> N
     assert sent == [None, "3", "4", "4"]  # the cut event was not applied
     for ts, state in q:
         got.append((to_micros(ts), state))
-    assert got == states_of(LOG)
+    assert got == states_of(LOG)[2:]  # the state once loaded, then every change
     assert commits == [LOG[:3]]
     assert tail.health.state is ConnectionState.CLOSED
     assert tail.health.revision == 5
@@ -683,7 +944,15 @@ def test_retryable_statuses_reconnect(mocked: responses.RequestsMock, status: in
 def test_fatal_statuses_stop_the_tail(
     mocked: responses.RequestsMock, status: int, code: str, error: type[Exception]
 ) -> None:
-    add_error(mocked, status, code)
+    # The answer waits until both subscribers are in: subscribe() starts the tail,
+    # and a tail that has already failed refuses a new subscriber (see below).
+    subscribed = threading.Event()
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        assert subscribed.wait(5)
+        return status, {}, json.dumps({"error": {"code": code, "message": "scripted"}})
+
+    mocked.add_callback(responses.GET, LIVE, callback=answer, content_type="application/json")
     waits = Waits(1)
     tail, transport = make_tail(waits)
     errors: list[BaseException] = []
@@ -695,6 +964,7 @@ def test_fatal_statuses_stop_the_tail(
 
     tail.subscribe(lambda ts, s: None, on_error)
     q = tail.states()
+    subscribed.set()
     assert failed.wait(5)
     with pytest.raises(error):
         q.get(timeout=5)
@@ -857,7 +1127,7 @@ def test_failover_to_the_next_url(mocked: responses.RequestsMock) -> None:
     hosts = [str(c.request.url).split("/v1")[0] for c in mocked.calls]
     assert hosts == [BASE, other, other]
     assert mocked.calls[2].request.headers["Last-Event-ID"] == "2"
-    assert [s for _, s in q] == [s for _, s in states_of(LOG[:3])]
+    assert [s for _, s in q] == [s for _, s in states_of(LOG[:3])][1:]
 
 
 def test_not_an_event_stream_reconnects(mocked: responses.RequestsMock) -> None:
@@ -874,14 +1144,12 @@ def test_subscriber_gets_current_state_first_then_changes(mocked: responses.Requ
     tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
     first = tail.states()
     run_script(tail, transport, waits)
-    assert len(list(first)) == 3
-    late = StateQueue()
+    assert [s for _, s in first] == [states_of(LOG[:3])[-1][1]]  # not the window's replay
     # After closing, subscribing is refused.
     with pytest.raises(ClientClosed):
         tail.states()
     with pytest.raises(ClientClosed):
         tail.latest(timeout=0)
-    late.close()
 
 
 def test_latest_and_a_late_subscriber_see_the_current_state(
@@ -929,51 +1197,41 @@ def test_close_from_a_callback_does_not_deadlock(mocked: responses.RequestsMock)
     assert tail.health.state is ConnectionState.CLOSED
 
 
-def test_timeouts_are_rstream_errors_and_builtin_timeout_errors() -> None:
-    queue = StateQueue(maxsize=1)
-    with pytest.raises(rstream.Timeout) as info:
-        queue.get(timeout=0)
-    assert isinstance(info.value, TimeoutError)
-    assert isinstance(info.value, rstream.RStreamError)
-    queue.close()
-
-
-def test_the_gc_is_paused_only_while_a_chunk_becomes_states(
+def test_latest_waits_a_finite_time_and_says_what_it_waited_for(
     mocked: responses.RequestsMock,
 ) -> None:
-    add_sse(mocked, sse(*(ev(e) for e in LOG)))  # LOG[3] commits the first window
+    # Every connection is refused: the tail never receives the stream's state.
+    waits = Waits(10_000)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0.01))
+    try:
+        with pytest.raises(rstream.Timeout) as info:
+            tail.latest(timeout=0.05)
+        assert isinstance(info.value, TimeoutError)
+        assert isinstance(info.value, rstream.RStreamError)
+        message = str(info.value)
+        assert "'robot-1'" in message
+        assert "current state" in message
+        assert "connection" in message
+    finally:
+        tail.close()
+        transport.close()
+
+
+def test_the_tail_never_switches_the_garbage_collector(
+    mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library does not change process-wide state: the collector is the application's.
+    switched: list[str] = []
+    monkeypatch.setattr(gc, "disable", lambda: switched.append("disable"))
+    monkeypatch.setattr(gc, "enable", lambda: switched.append("enable"))
+    add_sse(mocked, sse(*(ev(e) for e in LOG)))
     add_sse(mocked, sse(ev(LOG[4]), ("entry", "{broken", "6")))  # ProtocolError mid-chunk
-    assert gc.isenabled()
-    in_feed: list[bool] = []
-    in_commit: list[bool] = []
-    in_sleep: list[bool] = []
     waits = Waits(2)
-
-    class Recording(LiveState):
-        def feed(self, event: str, data: str, event_id: str | None = None) -> Step:
-            in_feed.append(gc.isenabled())
-            return super().feed(event, data, event_id)
-
-    def sleep(seconds: float) -> None:
-        in_sleep.append(gc.isenabled())
-        waits(seconds)
-
-    def on_commit(entries: list[Entry]) -> None:
-        in_commit.append(gc.isenabled())
-
-    transport = Transport(BASE, retry=tenacity.Retrying())
-    tail = LiveTail(
-        transport, "robot-1", sleep=sleep, wait=tenacity.wait_fixed(0), on_commit=on_commit
-    )
-    waits.tail = tail
-    tail._state = Recording()
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0))
     q = tail.states()
     run_script(tail, transport, waits)
-    assert [s for _, s in q] == [s for _, s in states_of(LOG)]
-    assert in_feed == [False] * 7  # every event was applied with the collector paused
-    assert in_commit == [True]  # but not across a callback,
-    assert in_sleep == [True, True]  # a wait, or after a malformed event ended a connection
-    assert gc.isenabled()
+    assert [s for _, s in q] == [states_of(LOG)[-1][1]]
+    assert switched == []
 
 
 def test_a_raising_token_callable_stops_the_tail_with_an_auth_error(
@@ -989,3 +1247,150 @@ def test_a_raising_token_callable_stops_the_tail_with_an_auth_error(
     assert len(mocked.calls) == 0
     tail.close()
     transport.close()
+
+
+# -- the change log as a whole: a model check ----------------------------------
+
+
+class ModelServer:
+    """A stream as the server holds it (amends replace the newest entry), and the
+    live events it sends, fed to a LiveState into a change log as the tail does."""
+
+    def __init__(self, log: ChangeLog) -> None:
+        self.entries: list[Entry] = []
+        self.states: list[dict[str, Any]] = []  # the state after each entry
+        self.rev = 0
+        self.live = LiveState()
+        self.log = log
+
+    def write(self, value: int, how: str) -> None:
+        new = {"v": value, "k": {"x": value % 3}}
+        self.rev += 1
+        amend = how == "amend" and len(self.entries) > 1 and not self.entries[-1].is_snapshot
+        if amend:
+            base = self.states[-2]
+            last = self.entries[-1]
+            entry = Entry.from_micros(
+                last.micros, EntryKind.MUTATION, build_mutation(base, new), self.rev
+            )
+            self.entries[-1], self.states[-1] = entry, new
+        else:
+            micros = T0 + len(self.entries) * 1000
+            if how == "snapshot" or not self.entries:
+                entry = Entry.from_micros(micros, EntryKind.SNAPSHOT, new, self.rev)
+            else:
+                data = build_mutation(self.states[-1], new)
+                entry = Entry.from_micros(micros, EntryKind.MUTATION, data, self.rev)
+            self.entries.append(entry)
+            self.states.append(new)
+        step = self.live.feed(*ev(entry, "amend" if amend else "entry"))
+        assert step.change is not None
+        self.log.append([step.change])
+
+    def fetch(self, start: int) -> Iterator[Entry]:
+        return iter([e for e in list(self.entries) if e.micros >= start])
+
+
+def collapse(items: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """Replacements folded: of consecutive states at one time, the last."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    for micros, state in items:
+        if out and out[-1][0] == micros:
+            out[-1] = (micros, state)
+        else:
+            out.append((micros, state))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.sampled_from(["entry", "entry", "amend", "snapshot"])),
+            st.tuples(st.just("read"), st.integers(0, 3)),
+            st.tuples(st.just("notice"), st.just(0)),
+        ),
+        max_size=80,
+    ),
+    st.integers(1, 6),
+)
+def test_readers_of_every_policy_against_a_model_of_the_server(
+    operations: list[tuple[str, Any]], capacity: int
+) -> None:
+    """Whatever the writes, amends and reads, with a tiny memory: a "block" reader
+    gets every change of the server's log once, in order (amends as replacements);
+    "latest" and "drop_oldest" readers end on the newest state; every reader gets
+    every notice once, in order."""
+    log = ChangeLog(capacity, name="model")
+    server = ModelServer(log)
+    log._fetch = server.fetch
+    server.write(0, "snapshot")
+    log.mark_loaded()
+    queues = [queue_of(log), queue_of(log), queue_of(log, overflow="latest")]
+    queues.append(queue_of(log, 2, "drop_oldest"))
+    notices: list[list[BaseException]] = [[] for _ in queues]
+    got: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in queues]
+    for q, seen in zip(queues, notices, strict=True):
+        q.on_error = seen.append
+    sent: list[BaseException] = []
+    for i, (op, arg) in enumerate(operations, start=1):
+        if op == "write":
+            server.write(i, arg)
+        elif op == "notice":
+            notice = Disconnected(f"lost {i}")
+            sent.append(notice)
+            log.notice(notice)
+        else:
+            with contextlib.suppress(rstream.Empty):
+                ts, state = queues[arg].get_nowait()
+                got[arg].append((to_micros(ts), state))
+    for q, items in zip(queues, got, strict=True):
+        items += [(to_micros(ts), state) for ts, state in iter_now(q)]
+    expected = list(zip([e.micros for e in server.entries], server.states, strict=True))
+    for items in got[:2]:
+        assert collapse(items) == expected
+    for items in got[2:]:
+        assert items[-1] == expected[-1]
+        assert [m for m, _ in items] == sorted(m for m, _ in items)
+    for q, seen in zip(queues, notices, strict=True):
+        assert seen == sent, (q.overflow, seen, sent)
+
+
+def iter_now(q: StateQueue) -> Iterator[tuple[datetime, dict[str, Any]]]:
+    """What ``q`` holds now, without waiting."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except rstream.Empty:
+            return
+
+
+def test_an_outage_is_one_disconnected_one_reconnected_and_one_warning(
+    mocked: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_sse(mocked, sse(ev(LOG[0])))  # open, then lost
+    for _ in range(3):
+        add_error(mocked, 503, "unavailable")  # the outage goes on: no more notices
+    add_sse(mocked, sse(ev(LOG[1])))  # back
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    waits = Waits(5)
+    tail, transport = make_tail(waits, wait=tenacity.wait_fixed(0), clock=clock)
+    errors: list[BaseException] = []
+    q = tail.states(on_error=errors.append)
+    with caplog.at_level(logging.INFO, logger="rstream"):
+        run_script(tail, transport, waits)
+        assert [s for _, s in q] == [LOG[0].data, states_of(LOG[:2])[1][1]]
+    kinds = [type(e) for e in errors]
+    assert kinds == [Disconnected, Reconnected, Disconnected]  # the last: the script's end
+    lost, back = errors[0], errors[1]
+    assert isinstance(lost, Disconnected)
+    assert isinstance(back, Reconnected)
+    assert lost.url == back.url == LIVE
+    assert back.downtime > 0
+    warnings = [r for r in caplog.records if "lost its connection" in r.getMessage()]
+    assert len(warnings) == 2  # one per outage, not one per failed attempt

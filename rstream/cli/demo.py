@@ -41,7 +41,7 @@ from rstream.cli.views import (
     summarize_state,
 )
 from rstream.demo import SimulatedDevice
-from rstream.errors import ClientClosed, OutOfRange
+from rstream.errors import ClientClosed, Empty, OutOfRange
 
 __all__ = ["demo"]
 
@@ -201,7 +201,7 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
 def _next_state(queue: Any, timeout: float) -> tuple[datetime, dict[str, Any]] | None:
     try:
         item: tuple[datetime, dict[str, Any]] = queue.get(timeout=max(timeout, 0.0))
-    except TimeoutError:
+    except Empty:
         return None
     return item
 

@@ -24,7 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["NOT_FOLLOWING", "TRANSITIONS", "ConnectionState", "Health", "HealthTracker"]
+__all__ = [
+    "NOT_FOLLOWING",
+    "TRANSITIONS",
+    "ConnectionState",
+    "Health",
+    "HealthTracker",
+    "SubscriberLag",
+]
 
 
 class ConnectionState(enum.Enum):
@@ -52,6 +59,25 @@ TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriberLag:
+    """One subscriber in :attr:`Health.subscribers`: how far behind it is.
+
+    ``entries``: changes received and not yet given to it; ``seconds``: how
+    long ago the client received the oldest of them. ``catching_up``: it is
+    reading what it missed from the server (``overflow="block"``, further
+    behind than the client keeps in memory); ``dropped``: states its overflow
+    policy skipped.
+    """
+
+    name: str
+    overflow: str
+    entries: int
+    seconds: float
+    catching_up: bool = False
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     """A snapshot of a live tail's health.
 
@@ -62,7 +88,7 @@ class Health:
     ``reconnects`` counts connections made after the first; ``last_error`` is
     the error that ended the last connection (kept after a successful
     reconnect, for diagnosis). ``url`` is the server of the current or last
-    connection.
+    connection. ``subscribers`` is each subscriber's lag (see :class:`SubscriberLag`).
     """
 
     state: ConnectionState
@@ -72,6 +98,7 @@ class Health:
     last_error: BaseException | None = None
     url: str | None = None
     since: datetime | None = None  # when ``state`` was entered
+    subscribers: tuple[SubscriberLag, ...] = ()
 
     @property
     def following(self) -> bool:

@@ -3,9 +3,11 @@
 :class:`LiveTail` reads ``GET /v1/streams/{id}/live`` (Server-Sent Events,
 ``docs/protocol.rst``) over a streamed response from the transport's shared
 session, feeds each complete event to the pure
-:class:`~rstream.client.livestate.LiveState`, and hands every state change to
-its subscribers: callback :class:`~rstream.client.subscription.Subscription`\\ s
-(each on its own dispatcher thread) and :class:`~rstream.client.queues.StateQueue`\\ s.
+:class:`~rstream.client.livestate.LiveState`, and appends every state change to
+the stream's :class:`~rstream.client.changelog.ChangeLog`. It never waits for a
+subscriber: callback :class:`~rstream.client.subscription.Subscription`\\ s
+(each on its own dispatcher thread) and :class:`~rstream.client.queues.StateQueue`\\ s
+each read the log from their own position.
 
 Reconnecting (see ``docs/live.rst``):
 
@@ -22,6 +24,11 @@ Reconnecting (see ``docs/live.rst``):
   and starts over after a healthy connection (one that applied an event or
   stayed open ``healthy_after`` seconds).
 
+When an open connection is lost, every subscriber is given a
+:class:`~rstream.Disconnected` notice (and one warning is logged for the
+outage); when a connection is open again, a :class:`~rstream.Reconnected`
+notice with the downtime. Neither stops anything.
+
 ``close()`` interrupts the blocked read (``HTTPResponse.shutdown()``), so it
 returns at once from any thread, and joins the threads it started.
 """
@@ -34,6 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, NoReturn, Protocol
 
@@ -41,14 +49,25 @@ import requests
 import tenacity
 import urllib3.exceptions
 
-from rstream.client import _gc
+from rstream.client.changelog import (
+    DEFAULT_LAG_WARNING,
+    DEFAULT_LATEST_TIMEOUT,
+    ChangeLog,
+    Fetch,
+    Overflow,
+)
 from rstream.client.health import ConnectionState, Health, HealthTracker
 from rstream.client.interrupt import observe_sockets
-from rstream.client.livestate import LiveState
-from rstream.client.queues import Overflow, StateQueue
+from rstream.client.livestate import Change, LiveState
+from rstream.client.queues import StateQueue
 from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, EventStream, SSEEvent, iter_chunks
-from rstream.client.subscription import ErrorCallback, StateCallback, Subscription
+from rstream.client.subscription import (
+    ErrorCallback,
+    StateCallback,
+    Subscription,
+    check_callback,
+)
 from rstream.client.transport import quote_stream_id, raise_for_response
 from rstream.core.entry import Entry
 from rstream.core.mutation import copy_json
@@ -56,7 +75,9 @@ from rstream.core.timestamps import from_micros
 from rstream.errors import (
     ClientClosed,
     ConfigError,
+    Disconnected,
     ProtocolError,
+    Reconnected,
     RStreamError,
     ServerError,
     Timeout,
@@ -65,6 +86,7 @@ from rstream.errors import (
 
 __all__ = [
     "DEFAULT_HEALTHY_AFTER",
+    "DEFAULT_LATEST_TIMEOUT",
     "HEARTBEAT_FACTOR",
     "LiveTail",
     "LiveTransport",
@@ -77,6 +99,8 @@ HEARTBEAT_FACTOR = 2.5
 """The read timeout is this many heartbeat intervals (``RStream-Heartbeat``)."""
 DEFAULT_HEALTHY_AFTER = 10.0
 """A connection open this long (seconds) counts as healthy even if the stream was quiet."""
+DEFAULT_CAPACITY = 1_000_000
+"""Changes the change log holds for slow subscribers (the client's ``max_cached_entries``)."""
 _MAX_SERVER_FLOOR = 600.0  # a retry:/Retry-After above this is a misconfiguration
 
 
@@ -101,9 +125,6 @@ class LiveTransport(Protocol):
     def auth_headers(self, *, refresh: bool = False) -> dict[str, str]: ...
 
     def url_for(self, index: int, path: str) -> str: ...
-
-
-_StateItem = tuple[datetime, dict[str, Any]]
 
 
 class _ReconnectError(Exception):
@@ -142,6 +163,18 @@ class LiveTail:
     timeout until the server has told it). ``on_commit(entries)`` is called on
     the reader thread, outside any lock, when a new snapshot arrives live, with
     the previous live window (complete, snapshot first; read-only entries).
+
+    ``capacity`` bounds the changes held in memory for slow subscribers, and
+    the live window's entries kept (past it, ``live_window()`` is None);
+    ``fetch(start)`` returns the server's entries from ``start`` (epoch
+    microseconds) on, so that a ``"block"`` subscriber that fell further
+    behind reads them from the server (without it, such a subscriber is given
+    a :class:`~rstream.Gap`). ``current_revision()`` returns the stream's
+    revision: asked before each connection that starts afresh, it tells when
+    the backlog the server sends first is applied, i.e. when the stream is
+    loaded and early subscribers get its current state (without it, the first
+    batch of changes received counts as the backlog).
+
     ``sleep`` replaces the interruptible backoff wait (tests record waits with
     it); ``wait`` replaces the backoff strategy; ``clock`` (monotonic) and
     ``wall_clock`` (epoch, for :attr:`health`) are injectable.
@@ -155,6 +188,9 @@ class LiveTail:
         heartbeat_timeout: float | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         on_commit: Callable[[list[Entry]], None] | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+        fetch: Fetch | None = None,
+        current_revision: Callable[[], int] | None = None,
         sleep: Callable[[float], None] | None = None,
         wait: tenacity.wait.WaitBaseT | None = None,
         healthy_after: float = DEFAULT_HEALTHY_AFTER,
@@ -169,16 +205,16 @@ class LiveTail:
         self._heartbeat_timeout = heartbeat_timeout
         self._max_event_bytes = max_event_bytes
         self._on_commit = on_commit
+        self._current_revision = current_revision
         # time.sleep cannot be interrupted by close(): use the stop event instead.
         self._user_sleep = None if sleep is time.sleep else sleep
         self._wait = wait if wait is not None else default_wait()
         self._healthy_after = healthy_after
         self._clock = clock
 
-        self._lock = threading.Lock()  # guards _state, _inboxes, _subscriptions, _closed
-        self._changed = threading.Condition(self._lock)  # anchoring, closing, failing
-        self._state = LiveState()
-        self._inboxes: list[StateQueue] = []
+        self._lock = threading.Lock()  # guards _state, _subscriptions, _closed
+        self._state = LiveState(max_window=capacity)
+        self._log = ChangeLog(capacity, fetch=fetch, name=stream_id, clock=clock)
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self._fatal: BaseException | None = None
@@ -190,17 +226,13 @@ class LiveTail:
         self._response_lock = threading.Lock()
 
         # Owned by the reader thread.
-        self._gc_paused = False  # it holds a GC pause (while it turns a chunk into states)
         self._url_index = getattr(transport, "current_index", 0)
         self._server_retry = 0.0  # the server's retry:, seconds
         self._server_heartbeat: float | None = None  # RStream-Heartbeat, seconds
-        # Applied, not yet delivered, in order: runs of states for the inboxes there
-        # were when they were applied, and errors (a Gap) with theirs. States extend
-        # the last run while the inboxes stay the same list (copy-on-write), so the
-        # common case costs one list append per state.
-        self._pending: list[tuple[list[_StateItem] | BaseException, list[StateQueue]]] = []
-        self._batch: list[_StateItem] = []  # the last run in _pending, when _batch_for is set
-        self._batch_for: list[StateQueue] | None = None  # the inboxes of _batch
+        self._pending: list[Change] = []  # applied, not yet in the log (see _flush)
+        self._loaded_at: int | None = None  # the revision that ends the backlog, if known
+        self._was_open = False  # a connection has been open: losing it is an outage
+        self._down_since: float | None = None  # when the current outage began (clock)
 
     # -- public API ---------------------------------------------------------------
 
@@ -221,17 +253,25 @@ class LiveTail:
         on_error: ErrorCallback | None = None,
         *,
         maxsize: int = 10_000,
-        overflow: Overflow | str = "block",
+        overflow: Overflow = "block",
+        lag_warning: float | None = DEFAULT_LAG_WARNING,
     ) -> Subscription:
         """Call ``on_state(ts, state)`` with the current state, then with every change.
 
         The callback runs on the subscription's own thread; see
-        :class:`~rstream.client.subscription.Subscription`.
+        :class:`~rstream.client.subscription.Subscription`. Raises
+        :class:`TypeError` at once when ``on_state`` cannot take ``(ts, state)``.
         """
-        subscription = Subscription(
-            on_state, on_error, maxsize=maxsize, overflow=overflow, name=self.stream_id
-        )
-        self._register(subscription.queue, subscription)
+        check_callback(on_state, "on_state", 2)
+        if on_error is not None:
+            check_callback(on_error, "on_error", 1)
+        with self._lock:
+            self._check_usable()
+            reader = self._log.reader(
+                overflow, maxsize, name=_callback_name(on_state), lag_warning=lag_warning
+            )
+            subscription = Subscription(reader, on_state, on_error)
+            self._subscriptions.append(subscription)
         subscription.start()
         self.start()
         return subscription
@@ -239,39 +279,43 @@ class LiveTail:
     def states(
         self,
         maxsize: int = 1000,
-        overflow: Overflow | str = "block",
+        overflow: Overflow = "block",
         *,
         on_error: ErrorCallback | None = None,
+        lag_warning: float | None = DEFAULT_LAG_WARNING,
     ) -> StateQueue:
         """A queue of ``(ts, state)``: the current state, then every change."""
-        queue = StateQueue(maxsize, overflow, on_error=on_error)
-        self._register(queue, None)
+        if on_error is not None:
+            check_callback(on_error, "on_error", 1)
+        with self._lock:
+            self._check_usable()
+            reader = self._log.reader(overflow, maxsize, name="states()", lag_warning=lag_warning)
+        queue = StateQueue(reader, on_error=on_error)
         self.start()
         return queue
 
-    def latest(self, timeout: float | None = None) -> tuple[datetime, dict[str, Any]]:
-        """The newest state (a private copy), once the tail is anchored on the live window.
+    def latest(
+        self, timeout: float | None = DEFAULT_LATEST_TIMEOUT
+    ) -> tuple[datetime, dict[str, Any]]:
+        """The newest state (a private copy), once the stream is loaded.
 
-        Raises :class:`~rstream.Timeout` (a ``TimeoutError``) when it is not
-        anchored within ``timeout`` seconds, the fatal error that stopped the tail, or
-        :class:`~rstream.ClientClosed`.
+        Waits up to ``timeout`` seconds (None: no limit) for the tail to receive
+        the stream's current state, then raises :class:`~rstream.Timeout` saying
+        what it waited for and the connection's state; raises the fatal error
+        that stopped the tail, or :class:`~rstream.ClientClosed`.
         """
         self.start()
-        deadline = None if timeout is None else self._clock() + timeout
-        with self._lock:
-            while True:
-                self._check_usable()
-                current = self._state.current
-                if current is not None:
-                    return current.timestamp, copy_json(current.state)
-                remaining = None if deadline is None else deadline - self._clock()
-                if remaining is not None and remaining <= 0:
-                    health = self._health.snapshot()
-                    raise Timeout(
-                        f"no live state for stream {self.stream_id!r} within {timeout} s "
-                        f"(connection {health.state.name}, last error: {health.last_error})"
-                    )
-                self._changed.wait(remaining)
+        self._check_usable()
+        current = self._log.current(timeout)
+        self._check_usable()
+        if current is None:
+            health = self._health.snapshot()
+            raise Timeout(
+                f"waited {timeout} s for the live tail of stream {self.stream_id!r} to receive "
+                f"its current state (connection {health.state.name}, last error: "
+                f"{health.last_error}); is the server up? pass a longer timeout= to wait more"
+            )
+        return from_micros(current.micros), copy_json(current.state)
 
     def live_window(self) -> list[Entry] | None:
         """The live window received so far (snapshot first; read-only entries), or None."""
@@ -286,8 +330,14 @@ class LiveTail:
 
     @property
     def health(self) -> Health:
-        """Connection state, last data time, revision, reconnects, last error."""
-        return self._health.snapshot()
+        """Connection state, last data time, revision, reconnects, last error, and
+        each subscriber's lag."""
+        return replace(self._health.snapshot(), subscribers=self._log.lags())
+
+    @property
+    def changelog(self) -> ChangeLog:
+        """The change log the subscribers read (see :mod:`rstream.client.changelog`)."""
+        return self._log
 
     @property
     def closed(self) -> bool:
@@ -305,23 +355,20 @@ class LiveTail:
 
         Idempotent; every call from another thread than the tail's own waits
         (at most about 1 s) for its threads to end. Queues keep the states
-        already in them (then ``get`` raises :class:`~rstream.ClientClosed`);
+        not yet taken (then ``get`` raises :class:`~rstream.ClientClosed`);
         callback subscriptions drop theirs.
         """
         with self._lock:
             first = not self._closed
             self._closed = True
-            inboxes, self._inboxes = self._inboxes, []
-            subscriptions = self._subscriptions
+            subscriptions = list(self._subscriptions)
             thread = self._thread
-            self._changed.notify_all()
         if first:
             self._stop.set()
             self._interrupt()
             for subscription in subscriptions:
-                subscription.queue.close()
-            for inbox in inboxes:
-                inbox.finish()  # also wakes a reader blocked on a full queue
+                subscription._reader.close()
+            self._log.finish()  # wakes every waiting get() and latest()
         deadline = time.monotonic() + 1.0
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -355,45 +402,64 @@ class LiveTail:
         if self._fatal is not None:
             raise self._fatal
 
-    def _register(self, queue: StateQueue, subscription: Subscription | None) -> None:
-        queue.set_on_close(self._forget)
-        with self._lock:
-            self._check_usable()
-            current = self._state.current
-            if current is not None:
-                queue.put((current.timestamp, current.state))  # empty queue: never blocks
-            self._inboxes = [*self._inboxes, queue]  # copy-on-write (see _apply)
-            if subscription is not None:
-                self._subscriptions.append(subscription)
-
-    def _forget(self, queue: StateQueue) -> None:
-        with self._lock:
-            if queue in self._inboxes:
-                self._inboxes = [q for q in self._inboxes if q is not queue]
-            if not self._closed:  # once closed, close() still joins every dispatcher
-                self._subscriptions = [s for s in self._subscriptions if s.queue is not queue]
-
     def _flush(self) -> None:
-        """Hand out the states applied since the last flush, on the reader thread,
-        outside the lock: called before each blocking read, so a chunk of events
-        costs one wake-up per subscriber, not one per event."""
+        """Append the changes applied since the last flush to the log, on the reader
+        thread: called before each blocking read, so a chunk of events costs one
+        wake-up per subscriber, not one per event."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
-        self._batch_for = None
+        self._log.append(pending)
         with self._lock:
             revision = self._state.resume_rev
-            self._changed.notify_all()  # latest() waiters
         self._health.revision(revision)
-        for item, inboxes in pending:
-            if isinstance(item, BaseException):
-                log.warning("stream %r: %s", self.stream_id, item)
-                for inbox in inboxes:
-                    inbox.put_error(item)
-            else:
-                for inbox in inboxes:
-                    inbox.put_many(item)  # "block": back-pressure here, woken by close()
+        if (
+            not self._log.loaded
+            and revision is not None
+            and (self._loaded_at is None or revision >= self._loaded_at)
+        ):
+            self._log.mark_loaded()
+
+    def _notice(self, notice: BaseException) -> None:
+        """A notice for every subscriber, after the changes applied before it."""
+        self._flush()
+        self._log.notice(notice)
+
+    def _connection_lost(self, cause: BaseException, url: str) -> None:
+        """An open connection ended: the first loss of an outage is a notice."""
+        if not self._was_open or self._down_since is not None:
+            return
+        self._down_since = self._clock()
+        log.warning(
+            "live tail of %r lost its connection (%s); reconnecting, subscribers are told",
+            self.stream_id,
+            cause,
+        )
+        self._notice(
+            Disconnected(
+                f"the live tail of stream {self.stream_id!r} lost its connection to {url} "
+                f"({cause}); it is reconnecting and will resume without a gap",
+                url=url,
+                cause=cause,
+            )
+        )
+
+    def _connection_open(self, url: str) -> None:
+        self._was_open = True
+        if self._down_since is None:
+            return
+        downtime = max(self._clock() - self._down_since, 0.0)
+        self._down_since = None
+        log.info("live tail of %r reconnected after %.1f s", self.stream_id, downtime)
+        self._notice(
+            Reconnected(
+                f"the live tail of stream {self.stream_id!r} is connected again to {url} "
+                f"after {downtime:.1f} s",
+                url=url,
+                downtime=downtime,
+            )
+        )
 
     # -- the reader thread --------------------------------------------------------
 
@@ -426,25 +492,21 @@ class LiveTail:
             self._set_response(None)
 
     def _finish(self, error: BaseException, *, fatal: bool) -> None:
-        """The tail stops by itself: tell every subscriber, end their inboxes."""
+        """The tail stops by itself: tell every subscriber, end the log."""
         with self._lock:
             if self._closed:
                 return
-            # Nothing will feed or finish a later subscriber, nor anchor a
-            # latest() waiter: they get the error too, fatal or not (a 204).
+            # Nothing will feed a later subscriber, nor load a latest() waiter:
+            # they get the error too, fatal or not (a 204).
             self._fatal = error
-            inboxes = list(self._inboxes)
-            self._changed.notify_all()
         if fatal:
             log.error("live tail of %r stopped: %s", self.stream_id, error)
             self._health.try_move(ConnectionState.FAILED, error=error)
-            for inbox in inboxes:
-                inbox.finish(error)
+            self._log.finish(error)
         else:
             self._health.try_move(ConnectionState.CLOSED)
-            for inbox in inboxes:
-                inbox.put_error(error)
-                inbox.finish()
+            self._notice(error)
+            self._log.finish()
 
     def _retrying(self) -> tenacity.Retrying:
         # The transport's policy is a template: copied, never changed.
@@ -495,6 +557,8 @@ class LiveTail:
         self._health.connecting(url)
         with self._lock:
             resume = self._state.resume_rev
+        if resume is None and not self._log.loaded and self._current_revision is not None:
+            self._learn_revision()
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if resume is not None:
             headers["Last-Event-ID"] = str(resume)
@@ -512,6 +576,15 @@ class LiveTail:
         finally:
             self._set_response(None)
             response.close()
+
+    def _learn_revision(self) -> None:
+        """Ask the stream's revision: the backlog of a fresh connection ends there."""
+        assert self._current_revision is not None
+        try:
+            self._loaded_at = self._current_revision()
+        except (TransportError, ServerError, ProtocolError) as exc:  # as the live GET's
+            self._check_stop()
+            self._failed_over(exc)
 
     def _open(self, url: str, headers: dict[str, str]) -> requests.Response:
         response = self._get(url, {**headers, **self.transport.auth_headers()})
@@ -602,6 +675,7 @@ class LiveTail:
             )
         self._learn_heartbeat(response)
         self._health.move(ConnectionState.OPEN)
+        self._connection_open(url)
         opened = self._clock()
         progressed = False
         events = EventStream(
@@ -620,11 +694,11 @@ class LiveTail:
             self._check_stop()  # the dying read after close() is not news
             cause = TransportError(f"the live stream from {url} broke: {exc}")
         finally:
-            self._resume_gc()
             self._flush()  # what was applied is delivered, whatever ended the connection
             if events.retry_ms is not None:
                 self._server_retry = events.retry_ms / 1000
         self._check_stop()
+        self._connection_lost(cause, url)
         if progressed or self._clock() - opened >= self._healthy_after:
             self._health.error(cause)
             log.info("live tail of %r: %s; resuming", self.stream_id, cause)
@@ -649,58 +723,39 @@ class LiveTail:
                 sock.settimeout(heartbeat * HEARTBEAT_FACTOR)
 
     def _observe(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """The chunks, with the work between two reads done: the states of the last
-        chunk delivered, and the garbage collector paused while the next chunk becomes
-        events and states (see :mod:`rstream.client._gc`), never across the read or a
-        wait for room in an inbox."""
+        """The chunks, with the changes of the last chunk appended to the log before
+        the next read."""
         data = self._health.data
         chunks = iter(chunks)
         while True:
-            self._resume_gc()
             self._flush()  # deliver what the last chunk gave before blocking on the socket
             chunk = next(chunks, None)
             if chunk is None:
                 return
             data()
-            self._pause_gc()
             yield chunk
-
-    def _pause_gc(self) -> None:
-        if not self._gc_paused:
-            _gc.pause()
-            self._gc_paused = True
-
-    def _resume_gc(self) -> None:
-        if self._gc_paused:
-            self._gc_paused = False
-            _gc.resume()
 
     def _apply(self, event: SSEEvent) -> bool:
         """Apply one event; its state is delivered at the next flush. True when it
         changed the live state."""
         with self._lock:
             change, committed, gap, applied = self._state.feed(event.event, event.data, event.id)
-            inboxes = self._inboxes  # copy-on-write: this list is never changed
         if gap is not None:
-            self._pending.append((gap, inboxes))
-            self._batch_for = None  # states after the gap: a new run
+            log.warning("stream %r: %s", self.stream_id, gap)
+            self._notice(gap)
         if change is not None:
-            item = (from_micros(change.micros), change.state)
-            if inboxes is self._batch_for:
-                self._batch.append(item)
-            else:
-                self._batch = [item]
-                self._batch_for = inboxes
-                self._pending.append((self._batch, inboxes))
+            self._pending.append(change)
         if committed is not None and self._on_commit is not None:
             # Now, not at the flush: the window store may look at live_window(),
             # which must still be the window this snapshot started.
-            paused = self._gc_paused
-            self._resume_gc()  # not across a callback
             try:
                 self._on_commit(list(committed))
             except Exception:
                 log.exception("on_commit callback for stream %r raised", self.stream_id)
-            if paused:
-                self._pause_gc()
         return applied
+
+
+def _callback_name(callback: object) -> str:
+    """A short name for a subscriber's callback (for health and log records)."""
+    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+    return f"subscribe({name})"

@@ -44,11 +44,17 @@ __all__ = ["Change", "LiveState", "Step"]
 
 
 class Change(NamedTuple):
-    """A state to deliver: the state at ``micros`` as of revision ``rev`` (read-only)."""
+    """A state to deliver: the state at ``micros`` as of revision ``rev`` (read-only).
+
+    ``base`` is the state before the entry (None for a snapshot): what an amend of
+    this entry applies to, so a subscriber that catches up from the server can
+    rebuild the entry's state if it was amended meanwhile.
+    """
 
     micros: int
     state: dict[str, Any]
     rev: int
+    base: dict[str, Any] | None = None
 
     @property
     def timestamp(self) -> datetime:
@@ -83,10 +89,22 @@ _BAD_INPUT = (ValueError, TypeError, KeyError, RecursionError, EntryFormatError,
 class LiveState:
     """The live window and current state of a followed stream, fed event by event."""
 
-    __slots__ = ("_entries", "_prev_state", "_reset_from", "_rev", "_state")
+    __slots__ = (
+        "_entries",
+        "_max_window",
+        "_prev_state",
+        "_reset_from",
+        "_rev",
+        "_state",
+        "_whole",
+    )
 
-    def __init__(self) -> None:
-        self._entries: list[Entry] = []  # the live window, snapshot first
+    def __init__(self, max_window: int | None = None) -> None:
+        # The live window, snapshot first; past max_window entries only the newest
+        # is kept (_whole is then False): memory stays bounded however long the window.
+        self._entries: list[Entry] = []
+        self._max_window = max_window if max_window is not None else 2**62
+        self._whole = True
         self._state: dict[str, Any] | None = None  # after the newest entry
         self._prev_state: dict[str, Any] | None = None  # before it, when it is a mutation
         self._rev: int | None = None  # rev of the last entry applied
@@ -109,11 +127,14 @@ class LiveState:
         """The newest state, or None before the tail is anchored."""
         if self._state is None or self._rev is None:
             return None
-        return Change(self._entries[-1].micros, self._state, self._rev)
+        return Change(self._entries[-1].micros, self._state, self._rev, self._prev_state)
 
     def window(self) -> list[Entry] | None:
-        """The live window's entries so far (snapshot first), or None when not anchored."""
-        return list(self._entries) if self._state is not None else None
+        """The live window's entries so far (snapshot first), or None when not anchored
+        or when the window grew past ``max_window`` entries (they are not kept)."""
+        if self._state is None or not self._whole:
+            return None
+        return list(self._entries)
 
     def __repr__(self) -> str:
         return f"<LiveState entries={len(self._entries)} rev={self._rev}>"
@@ -139,10 +160,12 @@ class LiveState:
                     except _BAD_INPUT as exc:
                         raise self._not_applicable(entry, exc) from None
                     entries.append(entry)
+                    if len(entries) > self._max_window:
+                        self._shed()
                     self._prev_state = state
                     self._state = new_state
                     self._rev = rev
-                    change = _tuple_new(Change, (micros, new_state, rev))
+                    change = _tuple_new(Change, (micros, new_state, rev, state))
                     return _tuple_new(Step, (change, None, None, True))
             return self._entry(entry, amend=False)
         if event == "amend":
@@ -214,24 +237,28 @@ class LiveState:
                 f"entry ({format_rfc3339(last.micros)})"
             )
         if entry.kind is EntryKind.SNAPSHOT:
-            committed = tuple(entries)
+            committed = tuple(entries) if self._whole else None
+            self._whole = True
             self._entries = [entry]
             self._prev_state = None
             self._state = entry.data
             self._rev = rev
             return Step(Change(entry.micros, entry.data, rev), committed, applied=True)
-        state = self._apply(self._state, entry)
+        base = self._state
+        state = self._apply(base, entry)
         entries.append(entry)
-        self._prev_state = self._state
+        if len(entries) > self._max_window:
+            self._shed()
+        self._prev_state = base
         self._state = state
         self._rev = rev
-        return Step(Change(entry.micros, state, rev), applied=True)
+        return Step(Change(entry.micros, state, rev, base), applied=True)
 
     def _replace_last(self, entry: Entry, last: Entry) -> Step:
         rev = entry.rev
         assert rev is not None
         if entry.kind is EntryKind.SNAPSHOT:
-            if len(self._entries) != 1:
+            if last.kind is not EntryKind.SNAPSHOT:
                 raise ProtocolError(
                     f"snapshot at {format_rfc3339(entry.micros)} replaces a mutation"
                 )
@@ -246,12 +273,13 @@ class LiveState:
         self._entries[-1] = entry
         self._state = state
         self._rev = rev
-        return Step(Change(entry.micros, state, rev), applied=True)
+        return Step(Change(entry.micros, state, rev, self._prev_state), applied=True)
 
     def _anchor(self, snapshot: Entry) -> Step:
         rev = snapshot.rev
         assert rev is not None
         self._entries = [snapshot]
+        self._whole = True
         self._state = snapshot.data
         self._prev_state = None
         self._rev = rev
@@ -281,6 +309,11 @@ class LiveState:
         self._prev_state = None
         self._rev = None
         return Step(applied=True)
+
+    def _shed(self) -> None:
+        """The window outgrew ``max_window``: keep only its newest entry."""
+        self._entries = self._entries[-1:]
+        self._whole = False
 
     @staticmethod
     def _apply(state: dict[str, Any], entry: Entry) -> dict[str, Any]:

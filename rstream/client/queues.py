@@ -1,128 +1,149 @@
-"""StateQueue: the states of a followed stream, as a bounded queue with an overflow policy.
+"""StateQueue: a followed stream's states, polled like :class:`queue.Queue`.
 
-``stream.states(maxsize=1000, overflow="block")`` hands one out. The live tail
-puts every state change into each queue; the consumer takes them with
-:meth:`StateQueue.get` or by iterating. What happens when the consumer falls
-``maxsize`` behind is the overflow policy:
+``stream.states(maxsize=1000, overflow="block")`` hands one out. A queue is a
+reader of the stream's change log (:mod:`rstream.client.changelog`): it holds
+its own position and never slows the live tail or another subscriber. It
+gives the current state first, then every change, under its overflow policy:
 
-``"block"``
-    The live tail waits for room: back-pressure up to the socket. Nothing is
-    lost; a consumer that stays slow makes the server drop the connection,
-    and the tail resumes by revision.
+``"block"`` (default)
+    every change, once, in order, however far behind the consumer is: what
+    no longer fits in the client's memory (``max_cached_entries``) is read
+    again from the server when the consumer gets to it.
 ``"drop_oldest"``
-    The oldest queued state is dropped (counted in :attr:`StateQueue.dropped`).
+    at most ``maxsize`` states wait; older ones are skipped (counted in
+    :attr:`StateQueue.dropped`).
 ``"latest"``
-    Only the newest state is kept: for consumers that only care about now.
+    only the newest state: for consumers that only care about now.
 
-States are shared read-only inside rstream and copied when a consumer takes
-one, so each consumer owns the dict it gets (and a dropped state is never
-copied at all).
+Each state is copied when the consumer takes it, so each consumer owns the
+dict it gets (and a skipped state is never copied at all).
 """
 
 from __future__ import annotations
 
-import collections
-import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
+from rstream.client.changelog import OVERFLOW_POLICIES, Lag, Overflow, Reader
+from rstream.client.notices import NoticeReporter
 from rstream.core.mutation import copy_json
-from rstream.errors import ClientClosed, ConfigError, Timeout
+from rstream.core.timestamps import from_micros
+from rstream.errors import ClientClosed
 
 __all__ = ["OVERFLOW_POLICIES", "Overflow", "StateQueue"]
-
-log = logging.getLogger("rstream.live")
-
-Overflow: TypeAlias = Literal["block", "drop_oldest", "latest"]
-OVERFLOW_POLICIES: tuple[str, ...] = ("block", "drop_oldest", "latest")
 
 StateItem: TypeAlias = "tuple[datetime, dict[str, Any]]"
 ErrorHandler: TypeAlias = "Callable[[BaseException], object]"
 
 
 class StateQueue:
-    """A bounded queue of ``(timestamp, state)`` from a live tail.
+    """The states of a followed stream: ``get``, ``get_nowait``, iteration, as a
+    :class:`queue.Queue` is used.
 
-    ``get(timeout=None)`` blocks for the next state; ``get_nowait()`` raises
-    :class:`queue.Empty`-like :class:`~rstream.Timeout` (a ``TimeoutError``) when there is none;
-    ``for ts, state in q:`` runs until the queue or the tail is closed. A
-    ``get`` that is blocked (or called) once the queue is closed and empty
-    raises :class:`~rstream.ClientClosed`; when the tail stopped on a fatal
-    error (:class:`~rstream.AuthError`, :class:`~rstream.StreamNotFound`) it
-    raises that error instead, from ``get`` and from iteration.
+    ``get(block=True, timeout=None)`` waits for the next ``(timestamp, state)``
+    (the state is the caller's own copy); with nothing in time, or with
+    ``block=False`` and nothing waiting, it raises :class:`rstream.Empty` (a
+    :class:`queue.Empty`, not an ``OSError``). Once the queue or the tail is
+    closed and drained, ``get`` raises :class:`~rstream.ClientClosed` and
+    iteration ends; when the tail stopped on a fatal error
+    (:class:`~rstream.AuthError`, :class:`~rstream.StreamNotFound`) both raise it.
 
-    Errors that do not stop the tail (a :class:`~rstream.Gap`) are queued in
-    order with the states and handed to ``on_error`` from inside ``get``, on
-    the consumer's thread; without ``on_error`` they are logged.
+    Notices that do not stop anything (:class:`~rstream.Gap`,
+    :class:`~rstream.Disconnected`, :class:`~rstream.Reconnected`) go to
+    ``on_error`` from inside ``get``, on the consumer's thread, in order with
+    the states; without ``on_error`` a ``Gap`` is logged, and connection
+    notices are left to the tail's one warning per outage.
     """
 
     def __init__(
         self,
-        maxsize: int = 1000,
-        overflow: Overflow | str = "block",
+        reader: Reader,
         *,
         on_error: ErrorHandler | None = None,
         copy: Callable[[Any], Any] = copy_json,
     ) -> None:
-        if overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(
-                f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}, "
-                f"not {overflow!r}"
-            )
-        if type(maxsize) is not int or maxsize < 1:
-            raise ConfigError(f"maxsize must be a positive int, not {maxsize!r}")
-        self.maxsize = maxsize
-        self.overflow = overflow
-        self.on_error = on_error
+        self._reader = reader
         self._copy = copy
-        self._items: collections.deque[StateItem | BaseException] = collections.deque()
-        self._states = 0  # state items in _items (errors do not count against maxsize)
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._closed = False  # no more puts
-        self._discard = False  # closed by the consumer: nothing left to read
-        self._end: BaseException | None = None  # raised once drained; None: ClientClosed
-        self._dropped = 0
-        self._on_close: Callable[[StateQueue], None] | None = None
+        self._report = NoticeReporter(on_error, reader.log.name)
 
-    # -- consumer side -------------------------------------------------------------
+    @property
+    def on_error(self) -> ErrorHandler | None:
+        """Called with each notice, from inside ``get`` (may be set at any time)."""
+        return self._report.on_error
+
+    @on_error.setter
+    def on_error(self, on_error: ErrorHandler | None) -> None:
+        self._report.on_error = on_error
+
+    @property
+    def maxsize(self) -> int:
+        """Under ``"drop_oldest"``, the most states that wait; under ``"block"``, the
+        backlog past which :meth:`full` is true (nothing is ever dropped)."""
+        return self._reader.maxsize
+
+    @property
+    def overflow(self) -> Overflow:
+        return self._reader.overflow  # type: ignore[return-value]
 
     @property
     def dropped(self) -> int:
-        """How many states the overflow policy dropped."""
-        return self._dropped
+        """How many states the overflow policy skipped."""
+        return self._reader.dropped
+
+    @property
+    def lag(self) -> Lag:
+        """``(entries, seconds)`` this queue is behind the newest change received."""
+        return self._reader.lag()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed, or the tail ended and nothing is left to get."""
+        return self._reader.closed
 
     def qsize(self) -> int:
-        """The number of states waiting."""
-        return self._states
+        """The number of states waiting (an estimate while re-reading from the server)."""
+        return self._reader.count()
 
-    def get(self, timeout: float | None = None) -> StateItem:
-        """The next ``(timestamp, state)``; the state is the caller's own copy.
+    def __len__(self) -> int:
+        return self.qsize()
 
-        Raises :class:`~rstream.Timeout` (a ``TimeoutError``) after ``timeout`` seconds without one,
-        :class:`~rstream.ClientClosed` once closed and drained (or the fatal
-        error that stopped the tail).
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return self.qsize() >= self.maxsize
+
+    def get(self, block: bool = True, timeout: float | None = None) -> StateItem:
+        """The next ``(timestamp, state)``, as :meth:`queue.Queue.get`.
+
+        Raises :class:`rstream.Empty` when none arrives within ``timeout``
+        seconds (``None``: wait as long as it takes), or at once with
+        ``block=False``; :class:`~rstream.ClientClosed` once closed and drained,
+        or the fatal error that stopped the tail. A state that has to be read
+        again from the server (``"block"``, far behind) may take a page fetch
+        longer than ``timeout``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        deadline = None
+        if not block:
+            timeout = 0.0
+        elif timeout is not None:
+            deadline = time.monotonic() + timeout
         while True:
-            item = self._take(deadline)
+            item = self._reader.take(1, timeout)[0]
             if isinstance(item, BaseException):
                 self._report(item)
+                if deadline is not None:
+                    timeout = max(deadline - time.monotonic(), 0.0)
                 continue
-            ts, state = item
-            return ts, self._copy(state)
+            return from_micros(item.micros), self._copy(item.state)
 
     def get_nowait(self) -> StateItem:
-        """The next ``(timestamp, state)`` if one is waiting, else :class:`~rstream.Timeout`."""
-        return self.get(timeout=0)
+        """``get(block=False)``: the next state if one is waiting, else :class:`rstream.Empty`."""
+        return self.get(block=False)
 
     def __iter__(self) -> Iterator[StateItem]:
         """Every state until the queue is closed (a fatal tail error is raised)."""
@@ -133,18 +154,8 @@ class StateQueue:
                 return
 
     def close(self) -> None:
-        """Stop receiving states: waiting ones are discarded, blocked calls wake. Idempotent."""
-        with self._lock:
-            already = self._discard
-            self._closed = True
-            self._discard = True
-            self._items.clear()
-            self._states = 0
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
-            on_close, self._on_close = self._on_close, None
-        if not already and on_close is not None:
-            on_close(self)
+        """Stop receiving states; a blocked ``get`` wakes with ClientClosed. Idempotent."""
+        self._reader.close()
 
     def __enter__(self) -> StateQueue:
         return self
@@ -153,154 +164,8 @@ class StateQueue:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._reader.discarding else "open"
         return (
-            f"<StateQueue {state} qsize={self._states} maxsize={self.maxsize} "
-            f"overflow={self.overflow!r} dropped={self._dropped}>"
+            f"<StateQueue {state} qsize={self.qsize()} maxsize={self.maxsize} "
+            f"overflow={self.overflow!r} dropped={self.dropped}>"
         )
-
-    def _take(self, deadline: float | None) -> StateItem | BaseException:
-        with self._lock:
-            while not self._items:
-                if self._closed:
-                    raise self._end or ClientClosed(
-                        "the state queue is closed; take a new one with stream.states()"
-                    )
-                if deadline is None:
-                    self._not_empty.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise Timeout(
-                            "no state arrived in time; the stream may be quiet (see stream.health)"
-                        )
-                    self._not_empty.wait(remaining)
-            item = self._items.popleft()
-            if not isinstance(item, BaseException):
-                self._states -= 1
-                self._not_full.notify()
-            return item
-
-    def _take_many(self, limit: int) -> list[StateItem | BaseException]:
-        """Wait for the next item, then take up to ``limit`` waiting items (states not
-        copied) under one lock acquisition: for a dispatcher thread, so that a batch
-        of states costs one lock round and one wake-up of the producer, not one each.
-        Raises like :meth:`get` once closed and drained."""
-        with self._lock:
-            items = self._items
-            while not items:
-                if self._closed:
-                    raise self._end or ClientClosed(
-                        "the state queue is closed; take a new one with stream.states()"
-                    )
-                self._not_empty.wait()
-            if len(items) <= limit:
-                taken = list(items)
-                items.clear()
-            else:
-                taken = [items.popleft() for _ in range(limit)]
-            states = sum(1 for item in taken if not isinstance(item, BaseException))
-            if states:
-                self._states -= states
-                self._not_full.notify()  # one producer: the live tail's reader
-            return taken
-
-    @property
-    def _discarding(self) -> bool:
-        """Closed by the consumer: states already taken out are not delivered either."""
-        return self._discard
-
-    def _report(self, error: BaseException) -> None:
-        if self.on_error is None:
-            log.warning("live tail: %s", error)
-            return
-        try:
-            self.on_error(error)
-        except Exception:
-            log.exception("on_error callback raised")
-
-    # -- producer side (the live tail) ------------------------------------------
-
-    def put(self, item: StateItem) -> bool:
-        """Add a state (shared, read-only) under the overflow policy.
-
-        With ``"block"`` waits for room. Returns False when the queue is
-        closed (the state is not delivered).
-        """
-        return self.put_many([item])
-
-    def put_many(self, items: list[StateItem]) -> bool:
-        """:meth:`put` each of ``items`` in order, under one lock acquisition (one
-        wake-up of the consumer per batch, not per state)."""
-        if not items:
-            return True
-        with self._lock:
-            if self._closed:
-                return False
-            if self.overflow == "latest":
-                if self._states:
-                    self._drop_states(self._states)
-                self._dropped += len(items) - 1
-                self._items.append(items[-1])
-                self._states += 1
-                self._not_empty.notify()
-                return True
-            if self._states + len(items) <= self.maxsize:  # room for all: the common case
-                self._items.extend(items)
-                self._states += len(items)
-                self._not_empty.notify()
-                return True
-            for appended, item in enumerate(items):
-                if self._states >= self.maxsize:
-                    if self.overflow == "drop_oldest":
-                        self._drop_states(1)
-                    else:
-                        if appended:
-                            self._not_empty.notify()  # let the consumer make room
-                        while self._states >= self.maxsize and not self._closed:
-                            self._not_full.wait()
-                        if self._closed:
-                            return False
-                self._items.append(item)
-                self._states += 1
-            self._not_empty.notify()
-            return True
-
-    def _drop_states(self, count: int) -> None:
-        # Errors stay: they are rare and each one matters.
-        kept: collections.deque[StateItem | BaseException] = collections.deque()
-        items = self._items
-        while items and count:
-            item = items.popleft()
-            if isinstance(item, BaseException):
-                kept.append(item)
-            else:
-                count -= 1
-                self._states -= 1
-                self._dropped += 1
-        kept.extend(items)
-        self._items = kept
-
-    def put_error(self, error: BaseException) -> None:
-        """Queue a non-fatal error in order with the states (never blocks, never dropped)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._items.append(error)
-            self._not_empty.notify()
-
-    def finish(self, error: BaseException | None = None) -> None:
-        """The tail stopped: no more states; once drained, ``get`` raises ``error``
-        (a fatal error) or :class:`~rstream.ClientClosed`."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._end = error
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
-
-    def set_on_close(self, callback: Callable[[StateQueue], None] | None) -> None:
-        """Called once (outside the lock) when the consumer closes the queue."""
-        with self._lock:
-            self._on_close = callback

@@ -28,8 +28,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
+import tenacity
 
+from rstream.client.changelog import DEFAULT_LAG_WARNING, DEFAULT_LATEST_TIMEOUT
 from rstream.client.interrupt import shutdown
+from rstream.client.retry import blocking_policy
 from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
@@ -65,6 +68,7 @@ from rstream.errors import (
 )
 
 if TYPE_CHECKING:
+    from rstream.client.changelog import Overflow
     from rstream.client.health import Health
     from rstream.client.live import LiveTail
     from rstream.client.queues import StateQueue
@@ -73,6 +77,11 @@ if TYPE_CHECKING:
 __all__ = ["NDJSONDecoder", "RemoteStream", "StreamMetadata", "parse_ndjson"]
 
 logger = logging.getLogger("rstream.client")
+
+_ONE_ATTEMPT = blocking_policy(
+    tenacity.Retrying(stop=tenacity.stop_after_attempt(1)), sleep=lambda seconds: None
+)
+"""A request tried once (for the live tail, which has its own backoff)."""
 
 State = dict[str, Any]
 _NDJSON = "application/x-ndjson"
@@ -631,10 +640,12 @@ class RemoteStream:
             ) from exc
         return copy_json(state)  # type: ignore[no-any-return]
 
-    def latest(self, timeout: float | None = None) -> tuple[datetime, State]:
+    def latest(self, timeout: float | None = DEFAULT_LATEST_TIMEOUT) -> tuple[datetime, State]:
         """The newest ``(timestamp, state)``: from the live tail if it runs, else fetched.
 
-        ``timeout`` bounds the wait for a running tail to be anchored.
+        With a tail running, waits up to ``timeout`` seconds (default 10; None:
+        no limit) for it to receive the stream's current state, then raises
+        :class:`~rstream.Timeout` saying so (the server may be down).
         """
         self._check_open()
         tail = self._tail
@@ -873,34 +884,51 @@ class RemoteStream:
         on_error: Callable[[BaseException], object] | None = None,
         *,
         maxsize: int = 10_000,
-        overflow: str = "block",
+        overflow: Overflow = "block",
+        lag_warning: float | None = DEFAULT_LAG_WARNING,
     ) -> Subscription:
         """Call ``on_state(ts, state)`` for the current state, then every change, in order.
 
         Callbacks run on the subscription's own dispatcher thread, never on
-        the socket reader; errors (a raising callback, a :class:`~rstream.Gap`,
-        a fatal tail error) go to ``on_error``. ``maxsize`` and ``overflow``
-        bound the subscription's inbox as for :meth:`states`.
+        the socket reader, and never slow the stream or another subscriber.
+        ``on_error`` receives a raising callback's exception, the notices
+        (:class:`~rstream.Gap`, :class:`~rstream.Disconnected`,
+        :class:`~rstream.Reconnected`) and the fatal error that ends the
+        subscription. ``overflow`` and ``maxsize`` are as for :meth:`states`;
+        past ``lag_warning`` seconds behind (None: never), a warning is logged.
+        Raises :class:`TypeError` at once when ``on_state`` cannot take ``(ts, state)``.
         """
-        return self._ensure_tail().subscribe(on_state, on_error, maxsize=maxsize, overflow=overflow)
+        from rstream.client.subscription import check_callback
+
+        check_callback(on_state, "on_state", 2)  # before a tail is started for it
+        return self._ensure_tail().subscribe(
+            on_state, on_error, maxsize=maxsize, overflow=overflow, lag_warning=lag_warning
+        )
 
     def states(
         self,
         maxsize: int = 1000,
-        overflow: str = "block",
+        overflow: Overflow = "block",
         *,
         on_error: Callable[[BaseException], object] | None = None,
+        lag_warning: float | None = DEFAULT_LAG_WARNING,
     ) -> StateQueue:
-        """A queue of ``(ts, state)``: the current state, then every change.
+        """A queue of ``(ts, state)``, polled like :class:`queue.Queue`: the current
+        state, then every change.
 
-        ``overflow`` when the queue is full: ``"block"`` (back-pressure up to
-        the socket), ``"drop_oldest"``, or ``"latest"`` (keep only the newest).
+        ``overflow``: ``"block"`` (every change, once, in order, however far
+        behind: what no longer fits in memory is read again from the server),
+        ``"drop_oldest"`` (at most ``maxsize`` waiting), or ``"latest"`` (only
+        the newest). No queue ever slows the stream or another subscriber.
         """
-        return self._ensure_tail().states(maxsize=maxsize, overflow=overflow, on_error=on_error)
+        return self._ensure_tail().states(
+            maxsize=maxsize, overflow=overflow, on_error=on_error, lag_warning=lag_warning
+        )
 
     @property
     def health(self) -> Health:
-        """The live tail's health; "not following" (IDLE) before any subscribe."""
+        """The live tail's health, with each subscriber's lag; "not following" (IDLE)
+        before any subscribe."""
         tail = self._tail
         if tail is not None:
             return tail.health
@@ -928,10 +956,31 @@ class RemoteStream:
                     heartbeat_timeout=self._heartbeat_timeout,
                     max_event_bytes=self._max_event_bytes,
                     on_commit=self._on_live_commit,
+                    capacity=self.windows.max_cached_entries,
+                    fetch=self._entries_from,
+                    current_revision=self._revision,
                     sleep=self._sleep,
                 )
                 self._tail.start()
             return self._tail
+
+    def _entries_from(self, start: int) -> Iterator[Entry]:
+        """The entries from ``start`` on: what a subscriber that fell behind missed."""
+        self._check_open()
+        return self._iter_range(start, None)
+
+    def _revision(self) -> int:
+        """The stream's revision now (the live tail's backlog ends there).
+
+        One attempt: the live tail retries with its own backoff, which
+        ``close()`` cuts short, where the blocking policy's waits would hold it.
+        """
+        self._check_open()
+        response = self._transport.request("GET", self._path, stream_id=self.id, retry=_ONE_ATTEMPT)
+        try:
+            return StreamMetadata.from_json(json_body(response)).revision
+        finally:
+            response.close()
 
     def _on_live_commit(self, entries: list[Entry]) -> None:
         # The tail tells us the window's entries; its end is the new live

@@ -1,18 +1,18 @@
 """Subscription: a callback subscriber of a live tail, with its own dispatcher thread.
 
-Callbacks never run on the thread that reads the socket. Each subscription has
-a bounded inbox (a :class:`~rstream.client.queues.StateQueue`) and one thread
-that calls ``on_state(timestamp, state)`` for each state in order, so a slow
-or raising callback delays only itself: neither the stream nor the other
-subscribers wait for it (until its inbox is full; then its overflow policy
-decides, ``"block"`` by default, which is back-pressure on the tail).
+Callbacks never run on the thread that reads the socket. Each subscription is
+a reader of the stream's change log (:mod:`rstream.client.changelog`), with
+its own position, and one thread that calls ``on_state(timestamp, state)``
+for each state in order. A slow or raising callback delays only itself:
+neither the stream nor the other subscribers ever wait for it.
 
-An exception from ``on_state`` goes to that subscriber's ``on_error`` and is
-logged on the ``rstream.live`` logger; the subscription keeps going.
+An exception from ``on_state`` goes to that subscriber's ``on_error``; without
+one it is logged (see :mod:`rstream.client.notices`). The subscription goes on.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -20,11 +20,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from rstream.client.queues import Overflow, StateQueue
+from rstream.client.changelog import Lag, Overflow, Reader
+from rstream.client.notices import NoticeReporter
 from rstream.core.mutation import copy_json
+from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
 
-__all__ = ["ErrorCallback", "StateCallback", "Subscription"]
+__all__ = ["ErrorCallback", "StateCallback", "Subscription", "check_callback"]
 
 log = logging.getLogger("rstream.live")
 
@@ -32,38 +34,55 @@ StateCallback = Callable[[datetime, dict[str, Any]], object]
 ErrorCallback = Callable[[BaseException], object]
 
 _ids = itertools.count(1)
-# States a dispatcher takes from its inbox at once: small next to the inbox, so that
-# at most this many states are held beyond maxsize.
+# States a dispatcher takes from the log at once: one lock round per batch.
 _BATCH = 256
+
+
+def check_callback(callback: object, name: str, arguments: int) -> None:
+    """Raise :class:`TypeError` unless ``callback`` can be called with ``arguments``
+    positional arguments (a callable whose signature cannot be read is accepted)."""
+    if not callable(callback):
+        raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return  # some builtins: nothing to check
+    try:
+        signature.bind(*([None] * arguments))
+    except TypeError as exc:
+        expected = "(ts, state)" if arguments == 2 else "(error)"
+        raise TypeError(
+            f"{name} {callback!r} cannot be called as {name}{expected}: {exc}"
+        ) from None
 
 
 class Subscription:
     """A callback subscriber. ``close()`` stops this subscriber only (idempotent).
 
     ``on_state(ts, state)`` runs on the subscription's dispatcher thread and
-    owns ``state`` (a private copy). ``on_error(exc)`` receives the exceptions
-    of ``on_state``, a :class:`~rstream.Gap` when the tail had to re-anchor,
-    and the fatal error that stopped the tail (:class:`~rstream.AuthError`,
-    :class:`~rstream.StreamNotFound`), after which the subscription ends.
+    owns ``state`` (a private copy): the current state first, then every
+    change. ``on_error(exc)`` receives the exceptions of ``on_state``, the
+    notices (:class:`~rstream.Gap`, :class:`~rstream.Disconnected`,
+    :class:`~rstream.Reconnected`), and the fatal error that stopped the tail
+    (:class:`~rstream.AuthError`, :class:`~rstream.StreamNotFound`), after
+    which the subscription ends. :attr:`lag` says how far behind it is.
     """
 
     def __init__(
         self,
+        reader: Reader,
         on_state: StateCallback,
         on_error: ErrorCallback | None = None,
-        *,
-        maxsize: int = 10_000,
-        overflow: Overflow | str = "block",
-        name: str = "",
     ) -> None:
-        if not callable(on_state):
-            raise TypeError(f"on_state must be callable, not {type(on_state).__name__}")
-        if on_error is not None and not callable(on_error):
-            raise TypeError(f"on_error must be callable, not {type(on_error).__name__}")
+        check_callback(on_state, "on_state", 2)
+        if on_error is not None:
+            check_callback(on_error, "on_error", 1)
         self.on_state = on_state
         self.on_error = on_error
-        self.queue = StateQueue(maxsize, overflow, on_error=self._report)
+        self._reader = reader
+        self._report = NoticeReporter(on_error, reader.log.name)
         self.delivered = 0
+        name = reader.log.name
         label = (
             f"rstream-dispatch-{name}-{next(_ids)}" if name else f"rstream-dispatch-{next(_ids)}"
         )
@@ -72,8 +91,26 @@ class Subscription:
         self._start_lock = threading.Lock()
 
     @property
+    def overflow(self) -> Overflow:
+        return self._reader.overflow  # type: ignore[return-value]
+
+    @property
+    def maxsize(self) -> int:
+        return self._reader.maxsize
+
+    @property
+    def dropped(self) -> int:
+        """How many states the overflow policy skipped."""
+        return self._reader.dropped
+
+    @property
+    def lag(self) -> Lag:
+        """``(entries, seconds)`` this subscriber is behind the newest change received."""
+        return self._reader.lag()
+
+    @property
     def closed(self) -> bool:
-        return self.queue.closed
+        return self._reader.closed
 
     @property
     def thread(self) -> threading.Thread:
@@ -89,7 +126,7 @@ class Subscription:
     def close(self, timeout: float = 1.0) -> None:
         """Stop this subscriber: pending states are discarded, the dispatcher
         thread is joined (unless called from a callback, on that thread)."""
-        self.queue.close()
+        self._reader.close()
         self.join(timeout)
 
     def join(self, timeout: float | None = None) -> None:
@@ -110,43 +147,32 @@ class Subscription:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
+        state = "closed" if self._reader.discarding else "open"
         return f"<Subscription {state} {self.on_state!r} delivered={self.delivered}>"
 
     def _run(self) -> None:
-        queue = self.queue
+        reader = self._reader
         on_state = self.on_state
-        # Batches, not queue.get(): one lock round per batch instead of one per state.
-        # Only under "block": the other policies drop from the inbox, which a state
-        # taken out into a batch would escape.
-        batch = _BATCH if queue.overflow == "block" else 1
+        report = self._report
+        # Batches only under "block": the other policies skip what waits in the log,
+        # which a state taken out into a batch would escape.
+        batch = _BATCH if reader.overflow == "block" else 1
         while True:
             try:
-                items = queue._take_many(batch)
+                items = reader.take(batch, None)
             except ClientClosed:
                 return
             except Exception as exc:  # the fatal error that stopped the tail
-                self._report(exc)
+                report(exc)
                 return
             for item in items:
-                if queue._discarding:  # closed: what was taken out is dropped too
+                if reader.discarding:  # closed: what was taken out is dropped too
                     return
-                if isinstance(item, BaseException):  # a Gap, in order with the states
-                    self._report(item)
+                if isinstance(item, BaseException):  # a notice, in order with the states
+                    report(item)
                     continue
-                ts, state = item
                 try:
-                    on_state(ts, copy_json(state))
+                    on_state(from_micros(item.micros), copy_json(item.state))
                 except Exception as exc:
-                    log.exception("subscriber callback %r raised", on_state)
-                    self._report(exc)
+                    report.callback_failed(exc, on_state)
                 self.delivered += 1
-
-    def _report(self, error: BaseException) -> None:
-        if self.on_error is None:
-            log.warning("live tail: %s", error)
-            return
-        try:
-            self.on_error(error)
-        except Exception:
-            log.exception("on_error callback %r raised", self.on_error)
