@@ -1,12 +1,14 @@
-"""JSON values: type names for messages, and the one check of what a state may hold."""
+"""JSON values: type names for messages, the one check of what a state may hold, and
+type-strict equality."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rstream.errors import InvalidJSON, InvalidJSONType
 
-__all__ = ["MAX_DEPTH", "check_json", "json_type"]
+__all__ = ["MAX_DEPTH", "check_json", "json_equal", "json_type"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects a state may have (the top object is depth 1)."""
@@ -83,3 +85,32 @@ def check_json(value: object, *, max_depth: int = MAX_DEPTH, path: str = "$") ->
                 "bool or None)",
                 path=where,
             )
+
+
+def json_equal(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are the same JSON value, type for type, all the way down.
+
+    Unlike ``==``, ``True`` is not ``1``, ``1`` is not ``1.0`` and ``-0.0`` is
+    not ``0.0``: values that differ as JSON text differ here, so a change of
+    type alone counts as a change. Object key order does not matter.
+    Iterative, so values of any depth compare without a ``RecursionError``.
+    """
+    stack: list[tuple[Any, Any]] = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        kind = type(x)
+        if kind is not type(y):
+            return False
+        if kind is dict:
+            if x.keys() != y.keys():
+                return False
+            stack.extend((value, y[key]) for key, value in x.items())
+        elif kind is list:
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y, strict=True))
+        elif x != y or (kind is float and math.copysign(1.0, x) != math.copysign(1.0, y)):
+            return False
+    return True
