@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from hypothesis import settings
+from hypothesis import strategies as st
 
 from rstream.core.jsontype import MAX_DEPTH, json_equal
 
@@ -39,6 +40,23 @@ def reference_settings() -> settings:
     """
     examples = settings.get_profile("ci").max_examples if os.environ.get("CI") else None
     return settings(max_examples=examples or DEFAULT_EXAMPLES, deadline=None)
+
+
+def json_values(
+    keys: st.SearchStrategy[str],
+    scalars: st.SearchStrategy[Any],
+    *,
+    max_size: int = 3,
+    max_leaves: int = 10,
+) -> st.SearchStrategy[Any]:
+    """JSON values: ``scalars`` in arrays and objects (with ``keys``) of up to ``max_size``."""
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=max_size) | st.dictionaries(keys, inner, max_size=max_size)
+        ),
+        max_leaves=max_leaves,
+    )
 
 
 class Invalid(Exception):

@@ -14,6 +14,7 @@ from rstream.core.cursor import TRANSITIONS, Cursor, CursorKind, Move, Where, pl
 from rstream.core.log import Log, MemoryLog
 from rstream.core.mutation import apply_mutation, build_mutation
 from rstream.core.timestamps import TimeLike, from_micros, to_micros
+from tests.refmodel import json_values
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -345,11 +346,7 @@ def test_wrote_records_the_owners_entries() -> None:
 
 keys = st.sampled_from(["a", "b", "c", "d", "list", "obj"])
 scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", "yy", ""])
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=3),
-    max_leaves=10,
-)
+values = json_values(keys, scalars, max_size=4)
 states = st.dictionaries(keys, values, max_size=5)
 logs = st.tuples(
     st.lists(states, min_size=1, max_size=25),

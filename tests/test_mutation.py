@@ -15,6 +15,7 @@ from rstream.mutation import (
     build_mutation,
     copy_json,
 )
+from tests.refmodel import json_values
 
 same = json_equal  # equal and of the same JSON types all the way down
 
@@ -458,11 +459,7 @@ SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=5),
 )
-JSON = st.recursive(
-    SCALARS,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(KEYS, children, max_size=5),
-    max_leaves=40,
-)
+JSON = json_values(KEYS, SCALARS, max_size=5, max_leaves=40)
 OBJECTS = st.dictionaries(KEYS, JSON, max_size=6)
 
 

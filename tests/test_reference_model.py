@@ -29,7 +29,7 @@ from rstream.core.mutation import (
 from rstream.core.stream import RateConfig, Stream, WriteAction
 from rstream.core.timestamps import from_micros
 from tests import refmodel
-from tests.refmodel import reference_settings
+from tests.refmodel import json_values, reference_settings
 
 SECOND = 1_000_000
 INVALID: Any = object()
@@ -38,11 +38,7 @@ INVALID: Any = object()
 
 FIELD_KEYS = st.sampled_from(["a", "b", "c", "$x"])
 SCALARS = st.sampled_from([None, True, False, 0, 1, 2, -1, 0.0, -0.0, 1.0, 2.5, "", "a"])
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(FIELD_KEYS, inner, max_size=3),
-    max_leaves=10,
-)
+VALUES = json_values(FIELD_KEYS, SCALARS)
 STATES = st.dictionaries(FIELD_KEYS, VALUES, max_size=4)
 
 JSON_INDEX_KEYS = st.sampled_from(

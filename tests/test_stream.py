@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from rstream.core.log import MemoryLog
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import RateConfig, Stream, WriteAction, decide
 from rstream.core.timestamps import from_micros, to_micros
+from tests.refmodel import json_values
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 SECOND = 1_000_000
@@ -372,11 +374,7 @@ def test_threads_share_a_stream() -> None:
 
 keys = st.sampled_from(["a", "b", "c", "list", "obj"])
 scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", ""])
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-    max_leaves=8,
-)
+values = json_values(keys, scalars, max_leaves=8)
 writes = st.lists(
     st.tuples(st.dictionaries(keys, values, max_size=4), st.integers(1, 1_500_000)),
     min_size=1,
@@ -460,11 +458,7 @@ def test_a_change_of_type_alone_is_written(
 
 
 tricky = st.sampled_from([True, False, 1, 0, -1, 1.0, 0.0, -0.0, None, "1", ""])
-tricky_values = st.recursive(
-    tricky,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-    max_leaves=8,
-)
+tricky_values = json_values(keys, tricky, max_leaves=8)
 
 
 def retype(data: st.DataObject, value: Any) -> Any:
@@ -509,6 +503,23 @@ def test_a_change_of_type_alone_is_stored_by_the_server(url: str) -> None:
         assert json_equal(robot.state_at(at(5)), {"a": True, "b": [True, False]})
         assert json_equal(robot.state_at(at(4)), {"a": 1, "b": [1, 0]})
         assert robot.write_state({"a": True, "b": [True, False]}, timestamp=at(6)) is None
+
+
+def test_the_server_refuses_what_the_writer_refuses(url: str) -> None:
+    for body in [
+        '{"state": ' + '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1) + "}",
+        '{"state": {"a": "\\ud800"}}',
+    ]:
+        response = requests.post(
+            f"{url}/v1/streams/bad/state",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+    with rstream.Client(url) as client:
+        assert list(client.stream("bad").entries()) == []  # nothing was stored
 
 
 def at(seconds: float) -> datetime:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from rstream.errors import (
     ClientClosed,
     EntryFormatError,
+    InvalidJSON,
     InvalidTimestamp,
     MutationError,
     OutOfOrder,
@@ -45,6 +46,7 @@ STATUS_OF: tuple[tuple[type[RStreamError], int, str], ...] = (
     (InvalidTimestamp, 400, "invalid_time"),
     (MutationError, 422, "invalid_mutation"),
     (EntryFormatError, 400, "invalid_entry"),
+    (InvalidJSON, 400, "invalid_json"),  # a state the writer refuses (check_json)
     (OutOfOrder, 409, "out_of_order"),
     (OutOfRange, 404, "out_of_range"),
     (StreamNotFound, 404, "stream_not_found"),
