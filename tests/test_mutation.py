@@ -356,6 +356,43 @@ def test_copy_json_copies_any_depth(levels: int) -> None:
     assert a is not b
 
 
+# -- check_json ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "path", "fragment"),
+    [
+        (float("nan"), rstream.InvalidJSON, "$", "nan is not a JSON number"),
+        ({"a": [1, {"b": float("-inf")}]}, rstream.InvalidJSON, "$.a[1].b", "-inf"),
+        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "keys must be strings, not int"),
+        ({"a": {"\ud800": 1}}, rstream.InvalidJSON, "$.a.'\\ud800'", "key holds a lone"),
+        ({"a": ["é", "\udc00"]}, rstream.InvalidJSON, "$.a[1]", "lone surrogate"),
+        ({"a": [{"b": {1, 2}}]}, rstream.InvalidJSONType, "$.a[0].b", "set is not a JSON"),
+        ([[[]]], rstream.InvalidJSON, "$[0][0]", "nested deeper than 2 levels"),
+        ({"a": {"b": {}}}, rstream.InvalidJSON, "$.a.b", "nested deeper than 2 levels"),
+        (nest(10_000), rstream.InvalidJSON, "$" + ".a" * 2, "nested deeper"),
+    ],
+)
+def test_check_json_names_the_path(
+    value: Any, error: type[Exception], path: str, fragment: str
+) -> None:
+    with pytest.raises(error) as info:
+        check_json(value, max_depth=2 if "nested" in fragment else MAX_DEPTH)
+    assert info.value.path == path  # type: ignore[attr-defined]
+    assert fragment in str(info.value)
+    with pytest.raises(error) as info:
+        check_json({"top": value}, max_depth=3 if "nested" in fragment else MAX_DEPTH, path="state")
+    assert info.value.path == "state.top" + path[1:]  # type: ignore[attr-defined]
+
+
+def test_check_json_takes_plain_json() -> None:
+    check_json({"a": [None, True, 1, 2.5, -0.0, "é\U0001f916", {"b": []}], "": {}})
+    check_json(nest(MAX_DEPTH))
+    check_json([nest_lists(MAX_DEPTH - 1)])
+    for scalar in (None, 1, "x", 1.5):
+        check_json(scalar)
+
+
 # -- json_equal --------------------------------------------------------------------
 
 
@@ -377,6 +414,10 @@ def test_copy_json_copies_any_depth(levels: int) -> None:
         ([1], [1, 1]),
         ([], {}),
         (nest(10_000), nest(10_000, True)),
+        (nest(10_000, 1), nest(10_000, 2)),  # too deep for ==: the walk compares values
+        (nest(10_000, [1]), nest(10_000, [1, 2])),
+        (nest(10_000, {"a": 1}), nest(10_000, {"b": 1})),
+        (nest(10_000, 0.0), nest(10_000, -0.0)),
     ],
 )
 def test_json_equal_is_type_strict(a: Any, b: Any) -> None:

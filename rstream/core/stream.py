@@ -221,7 +221,6 @@ class Stream:
             raise TypeError(f"a state must be a JSON object (dict), not {type(state).__name__}")
         new: State = state if type(state) is dict else dict(state)
         check_json(new)
-        new = copy_json(new)
         given = None if timestamp is None else to_micros(timestamp)
         with self._lock:
             cursor = self._cursor
@@ -239,6 +238,7 @@ class Stream:
             if action is WriteAction.NONE:
                 self.last_action, self.last_write = action, None
                 return None
+            new = copy_json(new)  # only now: an unchanged state is not kept
             if action is WriteAction.SNAPSHOT:
                 stored = self.log.append(Entry.from_micros(when, EntryKind.SNAPSHOT, new))
             elif action is WriteAction.AMEND:
