@@ -321,7 +321,8 @@ class Run:
         times = sorted({t for step in model for t in (step.micros - 1, step.micros)})
         for micros in [*times, *reversed(times)]:
             expected = self.model.state_at(micros)
-            for cursor in [*self.readers, Cursor(self.log, CursorKind.READ_FORWARD)]:
+            fresh = [Cursor(self.log, reader.kind) for reader in self.readers]
+            for cursor in [*self.readers, *fresh]:
                 if expected is None:
                     with pytest.raises(rstream.OutOfRange):
                         cursor.state_at(from_micros(micros))
