@@ -5,9 +5,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from rstream.server.storage import Storage, open_storage
 from tests.serverutil import running_server
+
+# The reference-model properties run this many examples when CI is set
+# (tests/refmodel.py: reference_settings); other properties keep their own.
+settings.register_profile("ci", max_examples=1000)
 
 
 @pytest.fixture

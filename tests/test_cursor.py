@@ -14,6 +14,7 @@ from rstream.core.cursor import TRANSITIONS, Cursor, CursorKind, Move, Where, pl
 from rstream.core.log import Log, MemoryLog
 from rstream.core.mutation import apply_mutation, build_mutation
 from rstream.core.timestamps import TimeLike, from_micros, to_micros
+from tests.refmodel import json_values
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -341,15 +342,72 @@ def test_wrote_records_the_owners_entries() -> None:
         Cursor(log).wrote(stored, {})
 
 
+class RacingLog(MemoryLog):
+    """A MemoryLog to which another writer appends ``racing`` entries, one each time
+    a cursor has just looked up its snapshot (before it fetches the entries after)."""
+
+    __slots__ = ("racing",)
+
+    def __init__(self, entries: Sequence[Entry], racing: Sequence[Entry]) -> None:
+        self.racing = list(racing)
+        super().__init__(entries)
+
+    def snapshot_before_micros(self, micros: int) -> Entry | None:
+        found = super().snapshot_before_micros(micros)
+        if self.racing:
+            self.append(self.racing.pop(0))
+        return found
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_snapshot_appended_while_a_cursor_moves_restarts_its_window(kind: CursorKind) -> None:
+    racing = [Entry(at(3), S, {"b": 5}), Entry(at(4), M, {"b": 6})]
+    log = RacingLog([Entry(at(1), S, {"a": 0}), Entry(at(2), M, {"a": 1})], racing)
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(10)) == {"b": 5}  # the snapshot at 3 came in meanwhile
+    assert cursor.snapshot_micros == to_micros(at(3))
+    assert cursor.state_at(at(10)) == {"b": 6}
+    entries = list(log)
+    for t in [3.5, 3, 2, 1, 4, 2.5]:  # back within the new window, then out of it
+        assert cursor.state_at(at(t)) == naive_state_at(entries, to_micros(at(t)))
+
+
+def test_a_write_cursor_rebuilds_when_the_log_changed_its_past() -> None:
+    log = PlainLog(MemoryLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})]))
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert cursor.state == {"a": 1}
+    assert cursor.rev == 2
+    # The store is replaced under the cursor (restored from another copy): older
+    # entries with newer revisions, and a snapshot where the cursor's mutation was.
+    # Catching up cannot apply that to a base, so the cursor rebuilds from the log.
+    log.inner = MemoryLog(
+        [
+            Entry(at(0), S, {"a": 0}),
+            Entry(at(0.5), M, {"x": 1}),
+            Entry(at(0.7), M, {"x": 2}),  # rev 3: after the cursor's rev, before its time
+            Entry(at(1), S, {"z": 9}),
+            Entry(at(2), M, {"y": 1}),
+        ]
+    )
+    assert cursor.advance() == {"z": 9, "y": 1}
+    assert cursor.snapshot_micros == to_micros(at(1))
+    assert cursor.base == {"z": 9}
+    assert cursor.rev == 5
+
+
+def test_a_write_cursor_over_a_log_without_a_snapshot_says_so() -> None:
+    log = MemoryLog([Entry(at(1), M, {"a": 1})])  # a log may begin with a mutation
+    with pytest.raises(rstream.OutOfRange, match="no snapshot at or before its newest entry"):
+        Cursor(log, CursorKind.WRITE)
+    with pytest.raises(rstream.OutOfRange):
+        rstream.core.stream.Stream(log)
+
+
 # -- properties: every cursor agrees with a replay from the start -----------------
 
 keys = st.sampled_from(["a", "b", "c", "d", "list", "obj"])
 scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", "yy", ""])
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=3),
-    max_leaves=10,
-)
+values = json_values(keys, scalars, max_size=4)
 states = st.dictionaries(keys, values, max_size=5)
 logs = st.tuples(
     st.lists(states, min_size=1, max_size=25),

@@ -50,6 +50,9 @@ def test_entries_are_immutable_and_rev_is_not_part_of_equality() -> None:
         entry.rev = 4  # type: ignore[misc]
     assert entry == entry.replace(rev=9)
     assert entry != entry.replace(data={"a": 2})
+    assert entry != entry.replace(data={"a": True})  # equal as JSON, type for type
+    assert entry != entry.replace(data={"a": 1.0})
+    assert entry == Entry(10, EntryKind.MUTATION, {"a": 1})
     assert pickle.loads(pickle.dumps(entry)).rev == 3
     assert entry.to_json(with_rev=True)["rev"] == 3
 

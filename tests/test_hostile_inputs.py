@@ -206,7 +206,9 @@ ENTRY_BODIES: list[tuple[str, bytes, str]] = [
     ("depth 300 mutation", b'[{"timestamp": "' + T1.encode() + b'", "type": 1, "data": ' +
      _nested(300) + b"}]", "invalid_json"),
     ("mutation making a state 70 deep", _j([_entry(type=1, data={"z": json.loads(_nested(69))})]),
-     "invalid_json"),
+     "invalid_mutation"),
+    ("mutation setting a value 70 deep",
+     _j([_entry(type=1, data={"z": {"$set": json.loads(_nested(69))}})]), "invalid_json"),
     ("duplicate type", b'[{"timestamp": "' + T1.encode() + b'", "type": 0, "type": 1, '
      b'"data": {}}]', "invalid_json"),
     ("duplicate data", b'[{"timestamp": "' + T1.encode() + b'", "type": 0, "data": {}, '

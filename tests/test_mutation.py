@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rstream
+from rstream.core.jsontype import MAX_DEPTH, check_json, json_equal
+from rstream.core.mutation import MAX_MUTATION_DEPTH
 from rstream.mutation import (
     MutationError,
     apply_mutation,
@@ -13,29 +15,48 @@ from rstream.mutation import (
     build_mutation,
     copy_json,
 )
+from tests.refmodel import json_values
+
+same = json_equal  # equal and of the same JSON types all the way down
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same JSON types all the way down (``True`` is not ``1``)."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    if type(a) is list:
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+def nest(levels: int, leaf: Any = 1, key: str = "a") -> Any:
+    """``{"a": {"a": ... leaf}}`` with ``levels`` objects (the outer one is level 1)."""
+    value = leaf
+    for _ in range(levels):
+        value = {key: value}
+    return value
+
+
+def nest_lists(levels: int, leaf: Any = 1) -> Any:
+    """``[[... [leaf]]]`` with ``levels`` arrays."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def mutate_items(levels: int, leaf: Any) -> Any:
+    """The mutation of item 0 of ``levels`` nested arrays down to ``leaf``."""
+    value = leaf
+    for _ in range(levels):
+        value = {"$mutateIdx": {"0": value}}
+    return value
+
+
+DEEP = [65, 500, 950, 10_000]  # one past the limit, around the old crash, far past
 
 
 def check_apply(state: dict[str, Any], mutation: dict[str, Any]) -> dict[str, Any]:
     """Apply both ways, checking inputs stay unchanged and the inverse undoes it."""
-    state_before = copy.deepcopy(state)
-    mutation_before = copy.deepcopy(mutation)
+    state_before = copy_json(state)
+    mutation_before = copy_json(mutation)
     new = apply_mutation(state, mutation)
     new2, inverse = apply_mutation_with_inverse(state, mutation)
     assert same(new, new2)
     assert same(state, state_before)
     assert same(mutation, mutation_before)
-    new_before = copy.deepcopy(new)
+    new_before = copy_json(new)
     assert same(apply_mutation(new, inverse), state)
     assert same(new, new_before)
     return new
@@ -74,6 +95,8 @@ STATE: dict[str, Any] = {
         ({"arr": {"$truncate": 9}}, {}),
         ({"arr": {"$mutateIdx": {"1": 0, "3": {"$set": [1]}}}}, {"arr": [10, 0, 12, [1]]}),
         ({"obj": {"$unset": True}}, {"obj": REMOVED}),
+        ({"obj": {"$unset": None}}, {"obj": REMOVED}),
+        ({"missing": {"$unset": None}}, {}),
         ({"obj": {"$unset": False}}, {}),
         ({"missing": {"$unset": True}}, {}),
         ({"obj": {"b": {"c": {"$unset": True}}}}, {"obj": {"a": 1, "b": {}}}),
@@ -207,7 +230,15 @@ def test_inverse_is_small_and_shares_old_values() -> None:
             "number",
         ),
         ({"a": None}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "found null"),
-        ({"a": [1]}, {"a": {"$unset": 1}}, "$.a", "$unset takes true"),
+        ({"a": [1]}, {"a": {"$unset": 1}}, "$.a", "$unset takes true or null"),
+        ({"a": [1]}, {"a": {"$unset": 0}}, "$.a", "$unset takes true or null"),
+        ({"a": [1]}, {"a": {"$unset": "true"}}, "$.a", "$unset takes true or null"),
+        (
+            {"a": [1]},
+            {"a": {"$mutateIdx": {"0": {"$unset": None}}}},
+            "$.a[0]",
+            "cannot remove an array item",
+        ),
         ({"x y": {"é": 1}}, {"x y": {"é": {"k": 1}}}, '$["x y"]["é"]', "number"),
     ],
 )
@@ -232,12 +263,175 @@ def test_non_objects_are_rejected(state: Any, mutation: Any) -> None:
     assert info.value.path == "$"
 
 
-def test_deep_nesting_is_a_mutation_error() -> None:
-    mutation: dict[str, Any] = {}
-    for _ in range(5000):
-        mutation = {"a": mutation}
-    with pytest.raises(MutationError, match="nested too deeply"):
-        apply_mutation({}, mutation)
+def test_unset_null_deletes_as_in_the_go_test_suite() -> None:
+    # The mutate format's own Go test: entries written by Go or JS must apply.
+    state = {"test": {"test2": [1, 2]}}
+    assert same(check_apply(state, {"test": {"test2": {"$unset": None}}}), {"test": {}})
+    assert same(check_apply(state, {"test": {"test2": {"$unset": False}}}), state)
+
+
+# -- depth -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", DEEP)
+def test_a_mutation_too_deep_is_a_mutation_error(levels: int) -> None:
+    too_deep = "$" + ".a" * MAX_DEPTH  # the object at level 65
+    for state in ({}, nest(levels)):
+        for fn in (apply_mutation, apply_mutation_with_inverse):
+            with pytest.raises(MutationError, match="nested too deeply") as info:
+                fn(state, nest(levels, 2))
+            assert info.value.path == too_deep
+    lists = {"a": nest_lists(levels)}
+    with pytest.raises(MutationError, match="nested too deeply") as info:
+        apply_mutation(lists, {"a": mutate_items(levels, 2)})
+    assert info.value.path == "$.a" + "[0]" * (MAX_DEPTH - 1)  # the array at level 65
+
+
+@pytest.mark.parametrize("levels", DEEP)
+def test_a_deep_state_takes_mutations_within_the_limit(levels: int) -> None:
+    state = nest(levels)
+    new = check_apply(state, {"b": {"$set": nest(levels)}, "a": {"c": 1}})
+    assert new["b"] is not state  # $set values are taken as they are
+    assert same(new["a"]["a"], state["a"]["a"])
+    assert new["a"]["c"] == 1
+
+
+def test_the_deepest_state_takes_every_mutation() -> None:
+    assert same(check_apply(nest(MAX_DEPTH), nest(MAX_DEPTH, 2)), nest(MAX_DEPTH, 2))
+    assert same(check_apply({}, nest(MAX_DEPTH, 2)), nest(MAX_DEPTH, 2))
+    lists = {"a": nest_lists(MAX_DEPTH - 1)}
+    new = check_apply(lists, {"a": mutate_items(MAX_DEPTH - 1, 2)})
+    assert same(new, {"a": nest_lists(MAX_DEPTH - 1, 2)})
+    inner = nest(MAX_DEPTH - 2, [5])  # the array is at level 64
+    assert same(
+        check_apply({"a": inner}, {"a": nest(MAX_DEPTH - 2, {"$mutateIdx": {"0": 6}})}),
+        {"a": nest(MAX_DEPTH - 2, [6])},
+    )
+    with pytest.raises(MutationError, match="nested too deeply"):  # an array at level 65
+        apply_mutation({"a": {"b": inner}}, {"a": {"b": nest(62, {"$mutateIdx": {"0": 6}})}})
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH - 1, MAX_DEPTH, *DEEP])
+def test_build_holds_at_any_depth(levels: int) -> None:
+    old, new = nest(levels), nest(levels, 2)
+    mutation = build_mutation(old, new)
+    assert same(apply_mutation(old, mutation), new)
+    assert same(apply_mutation(new, build_mutation(new, old)), old)
+    assert build_mutation(old, nest(levels)) == {}
+    if levels <= MAX_DEPTH:
+        assert same(mutation, nest(levels, 2))  # diffed all the way down
+    else:
+        # Below the deepest level a state can have, the object is replaced whole.
+        assert same(mutation, nest(MAX_DEPTH, {"$set": nest(levels - MAX_DEPTH, 2)}))
+    lists_old, lists_new = {"a": nest_lists(levels)}, {"a": nest_lists(levels, 2)}
+    mutation = build_mutation(lists_old, lists_new)
+    assert same(apply_mutation(lists_old, mutation), lists_new)
+    assert build_mutation(lists_old, {"a": nest_lists(levels)}) == {}
+
+
+def test_built_mutations_fit_the_mutation_depth() -> None:
+    # The deepest states of arrays and objects, changed at the bottom.
+    for old, new in [
+        ({"a": nest_lists(MAX_DEPTH - 1)}, {"a": nest_lists(MAX_DEPTH - 1, 2)}),
+        ({"a": nest_lists(MAX_DEPTH - 2, {})}, {"a": nest_lists(MAX_DEPTH - 2, {"b": 1})}),
+        ({"a": nest_lists(MAX_DEPTH - 2, 1)}, {"a": nest_lists(MAX_DEPTH - 2, {"b": 1})}),
+        (nest(MAX_DEPTH), nest(MAX_DEPTH, 2)),
+    ]:
+        check_json(old)
+        check_json(new)
+        mutation = build_mutation(old, new)
+        check_json(mutation, max_depth=MAX_MUTATION_DEPTH)
+        assert same(apply_mutation(old, mutation), new)
+
+
+@pytest.mark.parametrize("levels", DEEP)
+def test_copy_json_copies_any_depth(levels: int) -> None:
+    value = nest(levels, [nest_lists(levels, {"x": 1.5})])
+    copied = copy_json(value)
+    assert same(copied, value)
+    a, b = copied, value
+    while type(a) is dict:
+        assert a is not b
+        a, b = a["a"], b["a"]
+    assert a is not b
+
+
+# -- check_json ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "path", "fragment"),
+    [
+        (float("nan"), rstream.InvalidJSON, "$", "nan is not a JSON number"),
+        ({"a": [1, {"b": float("-inf")}]}, rstream.InvalidJSON, "$.a[1].b", "-inf"),
+        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "keys must be strings, not int"),
+        ({"a": {"\ud800": 1}}, rstream.InvalidJSON, "$.a.'\\ud800'", "key holds a lone"),
+        ({"a": ["é", "\udc00"]}, rstream.InvalidJSON, "$.a[1]", "lone surrogate"),
+        ({"a": [{"b": {1, 2}}]}, rstream.InvalidJSONType, "$.a[0].b", "set is not a JSON"),
+        ([[[]]], rstream.InvalidJSON, "$[0][0]", "nested deeper than 2 levels"),
+        ({"a": {"b": {}}}, rstream.InvalidJSON, "$.a.b", "nested deeper than 2 levels"),
+        (nest(10_000), rstream.InvalidJSON, "$" + ".a" * 2, "nested deeper"),
+    ],
+)
+def test_check_json_names_the_path(
+    value: Any, error: type[Exception], path: str, fragment: str
+) -> None:
+    with pytest.raises(error) as info:
+        check_json(value, max_depth=2 if "nested" in fragment else MAX_DEPTH)
+    assert info.value.path == path  # type: ignore[attr-defined]
+    assert fragment in str(info.value)
+    with pytest.raises(error) as info:
+        check_json({"top": value}, max_depth=3 if "nested" in fragment else MAX_DEPTH, path="state")
+    assert info.value.path == "state.top" + path[1:]  # type: ignore[attr-defined]
+
+
+def test_check_json_takes_plain_json() -> None:
+    check_json({"a": [None, True, 1, 2.5, -0.0, "é\U0001f916", {"b": []}], "": {}})
+    check_json(nest(MAX_DEPTH))
+    check_json([nest_lists(MAX_DEPTH - 1)])
+    for scalar in (None, 1, "x", 1.5):
+        check_json(scalar)
+
+
+# -- json_equal --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (1, True),
+        (0, False),
+        (1, 1.0),
+        (0, -0.0),
+        (0.0, -0.0),
+        (None, 0),
+        ("1", 1),
+        ([1, 0], [True, False]),
+        ({"a": 1}, {"a": True}),
+        ({"a": {"b": [1]}}, {"a": {"b": [1.0]}}),
+        ({"a": 1}, {"a": 1, "b": 1}),
+        ({"a": 1}, {"b": 1}),
+        ([1], [1, 1]),
+        ([], {}),
+        (nest(10_000), nest(10_000, True)),
+        (nest(10_000, 1), nest(10_000, 2)),  # too deep for ==: the walk compares values
+        (nest(10_000, [1]), nest(10_000, [1, 2])),
+        (nest(10_000, {"a": 1}), nest(10_000, {"b": 1})),
+        (nest(10_000, 0.0), nest(10_000, -0.0)),
+    ],
+)
+def test_json_equal_is_type_strict(a: Any, b: Any) -> None:
+    assert not json_equal(a, b)
+    assert not json_equal(b, a)
+    assert json_equal(a, copy_json(a))
+    mutation = build_mutation({"v": a}, {"v": b})
+    assert mutation != {}
+    assert json_equal(apply_mutation({"v": a}, mutation), {"v": b})
+
+
+def test_json_equal_ignores_key_order() -> None:
+    assert json_equal({"a": 1, "b": [2.5, None]}, {"b": [2.5, None], "a": 1})
+    assert json_equal(nest(10_000), nest(10_000))
 
 
 def test_build_rejects_non_objects() -> None:
@@ -273,7 +467,7 @@ def test_build_rejects_non_objects() -> None:
 )
 def test_build_table(old: dict[str, Any], new: dict[str, Any], mutation: dict[str, Any]) -> None:
     built = build_mutation(old, new)
-    assert built == mutation
+    assert same(built, mutation)
     assert same(check_apply(old, built), new)
 
 
@@ -306,11 +500,7 @@ SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=5),
 )
-JSON = st.recursive(
-    SCALARS,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(KEYS, children, max_size=5),
-    max_leaves=40,
-)
+JSON = json_values(KEYS, SCALARS, max_size=5, max_leaves=40)
 OBJECTS = st.dictionaries(KEYS, JSON, max_size=6)
 
 

@@ -648,8 +648,13 @@ def test_depth_limit_on_every_way_in(shared_url: str, sid: str, http: requests.S
         r = http.post(entries_url, json=[{**snap(T0 + 1), "data": nested(depth, 2)}])
         assert (r.status_code, error_of(r)) == (400, "invalid_json"), depth
         assert "entry 0: $.data.a.a" in r.json()["error"]["message"]
-    # A mutation deeper than a state may be is refused when its state would be too deep...
+    # A mutation deeper than a state may be is refused when its state would be too
+    # deep: by apply_mutation while it descends...
     r = http.post(entries_url, json=[mut(T0 + 1, z=nested(66))])
+    assert (r.status_code, error_of(r)) == (422, "invalid_mutation")
+    assert "nested too deeply" in r.json()["error"]["message"]
+    # ...or, for a value it sets whole, by the check of the state it makes...
+    r = http.post(entries_url, json=[mut(T0 + 1, z={"$set": nested(66)})])
     assert (r.status_code, error_of(r)) == (400, "invalid_json")
     assert "the state after entry 0 of the batch" in r.json()["error"]["message"]
     # ...and beyond any state's mutation, refused before it is applied.

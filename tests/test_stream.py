@@ -4,16 +4,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rstream
 from rstream import Entry, EntryKind
 from rstream.core.cursor import Cursor, CursorKind
+from rstream.core.jsontype import MAX_DEPTH, json_equal
 from rstream.core.log import MemoryLog
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import RateConfig, Stream, WriteAction, decide
 from rstream.core.timestamps import from_micros, to_micros
+from tests.refmodel import json_values
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 SECOND = 1_000_000
@@ -58,11 +61,12 @@ def test_rate_config_defaults_and_json() -> None:
     rate = RateConfig()
     assert rate.keyframe_frequency == timedelta(seconds=60)
     assert rate.change_frequency == timedelta(seconds=1)
-    assert rate.to_json() == {"keyframe_frequency": 60_000, "change_frequency": 1_000}
+    # json_equal: 60000.0 would be == 60000, but it is another JSON number.
+    assert json_equal(rate.to_json(), {"keyframe_frequency": 60_000, "change_frequency": 1_000})
     assert RateConfig.from_json(rate.to_json()) == rate
     assert RateConfig.from_json({}) == rate
     odd = RateConfig(timedelta(microseconds=1500), timedelta(0))
-    assert odd.to_json() == {"keyframe_frequency": 1.5, "change_frequency": 0}
+    assert json_equal(odd.to_json(), {"keyframe_frequency": 1.5, "change_frequency": 0})
     assert RateConfig.from_json(odd.to_json()) == odd
     assert RateConfig.from_json({"change_frequency": 250}).change_frequency == timedelta(
         milliseconds=250
@@ -370,11 +374,7 @@ def test_threads_share_a_stream() -> None:
 
 keys = st.sampled_from(["a", "b", "c", "list", "obj"])
 scalars = st.none() | st.booleans() | st.integers(-50, 50) | st.sampled_from(["x", ""])
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-    max_leaves=8,
-)
+values = json_values(keys, scalars, max_leaves=8)
 writes = st.lists(
     st.tuples(st.dictionaries(keys, values, max_size=4), st.integers(1, 1_500_000)),
     min_size=1,
@@ -422,3 +422,175 @@ def test_the_log_says_what_was_written(
         else:
             assert last_snapshot is not None
             assert entry.micros - last_snapshot <= rate.keyframe_micros
+
+
+# -- type-strict changes (a change of JSON type alone is a change) ------------------
+
+TYPE_ONLY = [
+    ({"a": 1}, {"a": True}),
+    ({"a": True}, {"a": 1}),
+    ({"a": 1}, {"a": 1.0}),
+    ({"a": 0}, {"a": False}),
+    ({"a": 0}, {"a": -0.0}),
+    ({"a": 0.0}, {"a": -0.0}),
+    ({"a": [1, 0]}, {"a": [True, False]}),
+    ({"a": {"b": [{"c": 1}]}}, {"a": {"b": [{"c": 1.0}]}}),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), TYPE_ONLY)
+@pytest.mark.parametrize("gap", [0.5, 2.0])  # an amend, a new mutation
+def test_a_change_of_type_alone_is_written(
+    old: dict[str, Any], new: dict[str, Any], gap: float
+) -> None:
+    log, stream, clock = make()
+    stream.write_state({"x": 0})
+    clock.tick(2)
+    stream.write_state(old)
+    clock.tick(gap)
+    assert stream.write_state(new) is not None
+    assert stream.last_action is (WriteAction.AMEND if gap < 1 else WriteAction.MUTATION)
+    assert json_equal(replay(log, clock.now), new)
+    assert json_equal(stream.state, new)
+    assert json_equal(Stream(log, RATE, clock=clock).state, new)
+    clock.tick(gap)
+    assert stream.write_state(copy.deepcopy(new)) is None
+
+
+tricky = st.sampled_from([True, False, 1, 0, -1, 1.0, 0.0, -0.0, None, "1", ""])
+tricky_values = json_values(keys, tricky, max_leaves=8)
+
+
+def retype(data: st.DataObject, value: Any) -> Any:
+    """``value`` with some scalars swapped for others that Python finds equal."""
+    if type(value) is dict:
+        return {k: retype(data, v) for k, v in value.items()}
+    if type(value) is list:
+        return [retype(data, v) for v in value]
+    if data.draw(st.booleans()):
+        return data.draw(st.sampled_from([x for x in [True, 1, 1.0] if x == value] or [value]))
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, tricky_values, max_size=4), st.data(), st.booleans())
+def test_every_change_as_json_is_written_and_read_back_type_for_type(
+    old: dict[str, Any], data: st.DataObject, amend: bool
+) -> None:
+    new = data.draw(st.dictionaries(keys, tricky_values, max_size=4) | st.just(retype(data, old)))
+    log, stream, clock = make()
+    stream.write_state({"first": 1})
+    clock.tick(2)
+    stream.write_state(old)
+    clock.tick(0.5 if amend else 2)
+    entry = stream.write_state(new)
+    assert (entry is None) is json_equal(old, new)
+    for state in (replay(log, clock.now), stream.state, Stream(log, RATE, clock=clock).state):
+        assert json_equal(state, new)
+
+
+def test_a_change_of_type_alone_is_stored_by_the_server(url: str) -> None:
+    with rstream.Client(url) as client:
+        robot = client.stream("types")
+        first = robot.write_state({"a": 1, "b": [1, 0]}, timestamp=at(0))
+        assert first is not None
+        second = robot.write_state({"a": True, "b": [True, False]}, timestamp=at(5))
+        assert second is not None
+        assert json_equal(second.data, {"a": True, "b": [True, False]})
+        _ts, state = robot.latest()
+        assert type(state["a"]) is bool
+        assert json_equal(state, {"a": True, "b": [True, False]})
+        assert json_equal(robot.state_at(at(5)), {"a": True, "b": [True, False]})
+        assert json_equal(robot.state_at(at(4)), {"a": 1, "b": [1, 0]})
+        assert robot.write_state({"a": True, "b": [True, False]}, timestamp=at(6)) is None
+
+
+def test_the_server_refuses_what_the_writer_refuses(url: str) -> None:
+    for body in [
+        '{"state": ' + '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1) + "}",
+        '{"state": {"a": "\\ud800"}}',
+    ]:
+        response = requests.post(
+            f"{url}/v1/streams/bad/state",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+    with rstream.Client(url) as client:
+        assert list(client.stream("bad").entries()) == []  # nothing was stored
+
+
+def at(seconds: float) -> datetime:
+    return datetime(2024, 5, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+# -- what a state may hold ------------------------------------------------------------
+
+
+def nest(levels: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 500, 950, 10_000])
+def test_states_deeper_than_the_limit_are_refused(levels: int) -> None:
+    log, stream, clock = make()
+    stream.write_state({"b": 1})
+    clock.tick(2)
+    too_deep = "$" + ".a" * MAX_DEPTH
+    with pytest.raises(rstream.InvalidJSON, match="deeper than 64") as info:
+        stream.write_state(nest(levels))
+    assert info.value.path == too_deep
+    with pytest.raises(rstream.InvalidJSON) as info:
+        stream.write_entry(Entry(at(100), S, nest(levels)))
+    assert info.value.path == too_deep
+    # A mutation that would make the state too deep, or is itself too deep.
+    with pytest.raises((rstream.InvalidJSON, rstream.MutationError)) as failed:
+        stream.write_entry(Entry(at(100), M, nest(levels)))
+    assert isinstance(failed.value, ValueError)
+    assert failed.value.path.startswith("$.a.a")
+    with pytest.raises(rstream.InvalidJSON) as info:
+        stream.write_entry(Entry(at(100), M, {"c": {"$set": nest(levels)}}))
+    assert info.value.path.startswith("$.c")
+    assert log.revision == 1
+    assert stream.state == {"b": 1}
+
+
+def test_the_deepest_state_is_written() -> None:
+    log, stream, clock = make()
+    stream.write_state(nest(MAX_DEPTH))
+    clock.tick(2)
+    assert stream.write_state(nest(MAX_DEPTH, 2)) is not None
+    stream.write_entry(Entry.from_micros(clock.now + 5, M, nest(MAX_DEPTH, 3)))
+    assert json_equal(stream.state, nest(MAX_DEPTH, 3))
+    assert log.revision == 3
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "path"),
+    [
+        ({"a": float("nan")}, rstream.InvalidJSON, "$.a"),
+        ({"a": [1, float("inf")]}, rstream.InvalidJSON, "$.a[1]"),
+        ({"a": {"b": object()}}, rstream.InvalidJSONType, "$.a.b"),
+        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a"),
+        ({"a": (1, 2)}, rstream.InvalidJSONType, "$.a"),
+        ({"a": "\ud800"}, rstream.InvalidJSON, "$.a"),
+    ],
+)
+def test_states_that_are_not_json_are_refused(
+    state: dict[str, Any], error: type[Exception], path: str
+) -> None:
+    log, stream, _clock = make()
+    with pytest.raises(error) as info:
+        stream.write_state(state)
+    assert getattr(info.value, "path", None) == path
+    with pytest.raises(error):
+        stream.write_entry(Entry(at(1), S, state))
+    stream.write_entry(Entry(at(1), S, {}))
+    with pytest.raises(error):
+        stream.write_entry(Entry(at(2), M, state))
+    assert log.revision == 1

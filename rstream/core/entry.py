@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from rstream.core.jsontype import json_type
+from rstream.core.jsontype import json_equal, json_type
 from rstream.core.timestamps import (
     TimeLike,
     format_rfc3339,
@@ -50,7 +50,8 @@ class Entry:
     ``Entry(timestamp, kind, data)``: ``timestamp`` is an aware datetime or epoch
     seconds, ``kind`` an :class:`EntryKind`, ``data`` the state (snapshot) or the
     mutation. ``rev`` is the log revision at which the entry was last written
-    (``None`` until a log stores it); it is not part of equality.
+    (``None`` until a log stores it); it is not part of equality, which
+    compares the data as JSON, type for type (``True`` is not ``1``).
 
     Entries are immutable; ``micros`` is the exact timestamp as integer epoch
     microseconds, which is what logs order by.
@@ -128,7 +129,11 @@ class Entry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
             return NotImplemented
-        return self.micros == other.micros and self.kind is other.kind and self.data == other.data
+        return (
+            self.micros == other.micros
+            and self.kind is other.kind
+            and json_equal(self.data, other.data)
+        )
 
     __hash__ = None  # type: ignore[assignment]  # data is a mutable dict
 

@@ -1,12 +1,16 @@
-"""JSON values: type names for messages, and the one check of what a state may hold."""
+"""JSON values: type names for messages, the one check of what a state may hold, and
+type-strict equality."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from math import copysign
+from typing import Any, TypeAlias
 
 from rstream.errors import InvalidJSON, InvalidJSONType
 
-__all__ = ["MAX_DEPTH", "check_json", "json_type"]
+__all__ = ["MAX_DEPTH", "check_json", "json_equal", "json_type"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects a state may have (the top object is depth 1)."""
@@ -48,38 +52,115 @@ def check_json(value: object, *, max_depth: int = MAX_DEPTH, path: str = "$") ->
     infinities, lone surrogates in strings or keys, and nesting too deep; both
     name the JSON path. Iterative, so no input reaches a ``RecursionError``.
     """
-    stack: list[tuple[object, str, int]] = [(value, path, 1)]
+    # A stack of containers still to look into, as nodes (container, depth,
+    # parent node, key in the parent); the value itself is item 0 of a wrapper
+    # list with no parent. Scalars are checked where they are met, and a path is
+    # only spelled out for an error, from the chain of parents.
+    stack: list[_Node] = [([value], 0, None, None)]
     while stack:
-        item, where, depth = stack.pop()
-        kind = type(item)
-        if kind is dict or kind is list:
-            if depth > max_depth:
-                raise InvalidJSON(
-                    f"nested deeper than {max_depth} levels; flatten the state", path=where
+        node = stack.pop()
+        container, depth = node[0], node[1]
+        is_dict = type(container) is dict
+        for key, item in container.items() if is_dict else enumerate(container):
+            if is_dict:
+                if type(key) is not str:
+                    raise InvalidJSONType(
+                        f"object keys must be strings, not {type(key).__name__}",
+                        path=_path(node, path),
+                    )
+                if not key.isascii() and _bad_string(key):
+                    raise InvalidJSON(
+                        "key holds a lone surrogate", path=f"{_path(node, path)}.{key!r}"
+                    )
+            kind = type(item)
+            if kind is dict or kind is list:
+                if depth >= max_depth:
+                    raise InvalidJSON(
+                        f"nested deeper than {max_depth} levels; flatten the state",
+                        path=_child_path(node, key, path),
+                    )
+                stack.append((item, depth + 1, node, key))
+            elif kind is str:
+                if not item.isascii() and _bad_string(item):
+                    raise InvalidJSON(
+                        "string holds a lone surrogate (not valid UTF-8)",
+                        path=_child_path(node, key, path),
+                    )
+            elif kind is float:
+                if not math.isfinite(item):
+                    raise InvalidJSON(
+                        f"{item!r} is not a JSON number", path=_child_path(node, key, path)
+                    )
+            elif item is not None and kind is not bool and kind is not int:
+                raise InvalidJSONType(
+                    f"{json_type(item)} is not a JSON value (use dict, list, str, int, float, "
+                    "bool or None)",
+                    path=_child_path(node, key, path),
                 )
-            if kind is dict:
-                for key, child in item.items():  # type: ignore[attr-defined]
-                    if type(key) is not str:
-                        raise InvalidJSONType(
-                            f"object keys must be strings, not {type(key).__name__}", path=where
-                        )
-                    if _bad_string(key):
-                        raise InvalidJSON("key holds a lone surrogate", path=f"{where}.{key!r}")
-                    stack.append((child, f"{where}.{key}", depth + 1))
-            else:
-                for index, child in enumerate(item):  # type: ignore[arg-type]
-                    stack.append((child, f"{where}[{index}]", depth + 1))
-        elif kind is str:
-            if _bad_string(item):  # type: ignore[arg-type]
-                raise InvalidJSON("string holds a lone surrogate (not valid UTF-8)", path=where)
-        elif kind is float:
-            if not math.isfinite(item):  # type: ignore[arg-type]
-                raise InvalidJSON(f"{item!r} is not a JSON number", path=where)
-        elif item is None or kind is bool or kind is int:
-            continue
+
+
+_Node: TypeAlias = "tuple[Any, int, _Node | None, Any]"
+
+
+def _path(node: _Node, root: str) -> str:
+    """The JSON path of the container in ``node`` (``root`` for the value itself)."""
+    parts: list[str] = []
+    while node[2] is not None and node[2][2] is not None:
+        parts.append(_step(node[2][0], node[3]))
+        node = node[2]
+    return root + "".join(reversed(parts))
+
+
+def _child_path(node: _Node, key: Any, root: str) -> str:
+    """The JSON path of item ``key`` of the container in ``node``."""
+    return root if node[2] is None else _path(node, root) + _step(node[0], key)
+
+
+def _step(container: Any, key: Any) -> str:
+    return f".{key}" if type(container) is dict else f"[{key}]"
+
+
+def json_equal(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are the same JSON value, type for type, all the way down.
+
+    Unlike ``==``, ``True`` is not ``1``, ``1`` is not ``1.0`` and ``-0.0`` is
+    not ``0.0``: values that differ as JSON text differ here, so a change of
+    type alone counts as a change. Object key order does not matter.
+    Iterative, so values of any depth compare without a ``RecursionError``.
+    """
+    if a is b:
+        return True
+    # Equal as JSON implies equal by ==, which C checks quickly: when == says
+    # yes, only the types and the signs of zeros are left to check. C's == gives
+    # up on values nested about a thousand deep; then the walk checks it all.
+    try:
+        if a != b:
+            return False
+        same = True
+    except RecursionError:
+        same = False
+    stack: list[tuple[Any, Any]] = [([a], [b])]
+    pairs: Iterable[tuple[Any, Any]]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is dict:
+            if not same and x.keys() != y.keys():
+                return False
+            pairs = x.items()
+        elif same or len(x) == len(y):
+            pairs = enumerate(x)
         else:
-            raise InvalidJSONType(
-                f"{json_type(item)} is not a JSON value (use dict, list, str, int, float, "
-                "bool or None)",
-                path=where,
-            )
+            return False
+        for key, u in pairs:
+            v = y[key]
+            kind = type(u)
+            if kind is not type(v):
+                return False
+            if kind is dict or kind is list:
+                if u is not v:
+                    stack.append((u, v))
+            elif (not same and u != v) or (
+                kind is float and not u and copysign(1.0, u) != copysign(1.0, v)
+            ):
+                return False
+    return True

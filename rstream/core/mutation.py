@@ -18,19 +18,23 @@ states as read-only, or :func:`copy_json` them before changing them in place.
 Errors in a mutation raise :class:`~rstream.MutationError` with the JSON path of
 the problem: ``$`` is the state, ``.name`` a field whose name is an identifier,
 ``["any name"]`` any other field (JSON-quoted) and ``[3]`` an array item, as in
-``$.tasks[3].name`` or ``$.sensors["temp-1"]``.
+``$.tasks[3].name`` or ``$.sensors["temp-1"]``. A mutation that recurses
+into an object or array deeper than :data:`~rstream.core.jsontype.MAX_DEPTH`
+is one of them: recursion is bounded, so no input reaches a ``RecursionError``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from math import copysign
 from typing import Any, NoReturn, TypeAlias
 
-from rstream.core.jsontype import json_type
+from rstream.core.jsontype import MAX_DEPTH, json_equal, json_type
 from rstream.errors import MutationError
 
 __all__ = [
+    "MAX_MUTATION_DEPTH",
     "JSONObject",
     "Mutation",
     "apply_mutation",
@@ -41,6 +45,10 @@ __all__ = [
 
 JSONObject: TypeAlias = "dict[str, Any]"
 Mutation: TypeAlias = "dict[str, Any]"
+
+MAX_MUTATION_DEPTH = 2 * MAX_DEPTH + 1
+"""Deepest nesting a mutation for a state within ``MAX_DEPTH`` needs: each level of
+the state costs at most two (``{"$mutateIdx": {"3": ...}}``), ``$set`` one more."""
 
 _MISSING: Any = object()  # a key that is absent (or removed by $unset)
 _SAME: Any = object()  # build: nothing to change
@@ -55,36 +63,23 @@ def copy_json(value: Any) -> Any:
 
     Several times faster than :func:`copy.deepcopy`, which it replaces for JSON
     (dict, list, str, int, float, bool, None). Other objects, dict and list
-    subclasses included, are shared like scalars.
+    subclasses included, are shared like scalars. Iterative: any depth.
     """
     kind = type(value)
-    if kind is dict:
-        return _copy_dict(value)
-    if kind is list:
-        return _copy_list(value)
-    return value
-
-
-def _copy_dict(obj: dict[str, Any]) -> dict[str, Any]:
-    out = obj.copy()
-    for key, value in obj.items():
-        kind = type(value)
-        if kind is dict:
-            out[key] = _copy_dict(value)
-        elif kind is list:
-            out[key] = _copy_list(value)
-    return out
-
-
-def _copy_list(items: list[Any]) -> list[Any]:
-    out = items.copy()
-    for i, value in enumerate(items):
-        kind = type(value)
-        if kind is dict:
-            out[i] = _copy_dict(value)
-        elif kind is list:
-            out[i] = _copy_list(value)
-    return out
+    if kind is not dict and kind is not list:
+        return value
+    top = value.copy()
+    todo: list[Any] = [top]  # copies whose own children are still the originals
+    while todo:
+        container = todo.pop()
+        # Replacing the value of an existing key does not disturb iterating a dict.
+        for key, item in container.items() if type(container) is dict else enumerate(container):
+            kind = type(item)
+            if kind is dict or kind is list:
+                item = item.copy()
+                container[key] = item
+                todo.append(item)
+    return top
 
 
 # -- apply ---------------------------------------------------------------------
@@ -108,11 +103,9 @@ def apply_mutation(state: JSONObject, mutation: Mutation) -> JSONObject:
     """
     _check_objects(state, mutation)
     try:
-        return _apply_fields(state, mutation, None, False)
+        return _apply_fields(state, mutation, None, 1)
     except _InvalidMutationError as fail:
         raise MutationError(fail.reason, _format_path(fail.parts)) from None
-    except RecursionError:
-        raise MutationError("mutation is nested too deeply", "$") from None
 
 
 def apply_mutation_with_inverse(
@@ -128,11 +121,9 @@ def apply_mutation_with_inverse(
     _check_objects(state, mutation)
     inverse: dict[str, Any] = {}
     try:
-        return _apply_fields(state, mutation, inverse, False), inverse
+        return _apply_fields(state, mutation, inverse, 1), inverse
     except _InvalidMutationError as fail:
         raise MutationError(fail.reason, _format_path(fail.parts)) from None
-    except RecursionError:
-        raise MutationError("mutation is nested too deeply", "$") from None
 
 
 def _check_objects(state: object, mutation: object) -> None:
@@ -147,13 +138,21 @@ def _undo(prev: Any) -> dict[str, Any]:
     return {"$unset": True} if prev is _MISSING else {"$set": prev}
 
 
+def _check_depth(depth: int) -> None:
+    """Refuse to recurse into a container deeper than any state may be (see MAX_DEPTH)."""
+    if depth > MAX_DEPTH:
+        _fail(f"mutation is nested too deeply: a state has at most {MAX_DEPTH} levels")
+
+
 def _apply_fields(
-    old: dict[str, Any], mutation: dict[str, Any], inverse: dict[str, Any] | None, nested: bool
+    old: dict[str, Any], mutation: dict[str, Any], inverse: dict[str, Any] | None, depth: int
 ) -> dict[str, Any]:
-    """Apply a field mutation to an object; fills ``inverse`` when given."""
+    """Apply a field mutation to the object ``old``, at ``depth`` (the state is 1);
+    fills ``inverse`` when given."""
+    _check_depth(depth)
     new = old.copy()
     for key, change in mutation.items():
-        if nested and type(key) is str and key[:1] == "$":
+        if depth > 1 and type(key) is str and key[:1] == "$":
             _fail(f"mutation object mixes operators ({key}) with fields")
         if type(change) is not dict:
             if inverse is not None:
@@ -166,11 +165,11 @@ def _apply_fields(
         try:
             if inverse is not None and type(prev) is dict and not _is_operators(change):
                 sub: dict[str, Any] = {}
-                value = _apply_fields(prev, change, sub, True)
+                value = _apply_fields(prev, change, sub, depth + 1)
                 if sub:
                     inverse[key] = sub
             else:
-                value = _apply_nested(prev, change)
+                value = _apply_nested(prev, change, depth + 1)
                 if inverse is not None:
                     inverse[key] = _undo(prev)
         except _InvalidMutationError as fail:
@@ -189,19 +188,20 @@ def _is_operators(change: dict[Any, Any]) -> bool:
     return type(first) is str and first[:1] == "$"
 
 
-def _apply_nested(prev: Any, change: dict[Any, Any]) -> Any:
-    """The new value of a field or item whose mutation is the non-empty object ``change``."""
+def _apply_nested(prev: Any, change: dict[Any, Any], depth: int) -> Any:
+    """The new value of a field or item at ``depth`` whose mutation is the non-empty
+    object ``change``."""
     first = next(iter(change))
     if type(first) is str and first[:1] == "$":
-        return _apply_operators(prev, change)
+        return _apply_operators(prev, change, depth)
     if type(prev) is dict:
-        return _apply_fields(prev, change, None, True)
+        return _apply_fields(prev, change, None, depth)
     if prev is None or prev is _MISSING:
-        return _apply_fields(_EMPTY, change, None, True)
+        return _apply_fields(_EMPTY, change, None, depth)
     _fail(f"cannot apply a field mutation to {_json_type(prev)}")
 
 
-def _apply_operators(prev: Any, ops: dict[Any, Any]) -> Any:
+def _apply_operators(prev: Any, ops: dict[Any, Any], depth: int) -> Any:
     for key in ops:
         if type(key) is not str or key[:1] != "$":
             _fail(f"mutation object mixes operators ({next(iter(ops))}) with fields ({key!r})")
@@ -244,20 +244,23 @@ def _apply_operators(prev: Any, ops: dict[Any, Any]) -> Any:
         if type(arg) is not dict:
             _fail(f"$mutateIdx takes an object of index to mutation, not {_json_type(arg)}")
         if arg:
-            value = _apply_indexes(value, arg)
+            value = _apply_indexes(value, arg, depth)
 
     arg = ops.get("$unset", _MISSING)
     if arg is not _MISSING:
-        if type(arg) is not bool:
-            _fail(f"$unset takes true (or false, which does nothing), not {_json_type(arg)}")
-        if arg:
+        # null deletes too, as in the Go and JavaScript implementations.
+        if arg is None or arg is True:
             value = _MISSING
+        elif arg is not False:
+            _fail(f"$unset takes true or null (false does nothing), not {_json_type(arg)}")
     return value
 
 
-def _apply_indexes(items: Any, changes: dict[Any, Any]) -> list[Any]:
+def _apply_indexes(items: Any, changes: dict[Any, Any], depth: int) -> list[Any]:
+    """``$mutateIdx`` on ``items``, an array at ``depth``."""
     if type(items) is not list:
         _fail(f"$mutateIdx needs an array, found {_json_type(items)}")
+    _check_depth(depth)
     size = len(items)
     out = items.copy()
     for key, change in changes.items():
@@ -270,7 +273,7 @@ def _apply_indexes(items: Any, changes: dict[Any, Any]) -> list[Any]:
         if not change:
             continue
         try:
-            value = _apply_nested(out[index], change)
+            value = _apply_nested(out[index], change, depth + 1)
             if value is _MISSING:
                 _fail("$unset cannot remove an array item; use $pull")
         except _InvalidMutationError as fail:
@@ -320,20 +323,26 @@ def build_mutation(old: JSONObject, new: JSONObject) -> Mutation:
     """The mutation that turns ``old`` into ``new``: ``apply_mutation(old, m) == new``.
 
     The result is exact about types (``True`` replaces ``1``, ``1.0`` replaces
-    ``1``) and may share subtrees with ``new``. A new or retyped object is sent
-    with ``$set``; arrays are diffed item by item (see ``docs/mutation.rst``).
+    ``1``, ``-0.0`` replaces ``0.0``), is ``{}`` exactly when the states are
+    :func:`~rstream.core.jsontype.json_equal`, and may share subtrees with
+    ``new``. A new or retyped object is sent with ``$set``; arrays are diffed
+    item by item (see ``docs/mutation.rst``). Objects and arrays deeper than
+    :data:`~rstream.core.jsontype.MAX_DEPTH` are not diffed but replaced whole,
+    so the law holds at any depth and no input reaches a ``RecursionError``.
     """
     if type(old) is not dict or type(new) is not dict:
         raise TypeError(
             f"build_mutation takes two JSON objects (dicts), not "
             f"{type(old).__name__} and {type(new).__name__}"
         )
-    return _diff_fields(old, new)
+    return _diff_fields(old, new, 1)
 
 
-def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def _diff_fields(old: dict[str, Any], new: dict[str, Any], depth: int) -> dict[str, Any]:
+    """The field mutation from ``old`` to ``new``, objects at ``depth`` (the state is 1)."""
     out: dict[str, Any] = {}
     kept = 0
+    inner = depth + 1
     for key, after in new.items():
         before = old.get(key, _MISSING)
         if before is after:
@@ -341,7 +350,7 @@ def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             continue
         if before is not _MISSING:
             kept += 1
-        change = _diff_value(before, after)
+        change = _diff_value(before, after, inner)
         if change is not _SAME:
             out[key] = change
     if kept != len(old):
@@ -351,12 +360,15 @@ def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _diff_value(before: Any, after: Any) -> Any:
+def _diff_value(before: Any, after: Any, depth: int) -> Any:
+    """The change from ``before`` to ``after``, a value at ``depth``; _SAME for none."""
     kind = type(after)
     if kind is dict:
         if type(before) is not dict:
             return {"$set": after}
-        change = _diff_fields(before, after)
+        if depth > MAX_DEPTH:  # too deep to recurse into (apply refuses it too)
+            return _SAME if json_equal(before, after) else {"$set": after}
+        change = _diff_fields(before, after, depth)
         if not change:
             return _SAME
         for key in change:
@@ -367,13 +379,21 @@ def _diff_value(before: Any, after: Any) -> Any:
     if kind is list:
         if type(before) is not list:
             return after
-        return _diff_list(before, after)
-    if type(before) is kind and before == after:
+        if depth > MAX_DEPTH:
+            return _SAME if json_equal(before, after) else after
+        return _diff_list(before, after, depth)
+    if (
+        type(before) is kind
+        and before == after
+        # 0.0 == -0.0, but they are different JSON.
+        and (kind is not float or before or copysign(1.0, before) == copysign(1.0, after))
+    ):
         return _SAME
     return after
 
 
-def _diff_list(before: list[Any], after: list[Any]) -> Any:
+def _diff_list(before: list[Any], after: list[Any], depth: int) -> Any:
+    """The change from array ``before`` to array ``after`` at ``depth``; _SAME for none."""
     old_size = len(before)
     new_size = len(after)
     if not old_size or not new_size:
@@ -381,12 +401,13 @@ def _diff_list(before: list[Any], after: list[Any]) -> Any:
     common = min(old_size, new_size)
     changes: dict[str, Any] = {}
     replaced = 0
+    inner = depth + 1
     for i in range(common):
         item_before = before[i]
         item_after = after[i]
         if item_before is item_after:
             continue
-        change = _diff_value(item_before, item_after)
+        change = _diff_value(item_before, item_after, inner)
         if change is not _SAME:
             changes[str(i)] = change
             if type(change) is not dict or "$set" in change:

@@ -32,8 +32,9 @@ from typing import Any
 
 from rstream.core.cursor import Cursor, CursorKind
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.jsontype import MAX_DEPTH, check_json, json_equal
 from rstream.core.log import Log
-from rstream.core.mutation import apply_mutation, build_mutation, copy_json
+from rstream.core.mutation import MAX_MUTATION_DEPTH, apply_mutation, build_mutation, copy_json
 from rstream.core.timestamps import TimeLike, format_rfc3339, from_micros, to_micros
 from rstream.errors import ConfigError, MutationError, OutOfOrder
 
@@ -219,15 +220,21 @@ class Stream:
         """Write the whole state at ``timestamp`` (default: the clock's now).
 
         Returns the entry written (with its rev; for an amend, the replacing
-        mutation with the older timestamp) or None when nothing changed.
-        ``state`` is copied, so the caller may keep changing its dict.
+        mutation with the older timestamp) or None when nothing changed, type
+        for type (:func:`~rstream.core.jsontype.json_equal`: ``True`` after
+        ``1`` is a change). ``state`` is copied, so the caller may keep
+        changing its dict.
 
         Raises :class:`~rstream.OutOfOrder` if ``timestamp`` is not after the
-        last change.
+        last change, and :class:`~rstream.InvalidJSON` (a ``ValueError``; its
+        subclass :class:`~rstream.InvalidJSONType` is also a ``TypeError``)
+        naming the path when the state is not JSON a stream can hold (see
+        :func:`~rstream.core.jsontype.check_json`); nothing is written then.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"a state must be a JSON object (dict), not {type(state).__name__}")
-        new: State = copy_json(state if type(state) is dict else dict(state))
+        new: State = state if type(state) is dict else dict(state)
+        check_json(new)
         given = None if timestamp is None else to_micros(timestamp)
         with self._lock:
             cursor = self._cursor
@@ -240,11 +247,12 @@ class Stream:
                 last_micros=cursor.micros,
                 last_is_mutation=cursor.at_mutation,
                 snapshot_micros=cursor.snapshot_micros,
-                changed=lambda: new != current,
+                changed=lambda: not json_equal(new, current),
             )
             if action is WriteAction.NONE:
                 self.last_action, self.last_write = action, None
                 return None
+            new = copy_json(new)  # only now: an unchanged state is not kept
             if action is WriteAction.SNAPSHOT:
                 stored = self.log.append(Entry.from_micros(when, EntryKind.SNAPSHOT, new))
             elif action is WriteAction.AMEND:
@@ -269,18 +277,26 @@ class Stream:
         A mutation must apply to the newest state: otherwise
         :class:`~rstream.MutationError` is raised and nothing is written. The
         entry must be after the last change (:class:`~rstream.OutOfOrder`).
+        A snapshot, and the state a mutation leads to, must pass
+        :func:`~rstream.core.jsontype.check_json`, and a mutation must be JSON
+        nested at most :data:`~rstream.core.mutation.MAX_MUTATION_DEPTH` deep:
+        otherwise :class:`~rstream.InvalidJSON` names the path and nothing is
+        written.
         """
         if not isinstance(entry, Entry):
             raise TypeError(f"write_entry takes an Entry, not {type(entry).__name__}")
+        is_mutation = entry.kind is EntryKind.MUTATION
+        check_json(entry.data, max_depth=MAX_MUTATION_DEPTH if is_mutation else MAX_DEPTH)
         data: State = copy_json(entry.data)
         with self._lock:
             cursor = self._cursor
             cursor.advance()
             self._when(entry.micros)
-            if entry.kind is EntryKind.MUTATION:
+            if is_mutation:
                 if cursor.state is None:
                     raise MutationError("the first entry of a stream must be a snapshot")
                 new = apply_mutation(cursor.state, data)
+                check_json(new)
                 action = WriteAction.MUTATION
             else:
                 new, action = data, WriteAction.SNAPSHOT

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.jsontype import MAX_DEPTH, check_json
+from rstream.core.mutation import MAX_MUTATION_DEPTH
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import parse_rfc3339, parse_time, to_micros
 from rstream.errors import ConfigError, EntryFormatError, InvalidJSON, InvalidTimestamp
@@ -61,9 +62,6 @@ MIN_EPOCH_SECONDS = MIN_US // 1_000_000
 MAX_EPOCH_SECONDS = MAX_US // 1_000_000
 #: The largest ``since`` revision a client may ask for.
 MAX_REVISION = 10**18 - 1
-#: How deep a mutation may nest: a mutation of a state :data:`MAX_DEPTH` deep
-#: spends up to two levels per level of the state (``{"$mutateIdx": {"0": ...}}``).
-MAX_MUTATION_DEPTH = 2 * MAX_DEPTH + 2
 MIN_HEARTBEAT, MAX_HEARTBEAT = 0.05, 300.0
 
 # Compact JSON re-encoding grows a body by at most 4.5 times (the 4-character
