@@ -481,7 +481,7 @@ class _Server:
                     info = self._info(stream_id)
                 writer = self._writer(stream_id, info.rate)
                 writer.rate = info.rate  # another replica may have changed it
-                with _write_lock(writer.log):
+                with self.storage.log(stream_id).write_lock():
                     entry = writer.write_state(state, None if when is None else from_micros(when))
                     action = writer.last_action.value
                     revision = entry.rev if entry is not None and entry.rev else writer.log.revision
@@ -520,9 +520,10 @@ class _Server:
                 writer = self._writer(stream_id, info.rate)
                 if not entries:
                     return created, [], writer.log.revision
-                with _write_lock(writer.log):
+                log = self.storage.log(stream_id)
+                with log.write_lock():
                     _check_mutations(writer.state, entries)
-                    stored = self.storage.log(stream_id).append_many(entries)
+                    stored = log.append_many(entries)
                 return created, stored, stored[-1].rev or 0
 
         created, stored, revision = await anyio.to_thread.run_sync(append)
@@ -577,13 +578,6 @@ class _Server:
         except BaseException:
             self.hub.unsubscribe(subscriber)
             raise
-
-
-def _write_lock(log: object) -> contextlib.AbstractContextManager[object]:
-    """The stream's lock across replicas, held while a write is decided and made
-    (``PostgresLog.write_lock``); nothing for storages of one process."""
-    lock = getattr(log, "write_lock", None)
-    return lock() if callable(lock) else contextlib.nullcontext()
 
 
 # -- the live response ------------------------------------------------------------
