@@ -55,14 +55,16 @@ KEEPALIVE: dict[str, Any] = {
 }
 
 
-def connect_kwargs(schema: str | None, connect_timeout: float) -> dict[str, Any]:
-    """``psycopg.connect`` keywords of every connection of a storage in ``schema``."""
+def connect_kwargs(conninfo: str, schema: str | None, connect_timeout: float) -> dict[str, Any]:
+    """``psycopg.connect`` keywords of every connection of a storage in ``schema``
+    (``application_name`` is ``rstream`` unless ``conninfo`` names one)."""
     kwargs: dict[str, Any] = {
         "autocommit": True,  # reads are single statements; writes BEGIN themselves
         "connect_timeout": max(1, round(connect_timeout)),
-        "application_name": "rstream",
         **KEEPALIVE,
     }
+    if "application_name" not in psycopg.conninfo.conninfo_to_dict(conninfo):
+        kwargs["application_name"] = "rstream"
     if schema is not None:
         kwargs["options"] = f"-c search_path={schema}"
     return kwargs

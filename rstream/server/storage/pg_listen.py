@@ -30,7 +30,7 @@ from psycopg import sql as pgsql
 
 from rstream.errors import ClientClosed, RStreamError
 
-__all__ = ["DEFAULT_CHANNEL", "ChangeListener", "channel_for", "default_retry"]
+__all__ = ["DEFAULT_CHANNEL", "ChangeListener", "channel_for", "default_retry", "parse_payload"]
 
 log = logging.getLogger("rstream.server.storage.postgres")
 
@@ -265,22 +265,32 @@ class ChangeListener:
 
     def _handle(self, notify: psycopg.Notify) -> None:
         self.received += 1
-        try:
-            message = json.loads(notify.payload)
-            stream_id = message["stream"]
-            rev = message["rev"]
-            nbytes = int(message.get("bytes", 0))
-            origin = message.get("origin")
-        except (ValueError, KeyError, TypeError):
+        change = parse_payload(notify.payload)
+        if change is None:
             log.warning("listener on %r: ignoring a malformed notification", self.channel)
             return
+        stream_id, rev, nbytes, origin = change
         if self._origin is not None and origin == self._origin:
             return  # a write of our own storage: the server has notified it already
-        if isinstance(stream_id, str) and type(rev) is int:
-            self._call(stream_id, rev, nbytes)
+        self._call(stream_id, rev, nbytes)
 
     def _call(self, stream_id: str, rev: int, nbytes: int) -> None:
         try:
             self._on_change(stream_id, rev, nbytes)
         except Exception:
             log.exception("listener on %r: on_change(%r, %d) failed", self.channel, stream_id, rev)
+
+
+def parse_payload(payload: str) -> tuple[str, int, int, object] | None:
+    """``(stream_id, rev, nbytes, origin)`` of a notification's payload, or None
+    when it is not what a storage sends. Never raises."""
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    stream_id, rev, nbytes = message.get("stream"), message.get("rev"), message.get("bytes", 0)
+    if not isinstance(stream_id, str) or type(rev) is not int or type(nbytes) is not int:
+        return None
+    return stream_id, rev, nbytes, message.get("origin")

@@ -149,7 +149,7 @@ class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
         self.origin = uuid.uuid4().hex  # tags this storage's own notifications
         self._display = redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._conninfo = conninfo
-        self._connect_kwargs = connect_kwargs(schema, connect_timeout)
+        self._connect_kwargs = connect_kwargs(conninfo, schema, connect_timeout)
         self._pool_timeout = pool_timeout
         # The one retry policy of reads and of writes that failed on BEGIN: once
         # more, on a fresh connection, when the pooled one was dead.
@@ -390,12 +390,15 @@ class PostgresLog(SQLStreamLog[Conn]):
         locked = conn.execute(self._sql.lock_stream, (self.stream_id,))
         return locked, conn.execute(self._sql.last_entry_key, (self.stream_id,))
 
+    def _mine(self) -> _Bound | None:
+        """The block of ``write_lock`` the calling thread is in, if any."""
+        held = self._held
+        return held if held is not None and held.owner == threading.get_ident() else None
+
     def _bound(self) -> _Bound | None:
         """The calling thread's open write transaction on this stream, if any."""
-        held = self._held
-        if held is not None and held.open and held.owner == threading.get_ident():
-            return held
-        return None
+        held = self._mine()
+        return held if held is not None and held.open else None
 
     @property
     def revision(self) -> int:
@@ -416,11 +419,13 @@ class PostgresLog(SQLStreamLog[Conn]):
         return super()._last_key(conn)
 
     def _read(self, fn: Callable[[Conn], _T]) -> _T:
-        """A read: on the thread's locked transaction when it holds one, else pooled."""
-        bound = self._bound()
-        if bound is not None:
+        """A read: on the connection of the thread's ``write_lock`` block when it
+        is in one (the locked transaction; after the write, the newest committed
+        state), so a block never waits for a second pooled connection."""
+        held = self._mine()
+        if held is not None and not held.conn.closed:
             try:
-                return fn(bound.conn)
+                return fn(held.conn)
             except psycopg.OperationalError as exc:
                 raise unavailable(exc, "read failed") from exc
         return self._storage._read(fn)
