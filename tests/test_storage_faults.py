@@ -7,17 +7,18 @@ Every test ends with the replica tests' exactly-once checks: every
 acknowledged write is in the log once, revisions have no holes, and a
 subscriber woken by the listener reads every change once.
 
-Each test's storages carry an ``application_name`` of their own, so only
-their backends are terminated (other tests share the server).
+Each test's storages carry an ``application_name`` of their own
+(``tests/pgutil.py``'s :class:`Backends`), so only their backends are
+terminated (other tests share the server).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import queue
-import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from rstream.core.stream import RateConfig, Stream
 from rstream.core.timestamps import from_micros
 from rstream.server.storage.pg_listen import ChangeListener
 from rstream.server.storage.postgres import PostgresLog, PostgresStorage
-from tests.pgutil import PgSchema, fresh_schema, replay
+from tests.pgutil import Backends, PgSchema, assert_exactly_once, fresh_schema, held_pid, replay
 from tests.tcpproxy import TCPProxy
 from tests.threadutil import wait_for
 
@@ -43,47 +44,6 @@ NO_AMENDS = RateConfig(keyframe_frequency=timedelta(seconds=4), change_frequency
 def schema() -> Iterator[PgSchema]:
     with fresh_schema() as schema:
         yield schema
-
-
-class Backends:
-    """The backends of this test's storages, found by their ``application_name``."""
-
-    def __init__(self, schema: PgSchema) -> None:
-        self.schema = schema
-        self.name = f"rstream_fault_{secrets.token_hex(6)}"
-
-    @property
-    def url(self) -> str:
-        """The storage URL whose connections carry this test's name."""
-        return f"{self.schema.storage_url}&application_name={self.name}"
-
-    def terminate(self, *, listening: bool = False, pid: int | None = None) -> int:
-        """Terminate the pool's connections (``listening``: the LISTEN ones
-        instead; ``pid``: that one only); returns how many were terminated."""
-        where = "application_name = %s AND (query LIKE 'LISTEN%%') = %s"
-        params: list[Any] = [self.name, listening]
-        if pid is not None:
-            where += " AND pid = %s"
-            params.append(pid)
-        with psycopg.connect(self.schema.url, autocommit=True) as admin:
-            rows = admin.execute(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}", params
-            ).fetchall()
-        return sum(1 for (done,) in rows if done)
-
-
-def held_pid(log: PostgresLog) -> int:
-    """The backend of the transaction this thread holds in ``log.write_lock()``."""
-    held = log._held
-    assert held is not None
-    return held.conn.info.backend_pid
-
-
-def assert_exactly_once(log: PostgresLog, acknowledged: list[dict[str, Any]]) -> None:
-    """Every acknowledged state in the log once, in order; revisions without holes."""
-    entries = log.changes_since(0)
-    assert [e.rev for e in entries] == list(range(1, len(entries) + 1))
-    assert replay(entries) == acknowledged
 
 
 # -- writes -----------------------------------------------------------------------------
@@ -170,9 +130,9 @@ def test_dead_pooled_connections_are_replaced_once_per_operation(schema: PgSchem
         log = storage.log("s")
         writer = Stream(log, NO_AMENDS, clock=itertools.count(T0, S).__next__)
         acknowledged: list[dict[str, Any]] = []
-        operations = [
-            lambda: storage.list_streams(),
-            lambda: storage.create_stream("t"),
+        operations: list[Callable[[], object]] = [
+            storage.list_streams,
+            functools.partial(storage.create_stream, "t"),
             lambda: log.revision,
         ]
         for n, operation in enumerate(operations * 2):
@@ -188,20 +148,23 @@ def test_dead_pooled_connections_are_replaced_once_per_operation(schema: PgSchem
         assert_exactly_once(log, acknowledged)
 
 
-def test_a_second_dead_connection_gives_up_with_503_and_the_next_call_works(
+def test_after_a_restart_one_retry_finds_a_live_connection(
     schema: PgSchema, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Every idle connection dead, as after a database restart: the first
+    dead one makes the pool test the others, so one retry is enough."""
     caplog.set_level(logging.INFO, logger="rstream")
     backends = Backends(schema)
     sleeps: list[float] = []
-    with PostgresStorage(backends.url, min_size=2, max_size=2, sleep=sleeps.append) as storage:
+    with PostgresStorage(backends.url, min_size=3, max_size=3, sleep=sleeps.append) as storage:
         storage.create_stream("s")
-        wait_for(lambda: storage._pool.get_stats().get("pool_available", 0) == 2)
-        assert backends.terminate() == 2
-        with pytest.raises(StorageUnavailable, match="read failed"):
-            storage.list_streams()
-        assert sleeps == [0.0]  # one retry, then it gave up
+        wait_for(lambda: storage._pool.get_stats().get("pool_available", 0) == 3)
+        assert backends.terminate() == 3
         assert [info.id for info in storage.list_streams()] == ["s"]
+        assert sleeps == [0.0]
+        assert backends.terminate() == 3
+        assert storage.create_stream("t")
+        assert sleeps == [0.0, 0.0]
     assert "a pooled connection was dead" in caplog.text
 
 

@@ -151,13 +151,14 @@ class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
         self._conninfo = conninfo
         self._connect_kwargs = connect_kwargs(conninfo, schema, connect_timeout)
         self._pool_timeout = pool_timeout
-        # The one retry policy of reads and of writes that failed on BEGIN: once
-        # more, on a fresh connection, when the pooled one was dead.
+        # The one retry policy of reads, and of writes that failed at BEGIN:
+        # once more, when the pooled connection was dead, after the pool
+        # replaced every dead one.
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(2),
             retry=tenacity.retry_if_exception_type(DeadConnection),
             sleep=sleep,
-            before_sleep=self._log_dead,
+            before_sleep=self._replace_dead,
             reraise=True,
         )
         self._lock = threading.Lock()  # guards the three below
@@ -211,9 +212,12 @@ class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
         except PoolTimeout as exc:
             raise unavailable(exc, "no connection free") from exc
 
-    def _log_dead(self, state: tenacity.RetryCallState) -> None:
+    def _replace_dead(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
+        # After a database restart every idle connection is dead, not just the
+        # one that failed: test them all now, so the retry gets a live one.
+        self._pool.check()
 
     def _read(self, fn: Callable[[Conn], _T]) -> _T:
         """Run ``fn`` on a pooled connection, once more on a fresh one if it was dead."""
