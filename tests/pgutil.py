@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,9 +29,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.log import Log
 from rstream.core.mutation import apply_mutation
 
 if TYPE_CHECKING:
+    from rstream.server.storage.postgres import PostgresLog as PostgresLogT
     from rstream.server.storage.postgres import PostgresStorage as PostgresStorageT
 
 URL_VARIABLE = "RSTREAM_TEST_POSTGRES_URL"
@@ -39,11 +41,14 @@ REQUIRE_VARIABLE = "RSTREAM_REQUIRE_POSTGRES"
 
 __all__ = [
     "URL_VARIABLE",
+    "Backends",
     "PgSchema",
+    "assert_exactly_once",
     "create_schema",
     "drop_schema",
     "fresh_schema",
     "fresh_storage",
+    "held_pid",
     "pg_schema",
     "pg_storage",
     "postgres_url",
@@ -65,7 +70,7 @@ def postgres_url() -> str:
     pytest.skip(message)
 
 
-def replay(entries: list[Entry]) -> list[dict[str, Any]]:
+def replay(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     """The state after each entry of a log read back from the database,
     computed with the core (a mutation before any snapshot fails the test)."""
     states: list[dict[str, Any]] = []
@@ -180,3 +185,46 @@ def fresh_storage(**kwargs: object) -> PostgresStorageT:
     except BaseException:
         drop_schema(url, name)
         raise
+
+
+class Backends:
+    """The backends of this test's storages, found by their ``application_name``."""
+
+    def __init__(self, schema: PgSchema) -> None:
+        self.schema = schema
+        self.name = f"rstream_fault_{secrets.token_hex(6)}"
+
+    @property
+    def url(self) -> str:
+        """The storage URL whose connections carry this test's name."""
+        return f"{self.schema.storage_url}&application_name={self.name}"
+
+    def terminate(self, *, listening: bool = False, pid: int | None = None) -> int:
+        """Terminate the pool's connections (``listening``: the LISTEN ones
+        instead; ``pid``: that one only); returns how many were terminated."""
+        where = "application_name = %s AND (query LIKE 'LISTEN%%') = %s"
+        params: list[Any] = [self.name, listening]
+        if pid is not None:
+            where += " AND pid = %s"
+            params.append(pid)
+        import psycopg
+
+        with psycopg.connect(self.schema.url, autocommit=True) as admin:
+            rows = admin.execute(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}", params
+            ).fetchall()
+        return sum(1 for (done,) in rows if done)
+
+
+def held_pid(log: PostgresLogT) -> int:
+    """The backend of the transaction this thread holds in ``log.write_lock()``."""
+    held = log._held
+    assert held is not None
+    return held.conn.info.backend_pid
+
+
+def assert_exactly_once(log: Log, acknowledged: list[dict[str, Any]]) -> None:
+    """Every acknowledged state in the log once, in order; revisions without holes."""
+    entries = log.changes_since(0)
+    assert [e.rev for e in entries] == list(range(1, len(entries) + 1))
+    assert replay(entries) == acknowledged

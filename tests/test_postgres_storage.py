@@ -179,7 +179,9 @@ def test_the_write_lock_makes_a_stale_writer_decide_on_fresh_state(
             racer.append(thread)
             thread.start()
             # B must be queued on the row lock, not done, while A decides.
-            a_pid = a._local.bound.conn.info.backend_pid  # A's locked transaction
+            held = a.log("s")._held  # A's locked transaction
+            assert held is not None
+            a_pid = held.conn.info.backend_pid
             with admin(schema) as conn:
                 wait_for(
                     lambda: (

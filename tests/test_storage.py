@@ -47,6 +47,7 @@ from rstream.server.storage import (
 from rstream.server.storage.base import MAX_US, MIN_US, dump_json, load_json
 from rstream.server.storage.sql import SCHEMA_VERSION, SQLITE, statements
 from rstream.server.storage.sqlite import SQLiteStorage
+from tests.pgutil import replay
 from tests.threadutil import run_threads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -433,6 +434,28 @@ def test_the_core_writer_runs_on_the_log(log: StreamLog) -> None:
     ]
     # a second writer over the same log picks up where the first left off
     assert Stream(log).state == {"pos": 3}
+
+
+def test_write_lock_lets_stale_writers_decide_on_fresh_state(log: StreamLog) -> None:
+    """Four writers, each with its own cursor on one log: every decision and
+    its write run under ``write_lock``, so each mutation is built on the state
+    it replaces and every written state is in the log exactly once."""
+    stamps = itertools.count(T0, S)  # read under the lock: increasing in write order
+    rate = RateConfig(keyframe_frequency=timedelta(seconds=3), change_frequency=timedelta(0))
+
+    def writer(who: int) -> None:
+        stream = Stream(log, rate, clock=lambda: next(stamps))
+        for n in range(10):
+            with log.write_lock():
+                stream.write_state({"by": who, "n": n, "pad": [who] * (n % 3)})
+
+    assert run_threads(*[functools.partial(writer, who) for who in range(4)], timeout=60) == []
+    entries = log.changes_since(0)
+    assert [e.rev for e in entries] == list(range(1, 41))
+    states = replay(entries)
+    written = sorted((s["by"], s["n"]) for s in states)
+    assert written == [(who, n) for who in range(4) for n in range(10)]
+    assert all(s["pad"] == [s["by"]] * (s["n"] % 3) for s in states)
 
 
 # -- conformance: streams -----------------------------------------------------------

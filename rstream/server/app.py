@@ -441,7 +441,7 @@ class _Server:
                     info = self._info(stream_id)
                 writer = self._writer(stream_id, info.rate)
                 writer.rate = info.rate  # another replica may have changed it
-                with _write_lock(writer.log):
+                with self.storage.log(stream_id).write_lock():
                     entry = writer.write_state(state, None if when is None else from_micros(when))
                     action = writer.last_action.value
                     revision = entry.rev if entry is not None and entry.rev else writer.log.revision
@@ -482,9 +482,10 @@ class _Server:
                 writer = self._writer(stream_id, info.rate)
                 if not entries:
                     return created, [], writer.log.revision
-                with _write_lock(writer.log):
+                log = self.storage.log(stream_id)
+                with log.write_lock():
                     _check_mutations(writer.state, entries, batch.deep)
-                    stored = self.storage.log(stream_id).append_many(entries)
+                    stored = log.append_many(entries)
                 return created, stored, stored[-1].rev or 0
 
         created, stored, revision = await anyio.to_thread.run_sync(append)
@@ -539,13 +540,6 @@ def _route(path: str, handlers: Mapping[str, Callable[[Request], Awaitable[Respo
         return await handlers[method](request)
 
     return Route(path, endpoint, methods=list(handlers))
-
-
-def _write_lock(log: object) -> contextlib.AbstractContextManager[object]:
-    """The stream's lock across replicas, held while a write is decided and made
-    (``PostgresLog.write_lock``); nothing for storages of one process."""
-    lock = getattr(log, "write_lock", None)
-    return lock() if callable(lock) else contextlib.nullcontext()
 
 
 # -- the live response ------------------------------------------------------------

@@ -14,7 +14,8 @@ runs on it unchanged) plus what the server needs on top:
   :meth:`~StreamLog.iter_range_raw` (the same as stored rows, the data left as
   its JSON text, so the entries endpoint splices it into its page without
   parsing it) and :meth:`~StreamLog.count_range`;
-- :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports.
+- :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports;
+- :meth:`~StreamLog.write_lock`, held while one write is decided and made.
 
 Micros arguments may be any int: values outside the storable range (see
 :data:`MIN_US`, :data:`MAX_US`) are clamped, since no entry can lie beyond it.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Generator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -154,6 +156,25 @@ class StreamLog(Log, Protocol):
         JSON), nothing is written, the revision is unchanged and the error
         names the entry's index. Returns the stored entries with their revs
         (consecutive revisions).
+        """
+        ...
+
+    def write_lock(self) -> AbstractContextManager[None]:
+        """Hold the stream's write lock while one write is decided and made.
+
+        While the block runs, no other holder of the lock (another thread,
+        and for PostgreSQL another replica) writes to the stream, and this
+        thread's reads of the log see the newest committed state, so a
+        decision taken on them (snapshot, mutation or amend; the next
+        timestamp) still holds when the write lands. Wrap each decision and
+        its write in it, *before* taking any lock of your own that a write
+        needs::
+
+            with log.write_lock():
+                stream.write_state(state)
+
+        Not re-entrant. Raises what a write of the backend raises when the
+        lock cannot be taken (PostgreSQL: :class:`~rstream.StorageUnavailable`).
         """
         ...
 

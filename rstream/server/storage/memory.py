@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 
 from rstream.core.entry import Entry, EntryKind
@@ -32,7 +33,8 @@ class MemoryStreamLog:
     Reads go straight to the :class:`MemoryLog` (its own lock makes each one
     consistent). Writes additionally take this log's write lock, so that
     :meth:`append_many` can check a whole batch against the newest entry and
-    then append it with no other write in between. Readers may see a batch
+    then append it with no other write in between; :meth:`write_lock` holds
+    the same lock across a decision and its write. Readers may see a batch
     arrive entry by entry (each entry is its own change with its own rev);
     they never see a batch that later fails.
 
@@ -45,7 +47,7 @@ class MemoryStreamLog:
 
     def __init__(self) -> None:
         self._log = MemoryLog()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()  # re-entered by writes inside write_lock()
 
     def __repr__(self) -> str:
         return f"<MemoryStreamLog entries={len(self._log)} revision={self._log.revision}>"
@@ -84,6 +86,12 @@ class MemoryStreamLog:
             return self._log.amend(entry)
 
     # -- StreamLog -------------------------------------------------------------
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Keep every other writer of this log from writing until the block ends."""
+        with self._write_lock:
+            yield
 
     def first(self) -> Entry | None:
         return self._log.first()

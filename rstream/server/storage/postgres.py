@@ -24,56 +24,53 @@ Guarantees, and what they rest on:
   commits and releases the lock. The decision, the server-assigned timestamp
   (``max(now, newest + 1 us)``) and the write therefore see one state.
 - **Live fan-out.** Each write calls ``pg_notify`` in its transaction (delivered
-  on commit) on the storage's channel with the stream id and revision. A
-  :class:`ChangeListener` (see :meth:`PostgresStorage.listen`) blocks on its
-  ``LISTEN`` connection's socket and hands every notification to a callback
-  (the server's fan-out hub); after any reconnect it re-announces the current
-  revision of every stream that has subscribers, so nothing published while it
-  was disconnected is missed. Subscribers always read the changes themselves
-  from the table (``changes_since``): a notification is only a wake-up.
+  on commit); :meth:`PostgresStorage.listen` follows the channel on a thread
+  of its own (:mod:`rstream.server.storage.pg_listen`).
 
 Errors: an unreachable database (refused connection, a dropped connection, no
 pooled connection free within ``pool_timeout``) raises
-:class:`~rstream.StorageUnavailable`, which the server answers as the protocol's
-503 ``unavailable``; a bad URL or schema name is a :class:`~rstream.ConfigError`.
-Reads are retried once on a fresh connection when a pooled one turns out to be
-dead (after a database restart); writes only when the connection fails on
-``BEGIN``, before anything was sent that could have been applied.
+:class:`~rstream.StorageUnavailable`, the protocol's 503 ``unavailable``; a bad
+URL or schema name is a :class:`~rstream.ConfigError`
+(:mod:`rstream.server.storage.pg_url`). A pooled connection found dead before
+anything was sent that could have been applied (a read; a write's ``BEGIN``;
+``write_lock``'s row lock) is replaced once by a fresh one
+(:mod:`rstream.server.storage.pg_conn`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
-import select
-import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import tenacity
-from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from rstream.core.entry import EntryKind
-from rstream.errors import (
-    ClientClosed,
-    ConfigError,
-    RStreamError,
-    StorageError,
-    StorageUnavailable,
-    StreamNotFound,
-)
+from rstream.errors import StorageUnavailable, StreamNotFound
 from rstream.server.storage.base import Row
-from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, statements
-from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, entry_key, migrate
+from rstream.server.storage.pg_conn import (
+    Conn,
+    DeadConnection,
+    connect_kwargs,
+    failure,
+    migrate_schema,
+    pipelined,
+    rollback,
+    rollback_on_error,
+    unavailable,
+)
+from rstream.server.storage.pg_listen import DEFAULT_CHANNEL, ChangeListener, channel_for
+from rstream.server.storage.pg_url import PostgresURL, check_schema, parse_postgres_url, redact
+from rstream.server.storage.sql import POSTGRES, statements
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, entry_key
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -89,136 +86,39 @@ log = logging.getLogger("rstream.server.storage.postgres")
 
 _SQL = statements(POSTGRES)
 _T = TypeVar("_T")
-_Conn = psycopg.Connection[Any]
 
-#: The notification channel of a storage in the default schema; a storage in
-#: schema ``s`` uses ``rstream_changes_s`` (channels are per database, and
-#: schemas of one database must not wake each other's subscribers).
-DEFAULT_CHANNEL = "rstream_changes"
-
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 _RANGE_PAGE = 1_000  # rows per query while iterating a range
 
-# PostgreSQL-only statements (the shared ones live in rstream.server.storage.sql).
-_NOTIFY = "SELECT pg_notify(%s, %s)"
-_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(%s)"
-_CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {}"
-
-# Liveness of long-lived connections: the kernel notices a dead peer within
-# about 20 s even when no packet arrives (a partition, a powered-off host).
-_KEEPALIVE: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 2,
-}
-
-
-@dataclass(frozen=True)
-class PostgresURL:
-    """An rstream PostgreSQL URL, split by :func:`parse_postgres_url`."""
-
-    conninfo: str  # the libpq URL, without rstream's own parameters
-    schema: str | None = None
-    pool_max: int | None = None
-    pool_timeout: float | None = None
-
-
-def parse_postgres_url(url: str) -> PostgresURL:
-    """Split an rstream PostgreSQL URL into the libpq URL and rstream's options.
-
-    rstream reads and removes ``schema`` (where its tables live), ``pool_max``
-    (connections per server process, default 10) and ``pool_timeout`` (seconds
-    to wait for a free one before answering 503, default 10); every other query
-    parameter is libpq's (``sslmode``, ``connect_timeout``, ...). So
-    ``postgresql://u@db/rs?schema=rs&pool_max=20&sslmode=require`` connects to
-    ``postgresql://u@db/rs?sslmode=require``. ``postgres://`` and
-    ``postgresql+psycopg://`` are accepted as well.
-    """
-    parts = urlsplit(url)
-    # "postgresql+psycopg://" (SQLAlchemy style) names the same database.
-    if parts.scheme.lower().partition("+")[0] not in ("postgresql", "postgres"):
-        raise ConfigError(f"{_redact(url)!r} is not a postgresql:// URL")
-    schema: str | None = None
-    pool_max: int | None = None
-    pool_timeout: float | None = None
-    query: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "schema":
-            _check_schema(value)
-            schema = value
-        elif key == "pool_max":
-            if not value.isdigit() or not 1 <= int(value) <= 1000:
-                raise ConfigError(f"pool_max must be an integer from 1 to 1000, not {value!r}")
-            pool_max = int(value)
-        elif key == "pool_timeout":
-            try:
-                pool_timeout = float(value)
-            except ValueError:
-                pool_timeout = -1.0
-            if not 0 < pool_timeout <= 3600:
-                raise ConfigError(f"pool_timeout must be seconds in (0, 3600], not {value!r}")
-        else:
-            query.append((key, value))
-    libpq = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
-    return PostgresURL(libpq, schema, pool_max, pool_timeout)
-
-
-def _check_schema(schema: str) -> None:
-    if not _SCHEMA_NAME.match(schema):
-        raise ConfigError(
-            f"PostgreSQL schema name {schema!r} is not allowed: use 1 to 63 characters "
-            "from a-z, 0-9 and _, not starting with a digit"
-        )
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def channel_for(schema: str | None) -> str:
-    """The notification channel of a storage in ``schema`` (None: the default)."""
-    if schema is None:
-        return DEFAULT_CHANNEL
-    name = f"{DEFAULT_CHANNEL}_{schema}"
-    if len(name) > 63:  # NAMEDATALEN - 1: longer channel names are refused
-        name = f"{DEFAULT_CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
-    return name
-
-
-def _unavailable(exc: BaseException, what: str) -> StorageUnavailable:
-    return StorageUnavailable(f"PostgreSQL storage unavailable ({what}): {exc}; retry later")
+_NOTIFY = "SELECT pg_notify(%s, %s)"  # PostgreSQL's own (the shared SQL: sql.py)
 
 
 @dataclass
 class _Bound:
-    """A write transaction bound to one thread by :meth:`PostgresLog.write_lock`.
+    """A write transaction held by :meth:`PostgresLog.write_lock` for one thread.
 
     ``rev`` and ``last_key`` were read once the row lock was held; nothing can
     change them until the transaction's write commits (which closes it).
     """
 
-    log: PostgresLog
-    conn: psycopg.Connection[Any]
+    conn: Conn
+    owner: int  # threading.get_ident() of the thread inside write_lock
     rev: int
     last_key: tuple[int | None, EntryKind | None]
     open: bool = True  # False once the write committed (or the block ended)
 
 
-class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
+class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
     """A :class:`~rstream.server.storage.base.Storage` in a PostgreSQL database.
 
     ``PostgresStorage(url, *, schema=None, min_size=1, max_size=10,
-    pool_timeout=10.0, connect_timeout=5.0)``: ``url`` is a libpq URL or
-    connection string; rstream's own URL parameters (``schema``, ``pool_max``,
-    ``pool_timeout``, see :func:`parse_postgres_url`) override the arguments.
-    Connections come from a :class:`psycopg_pool.ConnectionPool` of ``min_size``
-    to ``max_size`` autocommit connections; waiting longer than
-    ``pool_timeout`` seconds for one is a 503.
+    pool_timeout=10.0, connect_timeout=5.0, sleep=time.sleep)``: ``url`` is a
+    libpq URL or connection string; rstream's own URL parameters (``schema``,
+    ``pool_max``, ``pool_timeout``, see :func:`parse_postgres_url`) override the
+    arguments. Connections come from a :class:`psycopg_pool.ConnectionPool` of
+    ``min_size`` to ``max_size`` autocommit connections; waiting longer than
+    ``pool_timeout`` seconds for one is a 503. ``sleep`` is what the retry on a
+    dead pooled connection calls before its second attempt (with 0: the retry
+    is immediate; tests pass a recorder).
 
     Thread-safe; usable as a context manager. :meth:`close` closes the pool and
     every listener; afterwards every method raises :class:`~rstream.ClientClosed`.
@@ -235,6 +135,7 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
         max_size: int = 10,
         pool_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         parsed = parse_postgres_url(url) if "://" in url else PostgresURL(url)
         conninfo = parsed.conninfo
@@ -242,26 +143,28 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
         max_size = parsed.pool_max or max_size
         pool_timeout = parsed.pool_timeout or pool_timeout
         if schema is not None:
-            _check_schema(schema)
+            check_schema(schema)
         self.schema = schema
         self.channel = channel_for(schema)
         self.origin = uuid.uuid4().hex  # tags this storage's own notifications
-        self._display = _redact(conninfo) + (f" (schema {schema})" if schema else "")
+        self._display = redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._conninfo = conninfo
-        self._connect_kwargs: dict[str, Any] = {
-            "autocommit": True,  # reads are single statements; writes BEGIN themselves
-            "connect_timeout": max(1, round(connect_timeout)),
-            "application_name": "rstream",
-            **_KEEPALIVE,
-        }
-        if schema is not None:
-            self._connect_kwargs["options"] = f"-c search_path={schema}"
+        self._connect_kwargs = connect_kwargs(conninfo, schema, connect_timeout)
         self._pool_timeout = pool_timeout
+        # The one retry policy of reads, and of writes that failed at BEGIN:
+        # once more, when the pooled connection was dead, after the pool
+        # replaced every dead one.
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(2),
+            retry=tenacity.retry_if_exception_type(DeadConnection),
+            sleep=sleep,
+            before_sleep=self._replace_dead,
+            reraise=True,
+        )
         self._lock = threading.Lock()  # guards the three below
         self._closed = False
         self._logs: dict[str, PostgresLog] = {}
         self._listeners: list[ChangeListener] = []
-        self._local = threading.local()  # .bound: the thread's _Bound, if any
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             conninfo,
             kwargs=self._connect_kwargs,
@@ -271,11 +174,14 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
             name="rstream",
             open=False,
         )
+        self._open(connect_timeout)
+
+    def _open(self, connect_timeout: float) -> None:
         # One connection first: it fails fast with libpq's own reason (the pool
         # would retry quietly until its timeout), and it runs the migration.
         try:
-            with psycopg.connect(conninfo, **self._connect_kwargs) as conn:
-                _migrate(conn, schema, self._display)
+            with psycopg.connect(self._conninfo, **self._connect_kwargs) as conn:
+                migrate_schema(conn, self.schema, self._display)
         except psycopg.OperationalError as exc:
             raise StorageUnavailable(
                 f"cannot connect to PostgreSQL storage {self._display}: {exc}".strip()
@@ -295,7 +201,7 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
     # -- connections -------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(self) -> Iterator[Conn]:
         if self._closed:
             raise self._closed_error()
         try:
@@ -304,75 +210,46 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
         except PoolClosed:
             raise self._closed_error() from None
         except PoolTimeout as exc:
-            raise _unavailable(exc, "no connection free") from exc
+            raise unavailable(exc, "no connection free") from exc
 
-    def _read(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+    def _replace_dead(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
+        # After a database restart every idle connection is dead, not just the
+        # one that failed: test them all now, so the retry gets a live one.
+        self._pool.check()
+
+    def _read(self, fn: Callable[[Conn], _T]) -> _T:
         """Run ``fn`` on a pooled connection, once more on a fresh one if it was dead."""
-        for attempt in (1, 2):
-            with self._connection() as conn:
-                try:
-                    return fn(conn)
-                except psycopg.OperationalError as exc:
-                    if attempt == 2 or not conn.closed:
-                        raise _unavailable(exc, "read failed") from exc
-                    log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
-        raise AssertionError("unreachable")
+        result: _T = self._retrying(self._read_once, fn)
+        return result
 
-    def _write(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
-        """Run ``fn`` in a write transaction and commit; roll back if it raises."""
-        return self._transaction(None, fn)
+    def _read_once(self, fn: Callable[[Conn], _T]) -> _T:
+        with self._connection() as conn:
+            try:
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                raise failure(conn, exc, "read failed") from exc
 
-    def _transaction(
-        self, log_: PostgresLog | None, fn: Callable[[psycopg.Connection[Any]], _T]
-    ) -> _T:
+    def _write(self, fn: Callable[[Conn], _T]) -> _T:
         """Run ``fn`` in a write transaction and commit; roll back if it raises.
 
-        Inside :meth:`PostgresLog.write_lock` of the same log the thread's bound
-        transaction is used (and committed, releasing the row lock).
+        Retried on a fresh connection only when the pooled one was dead at
+        ``BEGIN``, before anything was sent that could have been applied.
         """
-        bound: _Bound | None = getattr(self._local, "bound", None)
-        if (
-            bound is not None
-            and log_ is not None
-            and bound.log.stream_id == log_.stream_id
-            and bound.open
-        ):
-            conn = bound.conn
+        result: _T = self._retrying(self._write_once, fn)
+        return result
 
-            def write_and_commit(conn: _Conn) -> _T:
-                result = fn(conn)
-                bound.open = False  # committed or not, the lock is gone after this
-                conn.execute("COMMIT")
-                return result
-
+    def _write_once(self, fn: Callable[[Conn], _T]) -> _T:
+        with self._connection() as conn:
             try:
-                # The write's statements and the COMMIT in one round trip: the
-                # lock, revision and newest entry were read by write_lock, so
-                # fn only sends (see PostgresLog._lock_stream and _last_key).
-                result = _pipelined(conn, write_and_commit)
+                conn.execute(POSTGRES.begin_write)
             except psycopg.OperationalError as exc:
-                bound.open = False
-                _rollback(conn)
-                raise _unavailable(exc, "write failed") from exc
-            except BaseException:
-                if not bound.open:  # a statement failed: the transaction is aborted
-                    _rollback(conn)
-                raise
+                raise failure(conn, exc, "cannot begin a write") from exc
+            with rollback_on_error(conn, "write failed"):
+                result = fn(conn)
+                conn.execute("COMMIT")
             return result
-        for attempt in (1, 2):
-            with self._connection() as conn:
-                try:
-                    conn.execute(POSTGRES.begin_write)
-                except psycopg.OperationalError as exc:
-                    if attempt == 2 or not conn.closed:
-                        raise _unavailable(exc, "cannot begin a write") from exc
-                    log.info("%s: a pooled connection was dead (%s); retrying", self, exc)
-                    continue
-                with _rollback_on_error(conn, "write failed"):
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                return result
-        raise AssertionError("unreachable")
 
     def _notify(self, conn: psycopg.Connection[Any], stream_id: str, rev: int, nbytes: int) -> None:
         payload = json.dumps(
@@ -419,7 +296,7 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
             self._conninfo,
             self.channel,
             on_change,
-            streams or _no_streams,
+            streams or (lambda: ()),
             revision_of=self._revision_of,
             origin=None if include_own else self.origin,
             connect_kwargs=self._connect_kwargs,
@@ -438,90 +315,25 @@ class PostgresStorage(SQLStorage[_Conn, "PostgresLog"]):
         return None if row is None else int(row[0])
 
 
-def _no_streams() -> Iterable[str]:
-    return ()
-
-
-@contextmanager
-def _rollback_on_error(conn: _Conn, what: str) -> Iterator[None]:
-    """Roll the transaction back when the block raises; a failed connection
-    becomes :class:`~rstream.StorageUnavailable` ("``what``")."""
-    try:
-        yield
-    except psycopg.OperationalError as exc:
-        _rollback(conn)
-        raise _unavailable(exc, what) from exc
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _pipelined(conn: _Conn, fn: Callable[[_Conn], _T]) -> _T:
-    """``fn(conn)`` in pipeline mode: its statements are sent together and the
-    results awaited once, when the block ends (``fn`` must not fetch).
-
-    A database error may surface at any statement of the block or at its end;
-    either way it is raised once, as itself (psycopg would also log the
-    pipeline's own "aborted" error as a warning when the block raises).
-    """
-    failure: psycopg.Error | None = None
-    try:
-        with conn.pipeline():
-            try:
-                return fn(conn)
-            except psycopg.Error as exc:
-                failure = exc
-    except psycopg.errors.PipelineAborted:
-        if failure is None:
-            raise
-    assert failure is not None
-    raise failure
-
-
-def _rollback(conn: psycopg.Connection[Any]) -> None:
-    if conn.closed:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except psycopg.Error:
-        conn.close()  # the pool discards a closed connection
-
-
-def _lock_key(schema: str | None) -> int:
-    """The advisory lock key of a schema's migration (a signed 64-bit int)."""
-    digest = hashlib.sha256(f"rstream.migrate:{schema or ''}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _migrate(conn: psycopg.Connection[Any], schema: str | None, display: str) -> None:
-    """Create the schema, or bring an older one up to date; one replica at a time."""
-    with conn.transaction():
-        # Replicas starting together take turns here; the lock ends with the
-        # transaction, so a crashed migration never leaves it held.
-        conn.execute(_MIGRATION_LOCK, (_lock_key(schema),))
-        if schema is not None:
-            conn.execute(pgsql.SQL(_CREATE_SCHEMA).format(pgsql.Identifier(schema)))
-        if migrate(conn, _SQL, f"PostgreSQL storage {display}", StorageError) is None:
-            log.info("created the rstream schema (version %d) in %s", SCHEMA_VERSION, display)
-
-
-class PostgresLog(SQLStreamLog[_Conn]):
+class PostgresLog(SQLStreamLog[Conn]):
     """One stream's :class:`~rstream.server.storage.base.StreamLog` in a
     :class:`PostgresStorage`. Get it from :meth:`PostgresStorage.log`.
 
-    Holds no state of its own: every read asks the database, so it sees the
-    writes of every replica. Reads and writes of a thread inside
+    Holds no entries of its own: every read asks the database, so it sees the
+    writes of every replica. Reads and writes of the thread inside
     :meth:`write_lock` go through its locked transaction.
     """
 
-    __slots__ = ("_local_lock", "_storage")
+    __slots__ = ("_held", "_storage")
 
     _sql = _SQL
 
     def __init__(self, storage: PostgresStorage, stream_id: str) -> None:
         super().__init__(stream_id)
         self._storage = storage
-        self._local_lock = threading.Lock()  # this process's writers queue here first
+        # The transaction of the thread inside write_lock; set and cleared by
+        # that thread while it holds _local_lock, so no other can replace it.
+        self._held: _Bound | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresLog {self.stream_id!r} in {self._storage._display}>"
@@ -537,45 +349,60 @@ class PostgresLog(SQLStreamLog[_Conn]):
         they see the newest committed state and no replica can write in
         between; the first write (``append``, ``amend`` or ``append_many``)
         commits that transaction and releases the lock. A block that writes
-        nothing rolls back. Wrap each ``Stream.write_state`` in it::
-
-            with log.write_lock():
-                stream.write_state(state)
-
-        Take it *before* any lock of your own that a write needs (the
-        Stream's), never inside one. Not re-entrant.
+        nothing rolls back. Other threads of this process wait for the block
+        to end. Raises :class:`~rstream.StorageUnavailable` when the lock
+        cannot be taken (a dead pooled connection is replaced once first),
+        :class:`~rstream.StreamNotFound` for a deleted stream, and
+        ``RuntimeError`` when this thread holds it already (not re-entrant).
         """
-        storage = self._storage
-        if getattr(storage._local, "bound", None) is not None:
+        held = self._held
+        if held is not None and held.owner == threading.get_ident():
             raise RuntimeError("write_lock() is not re-entrant (this thread holds one)")
-        with self._local_lock, storage._connection() as conn:
-            with _rollback_on_error(conn, "cannot lock the stream"):
-                # One round trip: BEGIN, the row lock (and revision), the newest entry.
-                locked, last = _pipelined(conn, self._begin_locked)
-                row = locked.fetchone()
-                if row is None:
-                    raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
-            bound = _Bound(self, conn, int(row[0]), entry_key(last.fetchone()))
-            storage._local.bound = bound
-            try:
-                yield
-            finally:
-                storage._local.bound = None
-                if bound.open:
-                    bound.open = False
-                    _rollback(conn)
+        with self._local_lock:
+            connection, bound = self._storage._retrying(self._begin)
+            self._held = bound
+            with connection:
+                try:
+                    yield
+                finally:
+                    self._held = None
+                    if bound.open:  # nothing was written (or the block raised first)
+                        bound.open = False
+                        rollback(bound.conn)
 
-    def _begin_locked(self, conn: _Conn) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+    def _begin(self) -> tuple[ExitStack, _Bound]:
+        """BEGIN and the row lock on a pooled connection, which the returned
+        stack gives back to the pool."""
+        stack = ExitStack()
+        conn = stack.enter_context(self._storage._connection())
+        try:
+            # One round trip: BEGIN, the row lock (and revision), the newest entry.
+            locked, last = pipelined(conn, self._begin_locked)
+            row, last_row = locked.fetchone(), last.fetchone()
+            if row is None:
+                raise StreamNotFound(f"no stream {self.stream_id!r}", stream_id=self.stream_id)
+        except BaseException as exc:
+            rollback(conn)
+            stack.close()
+            if isinstance(exc, psycopg.OperationalError):
+                raise failure(conn, exc, "cannot lock the stream") from exc
+            raise
+        return stack, _Bound(conn, threading.get_ident(), int(row[0]), entry_key(last_row))
+
+    def _begin_locked(self, conn: Conn) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
         conn.execute(POSTGRES.begin_write)
         locked = conn.execute(self._sql.lock_stream, (self.stream_id,))
         return locked, conn.execute(self._sql.last_entry_key, (self.stream_id,))
 
+    def _mine(self) -> _Bound | None:
+        """The block of ``write_lock`` the calling thread is in, if any."""
+        held = self._held
+        return held if held is not None and held.owner == threading.get_ident() else None
+
     def _bound(self) -> _Bound | None:
-        """The thread's open write transaction on this stream, if it holds one."""
-        bound: _Bound | None = getattr(self._storage._local, "bound", None)
-        if bound is not None and bound.log.stream_id == self.stream_id and bound.open:
-            return bound
-        return None
+        """The calling thread's open write transaction on this stream, if any."""
+        held = self._mine()
+        return held if held is not None and held.open else None
 
     @property
     def revision(self) -> int:
@@ -583,35 +410,61 @@ class PostgresLog(SQLStreamLog[_Conn]):
         bound = self._bound()
         return bound.rev if bound is not None else super().revision
 
-    def _lock_stream(self, conn: _Conn) -> int:
+    def _lock_stream(self, conn: Conn) -> int:
         bound = self._bound()
         if bound is not None and conn is bound.conn:
             return bound.rev  # locked and read by write_lock; unchanged until its write
         return super()._lock_stream(conn)
 
-    def _last_key(self, conn: _Conn) -> tuple[int | None, EntryKind | None]:
+    def _last_key(self, conn: Conn) -> tuple[int | None, EntryKind | None]:
         bound = self._bound()
         if bound is not None and conn is bound.conn:
             return bound.last_key
         return super()._last_key(conn)
 
-    def _read(self, fn: Callable[[_Conn], _T]) -> _T:
-        """A read: on the thread's locked transaction when it holds one, else pooled."""
-        bound = self._bound()
-        if bound is not None:
+    def _read(self, fn: Callable[[Conn], _T]) -> _T:
+        """A read: on the connection of the thread's ``write_lock`` block when it
+        is in one (the locked transaction; after the write, the newest committed
+        state), so a block never waits for a second pooled connection."""
+        held = self._mine()
+        if held is not None and not held.conn.closed:
             try:
-                return fn(bound.conn)
+                return fn(held.conn)
             except psycopg.OperationalError as exc:
-                raise _unavailable(exc, "read failed") from exc
+                raise unavailable(exc, "read failed") from exc
         return self._storage._read(fn)
 
-    def _write(self, fn: Callable[[_Conn], _T]) -> _T:
-        return self._storage._transaction(self, fn)
+    def _write(self, fn: Callable[[Conn], _T]) -> _T:
+        """A write: committing the thread's locked transaction when it holds
+        one (which releases the lock), else a transaction of its own."""
+        bound = self._bound()
+        if bound is None:
+            return self._storage._write(fn)
 
-    def _changed(self, conn: _Conn, rev: int, nbytes: int) -> None:
+        def write_and_commit(conn: Conn) -> _T:
+            result = fn(conn)
+            bound.open = False  # committed or not, the lock is gone after this
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            # The write's statements and the COMMIT in one round trip: the
+            # lock, revision and newest entry were read by write_lock, so fn
+            # only sends (see _lock_stream and _last_key).
+            return pipelined(bound.conn, write_and_commit)
+        except psycopg.OperationalError as exc:
+            bound.open = False
+            rollback(bound.conn)
+            raise unavailable(exc, "write failed") from exc
+        except BaseException:
+            if not bound.open:  # a statement failed: the transaction is aborted
+                rollback(bound.conn)
+            raise
+
+    def _changed(self, conn: Conn, rev: int, nbytes: int) -> None:
         self._storage._notify(conn, self.stream_id, rev, nbytes)
 
-    def _insert_rows(self, conn: _Conn, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_rows(self, conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
         if len(rows) == 1:  # the common case; executemany would set up a pipeline
             conn.execute(self._sql.insert_entry, rows[0])
         else:
@@ -641,241 +494,3 @@ class PostgresLog(SQLStreamLog[_Conn]):
             lambda conn: conn.execute(self._sql.range_limit, params).fetchall()
         )
         return rows
-
-
-# -- LISTEN / NOTIFY -----------------------------------------------------------------
-
-
-def _default_retry() -> tenacity.Retrying:
-    return tenacity.Retrying(
-        wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.1),
-        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
-        reraise=True,
-    )
-
-
-class ChangeListener:
-    """Follows a storage's notification channel on a thread of its own.
-
-    The thread holds one dedicated connection that ``LISTEN``\\s on the channel
-    and blocks in :func:`select.select` on its socket and on a wake-up socket
-    (no polling: it wakes for a notification, for :meth:`close`, or every
-    ``ping_interval`` seconds to check the connection is alive). Every
-    notification becomes ``on_change(stream_id, rev, nbytes)``. When the
-    connection fails it reconnects with ``retry`` (a :class:`tenacity.Retrying`
-    used as a template; default exponential backoff with jitter, 0.1 s to 5 s,
-    for as long as it takes), and after every (re)connect calls
-    ``on_change(stream_id, revision, 0)`` for each of ``streams()`` with the
-    revision read from the database, since notifications sent while it was
-    away are lost. Notifications tagged with ``origin`` (writes of the storage
-    that started the listener) are skipped.
-
-    Callbacks run on the listener's thread and should be quick (the server's
-    hub only schedules work on its event loop). An exception in one is logged
-    and does not stop the listener.
-    """
-
-    def __init__(
-        self,
-        conninfo: str,
-        channel: str,
-        on_change: Callable[[str, int, int], object],
-        streams: Callable[[], Iterable[str]],
-        *,
-        revision_of: Callable[[str], int | None],
-        origin: str | None = None,
-        connect_kwargs: dict[str, Any] | None = None,
-        retry: tenacity.Retrying | None = None,
-        ping_interval: float = 30.0,
-    ) -> None:
-        self.channel = channel
-        self._conninfo = conninfo
-        self._on_change = on_change
-        self._streams = streams
-        self._revision_of = revision_of
-        self._origin = origin
-        self._connect_kwargs = {**(connect_kwargs or {}), "autocommit": True}
-        self._retry = retry or _default_retry()
-        self._ping_interval = ping_interval
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"rstream-listen-{channel}", daemon=True
-        )
-        self._started = False
-        self._closed = False
-        self._state_lock = threading.Lock()
-        #: Set while the listener is connected and listening.
-        self.listening = threading.Event()
-        #: Connections made so far (1 after the first; more after reconnects).
-        self.connects = 0
-        #: Notifications received.
-        self.received = 0
-
-    def __repr__(self) -> str:
-        state = "listening" if self.listening.is_set() else "not listening"
-        return f"<ChangeListener {self.channel!r} {state} connects={self.connects}>"
-
-    def start(self) -> None:
-        """Start the listener thread (idempotent)."""
-        with self._state_lock:
-            if self._started or self._closed:
-                return
-            self._started = True
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread and close the connection; idempotent."""
-        with self._state_lock:
-            if self._closed:
-                return
-            self._closed = True
-            started = self._started
-        self._stop.set()
-        with suppress(OSError):  # the thread may be gone already
-            self._wake_w.send(b"x")
-        if started:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("%r did not stop within %g s", self, timeout)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def wait_listening(self, timeout: float | None = None) -> bool:
-        """Wait until the listener is connected and listening; False on timeout."""
-        return self.listening.wait(timeout)
-
-    # -- the thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn = self._connect()
-            except (psycopg.Error, tenacity.RetryError) as exc:
-                # Only when stopping, or when a retry policy with a limit gave up.
-                if not self._stop.is_set():
-                    log.error("listener on %r gave up connecting: %s", self.channel, exc)
-                return
-            if conn is None:
-                return
-            try:
-                self._listen(conn)
-            except psycopg.Error as exc:
-                if not self._stop.is_set():
-                    log.warning(
-                        "listener on %r lost its connection (%s); reconnecting", self.channel, exc
-                    )
-            finally:
-                self.listening.clear()
-                self._conn = None
-                conn.close()
-
-    def _connect(self) -> psycopg.Connection[Any] | None:
-        base_stop = self._retry.stop
-
-        def stop(state: tenacity.RetryCallState) -> bool:
-            return self._stop.is_set() or bool(base_stop(state))
-
-        retrying = self._retry.copy(
-            sleep=self._sleep,
-            stop=stop,
-            before_sleep=self._log_retry,
-        )
-        conn: psycopg.Connection[Any] | None = None
-        for attempt in retrying:
-            with attempt:
-                if self._stop.is_set():
-                    return None
-                conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
-                try:
-                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self.channel)))
-                except BaseException:
-                    conn.close()
-                    raise
-        if conn is None or self._stop.is_set():
-            if conn is not None:
-                conn.close()
-            return None
-        return conn
-
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "listener on %r cannot connect (attempt %d): %s",
-            self.channel,
-            state.attempt_number,
-            exc,
-        )
-
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-        conn.add_notify_handler(self._handle)  # notifications that arrive during a ping
-        self.connects += 1
-        if self.connects > 1:
-            log.info("listener on %r reconnected (connection %d)", self.channel, self.connects)
-        self.listening.set()
-        self._resync()
-        pgconn = conn.pgconn
-        fileno = conn.fileno()
-        wake = self._wake_r.fileno()
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fileno, wake], [], [], self._ping_interval)
-            if self._stop.is_set():
-                return
-            if not ready:
-                conn.execute("SELECT 1")  # a dead connection fails here, not silently
-                continue
-            if fileno in ready:
-                pgconn.consume_input()
-                if pgconn.status != psycopg.pq.ConnStatus.OK:
-                    raise psycopg.OperationalError("the connection to the server was lost")
-                while (notify := pgconn.notifies()) is not None:
-                    self._handle(
-                        psycopg.Notify(
-                            notify.relname.decode(), notify.extra.decode(), notify.be_pid
-                        )
-                    )
-
-    def _resync(self) -> None:
-        """Announce the current revision of every followed stream (after a (re)connect)."""
-        try:
-            names = list(self._streams())
-        except Exception:
-            log.exception("listener on %r: streams() failed", self.channel)
-            return
-        for stream_id in names:
-            try:
-                rev = self._revision_of(stream_id)
-            except ClientClosed:
-                return  # the storage is closing
-            except RStreamError as exc:  # unreachable again: reconnect and resync later
-                raise psycopg.OperationalError(f"cannot read revisions: {exc}") from exc
-            if rev is not None:
-                self._call(stream_id, rev, 0)
-
-    def _handle(self, notify: psycopg.Notify) -> None:
-        self.received += 1
-        try:
-            message = json.loads(notify.payload)
-            stream_id = message["stream"]
-            rev = message["rev"]
-            nbytes = int(message.get("bytes", 0))
-            origin = message.get("origin")
-        except (ValueError, KeyError, TypeError):
-            log.warning("listener on %r: ignoring a malformed notification", self.channel)
-            return
-        if self._origin is not None and origin == self._origin:
-            return  # a write of our own storage: the server has notified it already
-        if isinstance(stream_id, str) and type(rev) is int:
-            self._call(stream_id, rev, nbytes)
-
-    def _call(self, stream_id: str, rev: int, nbytes: int) -> None:
-        try:
-            self._on_change(stream_id, rev, nbytes)
-        except Exception:
-            log.exception("listener on %r: on_change(%r, %d) failed", self.channel, stream_id, rev)

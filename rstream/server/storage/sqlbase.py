@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Generator, Sequence
-from contextlib import closing
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
@@ -106,12 +106,26 @@ class SQLStreamLog(Generic[_C]):
     writes made through other objects, processes and replicas.
     """
 
-    __slots__ = ("stream_id",)
+    __slots__ = ("_local_lock", "stream_id")
 
     _sql: ClassVar[Statements]
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
+        self._local_lock = threading.Lock()  # this process's write_lock holders queue here
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Keep every other ``write_lock`` holder of this process from writing
+        to the stream until the block ends (not re-entrant).
+
+        This is all SQLite needs for the server's writes: each write is one
+        ``BEGIN IMMEDIATE`` transaction that checks order against the database,
+        so processes sharing the file never corrupt revisions. PostgreSQL
+        extends it to every replica (``PostgresLog.write_lock``).
+        """
+        with self._local_lock:
+            yield
 
     # -- the backend's primitives -----------------------------------------------
 
