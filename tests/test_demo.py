@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import re
@@ -218,7 +219,14 @@ def test_demo_stops_cleanly_on_ctrl_c_or_sigterm(signum: signal.Signals) -> None
 
 def test_demo_restores_the_signal_handlers_it_replaced() -> None:
     before = {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS}
-    result = CliRunner().invoke(main, ["demo", "--duration", "0.5"])
+    logger = logging.getLogger("rstream")
+    handlers = list(logger.handlers)
+    try:
+        result = CliRunner().invoke(main, ["demo", "--duration", "0.5"])
+    finally:  # the command shows library warnings on stderr; not in later tests
+        for handler in logger.handlers[:]:
+            if handler not in handlers:
+                logger.removeHandler(handler)
     assert result.exit_code == 0, result.output
     assert "rstream demo: stopped after" in result.stdout
     assert {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS} == before
