@@ -12,7 +12,7 @@ import rstream
 
 project = "rstream"
 author = "rstream maintainers"
-copyright = "rstream maintainers"  # noqa: A001  # the name Sphinx reads
+copyright = "rstream maintainers"
 release = rstream.__version__
 version = release
 
@@ -21,9 +21,7 @@ root_doc = "index"
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 
-autodoc_member_order = "bysource"
-# Signatures keep their hints; the descriptions stay the docstrings' own prose.
-autodoc_typehints = "signature"
+autodoc_member_order = "bysource"  # the order the source gives, not alphabetical
 
 _API = Path(__file__).with_name("api.rst")
 _DOCUMENTED = re.compile(r"^\.\. auto(?:class|exception|function|data):: rstream\.(\w+)", re.M)
