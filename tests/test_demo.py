@@ -89,7 +89,7 @@ class _Sink:
 
 def _wait_calls(sink: _Sink, count: int) -> None:
     while True:
-        if sink.progress.get(timeout=5) >= count:
+        if sink.progress.get(timeout=30) >= count:
             return
 
 
@@ -109,13 +109,13 @@ def test_device_writes_keeps_going_after_a_failure_and_closes() -> None:
 
 def test_device_close_interrupts_the_wait_between_writes() -> None:
     sink = _Sink()
-    device = SimulatedDevice(sink, rate=0.1)  # 10 s between writes
+    device = SimulatedDevice(sink, rate=0.01)  # 100 s between writes
     device.start()
     _wait_calls(sink, 1)
     done = threading.Event()
     closer = threading.Thread(target=lambda: (device.close(), done.set()))
     closer.start()
-    assert done.wait(timeout=2), "close() did not interrupt the 10 s wait"
+    assert done.wait(timeout=30), "close() did not interrupt the 100 s wait"
     closer.join()
     assert sink.calls == 1
 
@@ -127,7 +127,7 @@ def test_device_stops_when_its_client_is_closed() -> None:
     device = SimulatedDevice(closed, rate=1000.0)
     device.start()
     assert device._thread is not None
-    device._thread.join(timeout=5)
+    device._thread.join(timeout=30)
     assert not device._thread.is_alive()
     device.close()
 
@@ -163,7 +163,7 @@ def test_demo_runs_for_a_duration_and_shows_live_and_history() -> None:
         capture_output=True,
         text=True,
         env=_env(),
-        timeout=30,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -267,7 +267,7 @@ def test_demo_on_a_terminal_draws_live_and_past_side_by_side() -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=30,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "\x1b[" in done.stdout
