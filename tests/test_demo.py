@@ -147,6 +147,19 @@ def _demo_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from rstream.cli.main import main; main()", "demo", *args]
 
 
+# SIGINT at its default, as a terminal starts a command: a suite run as a shell
+# script's background job (make test &) passes SIGINT on ignored, and the demo
+# keeps ignoring it, as Python does.
+_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _from_a_terminal(command: list[str]) -> list[str]:
+    return [sys.executable, "-c", _FROM_A_TERMINAL, *command]
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
     env["COLUMNS"] = "120"
@@ -190,7 +203,7 @@ def test_demo_runs_for_a_duration_and_shows_live_and_history() -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_demo_stops_cleanly_on_ctrl_c_or_sigterm(signum: signal.Signals) -> None:
     proc = subprocess.Popen(
-        _demo_command("--rate", "50"),
+        _from_a_terminal(_demo_command("--rate", "50")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -242,6 +255,17 @@ def test_stop_signals_ask_once_then_interrupt() -> None:
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_signals_keep_an_ignored_signal_ignored() -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
+    try:
+        with StopSignals().installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_stop_signals_leave_the_handlers_alone_off_the_main_thread() -> None:

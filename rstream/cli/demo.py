@@ -83,13 +83,19 @@ class StopSignals:
     def installed(self) -> Iterator[StopSignals]:
         """Handle the signals inside the block; restore the previous handlers after.
 
-        Off the main thread (where Python cannot set handlers) nothing is
-        installed and the signals keep their previous meaning.
+        A signal the process was started with ignored stays ignored (as Python
+        does for SIGINT): a shell script's background job ignores Ctrl-C, which
+        is meant for the job in the foreground. Off the main thread (where
+        Python cannot set handlers) nothing is installed.
         """
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        previous = {
+            sig: signal.signal(sig, self._handle)
+            for sig in self.SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         try:
             yield self
         finally:
