@@ -3,12 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= server,postgres,plot,test,dev
+EXTRAS ?= server,postgres,plot,test,dev,docs
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --duration 20
 
-.PHONY: install test lint format bench demo clean fuzz
+.PHONY: install test lint format docs bench demo clean fuzz
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: install
 	$(VENV)/bin/ruff check rstream tests bench
 	$(VENV)/bin/ruff format --check rstream tests bench
 	$(VENV)/bin/mypy
+
+# The pages of docs/ and the API reference, warnings as errors (as in CI);
+# -E rereads every page, so a page unchanged since the last build still warns.
+docs: install
+	$(VENV)/bin/sphinx-build -E -W --keep-going -q -b html docs build/docs/html
 
 format: install
 	$(VENV)/bin/ruff format rstream tests bench

@@ -23,6 +23,7 @@ from click.testing import CliRunner, Result
 
 from rstream.cli.main import main
 from rstream.cli.output import EXIT_AUTH, EXIT_CONNECTION, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE
+from rstream.cli.timeparse import CommandClock
 from rstream.client import Client
 from rstream.core.entry import Entry, EntryKind
 from rstream.server.storage import MemoryStorage
@@ -90,9 +91,14 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Result:
+def run(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    clock: CommandClock | None = None,
+) -> Result:
     runner = CliRunner()
-    return runner.invoke(main, list(args), env=env or {"RSTREAM_TOKEN": ""}, input=stdin)
+    return runner.invoke(main, list(args), env=env or {"RSTREAM_TOKEN": ""}, input=stdin, obj=clock)
 
 
 def at(seconds: float) -> str:
@@ -208,6 +214,35 @@ def test_history_every_change_and_sampled(url: str) -> None:
     assert json.loads(state) == {"battery": 0.9, "tick": 10, "tags": []}
 
 
+def test_one_command_reads_now_once(url: str) -> None:
+    # A clock that moves on at every read: two reads would make the range
+    # [-40m, -37m) a microsecond longer than three minutes, and sample four times.
+    reads: list[datetime] = []
+
+    def clock() -> datetime:
+        reads.append(T0 + timedelta(minutes=40, seconds=5, microseconds=len(reads)))
+        return reads[-1]
+
+    relative = ("--start", "-40m", "--end", "-37m")
+    absolute = ("--start", at(5), "--end", at(185))
+    got = {}
+    for times in (relative, absolute):
+        args = ("history", url, "robot-1", *times, "--step", "1m", "--json")
+        result = run(*args, clock=CommandClock(clock))
+        assert result.exit_code == 0, result.output
+        got[times] = [d["timestamp"] for d in lines(result.stdout)]
+        assert len(reads) == len(got)  # one read per command
+    expected = ["2024-05-01T12:00:05Z", "2024-05-01T12:01:05Z", "2024-05-01T12:02:05Z"]
+    assert got[relative] == got[absolute] == expected
+
+
+def test_a_time_without_a_zone_says_so(url: str) -> None:
+    result = run("history", url, "robot-1", "--start", "2024-05-01T12:00:00", "--end", at(9))
+    assert result.exit_code == EXIT_USAGE
+    assert "'2024-05-01T12:00:00' has no time zone" in result.stderr
+    assert "add Z for UTC (2024-05-01T12:00:00Z)" in result.stderr
+
+
 def test_history_of_an_unknown_stream(url: str) -> None:
     result = run("history", url, "nope", "--start", at(0), "--end", at(1))
     assert result.exit_code == EXIT_NOT_FOUND
@@ -262,7 +297,7 @@ def test_import_from_stdin_and_refusals(url: str) -> None:
 # -- tail -------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(20)  # a tail waits for ever by design; fail fast instead
+@pytest.mark.timeout(60)  # a tail waits for ever by design; fail fast instead
 def test_tail_prints_the_current_state_then_changes(url: str) -> None:
     with Client(url) as client:
         robot = client.stream("tailed")
@@ -291,11 +326,15 @@ def test_tail_prints_the_current_state_then_changes(url: str) -> None:
     assert all(isinstance(d["timestamp"], str) for d in got)
 
 
-@pytest.mark.timeout(20)  # a tail waits for ever by design; fail fast instead
+@pytest.mark.timeout(60)  # a tail waits for ever by design; fail fast instead
 def test_tail_of_an_unknown_stream(url: str) -> None:
     result = run("tail", url, "not-there", "--json", "--count", "1")
     assert result.exit_code == EXIT_NOT_FOUND
-    assert "stream 'not-there' not found" in result.stderr
+    # Said once, in the CLI's words: the library's record of the stopped tail is
+    # the same error.
+    assert result.stderr == (
+        f"error: stream 'not-there' not found on {url}: check the id with 'rstream streams {url}'\n"
+    )
 
 
 # -- tokens -----------------------------------------------------------------------
@@ -418,7 +457,7 @@ def test_the_installed_entry_point(url: str, dead_url: str) -> None:
     assert b"Traceback" not in done.stderr
 
 
-@pytest.mark.timeout(20)  # a tail waits for ever by design; fail fast instead
+@pytest.mark.timeout(60)  # a tail waits for ever by design; fail fast instead
 def test_tail_view_on_a_terminal_redraws_the_state(url: str) -> None:
     with Client(url) as client:
         client.stream("viewed").write_state({"battery": 0.5, "nested": {"temp": 40}})
@@ -440,3 +479,35 @@ def test_library_warnings_are_shown_as_lines(url: str, capsys: pytest.CaptureFix
     logging.getLogger("rstream.live").warning("reconnected after %s", "a reset")
     logging.getLogger("rstream.live").info("not shown")
     assert capsys.readouterr().err == "warning: reconnected after a reset\n"
+
+
+def test_a_library_error_is_held_until_the_command_ends(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An error record carrying an exception waits for the command's end: shown
+    # unless the command reports that exception itself.
+    import click
+
+    from rstream.cli.output import report_errors, show_library_warnings
+    from rstream.errors import StreamNotFound
+
+    show_library_warnings()
+    log = logging.getLogger("rstream.live")
+    ctx = click.Context(main)
+    reported, other = StreamNotFound("gone"), StreamNotFound("other")
+
+    def command() -> None:
+        with report_errors(ctx):
+            log.error("tail stopped: %s", reported)
+            log.error("tail stopped: %s", other)
+            assert capsys.readouterr().err == ""  # held
+            raise reported
+
+    with pytest.raises(click.exceptions.Exit):
+        command()
+    assert capsys.readouterr().err == "error: the stream not found: check the id with " + (
+        "'rstream streams URL'\nerror: tail stopped: other\n"
+    )
+    with report_errors(ctx):
+        log.error("tail stopped: %s", reported)
+    assert capsys.readouterr().err == "error: tail stopped: gone\n"

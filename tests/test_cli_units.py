@@ -22,7 +22,14 @@ from rstream.cli.output import (
     Target,
     describe_error,
 )
-from rstream.cli.timeparse import DURATION, TIME, parse_duration, parse_when
+from rstream.cli.timeparse import (
+    DURATION,
+    TIME,
+    CommandClock,
+    command_now,
+    parse_duration,
+    parse_when,
+)
 from rstream.cli.transfer import read_batches
 from rstream.cli.views import RateMeter, summarize_state
 from rstream.errors import (
@@ -76,6 +83,39 @@ def test_parse_when_rejects_times_past_the_datetime_range(text: str) -> None:
     # A usage error, not an OverflowError's traceback.
     with pytest.raises(ValueError, match="out of range"):
         parse_when(text, NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "spelled"),
+    [
+        ("2024-05-01T12:00:00", "2024-05-01T12:00:00"),
+        ("2024-05-01 12:00", "2024-05-01T12:00:00"),
+        ("2024-05-01T12:00:00.25", "2024-05-01T12:00:00.250000"),
+        ("2024-05-01", "2024-05-01T00:00:00"),
+    ],
+)
+def test_parse_when_says_when_the_zone_is_missing(text: str, spelled: str) -> None:
+    with pytest.raises(ValueError, match="has no time zone") as info:
+        parse_when(text, NOW)
+    assert f"add Z for UTC ({spelled}Z) or an offset ({spelled}+02:00)" in str(info.value)
+
+
+def test_command_now_is_read_once_per_invocation() -> None:
+    reads: list[int] = []
+
+    def clock() -> datetime:
+        reads.append(1)
+        return NOW + timedelta(seconds=len(reads))
+
+    ctx = click.Context(click.Command("c"), obj=CommandClock(clock))
+    child = click.Context(click.Command("d"), parent=ctx)
+    assert command_now(ctx) == command_now(child) == NOW + timedelta(seconds=1)
+    assert TIME.convert("-1s", None, child) == NOW
+    assert len(reads) == 1
+    # Another invocation reads the clock again.
+    assert command_now(click.Context(click.Command("c"), obj=CommandClock(clock))) == (
+        NOW + timedelta(seconds=2)
+    )
 
 
 def test_parse_when_reads_a_bare_negative_number_as_epoch_seconds() -> None:

@@ -12,17 +12,21 @@ What runs, and in which order it stops (Ctrl-C or ``--duration``):
    live and history show side by side.
 
 Shutdown goes in reverse: viewer, device, clients, server, storage, then the
-temporary directory is removed.
+temporary directory is removed. Ctrl-C (SIGINT) and SIGTERM both start it, from
+the viewer's loop (see :class:`StopSignals`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -43,12 +47,61 @@ from rstream.cli.views import (
 from rstream.demo import SimulatedDevice
 from rstream.errors import ClientClosed, Empty, OutOfRange
 
-__all__ = ["demo"]
+__all__ = ["StopSignals", "demo"]
 
 # The device writes often; these make the log interesting to look at: a new
 # window every few seconds, and a mutation per change (amends within 200 ms).
 DEMO_KEYFRAME = timedelta(seconds=5)
 DEMO_CHANGE = timedelta(milliseconds=200)
+# The longest the viewer's loop waits for a state before it looks at the stop
+# request again: how long a Ctrl-C or SIGTERM takes to start the shutdown.
+_TICK = 0.1
+READY = "rstream demo: running"
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM as a request to stop, seen by the demo's loop.
+
+    A signal only sets :attr:`requested`; the loop ends at its next turn, so the
+    clean-up always starts from the same place, never from inside a request or a
+    lock. A second signal raises :class:`KeyboardInterrupt` at once, for a
+    clean-up that hangs. The handlers are the application's to set: the demo
+    command sets them for its run only (:meth:`installed`), from the main thread.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle the signals inside the block; restore the previous handlers after.
+
+        A signal the process was started with ignored stays ignored (as Python
+        does for SIGINT): a shell script's background job ignores Ctrl-C, which
+        is meant for the job in the foreground. Off the main thread (where
+        Python cannot set handlers) nothing is installed.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {
+            sig: signal.signal(sig, self._handle)
+            for sig in self.SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                # None: a handler set outside Python, which cannot be put back.
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager
@@ -103,8 +156,11 @@ class _Viewer:
         self.meter.observe(self.robot.health.revision)
 
     def look_back(self) -> None:
-        """Fetch the state of ``lag`` ago through the history API (not the tail)."""
-        when = datetime.now(UTC) - self.lag
+        """Fetch the state of ``lag`` before the live one through the history API
+        (not the tail), so the two shown are exactly ``lag`` apart."""
+        if self.live is None:
+            return
+        when = self.live[0] - self.lag
         try:
             self.past = (when, self.robot.state_at(when))
         except OutOfRange:
@@ -135,7 +191,7 @@ class _Viewer:
     type=click.FloatRange(min=0.5),
     default=3.0,
     show_default=True,
-    help="Show the state of this many seconds ago next to the live one.",
+    help="Next to the live state, show the state this many seconds before it.",
 )
 @click.option(
     "--port",
@@ -164,15 +220,10 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
     device: SimulatedDevice | None = None
     viewer: _Viewer | None = None
     try:
-        with contextlib.ExitStack() as stack_:
+        with StopSignals().installed() as stop, contextlib.ExitStack() as stack_:
             url, db, storage = stack_.enter_context(embedded_server(port))
             storage.create_stream(stream_id, RateConfig(DEMO_KEYFRAME, DEMO_CHANGE))
             say(f"rstream demo: server {url} (SQLite {db})")
-            say(
-                f"rstream demo: simulated device writing {rate:g} states/s to {stream_id!r}; "
-                f"try 'rstream tail {url} {stream_id}' in another shell"
-                + ("" if duration else "; Ctrl-C stops")
-            )
             device_client = stack_.enter_context(Client(url))
             viewer_client = stack_.enter_context(Client(url))
             device = SimulatedDevice(device_client.stream(stream_id).write_state, rate=rate)
@@ -184,12 +235,18 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
                 viewer_client.stream(stream_id), timedelta(seconds=lag), time.monotonic
             )
             queue = stack_.enter_context(viewer.robot.states(maxsize=1, overflow="latest"))
+            # The readiness line: everything runs from here on.
+            say(
+                f"{READY}: simulated device writing {rate:g} states/s to {stream_id!r}; "
+                f"try 'rstream tail {url} {stream_id}' in another shell"
+                + ("" if duration else "; Ctrl-C stops")
+            )
             if interactive:
-                _run_live(console, viewer, queue, stream_id, started, deadline)
+                _run_live(console, viewer, queue, stream_id, started, deadline, stop)
             else:
-                _run_lines(viewer, queue, started, deadline)
+                _run_lines(viewer, queue, started, deadline, stop)
     except KeyboardInterrupt:
-        pass  # Ctrl-C is the normal way to end the demo; the ExitStack cleaned up
+        pass  # a second Ctrl-C or SIGTERM, during the clean-up
     writes = device.writes if device else 0
     received = viewer.received if viewer else 0
     say(
@@ -199,17 +256,24 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
 
 
 def _next_state(queue: Any, timeout: float) -> tuple[datetime, dict[str, Any]] | None:
+    """The next state within ``timeout`` (at most :data:`_TICK`), or ``None``."""
     try:
-        item: tuple[datetime, dict[str, Any]] = queue.get(timeout=max(timeout, 0.0))
+        item: tuple[datetime, dict[str, Any]] = queue.get(timeout=min(max(timeout, 0.0), _TICK))
     except Empty:
         return None
     return item
 
 
-def _run_lines(viewer: _Viewer, queue: Any, started: float, deadline: float | None) -> None:
+def _running(stop: StopSignals, deadline: float | None) -> bool:
+    return not stop.requested and (deadline is None or time.monotonic() < deadline)
+
+
+def _run_lines(
+    viewer: _Viewer, queue: Any, started: float, deadline: float | None, stop: StopSignals
+) -> None:
     """Plain lines for logs and pipes: one summary per second."""
     next_report = started + 1.0
-    while deadline is None or time.monotonic() < deadline:
+    while _running(stop, deadline):
         until = next_report if deadline is None else min(next_report, deadline)
         try:
             item = _next_state(queue, until - time.monotonic())
@@ -248,8 +312,9 @@ def _run_live(
     stream_id: str,
     started: float,
     deadline: float | None,
+    stop: StopSignals,
 ) -> None:
-    """A redrawn view: live state and the state of ``lag`` ago side by side."""
+    """A redrawn view: live state and the state of ``lag`` before it side by side."""
     lag = viewer.lag.total_seconds()
 
     def render() -> RenderableType:
@@ -272,8 +337,8 @@ def _run_live(
 
     next_look = started + lag
     with Live(render(), console=console, auto_refresh=False, transient=False) as live:
-        while deadline is None or time.monotonic() < deadline:
-            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+        while _running(stop, deadline):
+            wait = _TICK if deadline is None else deadline - time.monotonic()
             try:
                 item = _next_state(queue, wait)
             except ClientClosed:

@@ -166,6 +166,7 @@ def report_errors(ctx: click.Context) -> Iterator[None]:
     With ``--verbose`` the traceback is printed first. Errors the CLI cannot
     explain (bugs) keep their traceback.
     """
+    reported: BaseException | None = None
     try:
         yield
     except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -182,10 +183,13 @@ def report_errors(ctx: click.Context) -> Iterator[None]:
         if described is None:
             raise
         message, code = described
+        reported = exc
         if ctx.meta.get(_VERBOSE):
             traceback.print_exception(exc, file=sys.stderr)
         click.echo(f"error: {message}", err=True)
         raise click.exceptions.Exit(code) from None
+    finally:
+        _release_held(reported)
 
 
 def _silence_stdout() -> None:
@@ -233,13 +237,58 @@ class _EchoHandler(logging.Handler):
 
     Looked up at each record (click.echo), not bound at creation, so a
     replaced ``sys.stderr`` (tests, redirection) is honoured.
+
+    An error record that carries an exception (a live tail stopping on a
+    fatal error) is held instead: the same exception reaches the command (its
+    queue raises it) and :func:`report_errors` says it in the CLI's words.
+    :meth:`show_held` shows what no command reported.
     """
 
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self._held: list[logging.LogRecord] = []
+
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and _carried_errors(record):
+            with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
+                self._held.append(record)
+            return
+        self._echo(record)
+
+    def _echo(self, record: logging.LogRecord) -> None:
         try:
             click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
         except Exception:
             self.handleError(record)
+
+    def show_held(self, reported: BaseException | None) -> None:
+        """Show the held records, except those about ``reported`` (or its causes)."""
+        with self.lock:  # type: ignore[union-attr]
+            held, self._held = self._held, []
+        said = _chain(reported)
+        for record in held:
+            if not any(exc is one for exc in _carried_errors(record) for one in said):
+                self._echo(record)
+
+
+def _carried_errors(record: logging.LogRecord) -> list[BaseException]:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return [arg for arg in args if isinstance(arg, BaseException)]
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is one for one in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _release_held(reported: BaseException | None) -> None:
+    for handler in logging.getLogger("rstream").handlers:
+        if isinstance(handler, _EchoHandler):
+            handler.show_held(reported)
 
 
 def show_library_warnings() -> None:

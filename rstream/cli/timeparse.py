@@ -4,13 +4,16 @@ A time is RFC 3339 (``2024-05-01T12:00:00Z``), epoch seconds (``1714564800.25``)
 ``now``, or relative to now: ``-5m``, ``-1h30m``, ``-2d``, ``+10s``. A duration
 (``--step``) is ``500ms``, ``1s``, ``1m30s`` or plain seconds (``0.25``).
 
-Pure functions: ``now`` is passed in, so tests never depend on the clock.
+Pure functions: ``now`` is passed in, so tests never depend on the clock. A
+command reads "now" once (:func:`command_now`), so ``--start -40m --end -37m``
+is three minutes exactly; tests inject the clock with ``obj=CommandClock(...)``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -19,7 +22,16 @@ import click
 from rstream.core.timestamps import from_micros, parse_time
 from rstream.errors import InvalidTimestamp
 
-__all__ = ["DURATION", "TIME", "DurationParam", "TimeParam", "parse_duration", "parse_when"]
+__all__ = [
+    "DURATION",
+    "TIME",
+    "CommandClock",
+    "DurationParam",
+    "TimeParam",
+    "command_now",
+    "parse_duration",
+    "parse_when",
+]
 
 _UNITS = {
     "ms": timedelta(milliseconds=1),
@@ -89,19 +101,64 @@ def _parse_when(text: str, now: datetime | None) -> datetime:
     try:
         return from_micros(parse_time(spec))
     except InvalidTimestamp:
+        _reject_a_missing_zone(text)
         raise ValueError(
             f"{text!r} is not a time: use RFC 3339 (2024-05-01T12:00:00Z), epoch seconds "
             "(1714564800.5), 'now', or relative to now (-5m, -1h30m, -2d)"
         ) from None
 
 
+def _reject_a_missing_zone(text: str) -> None:
+    """Raise a :class:`ValueError` saying how to add the zone when ``text`` is a
+    date-time without one (a time people mean in their own zone, which the
+    command must not guess); return otherwise."""
+    try:
+        naive = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return
+    if naive.tzinfo is not None:
+        return
+    spelled = naive.isoformat()
+    raise ValueError(
+        f"{text.strip()!r} has no time zone: add Z for UTC ({spelled}Z) "
+        f"or an offset ({spelled}+02:00)"
+    )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CommandClock:
+    """Where a command reads "now": pass ``obj=CommandClock(read)`` to the
+    ``rstream`` group (``CliRunner.invoke(main, args, obj=...)``) to fix it."""
+
+    read: Callable[[], datetime] = _utc_now
+
+
+_NOW = "rstream.now"  # ctx.meta key: shared by every context of one invocation
+
+
+def command_now(ctx: click.Context | None) -> datetime:
+    """The running command's "now": read from its :class:`CommandClock` (the real
+    UTC clock by default) on the first call, the same value on every later one.
+
+    Without a context (a parameter type used on its own) the real clock is read.
+    """
+    if ctx is None:
+        return _utc_now()
+    now: datetime | None = ctx.meta.get(_NOW)
+    if now is None:
+        clock = ctx.find_object(CommandClock) or CommandClock()
+        now = ctx.meta[_NOW] = clock.read()
+    return now
+
+
 class TimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    """A click parameter type for :func:`parse_when` (``now`` read at parse time)."""
+    """A click parameter type for :func:`parse_when`, relative to :func:`command_now`."""
 
     name = "TIME"
-
-    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
-        self._clock = clock
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
@@ -109,7 +166,7 @@ class TimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only in n
         if isinstance(value, datetime):
             return value
         try:
-            return parse_when(str(value), self._clock() if self._clock else None)
+            return parse_when(str(value), command_now(ctx))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
