@@ -90,6 +90,21 @@ def _token(path: str | None, env: str) -> str | None:
     help="How far (bytes of events) a live subscriber may fall behind before it is "
     "disconnected (it resumes by revision).",
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages from ORIGIN (scheme://host[:port]) read streams and follow them "
+    "live from the browser (repeatable; off by default).",
+)
+@click.option(
+    "--retry-ms",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="The reconnection delay the live tail asks clients for (SSE retry:).",
+)
 def serve(
     db: str | None,
     host: str,
@@ -98,6 +113,8 @@ def serve(
     write_token_file: str | None,
     heartbeat: float,
     subscriber_buffer: int,
+    cors_origins: tuple[str, ...],
+    retry_ms: int,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
@@ -114,6 +131,7 @@ def serve(
             "could write. Pass --write-token-file FILE (or set RSTREAM_WRITE_TOKEN), "
             "or listen on 127.0.0.1."
         )
+    _check_origins(cors_origins)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -132,6 +150,8 @@ def serve(
             write_token=write_token,
             heartbeat=heartbeat,
             limits=Limits(subscriber_bytes=subscriber_buffer),
+            cors_origins=cors_origins,
+            retry_ms=retry_ms,
         )
         with ServerThread(app, host, port) as server:
             click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")
@@ -141,6 +161,17 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         storage.close()
+
+
+def _check_origins(origins: tuple[str, ...]) -> None:
+    from rstream.errors import ConfigError
+    from rstream.server.cors import normalize_origin
+
+    for origin in origins:
+        try:
+            normalize_origin(origin)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cors-origin") from None
 
 
 def _redacted(url: str) -> str:

@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -51,12 +51,14 @@ from rstream.errors import (
     StreamNotFound,
 )
 from rstream.server.auth import Tokens
+from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
 from rstream.server.openapi import openapi_document
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
 from rstream.server.storage.base import check_entry_time, clamp_us
+from rstream.server.ui import ui_routes
 
 __all__ = ["create_app"]
 
@@ -86,13 +88,15 @@ def create_app(
     retry_ms: int = 1000,
     limits: Limits | None = None,
     clock: Clock | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
     ``heartbeat``: seconds between ``: ping`` comments on live responses (a
     request may ask for another with ``?heartbeat=``). ``retry_ms``: the SSE
     ``retry:`` sent first. ``clock``: the writers' clock (epoch micros or an
-    aware datetime), for tests. The app does not close ``storage``.
+    aware datetime), for tests. ``cors_origins``: origins whose pages may read
+    (:mod:`rstream.server.cors`). The app does not close ``storage``.
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -109,6 +113,9 @@ def create_app(
         limits=limits or Limits(),
         clock=clock,
     )
+    if cors_origins:
+        origins = [normalize_origin(o) for o in cors_origins]  # ConfigError now, not later
+        server.app.add_middleware(CORSMiddleware, origins=origins)
     return server.app
 
 
@@ -172,6 +179,7 @@ class _Server:
                 self.bad_path,
                 methods=["GET", "PUT", "POST", "DELETE", "PATCH"],
             ),
+            *ui_routes(),
         ]
         starlette = _App(
             routes=routes,
