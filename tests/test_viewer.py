@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -316,6 +317,64 @@ def test_the_list_shows_the_streams_and_opens_one_live(page: Any) -> None:
             "return Array.from(document.querySelectorAll('#tree .changed'), (e) => e.textContent);"
         )
         assert sorted(changed) == ["n2", 'text"posted"']  # the fields that changed flash
+
+
+def varied_states(n: int, seed: int) -> list[dict[str, Any]]:
+    """States whose mutations use every operator: fields added, removed and
+    retyped, arrays pushed, truncated, pulled and patched, empty containers,
+    and names such as ``__proto__`` and ``$x``."""
+    rng = random.Random(seed)
+    state: dict[str, Any] = {"list": [1, 2, 3], "obj": {"a": 1}, "__proto__": {"p": 1}}
+    out = []
+    for i in range(n):
+        state = json.loads(json.dumps(state))
+        move = rng.randrange(9)
+        if move == 0:
+            state["list"].append(rng.choice([i, f"s{i}", {"k": i}, [i], None, True]))
+        elif move == 1 and state["list"]:
+            del state["list"][rng.randrange(len(state["list"])) :]
+        elif move == 2 and state["list"]:
+            state["list"].pop(rng.randrange(len(state["list"])))
+        elif move == 3 and state["list"]:
+            state["list"][rng.randrange(len(state["list"]))] = {"at": i, "deep": {"x": [i]}}
+        elif move == 4:
+            state["obj"][f"f{rng.randrange(5)}"] = rng.choice([i, 0.5 + i, "text", {}, [], False])
+        elif move == 5 and state["obj"]:
+            del state["obj"][rng.choice(sorted(state["obj"]))]
+        elif move == 6:
+            state["retyped"] = rng.choice([1, "one", [1, {"two": 2}], {"three": {"four": 4}}, None])
+        elif move == 7:
+            state["__proto__"]["p"] = i
+            state["$x"] = i
+        else:
+            state.pop("retyped", None)
+            state["n"] = i
+        out.append(state)
+    return out
+
+
+@browser
+def test_live_and_history_agree_with_the_python_client_over_every_operator(page: Any) -> None:
+    states = varied_states(60, seed=11)
+    with running_server() as url, Client(url) as client:
+        http = requests.Session()
+        http.put(
+            f"{url}/v1/streams/v",
+            json={"record_rate": {"keyframe_frequency": 1000, "change_frequency": 0}},
+        )
+        post_state(http, url, "v", states[0], T0)
+        page.get(f"{url}/ui/streams/v")
+        for i, state in enumerate(states[1:], 1):
+            revision = post_state(http, url, "v", state, T0 + i * 0.05)
+            wait_js(page, f"{TREE_SHOWN} === 'live {revision}'")
+            assert_tree_shows(page, state)
+        stream = client.stream("v")
+        for i in (7, 23, 41, 59):
+            at = int((T0 + i * 0.05) * 1e6)
+            page.get(f"{url}/ui/streams/v?at={format_rfc3339(at)}")
+            wait_js(page, f"{TREE_SHOWN} === '{format_rfc3339(at)}'")
+            assert stream.state_at(from_micros(at)) == states[i]
+            assert_tree_shows(page, states[i])
 
 
 @browser

@@ -509,6 +509,12 @@
     }
 
     node(key, value, path) {
+      const built = this.build(key, value, path);
+      built.rstreamIndex = typeof key === "number";
+      return built;
+    }
+
+    build(key, value, path) {
       const kind = kindOf(value);
       const label = document.createElement("span");
       label.className = "key";
@@ -546,40 +552,59 @@
 
     patch(container, old, value, path, highlight) {
       const keys = Object.keys(value);
-      if (keys.join("\u0000") !== container.rstreamKeys) {
+      const nodes = container.rstreamNodes;
+      const joined = keys.join("\u0000");
+      if (joined !== container.rstreamKeys && !Array.isArray(value)) {
         // Fields came or went: this level is rebuilt (its children are few next to a state's).
-        const before = container.rstreamNodes;
         container.replaceChildren();
         this.fill(container, value, path);
         for (const [key, node] of container.rstreamNodes) {
-          // A replaced array brings equal items as new objects: compare the values.
-          const same = before.has(key) && (old[key] === value[key] || sameJSON(old[key], value[key]));
+          // A replaced object brings equal values as new objects: compare the values.
+          const same = nodes.has(key) && (old[key] === value[key] || sameJSON(old[key], value[key]));
           if (!same) this.flash(node, highlight);
         }
         return;
       }
+      // An array that grew or shrank: the items both have are patched, the rest
+      // removed or added.
+      for (const [key, node] of nodes) {
+        if (!has(value, key)) {
+          node.remove();
+          nodes.delete(key);
+        }
+      }
       for (const key of keys) {
-        const a = old[key];
-        const b = value[key];
-        if (a === b) continue;
-        const node = container.rstreamNodes.get(key);
-        const item = Array.isArray(value) ? Number(key) : key;
-        const kind = kindOf(b);
-        const nested = (kind === "object" || kind === "array") && Object.keys(b).length;
-        if (nested && node.rstreamKind === kind && kindOf(a) === kind) {
-          this.setMeta(node.querySelector(".meta"), b);
-          this.patch(node.lastChild, a, b, path.concat([item]), highlight);
-        } else if (!nested && node.rstreamKind === "leaf") {
-          const text = node.lastChild;
-          text.className = `value t-${kind}`;
-          text.textContent = JSON.stringify(b);
-          this.flash(text, highlight);
+        if (nodes.has(key)) {
+          this.patchItem(container, old[key], value[key], key, path, highlight);
         } else {
-          const fresh = this.node(item, b, path.concat([item]));
-          node.replaceWith(fresh);
-          container.rstreamNodes.set(key, fresh);
+          const fresh = this.node(Number(key), value[key], path.concat([Number(key)]));
+          container.append(fresh);
+          nodes.set(key, fresh);
           this.flash(fresh, highlight);
         }
+      }
+      container.rstreamKeys = joined;
+    }
+
+    patchItem(container, a, b, key, path, highlight) {
+      if (a === b) return;
+      const node = container.rstreamNodes.get(key);
+      const item = node.rstreamIndex ? Number(key) : key;
+      const kind = kindOf(b);
+      const nested = (kind === "object" || kind === "array") && Object.keys(b).length;
+      if (nested && node.rstreamKind === kind && kindOf(a) === kind) {
+        this.setMeta(node.querySelector(".meta"), b);
+        this.patch(node.lastChild, a, b, path.concat([item]), highlight);
+      } else if (!nested && node.rstreamKind === "leaf") {
+        const text = node.lastChild;
+        text.className = `value t-${kind}`;
+        text.textContent = JSON.stringify(b);
+        this.flash(text, highlight);
+      } else {
+        const fresh = this.node(item, b, path.concat([item]));
+        node.replaceWith(fresh);
+        container.rstreamNodes.set(key, fresh);
+        this.flash(fresh, highlight);
       }
     }
 
