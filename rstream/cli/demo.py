@@ -168,6 +168,7 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
             url, db, storage = stack_.enter_context(embedded_server(port))
             storage.create_stream(stream_id, RateConfig(DEMO_KEYFRAME, DEMO_CHANGE))
             say(f"rstream demo: server {url} (SQLite {db})")
+            say(f"rstream demo: open {url}/ui/streams/{stream_id} in a browser to watch it")
             say(
                 f"rstream demo: simulated device writing {rate:g} states/s to {stream_id!r}; "
                 f"try 'rstream tail {url} {stream_id}' in another shell"
