@@ -317,6 +317,9 @@ def test_the_list_shows_the_streams_and_opens_one_live(page: Any) -> None:
             "return Array.from(document.querySelectorAll('#tree .changed'), (e) => e.textContent);"
         )
         assert sorted(changed) == ["n2", 'text"posted"']  # the fields that changed flash
+        # The page runs under its own CSP without a violation.
+        logs = [e["message"] for e in page.get_log("browser")]
+        assert not [m for m in logs if "Content Security Policy" in m]
 
 
 def varied_states(n: int, seed: int) -> list[dict[str, Any]]:

@@ -115,6 +115,7 @@ def create_app(
     )
     if cors_origins:
         origins = [normalize_origin(o) for o in cors_origins]  # ConfigError now, not later
+        # Outermost: a preflight (no data) is answered before the other checks.
         server.app.add_middleware(CORSMiddleware, origins=origins)
     return server.app
 

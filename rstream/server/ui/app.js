@@ -754,7 +754,7 @@
       dirty = true;
       schedule();
     });
-    const history = new History(streamId);
+    const past = new History(streamId);
     const slider = $("slider");
     const atInput = $("at-input");
     let chartPath = null;
@@ -779,16 +779,15 @@
       const base = `/ui/streams/${encodeURIComponent(streamId)}`;
       const link = shownAt === null ? base : `${base}?at=${encodeURIComponent(formatTime(shownAt))}`;
       $("share").href = link;
-      if (location.pathname + location.search !== link) history_.replaceState(null, "", link);
+      if (location.pathname + location.search !== link) window.history.replaceState(null, "", link);
     };
-    const history_ = window.history;
 
     const render = () => {
       frame = 0;
-      if (!dirty) return;
       const started = performance.now();
       try {
-        draw();
+        if (dirty) draw();
+        setRange(); // the stream grows while history is shown too
       } finally {
         hooks.busyMs += performance.now() - started;
       }
@@ -802,7 +801,8 @@
         $("tree").dataset.shown = rev === null ? "" : `live ${rev}`;
         $("mode").textContent =
           rev === null ? "Live: waiting for the first state" : `Live at revision ${rev}, ${formatTime(tail.model.newest)}`;
-        if (newest !== null) atInput.value = formatTime(newest);
+        // The field follows the newest time, unless the user is typing a time into it.
+        if (newest !== null && document.activeElement !== atInput) atInput.value = formatTime(newest);
         const to = newest ?? 0;
         const from = liveStates.length ? Math.max(liveStates[0].time, to - LIVE_SPAN_US) : to;
         drawChart(chartPath, liveStates, from, to);
@@ -818,7 +818,6 @@
           drawChart(chartPath, viewed.states, viewed.start, Math.max(end, shownAt));
         }
       }
-      setRange();
       shareLink();
     };
     const schedule = () => {
@@ -848,7 +847,7 @@
       loading = true;
       shownAt = at;
       try {
-        viewed = await history.at(at);
+        viewed = await past.at(at);
         viewed.at = at;
         showError("");
       } catch (error) {
