@@ -275,6 +275,52 @@ def test_serve_refuses_a_bad_cors_origin() -> None:
 # -- in the browser ----------------------------------------------------------------------
 
 
+_FEED_JS = """
+const [bodies] = arguments;
+return bodies.map((chunkings) => chunkings.map((chunks) => {
+  const events = [];
+  let retry = null;
+  const parser = new window.rstreamViewer.SSEParser(
+    (e) => events.push([e.event, e.data, e.id]), (ms) => { retry = ms; });
+  const decoder = new TextDecoder();
+  for (const chunk of chunks) parser.feed(decoder.decode(new Uint8Array(chunk), { stream: true }));
+  return [events, parser.lastId, retry];
+}));
+"""
+
+
+def _chunkings(body: bytes) -> list[list[list[int]]]:
+    """The body whole, byte by byte, and (when short) split in two at every point."""
+    data = list(body)
+    out = [[data], [[b] for b in data]]
+    if len(body) < 200:
+        out += [[data[:i], data[i:]] for i in range(1, len(data))]
+    return out
+
+
+@browser
+def test_the_page_frames_events_as_the_python_client_does(page: Any) -> None:
+    """The page's SSE parser against the conformance cases of tests/test_sse.py and
+    line endings CR, LF and CRLF, however the bytes are split into chunks."""
+    from rstream.client.sse import EventStream
+    from tests.test_sse import CASES
+
+    bodies = [case[0] for case in CASES.values()]
+    bodies.append(
+        b"event: entry\rid: 2\rdata: b\r\rdata: c\r\ndata: d\r\n\r\n"
+        b"data: e\n\r\ndata: f\r\r\ndata: g\r\n\n: ping\rretry: 250\r\r"
+    )
+    with running_server() as url:
+        page.get(url + "/ui/")
+        got = page.execute_script(_FEED_JS, [_chunkings(body) for body in bodies])
+    for body, results in zip(bodies, got, strict=True):
+        stream = EventStream([body])
+        events = [[e.event, e.data, stream.last_event_id] for e in stream]
+        expected = [events, stream.last_event_id, stream.retry_ms]
+        for result in results:
+            assert result == expected, body
+
+
 @browser
 def test_the_list_shows_the_streams_and_opens_one_live(page: Any) -> None:
     with running_server() as url, Client(url) as client:

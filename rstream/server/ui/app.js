@@ -15,7 +15,7 @@
 
   // The test and benchmark hooks: what the page applied, and its connection status.
   // busyMs: main-thread time spent parsing events and drawing, for the benchmark.
-  const hooks = { revisions: [], status: "idle", applied: 0, frames: 0, busyMs: 0 };
+  const hooks = { revisions: [], status: "idle", applied: 0, frames: 0, busyMs: 0, SSEParser: null };
   window.rstreamViewer = hooks;
 
   // -- time: microseconds since the epoch, as Numbers (exact below 2**53) ----------
@@ -224,10 +224,12 @@
       this.afterCR = false;
       this.event = "";
       this.data = [];
-      this.lastId = "";
+      this.idBuffer = "";
+      this.lastId = ""; // the last event ID, set from idBuffer when a block ends
     }
 
     feed(text) {
+      if (text === "") return; // a chunk holding only part of a character: keep afterCR
       let start = 0;
       if (this.afterCR && text[0] === "\n") start = 1; // the LF of a CRLF cut between chunks
       this.afterCR = false;
@@ -245,6 +247,7 @@
 
     line(line) {
       if (line === "") {
+        this.lastId = this.idBuffer;
         if (this.data.length) {
           this.onEvent({ event: this.event || "message", data: this.data.join("\n"), id: this.lastId });
         }
@@ -259,10 +262,13 @@
       if (value[0] === " ") value = value.slice(1);
       if (name === "event") this.event = value;
       else if (name === "data") this.data.push(value);
-      else if (name === "id" && !value.includes("\0")) this.lastId = value;
-      else if (name === "retry" && /^[0-9]+$/.test(value)) this.onRetry(Number(value));
+      else if (name === "id" && !value.includes("\0")) this.idBuffer = value;
+      // Clamped as the Python client clamps it (rstream/client/sse.py): 100 ms to 10 min.
+      else if (name === "retry" && /^[0-9]+$/.test(value)) this.onRetry(Math.min(Math.max(Number(value), 100), 600000));
     }
   }
+
+  hooks.SSEParser = SSEParser; // for the tests, which feed it the conformance cases
 
   // -- the live state: entries, amends and resets, as rstream/client/livestate.py -------
 
