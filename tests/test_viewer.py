@@ -466,6 +466,16 @@ def test_the_slider_shows_exactly_state_at(page: Any) -> None:
         wait_js(page, f"{TREE_SHOWN} === '{format_rfc3339(times_us[2] // 1000 * 1000)}'")
         assert_tree_shows(page, stream.state_at(from_micros(times_us[2] // 1000 * 1000)))
 
+        # A number clicked in history is charted over the window shown.
+        page.find_element("css selector", "#tree .t-number[data-path='[\"battery\"]']").click()
+        window = requests.get(
+            f"{url}/v1/streams/r/window",
+            params={"at": format_rfc3339(times_us[2] // 1000 * 1000)},
+            timeout=5,
+        ).json()
+        wait_js(page, "document.querySelector('#chart polyline') !== null")
+        assert page.find_element("id", "chart-range").text.startswith(window["start"] + " to ")
+
         page.find_element("id", "live-button").click()
         wait_js(page, f"{TREE_SHOWN} === 'live 60'")
         assert_tree_shows(page, states[-1])
@@ -499,6 +509,40 @@ def test_the_page_resumes_after_the_server_is_killed_and_restarted(
         assert_tree_shows(page, states[-1])
         log = [rev for rev, _ in entry_revs(url, "robot") if rev >= first]
         assert applied_revs(page) == log  # no gap, no duplicate
+
+
+@browser
+def test_a_stream_opened_before_it_exists_shows_once_written(page: Any) -> None:
+    with running_server(retry_ms=100) as url:
+        page.get(f"{url}/ui/streams/later")
+        wait_js(page, "document.getElementById('status').textContent.includes('no stream')")
+        post_state(requests.Session(), url, "later", {"here": True}, T0)
+        wait_js(page, f"{TREE_SHOWN} === 'live 1'")
+        assert_tree_shows(page, {"here": True})
+        assert page.find_element("id", "error").text == ""
+
+
+@browser
+def test_the_page_starts_over_when_the_server_comes_back_with_another_log(
+    page: Any, tmp_path: Path
+) -> None:
+    """Resuming at a revision the server does not have is answered with a
+    reset: the page drops its state and shows the new live window."""
+    with ServerProcess(f"sqlite:///{tmp_path / 'first.db'}") as server:
+        http = requests.Session()
+        for i in range(5):
+            post_state(http, server.url, "s", {"first": i}, T0 + i * 2)
+        page.get(f"{server.url}/ui/streams/s")
+        wait_js(page, f"{TREE_SHOWN} === 'live 5'")
+        server.kill()
+        server.db = f"sqlite:///{tmp_path / 'second.db'}"  # a restore from an older backup
+        server.start()
+        http = requests.Session()
+        post_state(http, server.url, "s", {"second": 0}, T0)
+        post_state(http, server.url, "s", {"second": 1}, T0 + 2)
+        wait_js(page, f"{TREE_SHOWN} === 'live 2'", timeout=15)
+        assert_tree_shows(page, {"second": 1})
+        assert page.execute_script("return window.rstreamViewer.status;") == "live"
 
 
 @browser

@@ -344,10 +344,11 @@
             cache: "no-store",
             signal: this.abort.signal,
           });
-          if (resp.status === 401 || resp.status === 404) {
-            await checked(resp); // asks for a token, or says the stream is unknown
-          }
-          if (!resp.ok) {
+          if (resp.status === 401) await checked(resp); // asks for the token
+          if (resp.status === 404) {
+            // Not written yet (or a server restored without it): wait for it.
+            reason = `there is no stream ${JSON.stringify(this.streamId)} yet`;
+          } else if (!resp.ok) {
             reason = `the server answered ${resp.status}`;
           } else {
             this.failures = 0;
@@ -358,11 +359,7 @@
           }
         } catch (error) {
           if (this.stopped) return;
-          if (error instanceof HTTPError) {
-            setStatus("error", error.status === 401 ? "needs a token" : "not found");
-            showError(error.message);
-            return;
-          }
+          if (error instanceof HTTPError) return; // 401: the token form is shown
           reason = "the connection was lost";
         }
         this.failures += 1;
@@ -903,7 +900,9 @@
         dirty = true;
         schedule();
       })
-      .catch((error) => showError(error.message));
+      .catch((error) => {
+        if (error.status !== 404) showError(error.message); // 404: the live status says it
+      });
 
     if (atText) {
       const at = parseTime(atText);
