@@ -194,6 +194,7 @@ def test_demo_runs_for_a_duration_and_shows_live_and_history() -> None:
         live_ts = next(x.group(2) for x in live if x.group(1) == line_at)
         assert (_parse(live_ts) - _parse(m.group(2))).total_seconds() == 2.0
     assert out[-1].startswith("rstream demo: stopped after")
+    assert re.search(r"open http://127\.0\.0\.1:\d+/ui/streams/robot-1 in a browser", done.stdout)
     db = re.search(r"\(SQLite (.+)\)", done.stdout)
     assert db is not None
     assert not Path(db.group(1)).exists()

@@ -241,6 +241,7 @@ def demo(duration: float | None, rate: float, lag: float, port: int, stream_id: 
                 f"try 'rstream tail {url} {stream_id}' in another shell"
                 + ("" if duration else "; Ctrl-C stops")
             )
+            say(f"rstream demo: open {url}/ui/streams/{stream_id} in a browser to watch it")
             if interactive:
                 _run_live(console, viewer, queue, stream_id, started, deadline, stop)
             else:

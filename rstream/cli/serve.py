@@ -147,6 +147,21 @@ def _token(path: str | None, env: str) -> str | None:
     "SECONDS",
     "Drop a response whose client takes no data for this long.",
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages from ORIGIN (scheme://host[:port]) read streams and follow them "
+    "live from the browser (repeatable; off by default).",
+)
+@click.option(
+    "--retry-ms",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="The reconnection delay the live tail asks clients for (SSE retry:).",
+)
 def serve(
     db: str | None,
     host: str,
@@ -164,6 +179,8 @@ def serve(
     idle_timeout: float,
     request_timeout: float,
     send_timeout: float,
+    cors_origins: tuple[str, ...],
+    retry_ms: int,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
@@ -184,6 +201,7 @@ def serve(
             "could write. Pass --write-token-file FILE (or set RSTREAM_WRITE_TOKEN), "
             "or listen on 127.0.0.1."
         )
+    _check_origins(cors_origins)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -210,6 +228,8 @@ def serve(
             ),
             allowed_hosts=(*allowed_hosts, host.strip("[]")),
             allowed_origins=allowed_origins,
+            cors_origins=cors_origins,
+            retry_ms=retry_ms,
         )
         connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:
@@ -228,6 +248,17 @@ def serve(
             signal.signal(sig, handler)
         storage.close()
         detach_filter()
+
+
+def _check_origins(origins: tuple[str, ...]) -> None:
+    from rstream.errors import ConfigError
+    from rstream.server.cors import normalize_origin
+
+    for origin in origins:
+        try:
+            normalize_origin(origin)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cors-origin") from None
 
 
 def _redacted(url: str) -> str:

@@ -16,7 +16,15 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -39,6 +47,7 @@ from rstream.core.timestamps import format_rfc3339, from_micros
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.connections import reset
+from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
@@ -60,6 +69,7 @@ from rstream.server.params import (
 from rstream.server.security import BrowserGuard
 from rstream.server.storage import Storage, StreamInfo, StreamLog, is_valid_stream_id
 from rstream.server.storage.base import check_batch_order, check_entry_time, clamp_us
+from rstream.server.ui import ui_routes
 
 __all__ = ["create_app"]
 
@@ -89,13 +99,15 @@ def create_app(
     clock: Clock | None = None,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
     ``heartbeat``: seconds between ``: ping`` comments on live responses (a
     request may ask for another with ``?heartbeat=``). ``retry_ms``: the SSE
     ``retry:`` sent first. ``clock``: the writers' clock (epoch micros or an
-    aware datetime), for tests. The app does not close ``storage``.
+    aware datetime), for tests. ``cors_origins``: origins whose pages may read
+    (:mod:`rstream.server.cors`). The app does not close ``storage``.
 
     ``allowed_hosts`` / ``allowed_origins``: what ``Host`` may name besides
     loopback, IP addresses and this machine's name (``"*"``: anything), and
@@ -123,6 +135,10 @@ def create_app(
             )
         ],
     )
+    if cors_origins:
+        origins = [normalize_origin(o) for o in cors_origins]  # ConfigError now, not later
+        # Outermost: a preflight (no data) is answered before the other checks.
+        server.app.add_middleware(CORSMiddleware, origins=origins)
     return server.app
 
 
@@ -193,6 +209,7 @@ class _Server:
                 self.bad_path,
                 methods=["GET", "PUT", "POST", "DELETE", "PATCH"],
             ),
+            *ui_routes(),
         ]
         starlette = _App(
             routes=routes,

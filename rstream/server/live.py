@@ -407,5 +407,9 @@ async def live_events(
 
 
 def _reset_frame(reason: str, revision: int) -> bytes:
+    """A ``reset`` with an empty ``id:``, which clears a browser's last event ID:
+    a connection dropped before the new window's snapshot then resumes without a
+    resume point, onto the snapshot, instead of past it (the window's
+    revisions are lower than the stream's)."""
     data: dict[str, Any] = {"reason": reason, "revision": revision}
-    return _frame("reset", revision, json.dumps(data, separators=(",", ":")).encode())
+    return b"event: reset\nid:\ndata: %s\n\n" % json.dumps(data, separators=(",", ":")).encode()
