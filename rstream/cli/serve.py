@@ -147,6 +147,11 @@ def _token(path: str | None, env: str) -> str | None:
     "SECONDS",
     "Drop a response whose client takes no data for this long.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (behind the read token when there is one).",
+)
 def serve(
     db: str | None,
     host: str,
@@ -164,6 +169,7 @@ def serve(
     idle_timeout: float,
     request_timeout: float,
     send_timeout: float,
+    metrics: bool,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
@@ -210,6 +216,7 @@ def serve(
             ),
             allowed_hosts=(*allowed_hosts, host.strip("[]")),
             allowed_origins=allowed_origins,
+            metrics=metrics,
         )
         connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:
