@@ -247,3 +247,17 @@ def test_backup_refuses_a_missing_store_and_itself(tmp_path: Path) -> None:
         pass
     with pytest.raises(CLIError, match="the store itself"):
         backup_sqlite(db, db, force=True)
+
+
+def test_an_unwritable_target_is_one_error_line(tmp_path: Path) -> None:
+    db = tmp_path / "streams.db"
+    with SQLiteStorage(db):
+        pass
+    missing = tmp_path / "no" / "such" / "dir.db"
+    for args in (("backup", "--db", f"sqlite:///{db}", str(missing)),
+                 ("restore", "--db", f"sqlite:///{missing}", str(db))):  # fmt: skip
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"error: {args[0]} to ")
+        assert "failed: No such file or directory" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)

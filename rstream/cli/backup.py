@@ -260,6 +260,16 @@ def _sqlite_file(url: str, option: str) -> str:
         raise CLIError(f"{option}: {exc}") from None
 
 
+@contextlib.contextmanager
+def _io_errors(what: str, target: str) -> Iterator[None]:
+    """Turn an I/O failure (no such directory, a full disk) into one error line."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CLIError(f"{what} to {target!r} failed: {reason}") from None
+
+
 @click.command()
 @click.option(
     "--db", required=True, metavar="URL", help="The store to copy: sqlite:///path.db (or ////)."
@@ -272,7 +282,8 @@ def backup(db: str, force: bool, out: str) -> None:
     OUT holds every entry acknowledged before the copy began. Restore it with
     'rstream restore OUT --db sqlite:///path.db'.
     """
-    report = backup_sqlite(_sqlite_file(db, "--db"), out, force=force)
+    with _io_errors("backup", out):
+        report = backup_sqlite(_sqlite_file(db, "--db"), out, force=force)
     click.echo(f"rstream backup: {report.describe()}")
 
 
@@ -293,5 +304,7 @@ def restore(db: str, force: bool, backup_file: str) -> None:
     version); a store that a server has open is never replaced: stop the
     server, restore, start it again.
     """
-    report = restore_sqlite(backup_file, _sqlite_file(db, "--db"), force=force)
+    target = _sqlite_file(db, "--db")
+    with _io_errors("restore", target):
+        report = restore_sqlite(backup_file, target, force=force)
     click.echo(f"rstream restore: {report.describe()}")
