@@ -247,10 +247,17 @@ def test_database_errors_are_counted(tmp_path: Path, http: requests.Session) -> 
 
 
 def test_apps_have_their_own_registries(http: requests.Session) -> None:
-    with running_server(metrics=True) as first, running_server(metrics=True) as second:
-        http.post(f"{first}/v1/streams/a/state", json={"state": {"x": 1}})
-        assert value(scrape(first), "rstream_entries_appended_total") == 1
-        assert value(scrape(second), "rstream_entries_appended_total") == 0
+    with running_app(metrics=True) as first, running_server(metrics=True) as second:
+        http.post(f"{first.url}/v1/streams/a/state", json={"state": {"x": 1}})
+        # The hook a compaction task reports through (from its own thread).
+        first.app.state.metrics.compacted(5)
+        samples = scrape(first.url)
+        assert value(samples, "rstream_entries_appended_total") == 1
+        assert value(samples, "rstream_compaction_runs_total") == 1
+        assert value(samples, "rstream_compaction_entries_deleted_total") == 5
+        samples = scrape(second)
+        assert value(samples, "rstream_entries_appended_total") == 0
+        assert value(samples, "rstream_compaction_runs_total") == 0
     # Nothing went to the process-wide default registry.
     names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not any(name.startswith("rstream") for name in names)
