@@ -1,9 +1,9 @@
 """``rstream backup`` of a SQLite store while a server writes to it.
 
 A store holds ``RSTREAM_BENCH_ENTRIES`` entries (100,000, about 40 MB) in one
-stream; a :class:`~rstream.server.runner.ServerThread` serves it while one
-writer posts a new state to another stream ``RSTREAM_BENCH_RATE`` times a
-second (200). The store is backed up twice, as ``rstream backup`` does it
+stream; a :class:`~rstream.server.runner.ServerThread` serves it while four
+writer threads post new states to another stream, ``RSTREAM_BENCH_RATE``
+times a second together (200). The store is backed up twice, as ``rstream backup`` does it
 (steps of 1,024 pages inside one read transaction) and in a single step, and
 for each the benchmark prints the copy's size and time, and the writer's
 latency (p50, p99, max) and rate during the copy next to the same figures
@@ -29,33 +29,43 @@ from rstream.server.storage import SQLiteStorage
 
 ENTRIES = int(os.environ.get("RSTREAM_BENCH_ENTRIES", "100000"))
 RATE = float(os.environ.get("RSTREAM_BENCH_RATE", "200"))
+THREADS = 4
 BEFORE = 3.0  # seconds of writes measured before each backup
 T0 = 1_700_000_000_000_000  # epoch micros
 
 
-class Writer(threading.Thread):
-    """Posts states at RATE; ``latencies[label]`` collects each write's seconds."""
+class Writers:
+    """THREADS threads posting states at RATE together; ``latencies[label]``
+    collects each write's seconds (one thread alone waits out each fsync)."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(name="bench-writer")
         self.url = url
         self.label = "idle"
         self.latencies: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(THREADS)]
+        for thread in self.threads:
+            thread.start()
 
-    def run(self) -> None:
+    def _run(self, writer: int) -> None:
         with requests.Session() as http:
             next_at = time.monotonic()
             n = 0
             while not self.stopping.is_set():
                 n += 1
                 started = time.monotonic()
-                r = http.post(f"{self.url}/v1/streams/live/state", json={"state": {"n": n}})
-                r.raise_for_status()
-                label = self.label
-                self.latencies.setdefault(label, []).append(time.monotonic() - started)
-                next_at += 1 / RATE
+                body = {"state": {"writer": writer, "n": n}}
+                http.post(f"{self.url}/v1/streams/live/state", json=body).raise_for_status()
+                with self.lock:
+                    self.latencies.setdefault(self.label, []).append(time.monotonic() - started)
+                next_at += THREADS / RATE
                 self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
 
 
 def describe(latencies: list[float], seconds: float) -> str:
@@ -83,8 +93,7 @@ def main() -> None:
                     ]
                 )
             with ServerThread(create_app(storage)) as server:
-                writer = Writer(server.url)
-                writer.start()
+                writer = Writers(server.url)
                 try:
                     for name, pages in (("steps", STEP_PAGES), ("one step", -1)):
                         writer.label = f"before {name}"
@@ -98,11 +107,11 @@ def main() -> None:
                             f"{name:>8}: {report.size / 1e6:.1f} MB, {report.entries} entries "
                             f"copied in {elapsed:.2f} s"
                         )
-                        before = writer.latencies.pop(f"before {name}")
-                        during = writer.latencies.pop(name, [])
+                        with writer.lock:
+                            before = writer.latencies.pop(f"before {name}")
+                            during = writer.latencies.pop(name, [])
                         print(f"  writes before: {describe(before, BEFORE)}")
                         if during:
                             print(f"  writes during: {describe(during, elapsed)}")
                 finally:
-                    writer.stopping.set()
-                    writer.join()
+                    writer.close()
