@@ -48,6 +48,7 @@ _UNMATCHED = "none"  # the route label of a request no route matched
 # The write routes whose answers say what was written (docs/protocol.rst).
 _STATE_ROUTE = "/v1/streams/{stream_id}/state"
 _ENTRIES_ROUTE = "/v1/streams/{stream_id}/entries"
+_ACTIONS = frozenset({"snapshot", "mutation", "amend", "none"})
 _APPENDING_ACTIONS = frozenset({"snapshot", "mutation"})
 
 
@@ -129,7 +130,7 @@ class Metrics:
             return
         if not isinstance(answer, dict):
             return
-        if route == _STATE_ROUTE and isinstance(answer.get("action"), str):
+        if route == _STATE_ROUTE and answer.get("action") in _ACTIONS:
             action = answer["action"]
             self.writes.labels(action).inc()
             if action in _APPENDING_ACTIONS:
