@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 import rstream
+from rstream.cli.backup import backup, restore
 from rstream.cli.demo import demo
 from rstream.cli.history import history
 from rstream.cli.output import report_errors
@@ -52,3 +53,5 @@ main.add_command(import_entries)
 main.add_command(plot)
 main.add_command(demo)
 main.add_command(serve)
+main.add_command(backup)
+main.add_command(restore)

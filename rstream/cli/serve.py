@@ -162,6 +162,11 @@ def _token(path: str | None, env: str) -> str | None:
     type=click.IntRange(0),
     help="The reconnection delay the live tail asks clients for (SSE retry:).",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (behind the read token when there is one).",
+)
 def serve(
     db: str | None,
     host: str,
@@ -181,6 +186,7 @@ def serve(
     send_timeout: float,
     cors_origins: tuple[str, ...],
     retry_ms: int,
+    metrics: bool,
 ) -> None:
     """Run an rstream server until Ctrl-C or SIGTERM.
 
@@ -230,6 +236,7 @@ def serve(
             allowed_origins=allowed_origins,
             cors_origins=cors_origins,
             retry_ms=retry_ms,
+            metrics=metrics,
         )
         connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:

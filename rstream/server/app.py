@@ -51,6 +51,7 @@ from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
 from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
+from rstream.server.metrics import install_metrics
 from rstream.server.openapi import openapi_document
 from rstream.server.params import (
     MAX_HEARTBEAT,
@@ -100,6 +101,7 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
     cors_origins: Sequence[str] = (),
+    metrics: bool = False,
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
@@ -112,6 +114,8 @@ def create_app(
     ``allowed_hosts`` / ``allowed_origins``: what ``Host`` may name besides
     loopback, IP addresses and this machine's name (``"*"``: anything), and
     which web pages may write (:mod:`rstream.server.security`).
+
+    ``metrics``: serve ``GET /metrics`` (Prometheus; :mod:`rstream.server.metrics`).
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -135,6 +139,8 @@ def create_app(
             )
         ],
     )
+    if metrics:
+        install_metrics(server.app, tokens=server.tokens, hub=server.hub, storage=storage)
     if cors_origins:
         origins = [normalize_origin(o) for o in cors_origins]  # ConfigError now, not later
         # Outermost: a preflight (no data) is answered before the other checks.

@@ -188,6 +188,8 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.overflows = 0  # subscribers disconnected for being too slow
+        self.subscribed = 0  # subscribers ever registered
+        self.events_sent = 0  # entry and amend events handed to live connections
         self._cache_limits = (self.limits.tail_cache_events, self.limits.tail_cache_bytes)
 
     # -- any thread ---------------------------------------------------------------
@@ -225,6 +227,7 @@ class Hub:
             )
         subscriber = Subscriber(stream_id)
         topic.subscribers.add(subscriber)
+        self.subscribed += 1
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -375,6 +378,7 @@ async def live_events(
             if not page:
                 break
             yield b"".join(_frame("entry", c.rev, c.payload) for c in page)
+            hub.events_sent += len(page)
             since = max(since, page[-1].rev)
             after_us = newest_us = page[-1].micros
             if len(page) < _WINDOW_PAGE:
@@ -397,10 +401,12 @@ async def live_events(
             newest_us = change.micros
             if size >= _FRAME_CHUNK:
                 yield b"".join(chunk)
+                hub.events_sent += len(chunk)
                 chunk, size = [], 0
                 hub.mark_sent(subscriber, change.rev)
         if chunk:
             yield b"".join(chunk)
+            hub.events_sent += len(chunk)
         subscriber.sending = False
         since = changes[-1].rev
         hub.mark_sent(subscriber, since)
