@@ -753,6 +753,16 @@ def test_a_run_left_to_the_general_path_is_matched_once(monkeypatch: pytest.Monk
         assert counting.calls == 1  # not once per event: that would be quadratic
 
 
+def test_a_run_of_events_at_max_event_bytes_is_matched_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = _CountingPattern(sse._SERVER_RUN)
+    monkeypatch.setattr(sse, "_SERVER_RUN", counting)
+    one = server_event("put", "1", "0123456789")  # 33 bytes without its line ends
+    assert len(parse([one * 1000], max_event_bytes=33).events) == 1000
+    assert counting.calls == 1
+
+
 def test_sseclient_gets_whole_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     spy = SSEClientSpy(monkeypatch)
     blocks = spy.blocks
