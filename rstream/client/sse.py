@@ -214,7 +214,7 @@ class EventStream:
         # Buys over a third less CPU per server event than the line path (bench sse).
         while pos < end:
             stop = end
-            if end - pos > self._max:  # whole events within the limit (its size has no LFs)
+            if end - pos > self._max:  # pieces of whole events within the limit (+ their 4 LFs)
                 stop = region.rfind(b"\n\n", pos, pos + self._max + 4) + 2
                 if stop < pos + 2:  # the next event is too large: _field raises
                     break
