@@ -753,6 +753,16 @@ def test_a_run_left_to_the_general_path_is_matched_once(monkeypatch: pytest.Monk
         assert counting.calls == 1  # not once per event: that would be quadratic
 
 
+def test_a_run_of_events_at_max_event_bytes_is_matched_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = _CountingPattern(sse._SERVER_RUN)
+    monkeypatch.setattr(sse, "_SERVER_RUN", counting)
+    one = server_event("put", "1", "0123456789")  # 33 bytes without its line ends
+    assert len(parse([one * 1000], max_event_bytes=33).events) == 1000
+    assert counting.calls == 1
+
+
 def test_sseclient_gets_whole_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     spy = SSEClientSpy(monkeypatch)
     blocks = spy.blocks
@@ -783,6 +793,46 @@ def test_events_of_a_run_are_yielded_before_more_input_is_read() -> None:
     assert (next(stream).id, stream.last_event_id, read) == ("1", "1", [run])
     assert (next(stream).id, stream.last_event_id, read) == ("2", "2", [run])
     assert [event.id for event in stream] == ["3"]
+
+
+def test_comment_lines_are_reported_before_more_input_is_read() -> None:
+    read: list[bytes] = []
+    seen: list[tuple[str, int]] = []
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in (b"data: a\n: one\n", b": two\ndata: b\n\n"):
+            read.append(chunk)
+            yield chunk
+
+    stream = EventStream(chunks(), on_comment=lambda text: seen.append((text, len(read))))
+    assert [event.data for event in stream] == ["a\nb"]
+    assert seen == [(" one", 1), (" two", 2)]  # each as soon as its line was complete
+
+
+def test_sseclient_gets_a_run_with_invalid_utf8_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = SSEClientSpy(monkeypatch)
+    body = (
+        server_event("put", "1", "a")
+        + b"event: put\nid: 2\ndata: \xff\n\n"
+        + server_event("put", "3", "b")
+    )
+    assert [event.data for event in EventStream([body])] == ["a", "\ufffd", "b"]
+    (block,) = spy.blocks  # still one run
+    assert block.decode("utf-8") == "event: put\ndata: a\n\nevent: put\ndata: \ufffd\n\n" + (
+        "event: put\ndata: b\n\n"
+    )
+
+
+def test_a_run_longer_than_max_event_bytes_is_fed_in_whole_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spy = SSEClientSpy(monkeypatch)
+    one = server_event("put", "1", "0123456789")  # 33 bytes without its line ends
+    events = list(EventStream([one * 20], max_event_bytes=100))
+    assert events == [ev("0123456789", "put", id="1")] * 20
+    assert len(spy.blocks) > 1
+    assert all(len(block) <= 100 and block.endswith(b"\n\n") for block in spy.blocks)
+    assert b"".join(spy.blocks) == (one * 20).replace(b"id: 1\n", b"")
 
 
 SERVER_NAMES = st.sampled_from(["put", "entry", "", " ", "ünï", "a:b", "x\x00"])
