@@ -344,7 +344,7 @@ def _cases() -> Iterator[Case]:
     for suffix in ("", "/window", "/entries", "/live"):
         yield Case(f"unknown stream {suffix}", "GET", f"/v1/streams/ghost{suffix}",
                    "stream_not_found")  # fmt: skip
-    for path in ("/", "/v1", "/v2/streams", "/v1/streams/s/nope", "/v1/streams/s/entries/x",
+    for path in ("/nope", "/v1", "/v2/streams", "/v1/streams/s/nope", "/v1/streams/s/entries/x",
                  "/v1/streams/s/state/", "/v1/healthz"):  # fmt: skip
         yield Case(f"no route {path}", "GET", path, "not_found")
     for path, methods in ROUTES:

@@ -518,8 +518,8 @@ def test_the_server_refuses_what_the_writer_refuses(url: str) -> None:
         )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_json"
-    with rstream.Client(url) as client:
-        assert list(client.stream("bad").entries()) == []  # nothing was stored
+    with rstream.Client(url) as client, pytest.raises(rstream.StreamNotFound):
+        list(client.stream("bad").entries())  # nothing was stored, not even the stream
 
 
 def at(seconds: float) -> datetime:

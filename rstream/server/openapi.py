@@ -52,7 +52,8 @@ def _event(names: list[str], data: str) -> dict[str, Any]:
                 "contentMediaType": "application/json",
                 "contentSchema": {"$ref": f"#/components/schemas/{data}"},
             },
-            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            # A revision; empty on a reset, which clears a browser's last event ID.
+            "id": {"type": "string", "pattern": "^[0-9]+$" if "reset" not in names else "^$"},
             "retry": {"type": "integer", "minimum": 0},
         },
     }

@@ -52,7 +52,9 @@ TIME_PATTERN = (
     r"[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 # A decimal number as query values carry it (epoch seconds, heartbeat seconds).
-NUMBER_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# The exponent has at most six significant digits: a longer one is no time at all,
+# and past decimal's own limit it is not even a number.
+NUMBER_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?0*[0-9]{1,6})?$"
 _TIME_RE = re.compile(TIME_PATTERN, re.ASCII)
 _NUMBER_RE = re.compile(NUMBER_PATTERN, re.ASCII)
 _DIGITS_RE = re.compile(r"^[0-9]+$", re.ASCII)
