@@ -8,11 +8,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import click
+
+from rstream.cli.timeparse import DURATION
 
 __all__ = ["default_db_url", "serve"]
 
@@ -125,6 +128,13 @@ def _token(path: str | None, env: str) -> str | None:
     metavar="ORIGIN",
     help="Let web pages of ORIGIN (https://app.example) write (repeatable).",
 )
+@click.option(
+    "--default-retention",
+    type=DURATION,
+    metavar="DURATION",
+    help="Delete whole windows older than this (30d, 12h) in streams that set no "
+    "retention of their own (default: keep everything).",
+)
 @_limit("--max-body", 8 * _MIB, "BYTES", "Largest request body (413 past it).")
 @_limit("--max-state", _MIB, "BYTES", "Largest state or entry data, as compact JSON (413 past it).")
 @_limit("--max-subscribers", 1_000, "N", "Live subscribers per stream (429 past it).")
@@ -157,6 +167,7 @@ def serve(
     subscriber_buffer: int,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
+    default_retention: timedelta | None,
     max_body: int,
     max_state: int,
     max_subscribers: int,
@@ -173,6 +184,7 @@ def serve(
     from rstream.errors import ConfigError
     from rstream.server import Limits, ServerThread, create_app, open_storage
     from rstream.server.auth import Tokens
+    from rstream.server.compaction import Compactor
     from rstream.server.connections import ConnectionLimits
     from rstream.server.logs import RepeatFilter
 
@@ -210,6 +222,7 @@ def serve(
             ),
             allowed_hosts=(*allowed_hosts, host.strip("[]")),
             allowed_origins=allowed_origins,
+            compactor=Compactor(storage, default_retention=default_retention),
         )
         connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:

@@ -221,6 +221,25 @@ class MemoryLog:
             self._revision = rev
             return stored
 
+    def drop_before(self, micros: int) -> int:
+        """Forget every entry before ``micros`` (epoch micros); returns how many.
+
+        For retention: the revision does not change, and neither do the
+        entries kept or their revs.
+        """
+        with self._lock:
+            n = bisect_left(self._micros, micros)
+            if not n:
+                return 0
+            kept = bisect_left(self._snaps, n)
+            self._snaps = [i - n for i in self._snaps[kept:]]
+            del self._snap_micros[:kept]
+            del self._mut_micros[: bisect_left(self._mut_micros, micros)]
+            del self._entries[:n]
+            del self._micros[:n]
+            del self._revs[:n]
+            return n
+
     def amend(self, entry: Entry) -> Entry:
         """Replace the last entry, a mutation, by a copy of ``entry``, a mutation at
         the same timestamp; returns it with its new revision.

@@ -38,6 +38,7 @@ from rstream.core.stream import Clock, RateConfig, Stream
 from rstream.core.timestamps import format_rfc3339, from_micros
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
+from rstream.server.compaction import Compactor
 from rstream.server.connections import reset
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
@@ -89,6 +90,7 @@ def create_app(
     clock: Clock | None = None,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    compactor: Compactor | None = None,
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
@@ -100,6 +102,11 @@ def create_app(
     ``allowed_hosts`` / ``allowed_origins``: what ``Host`` may name besides
     loopback, IP addresses and this machine's name (``"*"``: anything), and
     which web pages may write (:mod:`rstream.server.security`).
+
+    ``compactor``: applies the streams' retention while the app runs (its
+    thread starts with the app's lifespan and is closed at its end); default:
+    ``Compactor(storage)``, every 60 s, no default retention. It is
+    ``app.state.compactor`` (its counters: :mod:`rstream.server.compaction`).
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -115,6 +122,7 @@ def create_app(
         retry_ms=retry_ms,
         limits=limits or Limits(),
         clock=clock,
+        compactor=compactor or Compactor(storage),
         middleware=[
             Middleware(
                 BrowserGuard,
@@ -163,9 +171,11 @@ class _Server:
         retry_ms: int,
         limits: Limits,
         clock: Clock | None,
+        compactor: Compactor,
         middleware: list[Middleware],
     ) -> None:
         self.storage = storage
+        self.compactor = compactor
         self.tokens = tokens
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
@@ -202,6 +212,7 @@ class _Server:
         )
         starlette.state.hub = self.hub
         starlette.state.storage = storage
+        starlette.state.compactor = compactor
         self.app = starlette
 
     @contextlib.asynccontextmanager
@@ -211,10 +222,12 @@ class _Server:
         # the other replicas; see docs/deploy.rst.
         listen = getattr(self.storage, "listen", None)
         listener = listen(self.hub.notify, self.hub.streams) if callable(listen) else None
+        self.compactor.start()
         try:
             yield
         finally:
             self.hub.close()
+            await anyio.to_thread.run_sync(self.compactor.close)
             if listener is not None:
                 await anyio.to_thread.run_sync(listener.close)
 
@@ -328,10 +341,14 @@ class _Server:
     async def put_stream(self, request: Request) -> Response:
         self.tokens.check_write(request)
         stream_id = _stream_id(request)
-        rate = parse_rate_body(await self._read_body(request))
+        update = parse_rate_body(await self._read_body(request))
 
         def put() -> tuple[bool, StreamInfo]:
             with self._lock(stream_id):
+                rate = None
+                if update is not None:  # what the body leaves out stays as it is
+                    current = self.storage.info(stream_id)
+                    rate = update.apply(None if current is None else current.rate)
                 created = self.storage.create_stream(stream_id, rate)
                 writer = self._writers.get(stream_id)
                 if writer is not None and rate is not None:
@@ -347,7 +364,9 @@ class _Server:
         at = time_param(request.query_params, "at")
 
         def window() -> dict[str, Any]:
-            self._info(stream_id)
+            info = self._info(stream_id)
+            if at is not None:
+                _check_kept(info, at)
             log = self.storage.log(stream_id)
             revision = log.revision
             if at is None:
@@ -406,6 +425,8 @@ class _Server:
 
     def _page(self, stream_id: str, start: int | None, end: int | None, limit: int) -> _Page:
         info = self._info(stream_id)
+        if start is not None:
+            _check_kept(info, start)
         log = self.storage.log(stream_id)
         immutable = (
             end is not None and info.latest_snapshot is not None and end <= info.latest_snapshot
@@ -726,11 +747,23 @@ def _time(micros: int | None) -> str | None:
     return None if micros is None else format_rfc3339(micros)
 
 
+def _check_kept(info: StreamInfo, when: int) -> None:
+    """Raise :class:`~rstream.OutOfRange` when retention deleted what lies at ``when``."""
+    if info.compacted is not None and when < info.compacted:
+        raise OutOfRange(
+            f"{format_rfc3339(clamp_us(when))} is before the oldest entry stream "
+            f"{info.id!r} keeps ({format_rfc3339(info.compacted)}): older windows were "
+            "deleted by its retention; read from its 'first' on",
+            when=when,
+        )
+
+
 def _metadata(info: StreamInfo, status: int = 200) -> Response:
     return JSONResponse(
         {
             "id": info.id,
             "record_rate": info.rate.to_json(),
+            "retention": info.rate.retention_json(),
             "first": _time(info.first),
             "last": _time(info.last),
             "revision": info.revision,
