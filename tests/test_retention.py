@@ -490,3 +490,60 @@ def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_pa
         )
         assert late <= early * 1.3
         assert final < written_bytes / 2
+
+
+def test_a_live_client_resuming_from_a_compacted_point_is_reset(tmp_path: Path) -> None:
+    from tests.serverutil import SSEReader
+
+    storage = SQLiteStorage(tmp_path / "r.db")
+    compactor = Compactor(storage, interval=None, clock=FakeClock(T0 + 20 * S))
+    with storage, running_server(storage, compactor=compactor) as url:
+        storage.create_stream("s", RateConfig(retention=timedelta(seconds=5)))
+        windows(storage.log("s"), 4, 3)  # revisions 1..12; 1..9 are deleted below
+        assert compactor.run().entries_deleted == 9
+        live = f"{url}/v1/streams/s/live"
+        with SSEReader(live, headers={"Last-Event-ID": "8"}) as reader:
+            events = [e for e in reader.take(4) if e.event != "retry"]
+            assert [(e.event, e.id) for e in events] == [
+                ("reset", "12"),
+                ("entry", "10"),
+                ("entry", "11"),
+                ("entry", "12"),
+            ]
+            assert "retention" in events[0].data
+        with SSEReader(live, headers={"Last-Event-ID": "9"}) as reader:
+            events = [e for e in reader.take(3) if e.event != "retry"]
+            assert [(e.event, e.id) for e in events] == [
+                ("entry", "10"),
+                ("entry", "11"),
+                ("entry", "12"),
+            ]
+
+
+def test_rate_config_checks_retention() -> None:
+    assert RateConfig(retention=timedelta(days=30)).retention_json() == 30 * 86_400_000
+    assert RateConfig().retention_json() is None
+    assert RateConfig.retention_from_json(1.5) == timedelta(microseconds=1500)
+    assert RateConfig.retention_from_json(None) is None
+    for bad in (-1, True, "1d", 1e300):
+        with pytest.raises(ConfigError, match="retention"):
+            RateConfig.retention_from_json(bad)
+    with pytest.raises(ConfigError, match="retention"):
+        RateConfig(retention=timedelta(seconds=-1))
+    with pytest.raises(TypeError, match="retention"):
+        RateConfig(retention=5)  # type: ignore[arg-type]
+
+
+def test_serve_takes_a_default_retention(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rstream.cli.serve import serve
+    from tests.serverutil import ServerProcess
+
+    result = CliRunner().invoke(serve, ["--default-retention", "0s"])
+    assert result.exit_code == 2
+    assert "more than zero" in result.output
+    server = ServerProcess(f"sqlite:///{tmp_path / 'r.db'}", args=("--default-retention", "30d"))
+    with server.start():
+        assert requests.get(f"{server.url}/v1/health", timeout=10).status_code == 200
+        assert "retention: 30 days, 0:00:00 for streams that set none" in server.log_text()

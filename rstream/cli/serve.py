@@ -232,6 +232,10 @@ def serve(
                 f"{exc} (--host takes an address of this machine: 127.0.0.1, ::1, 0.0.0.0, ...)"
             ) from None
         logger.info("access: %s", Tokens(read_token, write_token).describe())
+        logger.info(
+            "retention: %s for streams that set none",
+            "keep everything" if default_retention is None else f"{default_retention}",
+        )
         with server:
             click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")
             stop.wait()

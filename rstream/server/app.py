@@ -524,7 +524,16 @@ class _Server:
         query = request.query_params
         since, reset_reason = resume_point(request.headers.get("last-event-id"), query)
         heartbeat = heartbeat_param(query, self.heartbeat)
-        await anyio.to_thread.run_sync(self._info, stream_id)
+        info = await anyio.to_thread.run_sync(self._info, stream_id)
+        if since is not None and info.compacted_rev is not None and since < info.compacted_rev:
+            # Changes after the resume point were deleted: start again from the live window.
+            since, reset_reason = (
+                None,
+                (
+                    f"resume point {since} is older than the stream's retention keeps "
+                    f"(changes up to revision {info.compacted_rev} were deleted)"
+                ),
+            )
         # In the thread pool: a SQL storage reads the database for a log it has not cached.
         log = await anyio.to_thread.run_sync(self.storage.log, stream_id)
         subscriber = self.hub.subscribe(stream_id)

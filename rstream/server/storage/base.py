@@ -88,6 +88,8 @@ class StreamInfo:
     for ``latest_snapshot``, no snapshot). ``compacted``: entries before this
     time were deleted by :meth:`StreamLog.compact` (``None``: none ever were);
     it is the stream's ``first`` entry unless the stream is empty.
+    ``compacted_rev``: the newest revision compaction deleted (a live client
+    resuming from an older one has missed changes).
     """
 
     id: str
@@ -97,6 +99,7 @@ class StreamInfo:
     latest_snapshot: int | None
     revision: int
     compacted: int | None = None
+    compacted_rev: int | None = None
 
 
 @runtime_checkable

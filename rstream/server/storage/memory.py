@@ -44,12 +44,13 @@ class MemoryStreamLog:
     accept and refuse the same entries.
     """
 
-    __slots__ = ("_compacted", "_log", "_write_lock")
+    __slots__ = ("_compacted", "_compacted_rev", "_log", "_write_lock")
 
     def __init__(self) -> None:
         self._log = MemoryLog()
         self._write_lock = threading.RLock()  # re-entered by writes inside write_lock()
         self._compacted: int | None = None  # the edge of the last compaction
+        self._compacted_rev: int | None = None  # the newest revision it deleted
 
     def __repr__(self) -> str:
         return f"<MemoryStreamLog entries={len(self._log)} revision={self._log.revision}>"
@@ -138,15 +139,17 @@ class MemoryStreamLog:
         has no writer to let in between); returns how many entries went."""
         with self._write_lock:
             keep = self.snapshot_before_us(cutoff_us)
-            n = 0 if keep is None else self._log.drop_before(keep.micros)
-            if keep is not None and n:
+            dropped = [] if keep is None else self._log.drop_before(keep.micros)
+            if keep is not None and dropped:
                 self._compacted = keep.micros
-            return n
+                self._compacted_rev = dropped[-1].rev
+            return len(dropped)
 
     @property
-    def compacted(self) -> int | None:
-        """Entries before this time were deleted by :meth:`compact` (None: none were)."""
-        return self._compacted
+    def compacted(self) -> tuple[int | None, int | None]:
+        """``(edge, revision)``: entries before ``edge`` were deleted by
+        :meth:`compact`, the newest of them at ``revision`` (None: none were)."""
+        return self._compacted, self._compacted_rev
 
     def summary(self) -> tuple[int, Entry | None, Entry | None, Entry | None]:
         """``(revision, first, last, latest_snapshot)``, all of one moment."""
@@ -244,5 +247,6 @@ def _info(stream_id: str, log: MemoryStreamLog, rate: RateConfig) -> StreamInfo:
         last=None if last is None else last.micros,
         latest_snapshot=None if snap is None else snap.micros,
         revision=revision,
-        compacted=log.compacted,
+        compacted=log.compacted[0],
+        compacted_rev=log.compacted[1],
     )

@@ -10,7 +10,8 @@ subqueries, ``CREATE ... IF NOT EXISTS``.
 Schema (version :data:`SCHEMA_VERSION`), one row per entry::
 
     rstream_schema (version)                                   -- one row
-    streams (id PK, keyframe_us, change_us, revision, retention_us, compacted_us)
+    streams (id PK, keyframe_us, change_us, revision,
+             retention_us, compacted_us, compacted_rev)
     entries (stream_id -> streams.id, ts_us, kind, data, rev)
         PRIMARY KEY (stream_id, ts_us)          -- range, first/last, order
         INDEX entries_kind (stream_id, kind, ts_us)   -- snapshot before/after
@@ -22,7 +23,8 @@ same transaction as the entry rows, after locking the stream's row
 concurrent writers (threads or processes) serialise and revisions never repeat.
 ``retention_us`` is the stream's retention (NULL: none set);
 ``compacted_us`` the edge of the last compaction (entries before it were
-deleted; NULL: none ever were). Schema 2 added both.
+deleted; NULL: none ever were) and ``compacted_rev`` the newest revision it
+deleted. Schema 2 added the three.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Statements:
     count_range: str
     changes_since: str
     nth_entry_key: str
+    last_rev_before: str
     delete_before: str
     set_compacted: str
 
@@ -112,7 +115,8 @@ class Statements:
 _COLUMNS = "ts_us, kind, data, rev"  # the order rows are read in everywhere
 
 _INFO = """
-SELECT s.id, s.keyframe_us, s.change_us, s.revision, s.retention_us, s.compacted_us,
+SELECT s.id, s.keyframe_us, s.change_us, s.revision,
+       s.retention_us, s.compacted_us, s.compacted_rev,
        (SELECT MIN(e.ts_us) FROM entries e WHERE e.stream_id = s.id),
        (SELECT MAX(e.ts_us) FROM entries e WHERE e.stream_id = s.id),
        (SELECT MAX(e.ts_us) FROM entries e WHERE e.stream_id = s.id AND e.kind = 0)
@@ -126,7 +130,8 @@ _SCHEMA: tuple[str, ...] = (
             change_us {int64} NOT NULL,
             revision {int64} NOT NULL DEFAULT 0,
             retention_us {int64},
-            compacted_us {int64}
+            compacted_us {int64},
+            compacted_rev {int64}
         )""",
     """CREATE TABLE IF NOT EXISTS entries (
             stream_id TEXT NOT NULL REFERENCES streams (id) ON DELETE CASCADE,
@@ -145,6 +150,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE streams ADD COLUMN retention_us {int64}",
         "ALTER TABLE streams ADD COLUMN compacted_us {int64}",
+        "ALTER TABLE streams ADD COLUMN compacted_rev {int64}",
     ),
 )
 
@@ -208,8 +214,12 @@ _QUERIES: dict[str, str] = {
     "nth_entry_key": (
         "SELECT ts_us FROM entries WHERE stream_id = ? ORDER BY ts_us LIMIT 1 OFFSET ?"
     ),
+    # Revisions grow along the log (only the newest entry is ever amended).
+    "last_rev_before": (
+        "SELECT rev FROM entries WHERE stream_id = ? AND ts_us < ? ORDER BY ts_us DESC LIMIT 1"
+    ),
     "delete_before": "DELETE FROM entries WHERE stream_id = ? AND ts_us < ?",
-    "set_compacted": "UPDATE streams SET compacted_us = ? WHERE id = ?",
+    "set_compacted": "UPDATE streams SET compacted_us = ?, compacted_rev = ? WHERE id = ?",
 }
 
 

@@ -308,6 +308,8 @@ class SQLStreamLog(Generic[_C]):
         while bound < keep_us:
             n, bound = self._write(lambda conn: self._compact_step(conn, keep_us, batch))
             deleted += n
+            if not n:  # compacted meanwhile (another process)
+                break
         return deleted
 
     def _compact_step(self, conn: _C, keep_us: int, batch: int) -> tuple[int, int]:
@@ -322,10 +324,12 @@ class SQLStreamLog(Generic[_C]):
             ).fetchone()
             if snap is not None:
                 bound = min(bound, int(snap[0]))
+        last = conn.execute(sql.last_rev_before, (self.stream_id, bound)).fetchone()
+        if last is None:
+            return 0, bound
         n = conn.execute(sql.delete_before, (self.stream_id, bound)).rowcount
-        if n > 0:
-            conn.execute(sql.set_compacted, (bound, self.stream_id))
-        return max(n, 0), bound
+        conn.execute(sql.set_compacted, (bound, last[0], self.stream_id))
+        return n, bound
 
     # -- inside a write transaction ----------------------------------------------
 
@@ -450,7 +454,8 @@ class SQLStorage(Generic[_C, _L]):
 
 
 def _info(row: tuple[Any, ...]) -> StreamInfo:
-    stream_id, keyframe_us, change_us, revision, retention_us, compacted, first, last, snap = row
+    stream_id, keyframe_us, change_us, revision, retention_us, compacted, compacted_rev = row[:7]
+    first, last, snap = row[7:]
     return StreamInfo(
         id=stream_id,
         rate=RateConfig(
@@ -463,6 +468,7 @@ def _info(row: tuple[Any, ...]) -> StreamInfo:
         latest_snapshot=snap,
         revision=revision,
         compacted=compacted,
+        compacted_rev=compacted_rev,
     )
 
 
