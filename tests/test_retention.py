@@ -370,6 +370,9 @@ def test_reads_before_the_edge_are_out_of_range(tmp_path: Path) -> None:
                 stream.state_at(from_micros(T0 + 9 * S - 1))
             with pytest.raises(OutOfRange):
                 list(stream.entries(from_micros(T0 + 8 * S)))
+            with pytest.raises(OutOfRange):
+                list(stream.history(from_micros(T0 + 8 * S)))
+            assert list(stream.history())[0] == (from_micros(T0 + 9 * S), {"i": 9})
             assert stream.state_at(from_micros(T0 + 9 * S)) == {"i": 9}
             assert [e.micros for e in stream.entries()] == [T0 + i * S for i in (9, 10, 11)]
         at = from_micros(T0 + 5 * S).isoformat().replace("+00:00", "Z")
