@@ -372,7 +372,9 @@ def test_reads_before_the_edge_are_out_of_range(tmp_path: Path) -> None:
                 list(stream.entries(from_micros(T0 + 8 * S)))
             with pytest.raises(OutOfRange):
                 list(stream.history(from_micros(T0 + 8 * S)))
-            assert list(stream.history())[0] == (from_micros(T0 + 9 * S), {"i": 9})
+            assert list(stream.history()) == [
+                (from_micros(T0 + i * S), {"i": i}) for i in (9, 10, 11)
+            ]
             assert stream.state_at(from_micros(T0 + 9 * S)) == {"i": 9}
             assert [e.micros for e in stream.entries()] == [T0 + i * S for i in (9, 10, 11)]
         at = from_micros(T0 + 5 * S).isoformat().replace("+00:00", "Z")
@@ -493,6 +495,25 @@ def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_pa
         )
         assert late <= early * 1.3
         assert final < written_bytes / 2
+
+
+def test_pages_without_a_start_are_not_immutable_under_retention(tmp_path: Path) -> None:
+    with MemoryStorage() as storage, running_server(storage) as url:
+        storage.create_stream("kept", RateConfig(retention=timedelta(days=1)))
+        storage.create_stream("all")
+        for stream_id in ("kept", "all"):
+            windows(storage.log(stream_id), 3, 2)
+        end = from_micros(T0 + 2 * S).isoformat()
+        start = from_micros(T0).isoformat()
+
+        def cache(stream_id: str, **params: str) -> str:
+            r = requests.get(f"{url}/v1/streams/{stream_id}/entries", params=params, timeout=10)
+            assert r.status_code == 200
+            return r.headers["Cache-Control"]
+
+        assert cache("kept", end=end) == "no-store"  # compaction may still shorten it
+        assert "immutable" in cache("kept", start=start, end=end)
+        assert "immutable" in cache("all", end=end)
 
 
 def test_a_live_client_resuming_from_a_compacted_point_is_reset(tmp_path: Path) -> None:

@@ -259,6 +259,10 @@ class _Server:
             self._writers[stream_id] = writer
         return writer
 
+    def _retains(self, info: StreamInfo) -> bool:
+        """Whether compaction may delete some of the stream's entries."""
+        return info.rate.retention is not None or self.compactor.default_retention is not None
+
     def _info(self, stream_id: str) -> StreamInfo:
         info = self.storage.info(stream_id)
         if info is None:
@@ -429,7 +433,11 @@ class _Server:
             _check_kept(info, start)
         log = self.storage.log(stream_id)
         immutable = (
-            end is not None and info.latest_snapshot is not None and end <= info.latest_snapshot
+            end is not None
+            and info.latest_snapshot is not None
+            and end <= info.latest_snapshot
+            # Without a start, compaction may still take entries off the front.
+            and (start is not None or not self._retains(info))
         )
         lines: list[bytes] = []
         size = 0
