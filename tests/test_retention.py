@@ -275,34 +275,55 @@ def test_sqlite_gives_freed_space_back(tmp_path: Path) -> None:
         assert log.count_range(None, None) == 10
 
 
+_SCHEMA_1 = (
+    "CREATE TABLE rstream_schema (version BIGINT NOT NULL)",
+    "INSERT INTO rstream_schema VALUES (1)",
+    "CREATE TABLE streams (id TEXT PRIMARY KEY, keyframe_us BIGINT NOT NULL, "
+    "change_us BIGINT NOT NULL, revision BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE entries (stream_id TEXT NOT NULL REFERENCES streams (id) ON DELETE CASCADE, "
+    "ts_us BIGINT NOT NULL, kind SMALLINT NOT NULL CHECK (kind IN (0, 1)), data TEXT NOT NULL, "
+    "rev BIGINT NOT NULL, PRIMARY KEY (stream_id, ts_us))",
+    "INSERT INTO streams VALUES ('s', 60000000, 1000000, 1)",
+    "INSERT INTO entries VALUES ('s', 1714564800000000, 0, '{\"a\":1}', 1)",
+)
+
+
+def _check_migrated(storage: Storage) -> None:
+    info = storage.info("s")
+    assert info is not None
+    assert (info.rate.retention, info.compacted, info.revision, info.first) == (None, None, 1, T0)
+    storage.create_stream("s", RateConfig(retention=timedelta(hours=1)))
+    assert storage.info("s").rate.retention == timedelta(hours=1)  # type: ignore[union-attr]
+
+
 def test_sqlite_schema_1_gains_the_retention_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
-        conn.executescript(
-            """
-            CREATE TABLE rstream_schema (version INTEGER NOT NULL);
-            INSERT INTO rstream_schema VALUES (1);
-            CREATE TABLE streams (id TEXT PRIMARY KEY, keyframe_us INTEGER NOT NULL,
-                change_us INTEGER NOT NULL, revision INTEGER NOT NULL DEFAULT 0);
-            CREATE TABLE entries (stream_id TEXT NOT NULL REFERENCES streams (id)
-                ON DELETE CASCADE, ts_us INTEGER NOT NULL,
-                kind SMALLINT NOT NULL CHECK (kind IN (0, 1)), data TEXT NOT NULL,
-                rev INTEGER NOT NULL, PRIMARY KEY (stream_id, ts_us));
-            INSERT INTO streams VALUES ('s', 60000000, 1000000, 1);
-            INSERT INTO entries VALUES ('s', 1714564800000000, 0, '{"a":1}', 1);
-            """
-        )
+        for statement in _SCHEMA_1:
+            conn.execute(statement)
     conn.close()
     with SQLiteStorage(path) as storage:
-        info = storage.info("s")
-        assert info is not None
-        assert (info.rate.retention, info.compacted, info.revision) == (None, None, 1)
-        storage.create_stream("s", RateConfig(retention=timedelta(hours=1)))
-        assert storage.info("s").rate.retention == timedelta(hours=1)  # type: ignore[union-attr]
+        _check_migrated(storage)
         assert storage.reclaim_space() == 0  # auto_vacuum is NONE until a VACUUM
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM rstream_schema").fetchall() == [(SCHEMA_VERSION,)]
     conn.close()
+
+
+def test_postgres_schema_1_gains_the_retention_columns() -> None:
+    import psycopg
+    from psycopg import sql
+
+    from rstream.server.storage.postgres import PostgresStorage
+    from tests.pgutil import fresh_schema
+
+    with fresh_schema() as schema:
+        with psycopg.connect(schema.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema.name)))
+            for statement in _SCHEMA_1:
+                conn.execute(statement.encode())
+        with PostgresStorage(schema.storage_url) as storage:
+            _check_migrated(storage)
 
 
 # -- the protocol: PUT, GET, the edge ---------------------------------------------------
@@ -495,6 +516,19 @@ def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_pa
         )
         assert late <= early * 1.3
         assert final < written_bytes / 2
+
+
+def test_the_app_runs_a_compactor_for_its_lifetime() -> None:
+    from tests.serverutil import running_app
+
+    with running_app() as server:
+        compactor = server.app.state.compactor
+        assert isinstance(compactor, Compactor)
+        assert (compactor.interval, compactor.default_retention) == (60.0, None)
+        thread = compactor._thread
+        assert thread is not None
+        assert thread.is_alive()
+    assert not thread.is_alive()  # closed and joined with the app
 
 
 def test_pages_without_a_start_are_not_immutable_under_retention(tmp_path: Path) -> None:
