@@ -1,8 +1,9 @@
 """Run the benchmarks: every ``bench/bench_*.py`` module's ``main()``, in name order.
 
 ``python -m bench`` runs them all; ``python -m bench mutation state_at`` runs the
-named ones. Benchmarks measure and print ratios measured in one run; they
-never assert timings.
+named ones. Options after one name go to that benchmark's ``main(argv)``
+(``python -m bench retention --duration 300``). Benchmarks measure and print
+ratios measured in one run; they never assert timings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ def main(argv: list[str]) -> int:
         for info in pkgutil.iter_modules([str(here)])
         if info.name.startswith("bench_")
     )
-    wanted = argv or names
+    options = [i for i, arg in enumerate(argv) if arg.startswith("-")]
+    wanted, options = (argv[: options[0]], argv[options[0] :]) if options else (argv, [])
+    if options and len(wanted) != 1:
+        print(f"options ({' '.join(options)}) go to one benchmark: name it first")
+        return 2
+    wanted = wanted or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(names)}")
@@ -30,7 +36,10 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"== {name} ==", flush=True)
         started = time.perf_counter()
-        module.main()
+        if options:
+            module.main(options)
+        else:
+            module.main()
         print(f"   ({time.perf_counter() - started:.1f} s)\n", flush=True)
     return 0
 

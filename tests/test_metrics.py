@@ -249,12 +249,17 @@ def test_database_errors_are_counted(tmp_path: Path, http: requests.Session) -> 
 def test_apps_have_their_own_registries(http: requests.Session) -> None:
     with running_app(metrics=True) as first, running_server(metrics=True) as second:
         http.post(f"{first.url}/v1/streams/a/state", json={"state": {"x": 1}})
-        # The hook a compaction task reports through (from its own thread).
-        first.app.state.metrics.compacted(5)
+        # Three windows long past, kept for 1 s: a compaction run deletes the first two.
+        assert http.put(f"{first.url}/v1/streams/old", json={"retention": 1000}).ok
+        snapshots = [
+            {"timestamp": rfc3339(T0 + i), "type": "snapshot", "data": {"i": i}} for i in range(3)
+        ]
+        assert http.post(f"{first.url}/v1/streams/old/entries", json=snapshots).ok
+        assert first.app.state.compactor.run().entries_deleted == 2
         samples = scrape(first.url)
-        assert value(samples, "rstream_entries_appended_total") == 1
+        assert value(samples, "rstream_entries_appended_total") == 4
         assert value(samples, "rstream_compaction_runs_total") == 1
-        assert value(samples, "rstream_compaction_entries_deleted_total") == 5
+        assert value(samples, "rstream_compaction_entries_deleted_total") == 2
         samples = scrape(second)
         assert value(samples, "rstream_entries_appended_total") == 0
         assert value(samples, "rstream_compaction_runs_total") == 0

@@ -102,6 +102,7 @@ def test_put_creates_then_updates(url: str, http: requests.Session) -> None:
     assert r.json() == {
         "id": "robot-1",
         "record_rate": {"keyframe_frequency": 60000, "change_frequency": 1000},
+        "retention": None,
         "first": None,
         "last": None,
         "revision": 0,

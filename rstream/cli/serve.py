@@ -8,11 +8,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import click
+
+from rstream.cli.timeparse import DURATION
 
 __all__ = ["default_db_url", "serve"]
 
@@ -125,6 +128,13 @@ def _token(path: str | None, env: str) -> str | None:
     metavar="ORIGIN",
     help="Let web pages of ORIGIN (https://app.example) write (repeatable).",
 )
+@click.option(
+    "--default-retention",
+    type=DURATION,
+    metavar="DURATION",
+    help="Delete whole windows older than this (30d, 12h) in streams that set no "
+    "retention of their own (default: keep everything).",
+)
 @_limit("--max-body", 8 * _MIB, "BYTES", "Largest request body (413 past it).")
 @_limit("--max-state", _MIB, "BYTES", "Largest state or entry data, as compact JSON (413 past it).")
 @_limit("--max-subscribers", 1_000, "N", "Live subscribers per stream (429 past it).")
@@ -177,6 +187,7 @@ def serve(
     subscriber_buffer: int,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
+    default_retention: timedelta | None,
     max_body: int,
     max_state: int,
     max_subscribers: int,
@@ -196,6 +207,7 @@ def serve(
     from rstream.errors import ConfigError
     from rstream.server import Limits, ServerThread, create_app, open_storage
     from rstream.server.auth import Tokens
+    from rstream.server.compaction import Compactor
     from rstream.server.connections import ConnectionLimits
     from rstream.server.logs import RepeatFilter
 
@@ -237,6 +249,7 @@ def serve(
             cors_origins=cors_origins,
             retry_ms=retry_ms,
             metrics=metrics,
+            compactor=Compactor(storage, default_retention=default_retention),
         )
         connections = ConnectionLimits(max_connections, idle_timeout, request_timeout, send_timeout)
         try:
@@ -246,6 +259,10 @@ def serve(
                 f"{exc} (--host takes an address of this machine: 127.0.0.1, ::1, 0.0.0.0, ...)"
             ) from None
         logger.info("access: %s", Tokens(read_token, write_token).describe())
+        logger.info(
+            "retention: %s for streams that set none",
+            "keep everything" if default_retention is None else f"{default_retention}",
+        )
         with server:
             click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")
             stop.wait()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import requests
@@ -116,6 +117,13 @@ class StreamMetadata:
     keyframe_frequency_ms: int | float | None = None
     change_frequency_ms: int | float | None = None
     latest_snapshot: datetime | None = None
+    retention_ms: int | float | None = None
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long the server keeps entries (whole windows); None: for ever, or
+        the server's default retention (or not known, from :meth:`Client.streams`)."""
+        return _opt_delta(self.retention_ms)
 
     @property
     def keyframe_frequency(self) -> timedelta | None:
@@ -148,6 +156,7 @@ class StreamMetadata:
                 keyframe_frequency_ms=_opt_ms(rate.get("keyframe_frequency")),
                 change_frequency_ms=_opt_ms(rate.get("change_frequency")),
                 latest_snapshot=_opt_time(obj.get("latest_snapshot")),
+                retention_ms=_opt_ms(obj.get("retention")),
             )
         except (KeyError, TypeError, InvalidTimestamp) as exc:
             raise ProtocolError(f"malformed stream metadata {obj!r:.200}: {exc}") from None
@@ -760,6 +769,7 @@ class RemoteStream:
         *,
         keyframe_frequency: timedelta | None = None,
         change_frequency: timedelta | None = None,
+        retention: timedelta | EllipsisType | None = ...,
     ) -> StreamMetadata:
         """Set how the server's writer records :meth:`write_state` (``PUT /v1/streams/{id}``).
 
@@ -768,23 +778,29 @@ class RemoteStream:
         sooner than this after the newest mutation amends that mutation
         instead of adding one (default 1 s); ``timedelta(0)`` records every
         write that changes the state. A rate not given keeps the stream's
-        current one (asked with :meth:`info`). Creates the stream if it does
-        not exist. Returns the metadata as :meth:`info` would.
+        current one (asked with :meth:`info`). ``retention``: the server
+        deletes whole windows that ended longer ago than this (never the
+        newest snapshot); ``None`` keeps everything; not given: unchanged.
+        Reads before the oldest kept entry then raise
+        :class:`~rstream.OutOfRange`. Creates the stream if it does not exist.
+        Returns the metadata as :meth:`info` would.
 
         Raises ``TypeError`` for a value that is not a ``timedelta``, and
-        :class:`~rstream.ConfigError` for a negative one or for neither given,
+        :class:`~rstream.ConfigError` for a negative one or for none given,
         before anything is sent.
         """
         given = {"keyframe_frequency": keyframe_frequency, "change_frequency": change_frequency}
-        for name, value in given.items():
-            if value is not None and not isinstance(value, timedelta):
+        for name, value in {**given, "retention": retention}.items():
+            if value not in (None, ...) and not isinstance(value, timedelta):
                 raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
         rate = {name: value for name, value in given.items() if value is not None}
-        if not rate:
-            raise ConfigError("give keyframe_frequency, change_frequency or both (timedeltas)")
-        RateConfig(**rate)  # ConfigError for a negative value, before anything is sent
+        if not rate and retention is ...:
+            raise ConfigError("give keyframe_frequency, change_frequency or retention (timedeltas)")
+        # ConfigError for a negative value, before anything is sent
+        checked = RateConfig(**rate, retention=None if retention is ... else retention)
+        body: dict[str, Any] = {} if retention is ... else {"retention": checked.retention_json()}
         self._check_open()
-        if len(rate) < len(given):
+        if rate and len(rate) < len(given):
             try:
                 current = self.info()
             except StreamNotFound:
@@ -795,7 +811,8 @@ class RemoteStream:
                     "change_frequency": current.change_frequency,
                 }
                 rate = {**{k: v for k, v in kept.items() if v is not None}, **rate}
-        body = {"record_rate": RateConfig(**rate).to_json()}
+        if rate:
+            body["record_rate"] = RateConfig(**rate).to_json()
         response = self._transport.request("PUT", self._path, json=body, stream_id=self.id)
         try:
             return StreamMetadata.from_json(json_body(response))

@@ -221,6 +221,26 @@ class MemoryLog:
             self._revision = rev
             return stored
 
+    def drop_before(self, micros: int) -> list[Entry]:
+        """Forget every entry before ``micros`` (epoch micros); returns them.
+
+        For retention: the revision does not change, and neither do the
+        entries kept or their revs.
+        """
+        with self._lock:
+            n = bisect_left(self._micros, micros)
+            dropped = self._entries[:n]
+            if not n:
+                return dropped
+            kept = bisect_left(self._snaps, n)
+            self._snaps = [i - n for i in self._snaps[kept:]]
+            del self._snap_micros[:kept]
+            del self._mut_micros[: bisect_left(self._mut_micros, micros)]
+            del self._entries[:n]
+            del self._micros[:n]
+            del self._revs[:n]
+            return dropped
+
     def amend(self, entry: Entry) -> Entry:
         """Replace the last entry, a mutation, by a copy of ``entry``, a mutation at
         the same timestamp; returns it with its new revision.

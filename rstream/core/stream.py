@@ -72,14 +72,22 @@ class RateConfig:
     ``timedelta(0)`` turns amending off). Both are timedeltas from 0 to
     :data:`MAX_RATE_MS` milliseconds; anything else raises
     :class:`~rstream.ConfigError`.
+
+    ``retention``: how long the server keeps entries (``None``, the default:
+    for ever, or the server's default retention). The server deletes whole
+    windows that ended more than this before now, never the newest snapshot
+    or the live window; the writer itself ignores it. Same range as the rates.
     """
 
     keyframe_frequency: timedelta = timedelta(seconds=60)
     change_frequency: timedelta = timedelta(seconds=1)
+    retention: timedelta | None = None
 
     def __post_init__(self) -> None:
-        for name in ("keyframe_frequency", "change_frequency"):
+        for name in ("keyframe_frequency", "change_frequency", "retention"):
             value = getattr(self, name)
+            if value is None and name == "retention":
+                continue
             if not isinstance(value, timedelta):
                 raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
             if value < timedelta(0):
@@ -94,6 +102,20 @@ class RateConfig:
     @property
     def change_micros(self) -> int:
         return self.change_frequency // _ONE_US
+
+    @property
+    def retention_micros(self) -> int | None:
+        return None if self.retention is None else self.retention // _ONE_US
+
+    def retention_json(self) -> int | float | None:
+        """``retention`` as the protocol sends it: milliseconds, or None."""
+        return None if self.retention is None else _to_ms(self.retention)
+
+    @staticmethod
+    def retention_from_json(value: object) -> timedelta | None:
+        """Read :meth:`retention_json`'s form: milliseconds from 0 to
+        :data:`MAX_RATE_MS`, or None; :class:`~rstream.ConfigError` otherwise."""
+        return None if value is None else _ms_field("retention", value)
 
     def to_json(self) -> dict[str, int | float]:
         """The state-stream Config form, in milliseconds.
@@ -117,20 +139,22 @@ class RateConfig:
             raise ConfigError(f"rate config must be a JSON object, not {type(obj).__name__}")
         fields: dict[str, timedelta] = {}
         for name in ("keyframe_frequency", "change_frequency"):
-            if name not in obj:
-                continue
-            value = obj[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number of milliseconds, not {value!r}")
-            # Compared as the number it is: a float or int past the range never
-            # reaches timedelta, whose own overflow message speaks of days.
-            if not 0 <= value <= MAX_RATE_MS:
-                raise ConfigError(
-                    f"{name} must be a number of milliseconds from 0 to {MAX_RATE_MS}, "
-                    f"not {value!r}"
-                )
-            fields[name] = timedelta(milliseconds=value)
+            if name in obj:
+                fields[name] = _ms_field(name, obj[name])
         return cls(**fields)
+
+
+def _ms_field(name: str, value: object) -> timedelta:
+    """A JSON number of milliseconds from 0 to :data:`MAX_RATE_MS` as a timedelta."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of milliseconds, not {value!r}")
+    # Compared as the number it is: a float or int past the range never
+    # reaches timedelta, whose own overflow message speaks of days.
+    if not 0 <= value <= MAX_RATE_MS:
+        raise ConfigError(
+            f"{name} must be a number of milliseconds from 0 to {MAX_RATE_MS}, not {value!r}"
+        )
+    return timedelta(milliseconds=value)
 
 
 def _to_ms(value: timedelta) -> int | float:

@@ -46,6 +46,7 @@ from rstream.core.stream import Clock, RateConfig, Stream
 from rstream.core.timestamps import format_rfc3339, from_micros
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
+from rstream.server.compaction import Compactor
 from rstream.server.connections import reset
 from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
@@ -102,6 +103,7 @@ def create_app(
     allowed_origins: Iterable[str] = (),
     cors_origins: Sequence[str] = (),
     metrics: bool = False,
+    compactor: Compactor | None = None,
 ) -> Starlette:
     """The ASGI application of the rstream protocol over ``storage``.
 
@@ -116,6 +118,10 @@ def create_app(
     which web pages may write (:mod:`rstream.server.security`).
 
     ``metrics``: serve ``GET /metrics`` (Prometheus; :mod:`rstream.server.metrics`).
+    ``compactor``: applies the streams' retention while the app runs (its
+    thread starts with the app's lifespan and is closed at its end); default:
+    ``Compactor(storage)``, every 60 s, no default retention. It is
+    ``app.state.compactor`` (its counters: :mod:`rstream.server.compaction`).
 
     ``app.state.hub`` is the live :class:`~rstream.server.live.Hub`; a storage
     with an external change feed calls ``app.state.hub.notify(stream_id, rev)``.
@@ -131,6 +137,7 @@ def create_app(
         retry_ms=retry_ms,
         limits=limits or Limits(),
         clock=clock,
+        compactor=compactor or Compactor(storage),
         middleware=[
             Middleware(
                 BrowserGuard,
@@ -140,7 +147,13 @@ def create_app(
         ],
     )
     if metrics:
-        install_metrics(server.app, tokens=server.tokens, hub=server.hub, storage=storage)
+        install_metrics(
+            server.app,
+            tokens=server.tokens,
+            hub=server.hub,
+            storage=storage,
+            compactor=server.compactor,
+        )
     if cors_origins:
         origins = [normalize_origin(o) for o in cors_origins]  # ConfigError now, not later
         # Outermost: a preflight (no data) is answered before the other checks.
@@ -185,9 +198,11 @@ class _Server:
         retry_ms: int,
         limits: Limits,
         clock: Clock | None,
+        compactor: Compactor,
         middleware: list[Middleware],
     ) -> None:
         self.storage = storage
+        self.compactor = compactor
         self.tokens = tokens
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
@@ -225,6 +240,7 @@ class _Server:
         )
         starlette.state.hub = self.hub
         starlette.state.storage = storage
+        starlette.state.compactor = compactor
         self.app = starlette
 
     @contextlib.asynccontextmanager
@@ -234,10 +250,12 @@ class _Server:
         # the other replicas; see docs/deploy.rst.
         listen = getattr(self.storage, "listen", None)
         listener = listen(self.hub.notify, self.hub.streams) if callable(listen) else None
+        self.compactor.start()
         try:
             yield
         finally:
             self.hub.close()
+            await anyio.to_thread.run_sync(self.compactor.close)
             if listener is not None:
                 await anyio.to_thread.run_sync(listener.close)
 
@@ -268,6 +286,10 @@ class _Server:
             writer = Stream(self.storage.log(stream_id), rate, clock=self.clock)
             self._writers[stream_id] = writer
         return writer
+
+    def _retains(self, info: StreamInfo) -> bool:
+        """Whether compaction may delete some of the stream's entries."""
+        return info.rate.retention is not None or self.compactor.default_retention is not None
 
     def _info(self, stream_id: str) -> StreamInfo:
         info = self.storage.info(stream_id)
@@ -351,10 +373,14 @@ class _Server:
     async def put_stream(self, request: Request) -> Response:
         self.tokens.check_write(request)
         stream_id = _stream_id(request)
-        rate = parse_rate_body(await self._read_body(request))
+        update = parse_rate_body(await self._read_body(request))
 
         def put() -> tuple[bool, StreamInfo]:
             with self._lock(stream_id):
+                rate = None
+                if update is not None:  # what the body leaves out stays as it is
+                    current = self.storage.info(stream_id)
+                    rate = update.apply(None if current is None else current.rate)
                 created = self.storage.create_stream(stream_id, rate)
                 writer = self._writers.get(stream_id)
                 if writer is not None and rate is not None:
@@ -370,7 +396,9 @@ class _Server:
         at = time_param(request.query_params, "at")
 
         def window() -> dict[str, Any]:
-            self._info(stream_id)
+            info = self._info(stream_id)
+            if at is not None:
+                _check_kept(info, at)
             log = self.storage.log(stream_id)
             revision = log.revision
             if at is None:
@@ -429,9 +457,15 @@ class _Server:
 
     def _page(self, stream_id: str, start: int | None, end: int | None, limit: int) -> _Page:
         info = self._info(stream_id)
+        if start is not None:
+            _check_kept(info, start)
         log = self.storage.log(stream_id)
         immutable = (
-            end is not None and info.latest_snapshot is not None and end <= info.latest_snapshot
+            end is not None
+            and info.latest_snapshot is not None
+            and end <= info.latest_snapshot
+            # Without a start, compaction may still take entries off the front.
+            and (start is not None or not self._retains(info))
         )
         lines: list[bytes] = []
         size = 0
@@ -526,7 +560,16 @@ class _Server:
         query = request.query_params
         since, reset_reason = resume_point(request.headers.get("last-event-id"), query)
         heartbeat = heartbeat_param(query, self.heartbeat)
-        await anyio.to_thread.run_sync(self._info, stream_id)
+        info = await anyio.to_thread.run_sync(self._info, stream_id)
+        if since is not None and info.compacted_rev is not None and since < info.compacted_rev:
+            # Changes after the resume point were deleted: start again from the live window.
+            since, reset_reason = (
+                None,
+                (
+                    f"resume point {since} is older than the stream's retention keeps "
+                    f"(changes up to revision {info.compacted_rev} were deleted)"
+                ),
+            )
         # In the thread pool: a SQL storage reads the database for a log it has not cached.
         log = await anyio.to_thread.run_sync(self.storage.log, stream_id)
         subscriber = self.hub.subscribe(stream_id)
@@ -749,11 +792,23 @@ def _time(micros: int | None) -> str | None:
     return None if micros is None else format_rfc3339(micros)
 
 
+def _check_kept(info: StreamInfo, when: int) -> None:
+    """Raise :class:`~rstream.OutOfRange` when retention deleted what lies at ``when``."""
+    if info.compacted is not None and when < info.compacted:
+        raise OutOfRange(
+            f"{format_rfc3339(clamp_us(when))} is before the oldest entry stream "
+            f"{info.id!r} keeps ({format_rfc3339(info.compacted)}): older windows were "
+            "deleted by its retention; read from its 'first' on",
+            when=when,
+        )
+
+
 def _metadata(info: StreamInfo, status: int = 200) -> Response:
     return JSONResponse(
         {
             "id": info.id,
             "record_rate": info.rate.to_json(),
+            "retention": info.rate.retention_json(),
             "first": _time(info.first),
             "last": _time(info.last),
             "revision": info.revision,

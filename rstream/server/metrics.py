@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rstream.errors import RStreamError, StorageUnavailable
 from rstream.server.auth import Tokens
+from rstream.server.compaction import Compactor
 from rstream.server.errors import unexpected_response
 from rstream.server.live import Hub
 from rstream.server.storage import SQLiteStorage, Storage
@@ -55,11 +56,11 @@ _APPENDING_ACTIONS = frozenset({"snapshot", "mutation"})
 class Metrics:
     """The metrics of one app, in their own registry.
 
-    Counters are updated on the app's event loop; :meth:`compacted` may be
-    called from any thread (prometheus_client's values are thread-safe).
+    Counters are updated on the app's event loop; the live and compaction
+    figures are read from the hub and the compactor at scrape time.
     """
 
-    def __init__(self, hub: Hub, storage: Storage) -> None:
+    def __init__(self, hub: Hub, storage: Storage, compactor: Compactor) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
@@ -92,22 +93,8 @@ class Metrics:
             "Requests that failed on a storage error (SQLite error, PostgreSQL unavailable).",
             registry=registry,
         )
-        self.compaction_runs = Counter(
-            "rstream_compaction_runs",
-            "Compaction runs finished (stays 0 until retention is configured).",
-            registry=registry,
-        )
-        self.compaction_deleted = Counter(
-            "rstream_compaction_entries_deleted",
-            "Entries deleted by compaction (stays 0 until retention is configured).",
-            registry=registry,
-        )
         registry.register(_LiveCollector(hub, storage))
-
-    def compacted(self, deleted: int) -> None:
-        """Count one finished compaction run that deleted ``deleted`` entries."""
-        self.compaction_runs.inc()
-        self.compaction_deleted.inc(deleted)
+        registry.register(_CompactionCollector(compactor))
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format; call on the app's event loop."""
@@ -189,6 +176,23 @@ class _LiveCollector:
             )
 
 
+class _CompactionCollector:
+    """Reads the compactor's counters at scrape time."""
+
+    def __init__(self, compactor: Compactor) -> None:
+        self._compactor = compactor
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "rstream_compaction_runs", "Compaction runs finished.", value=self._compactor.runs
+        )
+        yield CounterMetricFamily(
+            "rstream_compaction_entries_deleted",
+            "Entries deleted by compaction (retention).",
+            value=self._compactor.entries_deleted,
+        )
+
+
 def storage_size(storage: Storage) -> int | None:
     """The bytes a SQLite store takes on disk (its file and WAL); None for other storages.
 
@@ -251,13 +255,14 @@ class MetricsMiddleware:
             await response(scope, receive, counting_send)
 
 
-def install_metrics(app: Starlette, *, tokens: Tokens, hub: Hub, storage: Storage) -> Metrics:
+def install_metrics(
+    app: Starlette, *, tokens: Tokens, hub: Hub, storage: Storage, compactor: Compactor
+) -> Metrics:
     """Add ``GET /metrics`` and the counting middleware to ``app`` (before it starts).
 
-    ``app.state.metrics`` is the :class:`Metrics`; a background task (compaction)
-    reports through it.
+    ``app.state.metrics`` is the :class:`Metrics`.
     """
-    metrics = Metrics(hub, storage)
+    metrics = Metrics(hub, storage, compactor)
 
     async def endpoint(request: Request) -> Response:
         tokens.check_read(request)

@@ -39,6 +39,11 @@ _TIME_PARAM = {
     ],
 }
 _RATE_MS = {"type": "number", "minimum": 0, "maximum": MAX_RATE_MS, "description": "ms"}
+_RETENTION = {
+    **_RATE_MS,
+    "nullable": True,
+    "description": "ms: whole windows that ended longer ago are deleted; null keeps everything",
+}
 
 
 def _event(names: list[str], data: str) -> dict[str, Any]:
@@ -136,10 +141,19 @@ _SCHEMAS: dict[str, Any] = {
     },
     "StreamMetadata": {
         "type": "object",
-        "required": ["id", "record_rate", "first", "last", "revision", "latest_snapshot"],
+        "required": [
+            "id",
+            "record_rate",
+            "retention",
+            "first",
+            "last",
+            "revision",
+            "latest_snapshot",
+        ],
         "properties": {
             "id": {"type": "string"},
             "record_rate": {"$ref": "#/components/schemas/RecordRate"},
+            "retention": _RETENTION,
             "first": _NULLABLE_TIME,
             "last": _NULLABLE_TIME,
             "revision": {"type": "integer", "minimum": 0},
@@ -314,7 +328,10 @@ _PATHS: dict[str, Any] = {
                         "schema": {
                             "type": "object",
                             "additionalProperties": False,
-                            "properties": {"record_rate": _REF["RecordRate"]},
+                            "properties": {
+                                "record_rate": _REF["RecordRate"],
+                                "retention": _RETENTION,
+                            },
                         }
                     }
                 },

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from rstream.core.entry import Entry, EntryKind
@@ -34,6 +35,7 @@ __all__ = [
     "NUMBER_PATTERN",
     "TIME_PATTERN",
     "Batch",
+    "RateUpdate",
     "heartbeat_param",
     "limit_param",
     "parse_entries",
@@ -190,19 +192,42 @@ def _not_a_time(where: str, text: str) -> str:
     )
 
 
-def parse_rate_body(body: bytes) -> RateConfig | None:
-    """The rate config of a ``PUT /v1/streams/{id}`` body, or None (no body, or
-    none given)."""
+@dataclass(frozen=True, slots=True)
+class RateUpdate:
+    """What a ``PUT /v1/streams/{id}`` body changes: the record rate (None: kept)
+    and, when ``set_retention``, the retention (None: keep everything)."""
+
+    record_rate: RateConfig | None = None
+    set_retention: bool = False
+    retention: timedelta | None = None
+
+    def apply(self, current: RateConfig | None) -> RateConfig:
+        """The stream's new config from its ``current`` one (None: a new stream's defaults)."""
+        base = current or RateConfig()
+        rate = base if self.record_rate is None else self.record_rate
+        retention = self.retention if self.set_retention else base.retention
+        return replace(rate, retention=retention)
+
+
+def parse_rate_body(body: bytes) -> RateUpdate | None:
+    """What a ``PUT /v1/streams/{id}`` body sets (``record_rate``, ``retention``,
+    both optional: one left out is kept), or None (no body, or nothing set)."""
     if not body:
         return None
     obj = parse_json(body, "request body")
     if not isinstance(obj, dict):
         fail(400, "bad_request", "the body must be a JSON object")
-    extra = set(obj) - {"record_rate"}
+    extra = set(obj) - {"record_rate", "retention"}
     if extra:
         fail(400, "bad_request", f"unknown field(s) {sorted(extra)!r}")
-    if "record_rate" not in obj:
+    if not obj:
         return None
+    try:
+        retention = RateConfig.retention_from_json(obj.get("retention"))
+    except ConfigError as exc:
+        fail(400, "bad_request", f"retention: {exc}")
+    if "record_rate" not in obj:
+        return RateUpdate(set_retention=True, retention=retention)
     value = obj["record_rate"]
     if not isinstance(value, dict):
         fail(400, "bad_request", "'record_rate' must be a JSON object")
@@ -210,9 +235,10 @@ def parse_rate_body(body: bytes) -> RateConfig | None:
     if extra:
         fail(400, "bad_request", f"unknown record_rate field(s) {sorted(extra)!r}")
     try:
-        return RateConfig.from_json(value)
+        rate = RateConfig.from_json(value)
     except ConfigError as exc:
         fail(400, "bad_request", f"record_rate: {exc}")
+    return RateUpdate(rate, "retention" in obj, retention)
 
 
 # -- POST /entries ------------------------------------------------------------------

@@ -15,7 +15,8 @@ runs on it unchanged) plus what the server needs on top:
   its JSON text, so the entries endpoint splices it into its page without
   parsing it) and :meth:`~StreamLog.count_range`;
 - :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports;
-- :meth:`~StreamLog.write_lock`, held while one write is decided and made.
+- :meth:`~StreamLog.write_lock`, held while one write is decided and made;
+- :meth:`~StreamLog.compact`, retention's delete of whole old windows.
 
 Micros arguments may be any int: values outside the storable range (see
 :data:`MIN_US`, :data:`MAX_US`) are clamped, since no entry can lie beyond it.
@@ -31,8 +32,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Generator, Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +61,7 @@ __all__ = [
     "dump_json",
     "is_valid_stream_id",
     "load_json",
+    "try_hold",
 ]
 
 #: The first storable microsecond (0001-01-01T00:00:00Z), inclusive.
@@ -82,7 +85,11 @@ class StreamInfo:
     """What the server tells about one stream (``GET /v1/streams/{id}``).
 
     Times are epoch microseconds, ``None`` while the stream has no entry (or,
-    for ``latest_snapshot``, no snapshot).
+    for ``latest_snapshot``, no snapshot). ``compacted``: entries before this
+    time were deleted by :meth:`StreamLog.compact` (``None``: none ever were);
+    it is the stream's ``first`` entry unless the stream is empty.
+    ``compacted_rev``: the newest revision compaction deleted (a live client
+    resuming from an older one has missed changes).
     """
 
     id: str
@@ -91,6 +98,8 @@ class StreamInfo:
     last: int | None
     latest_snapshot: int | None
     revision: int
+    compacted: int | None = None
+    compacted_rev: int | None = None
 
 
 @runtime_checkable
@@ -178,6 +187,19 @@ class StreamLog(Log, Protocol):
         """
         ...
 
+    def compact(self, cutoff_us: int, batch: int = 1000) -> int:
+        """Delete the windows that end at or before ``cutoff_us``; how many entries went.
+
+        Deletes every entry before the last snapshot at or before
+        ``cutoff_us``, so the oldest entry kept is always a snapshot, and the
+        newest snapshot (the live window) is never deleted. Runs in
+        transactions of about ``batch`` entries, each ending on a window's
+        edge, so a reader never sees part of a window and writers wait at most
+        one batch. Leaves the revision as it is (no live event is sent) and
+        records the new edge (:attr:`StreamInfo.compacted`).
+        """
+        ...
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -217,6 +239,21 @@ class Storage(Protocol):
         """Release every resource; idempotent. Later use raises ``ClientClosed``."""
         ...
 
+    def compaction_lock(self) -> AbstractContextManager[bool]:
+        """Whether this process may compact now: ``with storage.compaction_lock() as mine:``.
+
+        True at most for one holder at a time: in this process, and on
+        PostgreSQL across every replica of the database (an advisory lock,
+        released when the block ends). Never waits.
+        """
+        ...
+
+    def reclaim_space(self) -> int:
+        """Give the space compaction freed back to the file system, in short steps
+        that let writers in between; returns the bytes given back (SQLite;
+        0 where the database does it itself: PostgreSQL's autovacuum, memory)."""
+        ...
+
 
 # -- helpers -------------------------------------------------------------------
 
@@ -224,6 +261,17 @@ class Storage(Protocol):
 def is_valid_stream_id(stream_id: object) -> bool:
     """Whether ``stream_id`` is a stream id the protocol allows."""
     return isinstance(stream_id, str) and STREAM_ID_PATTERN.match(stream_id) is not None
+
+
+@contextmanager
+def try_hold(lock: threading.Lock) -> Iterator[bool]:
+    """Hold ``lock`` for the block if it is free now: yields whether it was."""
+    mine = lock.acquire(blocking=False)
+    try:
+        yield mine
+    finally:
+        if mine:
+            lock.release()
 
 
 def clamp_us(us: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import islice
 
 from rstream.core.entry import Entry, EntryKind
@@ -21,6 +21,7 @@ from rstream.server.storage.base import (
     check_entry_time,
     clamp_us,
     dump_json,
+    try_hold,
 )
 
 __all__ = ["MemoryStorage", "MemoryStreamLog"]
@@ -43,11 +44,13 @@ class MemoryStreamLog:
     accept and refuse the same entries.
     """
 
-    __slots__ = ("_log", "_write_lock")
+    __slots__ = ("_compacted", "_compacted_rev", "_log", "_write_lock")
 
     def __init__(self) -> None:
         self._log = MemoryLog()
         self._write_lock = threading.RLock()  # re-entered by writes inside write_lock()
+        self._compacted: int | None = None  # the edge of the last compaction
+        self._compacted_rev: int | None = None  # the newest revision it deleted
 
     def __repr__(self) -> str:
         return f"<MemoryStreamLog entries={len(self._log)} revision={self._log.revision}>"
@@ -131,6 +134,23 @@ class MemoryStreamLog:
     def count_range(self, start_us: int | None, end_us: int | None) -> int:
         return len(self._range_us(start_us, end_us))
 
+    def compact(self, cutoff_us: int, batch: int = 1000) -> int:
+        """Delete the windows that end at or before ``cutoff_us`` at once (memory
+        has no writer to let in between); returns how many entries went."""
+        with self._write_lock:
+            keep = self.snapshot_before_us(cutoff_us)
+            dropped = [] if keep is None else self._log.drop_before(keep.micros)
+            if keep is not None and dropped:
+                self._compacted = keep.micros
+                self._compacted_rev = dropped[-1].rev
+            return len(dropped)
+
+    @property
+    def compacted(self) -> tuple[int | None, int | None]:
+        """``(edge, revision)``: entries before ``edge`` were deleted by
+        :meth:`compact`, the newest of them at ``revision`` (None: none were)."""
+        return self._compacted, self._compacted_rev
+
     def summary(self) -> tuple[int, Entry | None, Entry | None, Entry | None]:
         """``(revision, first, last, latest_snapshot)``, all of one moment."""
         with self._write_lock:  # no write in between, so the four agree
@@ -159,6 +179,7 @@ class MemoryStorage:
         self._lock = threading.Lock()
         self._streams: dict[str, tuple[MemoryStreamLog, RateConfig]] = {}
         self._closed = False
+        self._compacting = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<MemoryStorage streams={len(self._streams)}{' closed' if self._closed else ''}>"
@@ -204,6 +225,13 @@ class MemoryStorage:
             raise StreamNotFound(f"no stream {stream_id!r}", stream_id=stream_id)
         return found[0]
 
+    def compaction_lock(self) -> AbstractContextManager[bool]:
+        """True for one holder of this process at a time (never waits)."""
+        return try_hold(self._compacting)
+
+    def reclaim_space(self) -> int:
+        return 0  # deleted entries are garbage for Python to collect
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -219,4 +247,6 @@ def _info(stream_id: str, log: MemoryStreamLog, rate: RateConfig) -> StreamInfo:
         last=None if last is None else last.micros,
         latest_snapshot=None if snap is None else snap.micros,
         revision=revision,
+        compacted=log.compacted[0],
+        compacted_rev=log.compacted[1],
     )

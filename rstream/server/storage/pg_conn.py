@@ -29,6 +29,7 @@ __all__ = [
     "DeadConnection",
     "connect_kwargs",
     "failure",
+    "lock_key",
     "migrate_schema",
     "pipelined",
     "rollback",
@@ -134,9 +135,10 @@ def rollback(conn: Conn) -> None:
         conn.close()
 
 
-def _lock_key(schema: str | None) -> int:
-    """The advisory lock key of a schema's migration (a signed 64-bit int)."""
-    digest = hashlib.sha256(f"rstream.migrate:{schema or ''}".encode()).digest()
+def lock_key(purpose: str, schema: str | None) -> int:
+    """The advisory lock key of one ``purpose`` ("migrate", "compact") in a
+    schema (a signed 64-bit int)."""
+    digest = hashlib.sha256(f"rstream.{purpose}:{schema or ''}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -145,7 +147,7 @@ def migrate_schema(conn: Conn, schema: str | None, display: str) -> None:
     with conn.transaction():
         # Replicas starting together take turns here; the lock ends with the
         # transaction, so a crashed migration never leaves it held.
-        conn.execute(_MIGRATION_LOCK, (_lock_key(schema),))
+        conn.execute(_MIGRATION_LOCK, (lock_key("migrate", schema),))
         if schema is not None:
             conn.execute(pgsql.SQL(_CREATE_SCHEMA).format(pgsql.Identifier(schema)))
         if migrate(conn, _SQL, f"PostgreSQL storage {display}", StorageError) is None:

@@ -23,6 +23,10 @@ Guarantees, and what they rest on:
   reads on that thread go through the locked transaction, and the write
   commits and releases the lock. The decision, the server-assigned timestamp
   (``max(now, newest + 1 us)``) and the write therefore see one state.
+- **Retention.** :meth:`PostgresLog.compact` deletes old windows in short
+  transactions; :meth:`PostgresStorage.compaction_lock` is a session advisory
+  lock (``pg_try_advisory_lock``), so one replica compacts at a time. Freed
+  space is PostgreSQL's autovacuum's to reuse (``docs/storage.rst``).
 - **Live fan-out.** Each write calls ``pg_notify`` in its transaction (delivered
   on commit); :meth:`PostgresStorage.listen` follows the channel on a thread
   of its own (:mod:`rstream.server.storage.pg_listen`).
@@ -61,6 +65,7 @@ from rstream.server.storage.pg_conn import (
     DeadConnection,
     connect_kwargs,
     failure,
+    lock_key,
     migrate_schema,
     pipelined,
     rollback,
@@ -90,6 +95,8 @@ _T = TypeVar("_T")
 _RANGE_PAGE = 1_000  # rows per query while iterating a range
 
 _NOTIFY = "SELECT pg_notify(%s, %s)"  # PostgreSQL's own (the shared SQL: sql.py)
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 
 
 @dataclass
@@ -165,6 +172,7 @@ class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
         self._closed = False
         self._logs: dict[str, PostgresLog] = {}
         self._listeners: list[ChangeListener] = []
+        self._compacting = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             conninfo,
             kwargs=self._connect_kwargs,
@@ -270,6 +278,32 @@ class PostgresStorage(SQLStorage[Conn, "PostgresLog"]):
 
     def _new_log(self, stream_id: str) -> PostgresLog:
         return PostgresLog(self, stream_id)
+
+    @contextmanager
+    def compaction_lock(self) -> Iterator[bool]:
+        """True for one holder across every replica of the database (a session
+        advisory lock on a pooled connection kept for the block; never waits).
+        Raises :class:`~rstream.StorageUnavailable` when the database cannot be reached."""
+        with super().compaction_lock() as mine:
+            if not mine:
+                yield False
+                return
+            key = lock_key("compact", self.schema)
+            with self._connection() as conn:
+                try:
+                    row = conn.execute(_TRY_LOCK, (key,)).fetchone()
+                    got = row is not None and bool(row[0])
+                except psycopg.OperationalError as exc:
+                    raise failure(conn, exc, "cannot take the compaction lock") from exc
+                try:
+                    yield got
+                finally:
+                    if got:
+                        try:
+                            conn.execute(_UNLOCK, (key,))
+                        except psycopg.OperationalError:
+                            # The session died, and its lock with it; the pool drops it.
+                            log.info("%s: compaction lock's connection was lost", self)
 
     # -- live fan-out --------------------------------------------------------------
 

@@ -10,7 +10,8 @@ subqueries, ``CREATE ... IF NOT EXISTS``.
 Schema (version :data:`SCHEMA_VERSION`), one row per entry::
 
     rstream_schema (version)                                   -- one row
-    streams (id PK, keyframe_us, change_us, revision)
+    streams (id PK, keyframe_us, change_us, revision,
+             retention_us, compacted_us, compacted_rev)
     entries (stream_id -> streams.id, ts_us, kind, data, rev)
         PRIMARY KEY (stream_id, ts_us)          -- range, first/last, order
         INDEX entries_kind (stream_id, kind, ts_us)   -- snapshot before/after
@@ -20,6 +21,10 @@ Schema (version :data:`SCHEMA_VERSION`), one row per entry::
 same transaction as the entry rows, after locking the stream's row
 (``BEGIN IMMEDIATE`` in SQLite, ``SELECT ... FOR UPDATE`` in PostgreSQL), so
 concurrent writers (threads or processes) serialise and revisions never repeat.
+``retention_us`` is the stream's retention (NULL: none set);
+``compacted_us`` the edge of the last compaction (entries before it were
+deleted; NULL: none ever were) and ``compacted_rev`` the newest revision it
+deleted. Schema 2 added the three.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 __all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE", "Dialect", "Statements", "statements"]
 
 #: The schema version this code writes; stored in ``rstream_schema``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,17 @@ class Statements:
     range_limit: str
     count_range: str
     changes_since: str
+    nth_entry_key: str
+    last_rev_before: str
+    delete_before: str
+    set_compacted: str
 
 
 _COLUMNS = "ts_us, kind, data, rev"  # the order rows are read in everywhere
 
 _INFO = """
 SELECT s.id, s.keyframe_us, s.change_us, s.revision,
+       s.retention_us, s.compacted_us, s.compacted_rev,
        (SELECT MIN(e.ts_us) FROM entries e WHERE e.stream_id = s.id),
        (SELECT MAX(e.ts_us) FROM entries e WHERE e.stream_id = s.id),
        (SELECT MAX(e.ts_us) FROM entries e WHERE e.stream_id = s.id AND e.kind = 0)
@@ -118,7 +128,10 @@ _SCHEMA: tuple[str, ...] = (
             id TEXT PRIMARY KEY,
             keyframe_us {int64} NOT NULL,
             change_us {int64} NOT NULL,
-            revision {int64} NOT NULL DEFAULT 0
+            revision {int64} NOT NULL DEFAULT 0,
+            retention_us {int64},
+            compacted_us {int64},
+            compacted_rev {int64}
         )""",
     """CREATE TABLE IF NOT EXISTS entries (
             stream_id TEXT NOT NULL REFERENCES streams (id) ON DELETE CASCADE,
@@ -133,7 +146,13 @@ _SCHEMA: tuple[str, ...] = (
 )
 
 # _MIGRATIONS[v - 1] takes a database from schema version v to v + 1.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = ()
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "ALTER TABLE streams ADD COLUMN retention_us {int64}",
+        "ALTER TABLE streams ADD COLUMN compacted_us {int64}",
+        "ALTER TABLE streams ADD COLUMN compacted_rev {int64}",
+    ),
+)
 
 _QUERIES: dict[str, str] = {
     "create_schema_table": "CREATE TABLE IF NOT EXISTS rstream_schema (version {int64} NOT NULL)",
@@ -143,10 +162,12 @@ _QUERIES: dict[str, str] = {
     "list_streams": _INFO + "ORDER BY s.id",
     "stream_info": _INFO + "WHERE s.id = ?",
     "insert_stream": (
-        "INSERT INTO streams (id, keyframe_us, change_us, revision) VALUES (?, ?, ?, 0) "
-        "ON CONFLICT (id) DO NOTHING"
+        "INSERT INTO streams (id, keyframe_us, change_us, revision, retention_us) "
+        "VALUES (?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING"
     ),
-    "update_stream_rate": "UPDATE streams SET keyframe_us = ?, change_us = ? WHERE id = ?",
+    "update_stream_rate": (
+        "UPDATE streams SET keyframe_us = ?, change_us = ?, retention_us = ? WHERE id = ?"
+    ),
     "stream_revision": "SELECT revision FROM streams WHERE id = ?",
     "lock_stream": "SELECT revision FROM streams WHERE id = ?{for_update}",
     "set_revision": "UPDATE streams SET revision = ? WHERE id = ?",
@@ -190,6 +211,15 @@ _QUERIES: dict[str, str] = {
     "changes_since": (
         f"SELECT {_COLUMNS} FROM entries WHERE stream_id = ? AND rev > ? ORDER BY rev"
     ),
+    "nth_entry_key": (
+        "SELECT ts_us FROM entries WHERE stream_id = ? ORDER BY ts_us LIMIT 1 OFFSET ?"
+    ),
+    # Revisions grow along the log (only the newest entry is ever amended).
+    "last_rev_before": (
+        "SELECT rev FROM entries WHERE stream_id = ? AND ts_us < ? ORDER BY ts_us DESC LIMIT 1"
+    ),
+    "delete_before": "DELETE FROM entries WHERE stream_id = ? AND ts_us < ?",
+    "set_compacted": "UPDATE streams SET compacted_us = ?, compacted_rev = ? WHERE id = ?",
 }
 
 

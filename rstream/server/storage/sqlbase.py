@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
@@ -44,6 +44,7 @@ from rstream.server.storage.base import (
     clamp_us,
     dump_json,
     load_json,
+    try_hold,
 )
 from rstream.server.storage.sql import SCHEMA_VERSION, Statements
 
@@ -52,7 +53,6 @@ __all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key", "m
 logger = logging.getLogger("rstream.server.storage")
 
 _KINDS = (EntryKind.SNAPSHOT, EntryKind.MUTATION)
-_ONE_US = timedelta(microseconds=1)
 _T = TypeVar("_T")
 
 
@@ -297,6 +297,40 @@ class SQLStreamLog(Generic[_C]):
 
         return self._write(append_many)
 
+    def compact(self, cutoff_us: int, batch: int = 1000) -> int:
+        """Delete the windows that end at or before ``cutoff_us``, in transactions
+        of about ``batch`` entries each ending on a window's edge; returns how
+        many entries were deleted (see ``StreamLog.compact``)."""
+        keep = self.snapshot_before_us(cutoff_us)
+        if keep is None:
+            return 0
+        keep_us, deleted, bound = keep.micros, 0, MIN_US
+        while bound < keep_us:
+            n, bound = self._write(lambda conn: self._compact_step(conn, keep_us, batch))
+            deleted += n
+            if not n:  # compacted meanwhile (another process)
+                break
+        return deleted
+
+    def _compact_step(self, conn: _C, keep_us: int, batch: int) -> tuple[int, int]:
+        """Delete up to the first snapshot after the ``batch``-th entry (at most up
+        to ``keep_us``); returns ``(deleted, bound)``."""
+        sql = self._sql
+        bound = keep_us
+        row = conn.execute(sql.nth_entry_key, (self.stream_id, max(batch, 1))).fetchone()
+        if row is not None and row[0] < keep_us:
+            snap = conn.execute(
+                sql.entry_after_kind, (self.stream_id, int(EntryKind.SNAPSHOT), row[0] - 1)
+            ).fetchone()
+            if snap is not None:
+                bound = min(bound, int(snap[0]))
+        last = conn.execute(sql.last_rev_before, (self.stream_id, bound)).fetchone()
+        if last is None:
+            return 0, bound
+        n = conn.execute(sql.delete_before, (self.stream_id, bound)).rowcount
+        conn.execute(sql.set_compacted, (bound, last[0], self.stream_id))
+        return n, bound
+
     # -- inside a write transaction ----------------------------------------------
 
     def _lock_stream(self, conn: _C) -> int:
@@ -340,6 +374,7 @@ class SQLStorage(Generic[_C, _L]):
     _lock: threading.Lock  # guards _closed and _logs (and the backend's own state)
     _closed: bool
     _logs: dict[str, _L]
+    _compacting: threading.Lock  # held by the one compaction of this process
 
     def __enter__(self) -> Self:
         return self
@@ -365,6 +400,14 @@ class SQLStorage(Generic[_C, _L]):
     def _closed_error(self) -> ClientClosed:
         return ClientClosed(f"the storage {self._display} is closed")
 
+    def compaction_lock(self) -> AbstractContextManager[bool]:
+        """True for one holder of this process at a time (never waits)."""
+        return try_hold(self._compacting)
+
+    def reclaim_space(self) -> int:
+        """Nothing to do here (a backend that can shrink its files overrides it)."""
+        return 0
+
     def list_streams(self) -> list[StreamInfo]:
         """Every stream, ordered by id."""
         rows = self._read(lambda conn: conn.execute(self._sql.list_streams).fetchall())
@@ -378,15 +421,14 @@ class SQLStorage(Generic[_C, _L]):
     def create_stream(self, stream_id: str, rate: RateConfig | None = None) -> bool:
         """Create the stream (True), or set an existing one's rate when given (False)."""
         config = rate or RateConfig()
-        keyframe_us = config.keyframe_frequency // _ONE_US
-        change_us = config.change_frequency // _ONE_US
+        values = (config.keyframe_micros, config.change_micros, config.retention_micros)
         sql = self._sql
 
         def create(conn: _C) -> bool:
-            cur = conn.execute(sql.insert_stream, (stream_id, keyframe_us, change_us))
+            cur = conn.execute(sql.insert_stream, (stream_id, *values))
             created = cur.rowcount > 0
             if not created and rate is not None:
-                conn.execute(sql.update_stream_rate, (keyframe_us, change_us, stream_id))
+                conn.execute(sql.update_stream_rate, (*values, stream_id))
             return created
 
         created = self._write(create)
@@ -412,17 +454,21 @@ class SQLStorage(Generic[_C, _L]):
 
 
 def _info(row: tuple[Any, ...]) -> StreamInfo:
-    stream_id, keyframe_us, change_us, revision, first, last, snap = row
+    stream_id, keyframe_us, change_us, revision, retention_us, compacted, compacted_rev = row[:7]
+    first, last, snap = row[7:]
     return StreamInfo(
         id=stream_id,
         rate=RateConfig(
             keyframe_frequency=timedelta(microseconds=keyframe_us),
             change_frequency=timedelta(microseconds=change_us),
+            retention=None if retention_us is None else timedelta(microseconds=retention_us),
         ),
         first=first,
         last=last,
         latest_snapshot=snap,
         revision=revision,
+        compacted=compacted,
+        compacted_rev=compacted_rev,
     )
 
 

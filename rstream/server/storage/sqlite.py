@@ -13,6 +13,13 @@ Readers do not block writers (WAL): each read is one statement, which sees one
 committed state. Connections come from a small pool (one connection is used by
 one thread at a time) and :meth:`SQLiteStorage.close` closes them all.
 
+A new file is created with ``auto_vacuum = INCREMENTAL``, so the pages that
+retention's compaction frees can be given back to the file system
+(:meth:`SQLiteStorage.reclaim_space`, a few hundred pages per transaction).
+A file created before (``auto_vacuum = NONE``) reuses freed pages for new
+entries but never shrinks until a one-time ``VACUUM`` switches its mode (see
+``docs/storage.rst``); the server logs that once when it opens such a file.
+
 The SQL lives in :mod:`rstream.server.storage.sql`, the reads and the write
 checks SQLite shares with PostgreSQL in :mod:`rstream.server.storage.sqlbase`;
 this module holds what is SQLite's own (the pool, ``BEGIN IMMEDIATE``, WAL,
@@ -42,6 +49,7 @@ log = logging.getLogger("rstream.server.storage")
 
 _SQL = statements(SQLITE)
 _T = TypeVar("_T")
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 
 class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
@@ -72,6 +80,7 @@ class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
         self._busy: set[sqlite3.Connection] = set()
         self._closed = False
         self._logs: dict[str, SQLiteLog] = {}
+        self._compacting = threading.Lock()
         try:
             with self._connection() as conn:
                 _migrate(conn, self.path)
@@ -161,6 +170,30 @@ class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
     def _new_log(self, stream_id: str) -> SQLiteLog:
         return SQLiteLog(self, stream_id)
 
+    def reclaim_space(self, step_pages: int = 256, max_steps: int = 64) -> int:
+        """Give free pages back to the file system, ``step_pages`` per transaction
+        (each a short hold of the write lock), at most ``max_steps`` of them;
+        then checkpoints the WAL (without waiting for readers). Returns the
+        bytes given back: 0 for a file without incremental auto-vacuum (its
+        free pages are reused for new entries instead)."""
+        with self._connection() as conn:
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+                return 0
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            freed = 0
+            for _ in range(max_steps):
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                if not free:
+                    break
+                # executescript steps the pragma to completion; execute() would
+                # free a single page.
+                conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)})")
+                freed += free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            # The file changes size when the WAL is checkpointed: now, so that
+            # its size follows what is kept. PASSIVE waits for no one.
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return freed * page_size
+
     def close(self) -> None:
         """Close every connection; idempotent."""
         with self._lock:
@@ -176,6 +209,17 @@ class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Create the schema in a new file, or bring an older one up to date."""
     try:
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only a file without tables can take the mode without a VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        elif conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            log.info(
+                "SQLite storage %s: auto_vacuum is not INCREMENTAL, so space freed by "
+                "retention is reused but the file does not shrink; to change that, stop "
+                "the server and run once: sqlite3 FILE 'PRAGMA auto_vacuum = INCREMENTAL; "
+                "VACUUM;'",
+                path,
+            )
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     except sqlite3.DatabaseError as exc:  # "file is not a database", ...
         raise RStreamError(f"cannot open SQLite storage {path!r}: {exc}") from exc
