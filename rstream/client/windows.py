@@ -18,10 +18,14 @@ A window moves through the states of :class:`WindowState`; the allowed moves
 are the :data:`TRANSITIONS` table, and every move goes through
 :meth:`WindowStore._transition`, which checks it::
 
-    PENDING --bounds--> WAITING --> PULLING --entries--> COMMITTED
-       |                   |           |
-       +--(end is null)--> LIVE -------+--(next snapshot seen)--> COMMITTED
-       +--------+----------+-----------+--> ERROR (dropped; the next request retries)
+    PENDING --bounds--> PULLING --entries--> COMMITTED
+       |                   |
+       +--(end is null)--> LIVE --(next snapshot seen)--> COMMITTED
+       +--------+----------+--> ERROR (dropped; the next request retries)
+
+A window is born PENDING (asked for by time), LIVE (the live window, seen by
+the live tail or a history pass) or COMMITTED (read whole by a history pass or
+the live tail before the store knew it).
 
 This module does no I/O: it calls the ``fetch_bounds`` and ``fetch_entries``
 functions it is given (the remote stream passes HTTP ones; tests pass fakes),
@@ -71,7 +75,6 @@ class WindowState(enum.Enum):
     """Where a window is in its life."""
 
     PENDING = "pending"  # asking the server for the bounds around a time
-    WAITING = "waiting"  # bounds known, entries not asked for yet
     PULLING = "pulling"  # fetching the entries
     LIVE = "live"  # the open window: it still grows, so it is never cached
     COMMITTED = "committed"  # complete and immutable; kept until evicted
@@ -79,8 +82,7 @@ class WindowState(enum.Enum):
 
 
 TRANSITIONS: dict[WindowState, frozenset[WindowState]] = {
-    WindowState.PENDING: frozenset({WindowState.WAITING, WindowState.LIVE, WindowState.ERROR}),
-    WindowState.WAITING: frozenset({WindowState.PULLING, WindowState.ERROR}),
+    WindowState.PENDING: frozenset({WindowState.PULLING, WindowState.LIVE, WindowState.ERROR}),
     WindowState.PULLING: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
     WindowState.LIVE: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
     WindowState.COMMITTED: frozenset(),
@@ -88,8 +90,8 @@ TRANSITIONS: dict[WindowState, frozenset[WindowState]] = {
 }
 """The allowed moves: ``state -> states it may become``. COMMITTED and ERROR are final."""
 
-INITIAL_STATES = frozenset({WindowState.PENDING, WindowState.LIVE})
-"""A window is born PENDING (asked for a time) or LIVE (seen by the live tail)."""
+INITIAL_STATES = frozenset({WindowState.PENDING, WindowState.LIVE, WindowState.COMMITTED})
+"""A window is born PENDING (asked for a time), LIVE (seen open) or COMMITTED (read whole)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,7 @@ class WindowStore:
                 lead = window is None and pending is None
                 if lead:
                     pending = self._pending = Window(WindowState.PENDING, asked_at=at)
-            if window is not None:  # WAITING or PULLING: another thread fetches it
+            if window is not None:  # PULLING: another thread fetches it
                 window._done_future.result()
                 # Return it even if already evicted: its entries stay valid.
                 return window
@@ -560,9 +562,10 @@ class WindowStore:
         entries: list[Entry] | None,
         pairs: list[Pair] | None = None,
     ) -> None:
-        # Either entries or pairs: the pairs, when known, replace the entries.
+        # The window is COMMITTED (born so, or moved by the caller). Either
+        # entries or pairs: the pairs, when known, replace the entries.
         assert window.start is not None
-        self._transition(window, WindowState.COMMITTED)
+        assert window.state is WindowState.COMMITTED
         window.live_micros = window.live_pairs = None  # now held as a committed window
         window.micros = micros
         if pairs is None:
@@ -611,11 +614,12 @@ class WindowStore:
                 return existing
             if existing is not None and existing.state is WindowState.LIVE:
                 window = existing
+                self._transition(window, WindowState.COMMITTED)
             elif existing is not None:
-                # WAITING/PULLING: its own fetch will commit it; nothing to add.
+                # PULLING: its own fetch will commit it; nothing to add.
                 return existing
             else:
-                window = Window(WindowState.LIVE)
+                window = Window(WindowState.COMMITTED)
                 window.start = start
                 self._insert(window)
             window.end = end if end is not None else micros[-1] + 1
@@ -662,7 +666,6 @@ class WindowStore:
                         self._drop_stale_live(bounds.start)
                         fetch = False
                     else:
-                        self._transition(window, WindowState.WAITING)
                         self._transition(window, WindowState.PULLING)
                         fetch = True
                     self._insert(window)
@@ -683,6 +686,7 @@ class WindowStore:
         with self._lock:
             self.stats.entries_fetches += 1
             if window.state is WindowState.PULLING and not self._closed:
+                self._transition(window, WindowState.COMMITTED)
                 self._commit(window, [e.micros for e in entries], entries)
         _resolve(window._done_future, None)
 
