@@ -12,16 +12,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rstream.client.remote import (
-    NDJSONDecoder,
-    _Columns,
-    _page_columns,
-    _Pages,
-    _read_stamps,
-    parse_ndjson,
-)
+from rstream.client.pages import Body
+from rstream.client.pages import PageChain as _Pages
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.core.wire import NDJSONDecoder, Page, parse_ndjson, read_page
+from rstream.core.wire import read_stamps as _read_stamps
 from rstream.errors import ClientClosed, InvalidTimestamp, ProtocolError
 
 
@@ -47,13 +43,14 @@ def decode(body: bytes, size: int) -> list[Entry]:
     return out + decoder.close()
 
 
-def columns(body: bytes, size: int) -> _Columns:
+def columns(body: bytes, size: int) -> Page:
     """The page ``body`` by field, as history reads it, arrived in chunks of ``size``."""
-    return _page_columns(("test", [body[i : i + size] for i in range(0, len(body), size)]))
+    page = Body("test", [body[i : i + size] for i in range(0, len(body), size)])
+    return read_page(page.text(), page.url)
 
 
-def as_entries(page: _Columns) -> list[Entry]:
-    times, dates, kinds, datas, _ = page
+def as_entries(page: Page) -> list[Entry]:
+    times, dates, kinds, datas = page.times, page.dates, page.kinds, page.datas
     assert dates == [from_micros(t) for t in times]
     assert all(d.tzinfo is UTC for d in dates)
     return [
@@ -124,7 +121,7 @@ def test_page_columns_hold_the_entries(size: int) -> None:
     items = entries(30)
     page = columns(ndjson(items), size)
     assert as_entries(page) == items
-    assert list(page[4]) == list(range(1, 31))
+    assert list(page.lines) == list(range(1, 31))
 
 
 def test_page_columns_of_blank_lines_crlf_and_a_missing_last_newline() -> None:
@@ -133,8 +130,8 @@ def test_page_columns_of_blank_lines_crlf_and_a_missing_last_newline() -> None:
     body = b"\r\n".join(lines[:2]) + b"\r\n\n  \n" + b"\n".join(lines[2:])
     page = columns(body, 5)
     assert as_entries(page) == items
-    assert list(page[4]) == [1, 2, 5, 6, 7]  # the lines the entries are on
-    assert columns(b"", 5)[0] == []
+    assert list(page.lines) == [1, 2, 5, 6, 7]  # the lines the entries are on
+    assert columns(b"", 5).times == []
 
 
 def test_page_columns_read_the_spelled_out_type_offsets_and_missing_revs() -> None:

@@ -3,7 +3,7 @@
 One :class:`Client` owns one :class:`~rstream.client.transport.Transport` (a
 pooled ``requests`` session to one store, possibly served by several replica
 URLs), one worker pool for fetching history pages, and one
-:class:`~rstream.client.remote.RemoteStream` per stream id.
+:class:`~rstream.client.stream.RemoteStream` per stream id.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import tenacity
 
-from rstream.client.remote import RemoteStream, StreamMetadata
+from rstream.client.stream import RemoteStream, StreamMetadata
 from rstream.client.transport import Timeout, Token, Transport, json_body
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
 from rstream.errors import ClientClosed, ConfigError, ProtocolError, ServerError, TransportError

@@ -33,7 +33,8 @@ from typing import Any, NamedTuple
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
-from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.core.timestamps import format_rfc3339, from_micros
+from rstream.core.wire import decode_event
 from rstream.errors import EntryFormatError, Gap, MutationError, ProtocolError
 
 __all__ = ["Change", "LiveState", "Step"]
@@ -181,30 +182,7 @@ class LiveState:
     def _parse_entry(self, event: str, data: str, event_id: str | None) -> Entry:
         """The entry of an ``entry`` or ``amend`` event, with its revision."""
         try:
-            obj = json.loads(data)
-            # The plain form the server sends (type 0 or 1, data an object, rev a
-            # non-negative int or absent, a valid timestamp), read inline: the same
-            # entry Entry.from_json reads, without its generality and its calls.
-            entry = None
-            if type(obj) is dict:
-                kind = obj.get("type")
-                body = obj.get("data")
-                rev = obj.get("rev")
-                timestamp = obj.get("timestamp")
-                if (
-                    type(kind) is int
-                    and 0 <= kind <= 1
-                    and type(body) is dict
-                    and type(timestamp) is str
-                    and (rev is None or (type(rev) is int and rev >= 0))
-                ):
-                    # Not contextlib.suppress: a context manager per event costs more.
-                    try:  # noqa: SIM105
-                        entry = _new_entry(parse_rfc3339(timestamp), _KINDS[kind], body, rev)
-                    except ValueError:
-                        pass  # Entry.from_json says what is wrong with the timestamp
-            if entry is None:  # not the plain form: Entry.from_json accepts it or says why
-                entry = Entry.from_json(obj, where=f"{event} event")
+            entry = decode_event(data, where=f"{event} event")
         except _BAD_INPUT as exc:
             raise ProtocolError(f"malformed {event!r} event: {_short(exc)}") from None
         if entry.rev is None:

@@ -7,15 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from rstream.core.jsontype import json_type
 from rstream.core.timestamps import (
     TimeLike,
     format_rfc3339,
     from_micros,
-    parse_rfc3339,
     to_micros,
 )
-from rstream.errors import EntryFormatError, InvalidTimestamp
+from rstream.errors import EntryFormatError
 
 __all__ = ["Entry", "EntryKind"]
 
@@ -141,46 +139,23 @@ class Entry:
     def to_json(self, *, with_rev: bool = False) -> dict[str, Any]:
         """The JSON form: ``{"timestamp": RFC 3339 UTC, "type": 0|1, "data": {...}}``.
 
-        With ``with_rev`` (the wire form of the server) ``"rev"`` is added.
+        With ``with_rev`` (the wire form of the server) ``"rev"`` is added
+        (see :mod:`rstream.core.wire`).
         """
-        obj: dict[str, Any] = {
-            "timestamp": format_rfc3339(self.micros),
-            "type": int(self.kind),
-            "data": self.data,
-        }
-        if with_rev and self.rev is not None:
-            obj["rev"] = self.rev
-        return obj
+        from rstream.core.wire import entry_json
+
+        return entry_json(self, with_rev=with_rev)
 
     @classmethod
     def from_json(cls, obj: object, *, where: str = "entry") -> Entry:
-        """Read the JSON form (as parsed by :func:`json.loads`).
+        """Read the JSON form (as parsed by :func:`json.loads`; see :mod:`rstream.core.wire`).
 
         Raises :class:`~rstream.EntryFormatError` naming the field and ``where``
         (for example ``"line 12"``) when anything is malformed.
         """
-        if not isinstance(obj, dict):
-            _bad(where, f"expected a JSON object, got {json_type(obj)}")
-        try:
-            raw_ts = obj["timestamp"]
-            raw_kind = obj["type"]
-            data = obj["data"]
-        except KeyError as exc:
-            _bad(where, f"missing field {exc.args[0]!r}")
-        try:
-            micros = parse_rfc3339(raw_ts)
-        except InvalidTimestamp as exc:
-            _bad(where, f"field 'timestamp': {exc}")
-        try:
-            kind = EntryKind.parse(raw_kind)
-        except ValueError as exc:
-            _bad(where, f"field 'type': {exc}")
-        if not isinstance(data, dict):
-            _bad(where, f"field 'data' must be a JSON object, got {json_type(data)}")
-        rev = obj.get("rev")
-        if rev is not None and (type(rev) is not int or rev < 0):
-            _bad(where, f"field 'rev' must be a non-negative integer, got {rev!r}")
-        return cls.from_micros(micros, kind, data, rev)
+        from rstream.core.wire import decode_entry
+
+        return decode_entry(obj, where=where)
 
 
 _new = object.__new__
@@ -189,7 +164,3 @@ _set_micros = Entry.__dict__["micros"].__set__
 _set_kind = Entry.__dict__["kind"].__set__
 _set_data = Entry.__dict__["data"].__set__
 _set_rev = Entry.__dict__["rev"].__set__
-
-
-def _bad(where: str, message: str) -> NoReturn:
-    raise EntryFormatError(f"malformed entry ({where}): {message}")
