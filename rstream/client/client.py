@@ -18,6 +18,7 @@ from typing import Any
 
 import tenacity
 
+from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
 from rstream.client.stream import RemoteStream, StreamMetadata
 from rstream.client.transport import Timeout, Token, Transport, json_body
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
@@ -57,7 +58,7 @@ class Client:
         cert: str | tuple[str, str] | None = None,
         retry: tenacity.Retrying | None = None,
         heartbeat_timeout: float | None = None,
-        max_event_bytes: int = 16 * 2**20,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
         page_size: int | None = None,
         sleep: Callable[[float], None] = time.sleep,

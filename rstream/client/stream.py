@@ -26,6 +26,7 @@ from rstream.client.changelog import DEFAULT_LAG_WARNING, DEFAULT_LATEST_TIMEOUT
 from rstream.client.history import Run, Walk, history_pairs, step_micros
 from rstream.client.pages import NDJSON, PageFetcher
 from rstream.client.retry import blocking_policy
+from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
 from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
@@ -169,7 +170,7 @@ class RemoteStream:
         prefetch: int = 4,
         page_size: int | None = None,
         heartbeat_timeout: float | None = None,
-        max_event_bytes: int = 16 * 2**20,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         sleep: Callable[[float], None] | None = None,
         on_close: Callable[[RemoteStream], None] | None = None,
     ) -> None:

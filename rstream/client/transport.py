@@ -43,7 +43,6 @@ from rstream.client.retry import (
     RetryableError,
     blocking_policy,
     default_template,
-    live_policy,
     parse_retry_after,
     single_attempt,
 )
@@ -358,8 +357,6 @@ class Transport:
 
         self.blocking_retry = blocking_policy(retry, sleep=self.sleep)
         """The policy of blocking calls (bounded); derived from ``retry``."""
-        self.live_retry = live_policy(retry, sleep=self.sleep)
-        """The policy of the live tail (no attempt limit unless ``retry`` sets one)."""
         self.probe_retry = single_attempt(sleep=self.sleep)
         """One attempt, never repeated (for :meth:`rstream.Client.ping`)."""
 
@@ -447,7 +444,7 @@ class Transport:
         server could be reached within the retry policy, and
         :class:`~rstream.ClientClosed` after :meth:`close`. ``stream_id`` names
         the stream in errors. ``retry`` replaces the blocking policy for this call
-        (for example :attr:`live_retry`, or ``tenacity.Retrying(stop=stop_after_attempt(1))``
+        (for example ``tenacity.Retrying(stop=stop_after_attempt(1))``
         passed through :func:`rstream.client.retry.blocking_policy`). A POST is
         repeated only when it certainly had no effect (connection refused, 429, 503)
         unless ``idempotent=True``.
