@@ -37,6 +37,7 @@ import requests
 import tenacity
 import urllib3.exceptions
 
+from rstream._version import __version__
 from rstream.client.interrupt import Interrupter, ObservableAdapter
 from rstream.client.retry import (
     RETRYABLE_STATUSES,
@@ -333,8 +334,6 @@ class Transport:
         self._interrupter = Interrupter()
         self._lock = threading.Lock()
         self._good = 0  # index of the URL that answered last
-
-        from rstream import __version__  # here: rstream/__init__ may import this module
 
         session = requests.Session()
         # max_retries=0: retrying is ours (tenacity), urllib3 must not add its own.
