@@ -29,7 +29,7 @@ from rstream.core.timestamps import from_micros
 from rstream.core.wire import Page, check_order, read_page
 from rstream.errors import ConfigError, OutOfRange
 
-__all__ = ["Run", "Walk", "history_pairs", "step_micros"]
+__all__ = ["Run", "Walk", "first_pair", "history_pairs", "last_pair", "step_micros"]
 
 State = dict[str, Any]
 
@@ -323,6 +323,25 @@ def _snapshots(kinds: list[int], stop: int) -> list[int]:
 
 
 # -- what history() yields -------------------------------------------------------------
+
+
+def first_pair(walk: Iterable[list[Run]]) -> Pair | None:
+    """The first ``(timestamp, state)`` of a walk (None: it has none)."""
+    for batch in walk:
+        for run in batch:
+            if run.pairs:
+                return run.pairs[0]
+    return None
+
+
+def last_pair(walk: Iterable[list[Run]]) -> Pair | None:
+    """The last ``(timestamp, state)`` of a walk (None: it has none)."""
+    newest = None
+    for batch in walk:
+        for run in batch:
+            if run.pairs:
+                newest = run.pairs[-1]
+    return newest
 
 
 def history_pairs(

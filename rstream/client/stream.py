@@ -11,19 +11,19 @@ The live tail (:mod:`rstream.client.live`) is started on the first
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import tenacity
 
 from rstream.client.changelog import DEFAULT_LAG_WARNING, DEFAULT_LATEST_TIMEOUT
-from rstream.client.history import Run, Walk, history_pairs, step_micros
+from rstream.client.history import Run, Walk, first_pair, history_pairs, last_pair, step_micros
+from rstream.client.metadata import StreamMetadata, rate_given, read_bounds, read_write_answer
 from rstream.client.pages import NDJSON, PageFetcher
 from rstream.client.retry import blocking_policy
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
@@ -31,7 +31,6 @@ from rstream.client.transport import Transport, json_body, quote_stream_id
 from rstream.client.windows import (
     DEFAULT_MAX_CACHED_ENTRIES,
     Bounds,
-    Pair,
     WindowState,
     WindowStore,
     state_in,
@@ -40,20 +39,12 @@ from rstream.core.entry import Entry
 from rstream.core.jsontype import check_json
 from rstream.core.mutation import copy_json
 from rstream.core.stream import RateConfig
-from rstream.core.timestamps import (
-    TimeLike,
-    format_rfc3339,
-    from_micros,
-    parse_rfc3339,
-    to_micros,
-)
+from rstream.core.timestamps import TimeLike, format_rfc3339, to_micros
 from rstream.core.wire import encode_ndjson
 from rstream.errors import (
     ClientClosed,
     ConfigError,
-    EntryFormatError,
     InvalidJSONType,
-    InvalidTimestamp,
     OutOfRange,
     ProtocolError,
     StreamNotFound,
@@ -66,7 +57,7 @@ if TYPE_CHECKING:
     from rstream.client.queues import StateQueue
     from rstream.client.subscription import Subscription
 
-__all__ = ["RemoteStream", "StreamMetadata"]
+__all__ = ["RemoteStream", "StreamMetadata"]  # StreamMetadata: see rstream.client.metadata
 
 logger = logging.getLogger("rstream.client")
 
@@ -76,81 +67,6 @@ _ONE_ATTEMPT = blocking_policy(
 """A request tried once (for the live tail, which has its own backoff)."""
 
 State = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamMetadata:
-    """What the server says about a stream (``GET /v1/streams[/{id}]``).
-
-    The record rate (:attr:`keyframe_frequency`, :attr:`change_frequency`, or
-    in milliseconds as the server sends it) and ``latest_snapshot`` are only
-    known from :meth:`RemoteStream.info` and :meth:`RemoteStream.configure`,
-    not from :meth:`Client.streams`.
-    """
-
-    id: str
-    first: datetime | None
-    last: datetime | None
-    revision: int
-    keyframe_frequency_ms: int | float | None = None
-    change_frequency_ms: int | float | None = None
-    latest_snapshot: datetime | None = None
-
-    @property
-    def keyframe_frequency(self) -> timedelta | None:
-        """A write this long after the newest snapshot is stored as a new snapshot."""
-        return _opt_delta(self.keyframe_frequency_ms)
-
-    @property
-    def change_frequency(self) -> timedelta | None:
-        """A write sooner than this after the newest mutation amends it (0: never)."""
-        return _opt_delta(self.change_frequency_ms)
-
-    @classmethod
-    def from_json(cls, obj: object) -> StreamMetadata:
-        """Read the server's JSON; :class:`~rstream.ProtocolError` if it is malformed."""
-        try:
-            if not isinstance(obj, dict):
-                raise TypeError("not an object")
-            stream_id = obj["id"]
-            revision = obj["revision"]
-            if not isinstance(stream_id, str) or type(revision) is not int:
-                raise TypeError("bad id or revision")
-            rate = obj.get("record_rate") or {}
-            if not isinstance(rate, dict):
-                raise TypeError("bad record_rate")
-            return cls(
-                id=stream_id,
-                first=_opt_time(obj.get("first")),
-                last=_opt_time(obj.get("last")),
-                revision=revision,
-                keyframe_frequency_ms=_opt_ms(rate.get("keyframe_frequency")),
-                change_frequency_ms=_opt_ms(rate.get("change_frequency")),
-                latest_snapshot=_opt_time(obj.get("latest_snapshot")),
-            )
-        except (KeyError, TypeError, InvalidTimestamp) as exc:
-            raise ProtocolError(f"malformed stream metadata {obj!r:.200}: {exc}") from None
-
-
-def _opt_time(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"a time must be a string, not {value!r}")
-    return from_micros(parse_rfc3339(value))
-
-
-def _opt_ms(value: object) -> int | float | None:
-    """Milliseconds: an integer, or a float for a duration of a fraction of one."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise TypeError(f"expected a non-negative number of milliseconds, not {value!r}")
-    return value
-
-
-def _opt_delta(ms: float | None) -> timedelta | None:
-    return None if ms is None else timedelta(milliseconds=ms)
 
 
 class RemoteStream:
@@ -245,12 +161,8 @@ class RemoteStream:
             ) from exc
         if bounds.end is None:  # the live window: known now, so the walk needs no lookup
             self.windows.observe_live(bounds.start)
-        newest: Pair | None = None
         # A walk of the live window: what a pass already read of it is not fetched again.
-        for batch in self._walk(bounds.start, None):
-            for run in batch:
-                if run.pairs:
-                    newest = run.pairs[-1]
+        newest = last_pair(self._walk(bounds.start, None))
         if newest is None:
             raise ProtocolError(
                 f"the live window of {self.id!r} at {format_rfc3339(bounds.start)} came back "
@@ -337,32 +249,14 @@ class RemoteStream:
         :class:`~rstream.ConfigError` for a negative one or for neither given,
         before anything is sent.
         """
-        given = {"keyframe_frequency": keyframe_frequency, "change_frequency": change_frequency}
-        for name, value in given.items():
-            if value is not None and not isinstance(value, timedelta):
-                raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
-        rate = {name: value for name, value in given.items() if value is not None}
-        if not rate:
-            raise ConfigError("give keyframe_frequency, change_frequency or both (timedeltas)")
-        RateConfig(**rate)  # ConfigError for a negative value, before anything is sent
+        rate = rate_given(keyframe_frequency, change_frequency)
         self._check_open()
-        if len(rate) < len(given):
-            try:
-                current = self.info()
-            except StreamNotFound:
-                pass  # created with the server's default for what is not given
-            else:
-                kept = {
-                    "keyframe_frequency": current.keyframe_frequency,
-                    "change_frequency": current.change_frequency,
-                }
-                rate = {**{k: v for k, v in kept.items() if v is not None}, **rate}
+        if len(rate) < 2:
+            # A stream not found yet is created with the server's default for the rest.
+            with contextlib.suppress(StreamNotFound):
+                rate = self.info().rate_with(rate)
         body = {"record_rate": RateConfig(**rate).to_json()}
-        response = self._transport.request("PUT", self._path, json=body, stream_id=self.id)
-        try:
-            return StreamMetadata.from_json(json_body(response))
-        finally:
-            response.close()
+        return StreamMetadata.from_json(self._send("PUT", self._path, json=body))
 
     # -- writing -----------------------------------------------------------------------
 
@@ -391,26 +285,7 @@ class RemoteStream:
         body: dict[str, Any] = {"state": state}
         if timestamp is not None:
             body["timestamp"] = format_rfc3339(to_micros(timestamp))
-        response = self._transport.request(
-            "POST", self._path + "/state", json=body, stream_id=self.id
-        )
-        try:
-            answer = json_body(response)
-        finally:
-            response.close()
-        if not isinstance(answer, dict) or answer.get("action") not in (
-            "snapshot",
-            "mutation",
-            "amend",
-            "none",
-        ):
-            raise ProtocolError(f"malformed answer to a write: {answer!r:.200}")
-        if answer["action"] == "none":
-            return None
-        try:
-            return Entry.from_json(answer.get("entry"), where="write answer")
-        except EntryFormatError as exc:
-            raise ProtocolError(str(exc)) from None
+        return read_write_answer(self._send("POST", self._path + "/state", json=body))
 
     def append_entries(self, entries: bytes | str | Iterable[Entry]) -> int:
         """Append raw entries (NDJSON, or Entry objects), all or nothing; the new revision."""
@@ -421,17 +296,8 @@ class RemoteStream:
             body = entries
         else:
             body = encode_ndjson(entries)
-        response = self._transport.request(
-            "POST",
-            self._path + "/entries",
-            data=body,
-            headers={"Content-Type": NDJSON},
-            stream_id=self.id,
-        )
-        try:
-            answer = json_body(response)
-        finally:
-            response.close()
+        headers = {"Content-Type": NDJSON}
+        answer = self._send("POST", self._path + "/entries", data=body, headers=headers)
         if not isinstance(answer, dict) or type(answer.get("revision")) is not int:
             raise ProtocolError(f"malformed answer to an append: {answer!r:.200}")
         return int(answer["revision"])
@@ -536,11 +402,7 @@ class RemoteStream:
         ``close()`` cuts short, where the blocking policy's waits would hold it.
         """
         self._check_open()
-        response = self._transport.request("GET", self._path, stream_id=self.id, retry=_ONE_ATTEMPT)
-        try:
-            return StreamMetadata.from_json(json_body(response)).revision
-        finally:
-            response.close()
+        return StreamMetadata.from_json(self._send("GET", self._path, retry=_ONE_ATTEMPT)).revision
 
     def _on_live_commit(self, entries: list[Entry]) -> None:
         # The tail tells us the window's entries; its end is the new live
@@ -586,20 +448,20 @@ class RemoteStream:
         if self._closed or self._transport.closed:
             raise ClientClosed(f"stream {self.id!r} is closed; open it again from a new Client")
 
-    # -- HTTP: bounds and entries --------------------------------------------------------
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer to one request (see :meth:`Transport.request`)."""
+        response = self._transport.request(method, path, stream_id=self.id, **kwargs)
+        try:
+            return json_body(response)
+        finally:
+            response.close()
 
     def _fetch_bounds(self, at: int | None) -> Bounds:
         params = None if at is None else {"at": format_rfc3339(at)}
         obj = self._transport.get_json(self._path + "/window", params=params, stream_id=self.id)
-        try:
-            start = parse_rfc3339(obj["start"])
-            end = None if obj["end"] is None else parse_rfc3339(obj["end"])
-            revision = obj["revision"]
-            if type(revision) is not int:
-                raise TypeError("revision is not an integer")
-        except (KeyError, TypeError, InvalidTimestamp) as exc:
-            raise ProtocolError(f"malformed window bounds {obj!r:.200}: {exc}") from None
-        return Bounds(start, end, revision)
+        return read_bounds(obj)
 
     def _fetch_window_entries(self, start: int, end: int) -> list[Entry]:
         return list(self._pages.entries(start, end))
@@ -613,10 +475,9 @@ class RemoteStream:
             live = tail.live_window()
             if live and live[0].micros <= at:
                 return state_in(live, [e.micros for e in live], at)[1]
-        for batch in self._walk(at, at + 1):
-            for run in batch:
-                if run.pairs:
-                    return run.pairs[0][1]
+        first = first_pair(self._walk(at, at + 1))
+        if first is not None:
+            return first[1]
         raise OutOfRange(f"no state of {self.id!r} at {format_rfc3339(at)}")
 
     def _first_micros(self) -> int | None:
