@@ -7,17 +7,17 @@ from collections.abc import Callable
 
 import pytest
 
-from rstream.client.windows import (
+from rstream.client.window import (
     INITIAL_STATES,
     TRANSITIONS,
     Bounds,
     Window,
     WindowState,
-    WindowStore,
     replay,
     state_in,
     states_weight,
 )
+from rstream.client.windows import WindowStore
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError, TransportError

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from rstream.client.pages import Body
-from rstream.client.windows import Pair, Window, WindowStore
+from rstream.client.window import Pair, Window
+from rstream.client.windows import WindowStore
 from rstream.core.mutation import apply_mutation, copy_json
 from rstream.core.timestamps import from_micros
 from rstream.core.wire import Page, check_order, read_page

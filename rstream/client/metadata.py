@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rstream.client.windows import Bounds
+from rstream.client.window import Bounds
 from rstream.core.entry import Entry
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import from_micros, parse_rfc3339

@@ -28,13 +28,8 @@ from rstream.client.pages import NDJSON, PageFetcher
 from rstream.client.retry import blocking_policy
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
 from rstream.client.transport import Transport, json_body, quote_stream_id
-from rstream.client.windows import (
-    DEFAULT_MAX_CACHED_ENTRIES,
-    Bounds,
-    WindowState,
-    WindowStore,
-    state_in,
-)
+from rstream.client.window import Bounds, WindowState, state_in
+from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES, WindowStore
 from rstream.core.entry import Entry
 from rstream.core.jsontype import check_json
 from rstream.core.mutation import copy_json
