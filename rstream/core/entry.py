@@ -70,23 +70,21 @@ class Entry:
     ) -> None:
         if not isinstance(data, Mapping):
             raise TypeError(f"entry data must be a JSON object (dict), not {type(data).__name__}")
-        _set_micros(self, to_micros(timestamp))
-        _set_kind(self, EntryKind.parse(kind))
-        _set_data(self, data if type(data) is dict else dict(data))
-        _set_rev(self, rev)
+        _set(self, "micros", to_micros(timestamp))
+        _set(self, "kind", EntryKind.parse(kind))
+        _set(self, "data", data if type(data) is dict else dict(data))
+        _set(self, "rev", rev)
 
     @classmethod
     def from_micros(
         cls, micros: int, kind: EntryKind, data: dict[str, Any], rev: int | None = None
     ) -> Entry:
         """Build an entry from already-validated parts (no checks; for storage code)."""
-        # Called once per entry a client or server reads: the slots are set through
-        # their descriptors, which costs half of object.__setattr__ by name.
-        self = _new(cls)
-        _set_micros(self, micros)
-        _set_kind(self, kind)
-        _set_data(self, data)
-        _set_rev(self, rev)
+        self = object.__new__(cls)
+        _set(self, "micros", micros)
+        _set(self, "kind", kind)
+        _set(self, "data", data)
+        _set(self, "rev", rev)
         return self
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
@@ -158,9 +156,5 @@ class Entry:
         return decode_entry(obj, where=where)
 
 
-_new = object.__new__
-# The slot descriptors' setters: Entry.__setattr__ refuses every assignment.
-_set_micros = Entry.__dict__["micros"].__set__
-_set_kind = Entry.__dict__["kind"].__set__
-_set_data = Entry.__dict__["data"].__set__
-_set_rev = Entry.__dict__["rev"].__set__
+_set = object.__setattr__
+"""Sets a slot: Entry.__setattr__ refuses every assignment."""
