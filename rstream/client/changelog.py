@@ -494,62 +494,24 @@ class Reader:
         changelog = self.log
         newest = changelog._next - 1
         if self._first_item is not None:
-            first, self._first_item = self._first_item, None
-            self._last = first
-            behind = newest - self._pos - len(changelog._markers_in(self._pos, newest))
-            if (self.overflow == "latest" and behind > 0) or (
-                self.overflow == "drop_oldest" and behind >= self.maxsize
-            ):
-                self.dropped += 1  # newer states wait: the policy skips the first one too
-            else:
+            first = self._take_first(newest)
+            if first is not None:
                 return [first]
         if self._catching is not None:
             return None
         if self._pos >= newest:
             return []
-        out: list[Item] = []
         if self.overflow == "latest":
-            out += changelog._markers_in(self._pos, newest)
-            skipped = newest - self._pos - len(out)
-            if changelog._current_seq > self._pos and changelog._current is not None:
-                out.append(changelog._current)
-                self._last = changelog._current
-                skipped -= 1
-            self.dropped += max(skipped, 0)
-            self._pos = newest
-            return out
+            return self._take_latest(newest)
+        out: list[Item] = []
         floor = changelog._first - 1  # the reader must be at or after it to read on
         if self.overflow == "drop_oldest":
             floor = max(floor, self._keeping(newest))
         if self._pos < floor:
-            notices = changelog._markers_in(self._pos, floor)
-            if self.overflow == "block":
-                if changelog._ended:
-                    return []  # nothing can be fetched any more
-                if (
-                    self._last is not None
-                    and changelog._fetch is not None
-                    and not any(isinstance(notice, Gap) for notice in notices)
-                ):
-                    self._catching = changes_after(
-                        self._last, _fetched(changelog._fetch, self._last.micros)
-                    )
-                    self._fetched_any = False
-                    return None
-                if not any(isinstance(notice, Gap) for notice in notices):
-                    notices.append(
-                        Gap(
-                            f"this subscriber fell more than {changelog.capacity} changes "
-                            f"behind the stream {changelog.name!r} and they could not be "
-                            "fetched; it goes on from the oldest change held",
-                            after_rev=None if self._last is None else self._last.rev,
-                            resumed_rev=None,
-                        )
-                    )
-            else:
-                self.dropped += floor - self._pos - len(notices)
+            notices = self._skip_to(floor)
+            if notices is None:
+                return None if self._catching is not None else []
             out += notices
-            self._pos = floor
         start = changelog._at(self._pos + 1)
         taken = cast("list[Item]", changelog._items[start : start + max(limit - len(out), 1)])
         self._pos += len(taken)
@@ -559,6 +521,67 @@ class Reader:
                 break
         out += taken
         return out
+
+    def _take_first(self, newest: int) -> Item | None:
+        """The subscriber's first item, unless its overflow policy skips it too."""
+        first, self._first_item = self._first_item, None
+        self._last = first
+        behind = newest - self._pos - len(self.log._markers_in(self._pos, newest))
+        if (self.overflow == "latest" and behind > 0) or (
+            self.overflow == "drop_oldest" and behind >= self.maxsize
+        ):
+            self.dropped += 1  # newer states wait: the policy skips the first one too
+            return None
+        return first
+
+    def _take_latest(self, newest: int) -> list[Item]:
+        """What an ``overflow="latest"`` reader gets: the notices, then the newest state."""
+        changelog = self.log
+        out: list[Item] = [*changelog._markers_in(self._pos, newest)]
+        skipped = newest - self._pos - len(out)
+        if changelog._current_seq > self._pos and changelog._current is not None:
+            out.append(changelog._current)
+            self._last = changelog._current
+            skipped -= 1
+        self.dropped += max(skipped, 0)
+        self._pos = newest
+        return out
+
+    def _skip_to(self, floor: int) -> list[Item] | None:
+        """Move a reader that fell below ``floor`` up to it; the notices it passes.
+
+        None when nothing is to be given now: a ``"block"`` reader starts
+        catching up from the server (:attr:`_catching` set), or cannot any more.
+        """
+        changelog = self.log
+        notices: list[Item] = [*changelog._markers_in(self._pos, floor)]
+        if self.overflow == "block":
+            if changelog._ended:
+                return None  # nothing can be fetched any more
+            if (
+                self._last is not None
+                and changelog._fetch is not None
+                and not any(isinstance(notice, Gap) for notice in notices)
+            ):
+                self._catching = changes_after(
+                    self._last, _fetched(changelog._fetch, self._last.micros)
+                )
+                self._fetched_any = False
+                return None
+            if not any(isinstance(notice, Gap) for notice in notices):
+                notices.append(
+                    Gap(
+                        f"this subscriber fell more than {changelog.capacity} changes "
+                        f"behind the stream {changelog.name!r} and they could not be "
+                        "fetched; it goes on from the oldest change held",
+                        after_rev=None if self._last is None else self._last.rev,
+                        resumed_rev=None,
+                    )
+                )
+        else:
+            self.dropped += floor - self._pos - len(notices)
+        self._pos = floor
+        return notices
 
     def _catch_up(self, limit: int) -> list[Item]:
         """Changes read from the server (lock NOT held), up to ``limit``.

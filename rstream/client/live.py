@@ -647,28 +647,7 @@ class LiveTail:
         raise _ReconnectError(cause, retry_after)
 
     def _read(self, response: requests.Response, url: str) -> None:
-        status = response.status_code
-        if status == 204:
-            raise _ServerEndedError
-        if status in RETRYABLE_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            try:
-                raise_for_response(response, stream_id=self.stream_id)
-            except RStreamError as exc:
-                self._failed_over(exc, retry_after)
-            self._failed_over(ServerError(f"GET {url} answered {status}", status=status))
-        if status >= 400:
-            if status == 401:
-                response.content  # noqa: B018 (read the error body for the message)
-            raise_for_response(response, stream_id=self.stream_id)  # fatal: 401/403/404/4xx
-        content_type = response.headers.get("Content-Type", "")
-        if status != 200 or not content_type.startswith("text/event-stream"):
-            self._failed_over(
-                ProtocolError(
-                    f"GET {url} answered {status} {content_type or 'without a Content-Type'}, "
-                    "not an event stream; is this an rstream v1 server?"
-                )
-            )
+        self._check_answer(response, url)
         self._learn_heartbeat(response)
         self._health.move(ConnectionState.OPEN)
         self._connection_open(url)
@@ -700,6 +679,31 @@ class LiveTail:
             log.info("live tail of %r: %s; resuming", self.stream_id, cause)
             return
         self._failed_over(cause)
+
+    def _check_answer(self, response: requests.Response, url: str) -> None:
+        """Return if ``response`` opens an event stream; else raise to retry or stop."""
+        status = response.status_code
+        if status == 204:
+            raise _ServerEndedError
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            try:
+                raise_for_response(response, stream_id=self.stream_id)
+            except RStreamError as exc:
+                self._failed_over(exc, retry_after)
+            self._failed_over(ServerError(f"GET {url} answered {status}", status=status))
+        if status >= 400:
+            if status == 401:
+                response.content  # noqa: B018 (read the error body for the message)
+            raise_for_response(response, stream_id=self.stream_id)  # fatal: 401/403/404/4xx
+        content_type = response.headers.get("Content-Type", "")
+        if status != 200 or not content_type.startswith("text/event-stream"):
+            self._failed_over(
+                ProtocolError(
+                    f"GET {url} answered {status} {content_type or 'without a Content-Type'}, "
+                    "not an event stream; is this an rstream v1 server?"
+                )
+            )
 
     def _learn_heartbeat(self, response: requests.Response) -> None:
         value = response.headers.get("RStream-Heartbeat")

@@ -521,32 +521,36 @@ class WindowStore:
             self.stats.bounds_fetches += 1
             if self._pending is window:
                 self._pending = None
-            if self._closed:
-                fetch = False
-            else:
-                existing = self._find(bounds.start)
-                if existing is not None and existing.state is not WindowState.LIVE:
-                    # Learned meanwhile (a history pass, the live tail): this
-                    # pending window is not needed; it never joins the store.
-                    if not existing.end_known and bounds.end is not None:
-                        existing.end, existing.end_known = bounds.end, True
-                    fetch = False
-                else:
-                    if existing is not None:  # a LIVE window that has since closed
-                        self._remove(existing)
-                    window.start, window.end = bounds.start, bounds.end
-                    window.revision = bounds.revision
-                    if bounds.end is None:
-                        self._transition(window, WindowState.LIVE)
-                        self._drop_stale_live(bounds.start)
-                        fetch = False
-                    else:
-                        self._transition(window, WindowState.PULLING)
-                        fetch = True
-                    self._insert(window)
+            fetch = not self._closed and self._place(window, bounds)
         _resolve(window._bounds_future, window)
-        if not fetch:
-            return
+        if fetch:
+            self._pull(window)
+
+    def _place(self, window: Window, bounds: Bounds) -> bool:
+        """Give the PENDING ``window`` its ``bounds``; whether to fetch its entries.
+
+        The lock is held. A window learned meanwhile (a history pass, the live
+        tail) makes this one unneeded: it never joins the store.
+        """
+        existing = self._find(bounds.start)
+        if existing is not None and existing.state is not WindowState.LIVE:
+            if not existing.end_known and bounds.end is not None:
+                existing.end, existing.end_known = bounds.end, True
+            return False
+        if existing is not None:  # a LIVE window that has since closed
+            self._remove(existing)
+        window.start, window.end = bounds.start, bounds.end
+        window.revision = bounds.revision
+        if bounds.end is None:
+            self._transition(window, WindowState.LIVE)
+            self._drop_stale_live(bounds.start)
+        else:
+            self._transition(window, WindowState.PULLING)
+        self._insert(window)
+        return window.state is WindowState.PULLING
+
+    def _pull(self, window: Window) -> None:
+        """Fetch the entries of the PULLING ``window`` and commit them (lock NOT held)."""
         assert window.start is not None
         assert window.end is not None
         try:
