@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from rstream.client.pages import Body
 from rstream.client.pages import PageChain as _Pages
+from rstream.core import wire
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
 from rstream.core.wire import NDJSONDecoder, Page, parse_ndjson, read_page
@@ -335,3 +336,19 @@ def test_a_shut_down_pool_is_client_closed() -> None:
     pool.shutdown()
     with pytest.raises(ClientClosed):
         _Pages(Pager(3).fetch, pool, None, None, depth=2)
+
+
+@given(st.lists(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999), max_size=20))
+def test_a_page_in_the_server_form_is_read_by_field_as_entry_by_entry(micros: list[int]) -> None:
+    items = [Entry.from_micros(m, EntryKind(i % 2), {"i": i}, i) for i, m in enumerate(micros)]
+    body = ndjson(items)
+    objs = [json.loads(line) for line in body.splitlines()]
+    lines = range(1, len(objs) + 1)
+    fast = wire._page_by_field(objs, lines)
+    assert (fast is None) == (not items)  # the server's form: read by field
+    plain = wire.decode_entries(objs, lines, "test")
+    if fast is not None:
+        assert fast.times == [e.micros for e in plain]
+        assert fast.dates == [from_micros(e.micros) for e in plain]
+        assert fast.kinds == [int(e.kind) for e in plain]
+        assert fast.datas == [e.data for e in plain]
