@@ -27,8 +27,8 @@ from typing import Any
 import requests
 
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.wire import encode_entry
 from rstream.server import app as server_app
-from rstream.server.live import encode_entry
 from rstream.server.runner import ServerThread
 from rstream.server.storage import SQLiteStorage
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from rstream.client.client import Client, connect
     from rstream.client.health import Health
     from rstream.client.queues import StateQueue
-    from rstream.client.remote import RemoteStream, StreamMetadata
+    from rstream.client.stream import RemoteStream, StreamMetadata
     from rstream.client.subscription import Subscription
 
 # The client (requests, urllib3, tenacity) loads on first use, so the core and
@@ -61,8 +61,8 @@ _LAZY = {
     "connect": "rstream.client.client",
     "Health": "rstream.client.health",
     "StateQueue": "rstream.client.queues",
-    "RemoteStream": "rstream.client.remote",
-    "StreamMetadata": "rstream.client.remote",
+    "RemoteStream": "rstream.client.stream",
+    "StreamMetadata": "rstream.client.stream",
     "Subscription": "rstream.client.subscription",
 }
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from rstream.client import Client, RemoteStream, connect
-from rstream.client.windows import WindowState, states_weight
+from rstream.client.window import WindowState, states_weight
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
 from rstream.errors import (

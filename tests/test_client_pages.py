@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rstream.client.remote import (
-    NDJSONDecoder,
-    _Columns,
-    _page_columns,
-    _Pages,
-    _read_stamps,
-    parse_ndjson,
-)
+from rstream.client.pages import Body
+from rstream.client.pages import PageChain as _Pages
+from rstream.core import wire
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.core.wire import NDJSONDecoder, Page, parse_ndjson, read_page
 from rstream.errors import ClientClosed, InvalidTimestamp, ProtocolError
 
 
@@ -47,13 +43,23 @@ def decode(body: bytes, size: int) -> list[Entry]:
     return out + decoder.close()
 
 
-def columns(body: bytes, size: int) -> _Columns:
+def columns(body: bytes, size: int) -> Page:
     """The page ``body`` by field, as history reads it, arrived in chunks of ``size``."""
-    return _page_columns(("test", [body[i : i + size] for i in range(0, len(body), size)]))
+    page = Body("test", [body[i : i + size] for i in range(0, len(body), size)])
+    return read_page(page.text(), page.url)
 
 
-def as_entries(page: _Columns) -> list[Entry]:
-    times, dates, kinds, datas, _ = page
+def _read_stamps(stamps: list[str]) -> tuple[list[int], list[datetime]]:
+    """The times and datetimes read_page makes of a page with these timestamps."""
+    body = b"".join(
+        json.dumps({"timestamp": stamp, "type": 0, "data": {}}).encode() + b"\n" for stamp in stamps
+    )
+    page = read_page(body, "test")
+    return page.times, page.dates
+
+
+def as_entries(page: Page) -> list[Entry]:
+    times, dates, kinds, datas = page.times, page.dates, page.kinds, page.datas
     assert dates == [from_micros(t) for t in times]
     assert all(d.tzinfo is UTC for d in dates)
     return [
@@ -124,7 +130,7 @@ def test_page_columns_hold_the_entries(size: int) -> None:
     items = entries(30)
     page = columns(ndjson(items), size)
     assert as_entries(page) == items
-    assert list(page[4]) == list(range(1, 31))
+    assert list(page.lines) == list(range(1, 31))
 
 
 def test_page_columns_of_blank_lines_crlf_and_a_missing_last_newline() -> None:
@@ -133,8 +139,8 @@ def test_page_columns_of_blank_lines_crlf_and_a_missing_last_newline() -> None:
     body = b"\r\n".join(lines[:2]) + b"\r\n\n  \n" + b"\n".join(lines[2:])
     page = columns(body, 5)
     assert as_entries(page) == items
-    assert list(page[4]) == [1, 2, 5, 6, 7]  # the lines the entries are on
-    assert columns(b"", 5)[0] == []
+    assert list(page.lines) == [1, 2, 5, 6, 7]  # the lines the entries are on
+    assert columns(b"", 5).times == []
 
 
 def test_page_columns_read_the_spelled_out_type_offsets_and_missing_revs() -> None:
@@ -236,7 +242,7 @@ def test_stamps_of_a_page_are_read_as_parse_rfc3339_reads_them(stamps: list[str]
     except InvalidTimestamp:
         expected = None
     if expected is None:
-        with pytest.raises(InvalidTimestamp):
+        with pytest.raises(ProtocolError, match="field 'timestamp'"):
             _read_stamps(stamps)
         return
     times, dates = _read_stamps(stamps)
@@ -330,3 +336,19 @@ def test_a_shut_down_pool_is_client_closed() -> None:
     pool.shutdown()
     with pytest.raises(ClientClosed):
         _Pages(Pager(3).fetch, pool, None, None, depth=2)
+
+
+@given(st.lists(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999), max_size=20))
+def test_a_page_in_the_server_form_is_read_by_field_as_entry_by_entry(micros: list[int]) -> None:
+    items = [Entry.from_micros(m, EntryKind(i % 2), {"i": i}, i) for i, m in enumerate(micros)]
+    body = ndjson(items)
+    objs = [json.loads(line) for line in body.splitlines()]
+    lines = range(1, len(objs) + 1)
+    fast = wire._page_by_field(objs, lines)
+    assert (fast is None) == (not items)  # the server's form: read by field
+    plain = wire.decode_entries(objs, lines, "test")
+    if fast is not None:
+        assert fast.times == [e.micros for e in plain]
+        assert fast.dates == [from_micros(e.micros) for e in plain]
+        assert fast.kinds == [int(e.kind) for e in plain]
+        assert fast.datas == [e.data for e in plain]

@@ -15,8 +15,10 @@ from rstream.client.retry import (
     DEFAULT_MAX_ATTEMPTS,
     MAX_RETRY_AFTER,
     blocking_policy,
-    live_policy,
     parse_retry_after,
+    reconnect_policy,
+    reconnect_wait,
+    retry_floor,
 )
 from rstream.client.transport import Transport, quote_stream_id, raise_for_response
 from rstream.errors import (
@@ -329,15 +331,26 @@ def test_a_user_template_is_copied_never_changed() -> None:
     template = tenacity.Retrying(stop=tenacity.stop_after_attempt(2))
     before = (template.sleep, template.stop, template.wait, template.retry, template.reraise)
     blocking_policy(template, sleep=lambda s: None)
-    live_policy(template, sleep=lambda s: None)
+    reconnect_policy(template, retry_on=OSError, wait=reconnect_wait(), sleep=lambda s: None)
     assert (template.sleep, template.stop, template.wait, template.retry, template.reraise) == (
         before
     )
 
 
-def test_live_policy_never_stops_by_default() -> None:
-    policy = live_policy(None, sleep=lambda s: None)
+def test_the_reconnect_policy_never_stops_whatever_the_template() -> None:
+    template = tenacity.Retrying(stop=tenacity.stop_after_attempt(2))
+    policy = reconnect_policy(
+        template, retry_on=OSError, wait=reconnect_wait(), sleep=lambda s: None
+    )
     assert isinstance(policy.stop, tenacity.stop._stop_never)
+
+
+def test_one_retry_after_rule_the_longest_asked_capped() -> None:
+    assert retry_floor() == 0.0
+    assert retry_floor(None, 7.0, 5.0) == 7.0
+    assert retry_floor(-3.0) == 0.0
+    assert retry_floor(5.0, 10_000.0) == MAX_RETRY_AFTER
+    assert parse_retry_after("99999") == retry_floor(99999.0)
 
 
 def test_post_is_not_repeated_after_it_may_have_taken_effect(

@@ -7,17 +7,17 @@ from collections.abc import Callable
 
 import pytest
 
-from rstream.client.windows import (
+from rstream.client.window import (
     INITIAL_STATES,
     TRANSITIONS,
     Bounds,
     Window,
     WindowState,
-    WindowStore,
     replay,
     state_in,
     states_weight,
 )
+from rstream.client.windows import WindowStore
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError, TransportError
@@ -102,7 +102,28 @@ def test_transition_table_covers_every_state_and_finals_are_final() -> None:
     assert set(TRANSITIONS) == set(WindowState)
     assert TRANSITIONS[S.COMMITTED] == frozenset()
     assert TRANSITIONS[S.ERROR] == frozenset()
-    assert {S.PENDING, S.LIVE} == INITIAL_STATES
+    assert {S.PENDING, S.LIVE, S.COMMITTED} == INITIAL_STATES
+    # Every state but the born-final ones is reached by some move, or is a birth.
+    reached = set().union(*TRANSITIONS.values()) | INITIAL_STATES
+    assert reached == set(WindowState)
+
+
+def test_a_window_read_whole_is_born_committed_never_live() -> None:
+    log = make_log(3, 10)
+    store = FakeServer(log).store()
+    moves: list[tuple[S, S]] = []
+    transition = store._transition
+
+    def record(window: Window, new: S) -> None:
+        moves.append((window.state, new))
+        transition(window, new)
+
+    store._transition = record  # type: ignore[method-assign]
+    window = store.commit(log[10:20], log[20].micros)
+    assert window.state is S.COMMITTED
+    assert moves == []
+    store.get(log[0].micros)  # fetched: PENDING, then PULLING, then COMMITTED
+    assert moves == [(S.PENDING, S.PULLING), (S.PULLING, S.COMMITTED)]
 
 
 @pytest.mark.parametrize("old", list(WindowState))
@@ -125,9 +146,10 @@ def test_a_negative_cache_budget_is_a_configuration_error() -> None:
         WindowStore(lambda at: Bounds(at, None, 1), lambda start, end: [], max_cached_entries=-1)
 
 
-def test_a_window_cannot_be_born_committed() -> None:
-    with pytest.raises(ValueError, match="cannot start"):
-        Window(S.COMMITTED)
+def test_a_window_cannot_be_born_pulling_or_failed() -> None:
+    for state in (S.PULLING, S.ERROR):
+        with pytest.raises(ValueError, match="cannot start"):
+            Window(state)
 
 
 # -- lookups ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
 from rstream.client.live import LiveTail
 from rstream.client.livestate import Change, LiveState
 from rstream.client.queues import StateQueue
+from rstream.client.retry import MAX_RETRY_AFTER
 from rstream.client.sse import EventStream
 from rstream.client.subscription import Subscription
 from rstream.client.transport import Transport
@@ -1100,6 +1101,16 @@ def test_waits_never_go_below_server_retry_or_retry_after(
     assert waits.waits[1] == 7.0  # so is Retry-After
     assert waits.waits[2] >= 5.0
     assert waits.waits[3] >= 5.0
+
+
+def test_a_server_retry_beyond_the_cap_waits_the_cap(mocked: responses.RequestsMock) -> None:
+    # The same cap as a blocking call's Retry-After (one rule: retry_floor).
+    add_sse(mocked, b"retry: 900000\n\n")
+    add_sse(mocked, sse(ev(LOG[0])))
+    waits = Waits(1)
+    tail, transport = make_tail(waits)
+    run_script(tail, transport, waits)
+    assert waits.waits == [MAX_RETRY_AFTER]
 
 
 def test_default_backoff_is_full_jitter_with_a_cap(mocked: responses.RequestsMock) -> None:

@@ -16,9 +16,9 @@ import requests
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.stream import MAX_RATE_MS, RateConfig
 from rstream.core.timestamps import format_rfc3339
+from rstream.core.wire import encode_entry, encode_row
 from rstream.errors import ConfigError
 from rstream.server import Limits
-from rstream.server.live import encode_entry, encode_row
 from rstream.server.storage import MemoryStorage, Storage, open_storage
 from rstream.server.storage.base import MAX_US, MIN_US, dump_json
 from tests.serverutil import running_server

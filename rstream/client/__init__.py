@@ -8,7 +8,7 @@ one stream. See ``docs/client.rst``.
 from __future__ import annotations
 
 from rstream.client.client import Client, connect
-from rstream.client.remote import RemoteStream, StreamMetadata
+from rstream.client.stream import RemoteStream, StreamMetadata
 from rstream.client.transport import Transport
 
 __all__ = ["Client", "RemoteStream", "StreamMetadata", "Transport", "connect"]

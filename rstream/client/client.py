@@ -3,7 +3,7 @@
 One :class:`Client` owns one :class:`~rstream.client.transport.Transport` (a
 pooled ``requests`` session to one store, possibly served by several replica
 URLs), one worker pool for fetching history pages, and one
-:class:`~rstream.client.remote.RemoteStream` per stream id.
+:class:`~rstream.client.stream.RemoteStream` per stream id.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 import tenacity
 
-from rstream.client.remote import RemoteStream, StreamMetadata
+from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
+from rstream.client.stream import RemoteStream, StreamMetadata
 from rstream.client.transport import Timeout, Token, Transport, json_body
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
 from rstream.errors import ClientClosed, ConfigError, ProtocolError, ServerError, TransportError
@@ -57,7 +58,7 @@ class Client:
         cert: str | tuple[str, str] | None = None,
         retry: tenacity.Retrying | None = None,
         heartbeat_timeout: float | None = None,
-        max_event_bytes: int = 16 * 2**20,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
         page_size: int | None = None,
         sleep: Callable[[float], None] = time.sleep,

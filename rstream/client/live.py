@@ -60,7 +60,13 @@ from rstream.client.health import ConnectionState, Health, HealthTracker
 from rstream.client.interrupt import observe_sockets
 from rstream.client.livestate import Change, LiveState
 from rstream.client.queues import StateQueue
-from rstream.client.retry import RETRYABLE_STATUSES, parse_retry_after
+from rstream.client.retry import (
+    RETRYABLE_STATUSES,
+    parse_retry_after,
+    reconnect_policy,
+    reconnect_wait,
+    retry_floor,
+)
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, EventStream, SSEEvent, iter_chunks
 from rstream.client.subscription import (
     ErrorCallback,
@@ -90,7 +96,6 @@ __all__ = [
     "HEARTBEAT_FACTOR",
     "LiveTail",
     "LiveTransport",
-    "default_wait",
 ]
 
 log = logging.getLogger("rstream.live")
@@ -101,12 +106,6 @@ DEFAULT_HEALTHY_AFTER = 10.0
 """A connection open this long (seconds) counts as healthy even if the stream was quiet."""
 DEFAULT_CAPACITY = 1_000_000
 """Changes the change log holds for slow subscribers (the client's ``max_cached_entries``)."""
-_MAX_SERVER_FLOOR = 600.0  # a retry:/Retry-After above this is a misconfiguration
-
-
-def default_wait() -> tenacity.wait.wait_base:
-    """Full-jitter exponential backoff: uniform in [0, 0.5 s * 2**n], capped at 30 s."""
-    return tenacity.wait_random_exponential(multiplier=0.5, max=30)
 
 
 class LiveTransport(Protocol):
@@ -208,7 +207,7 @@ class LiveTail:
         self._current_revision = current_revision
         # time.sleep cannot be interrupted by close(): use the stop event instead.
         self._user_sleep = None if sleep is time.sleep else sleep
-        self._wait = wait if wait is not None else default_wait()
+        self._wait = wait if wait is not None else reconnect_wait()
         self._healthy_after = healthy_after
         self._clock = clock
 
@@ -509,13 +508,11 @@ class LiveTail:
             self._log.finish()
 
     def _retrying(self) -> tenacity.Retrying:
-        # The transport's policy is a template: copied, never changed.
-        return self.transport.retry.copy(
-            stop=tenacity.stop_never,
-            retry=tenacity.retry_if_exception_type(_ReconnectError),
+        return reconnect_policy(
+            self.transport.retry,
+            retry_on=_ReconnectError,
             wait=self._wait_with_floor,
             sleep=self._backoff,
-            reraise=True,
         )
 
     @staticmethod
@@ -532,8 +529,7 @@ class LiveTail:
         return max(float(self._wait(retry_state)), self._floor(retry_after))
 
     def _floor(self, retry_after: float | None) -> float:
-        floor = max(self._server_retry, retry_after or 0.0)
-        return min(floor, _MAX_SERVER_FLOOR)
+        return retry_floor(self._server_retry, retry_after)
 
     def _backoff(self, seconds: float) -> None:
         self._health.try_move(ConnectionState.BACKOFF)
@@ -651,28 +647,7 @@ class LiveTail:
         raise _ReconnectError(cause, retry_after)
 
     def _read(self, response: requests.Response, url: str) -> None:
-        status = response.status_code
-        if status == 204:
-            raise _ServerEndedError
-        if status in RETRYABLE_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            try:
-                raise_for_response(response, stream_id=self.stream_id)
-            except RStreamError as exc:
-                self._failed_over(exc, retry_after)
-            self._failed_over(ServerError(f"GET {url} answered {status}", status=status))
-        if status >= 400:
-            if status == 401:
-                response.content  # noqa: B018 (read the error body for the message)
-            raise_for_response(response, stream_id=self.stream_id)  # fatal: 401/403/404/4xx
-        content_type = response.headers.get("Content-Type", "")
-        if status != 200 or not content_type.startswith("text/event-stream"):
-            self._failed_over(
-                ProtocolError(
-                    f"GET {url} answered {status} {content_type or 'without a Content-Type'}, "
-                    "not an event stream; is this an rstream v1 server?"
-                )
-            )
+        self._check_answer(response, url)
         self._learn_heartbeat(response)
         self._health.move(ConnectionState.OPEN)
         self._connection_open(url)
@@ -704,6 +679,31 @@ class LiveTail:
             log.info("live tail of %r: %s; resuming", self.stream_id, cause)
             return
         self._failed_over(cause)
+
+    def _check_answer(self, response: requests.Response, url: str) -> None:
+        """Return if ``response`` opens an event stream; else raise to retry or stop."""
+        status = response.status_code
+        if status == 204:
+            raise _ServerEndedError
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            try:
+                raise_for_response(response, stream_id=self.stream_id)
+            except RStreamError as exc:
+                self._failed_over(exc, retry_after)
+            self._failed_over(ServerError(f"GET {url} answered {status}", status=status))
+        if status >= 400:
+            if status == 401:
+                response.content  # noqa: B018 (read the error body for the message)
+            raise_for_response(response, stream_id=self.stream_id)  # fatal: 401/403/404/4xx
+        content_type = response.headers.get("Content-Type", "")
+        if status != 200 or not content_type.startswith("text/event-stream"):
+            self._failed_over(
+                ProtocolError(
+                    f"GET {url} answered {status} {content_type or 'without a Content-Type'}, "
+                    "not an event stream; is this an rstream v1 server?"
+                )
+            )
 
     def _learn_heartbeat(self, response: requests.Response) -> None:
         value = response.headers.get("RStream-Heartbeat")

@@ -33,14 +33,11 @@ from typing import Any, NamedTuple
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
-from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.core.timestamps import format_rfc3339, from_micros
+from rstream.core.wire import decode_event
 from rstream.errors import EntryFormatError, Gap, MutationError, ProtocolError
 
 __all__ = ["Change", "LiveState", "Step"]
-
-
-# Change and Step are immutable NamedTuples rather than frozen dataclasses: one of
-# each is built per event on the reader thread, and a NamedTuple is twice as cheap.
 
 
 class Change(NamedTuple):
@@ -77,10 +74,6 @@ class Step(NamedTuple):
 
 
 _NOTHING = Step()
-_tuple_new = tuple.__new__
-_new_entry = Entry.from_micros
-_SNAPSHOT, _MUTATION = EntryKind.SNAPSHOT, EntryKind.MUTATION
-_KINDS = (_SNAPSHOT, _MUTATION)
 
 # Exceptions that garbage can raise below us; all become ProtocolError.
 _BAD_INPUT = (ValueError, TypeError, KeyError, RecursionError, EntryFormatError, MutationError)
@@ -144,30 +137,7 @@ class LiveState:
     def feed(self, event: str, data: str, event_id: str | None = None) -> Step:
         """Apply one complete SSE event; raises :class:`~rstream.ProtocolError` on garbage."""
         if event == "entry":
-            entry = self._parse_entry(event, data, event_id)
-            # The common case, a mutation that extends the window, inline: this runs
-            # once per event on the reader thread (hence tuple.__new__ for the
-            # NamedTuples, which skips their __new__'s argument handling).
-            state, rev, last_rev = self._state, entry.rev, self._rev
-            if state is not None and entry.kind is _MUTATION:
-                assert rev is not None
-                assert last_rev is not None
-                entries = self._entries
-                micros = entry.micros
-                if rev > last_rev and micros > entries[-1].micros:
-                    try:
-                        new_state = apply_mutation(state, entry.data)
-                    except _BAD_INPUT as exc:
-                        raise self._not_applicable(entry, exc) from None
-                    entries.append(entry)
-                    if len(entries) > self._max_window:
-                        self._shed()
-                    self._prev_state = state
-                    self._state = new_state
-                    self._rev = rev
-                    change = _tuple_new(Change, (micros, new_state, rev, state))
-                    return _tuple_new(Step, (change, None, None, True))
-            return self._entry(entry, amend=False)
+            return self._entry(self._parse_entry(event, data, event_id), amend=False)
         if event == "amend":
             return self._entry(self._parse_entry(event, data, event_id), amend=True)
         if event == "reset":
@@ -181,30 +151,7 @@ class LiveState:
     def _parse_entry(self, event: str, data: str, event_id: str | None) -> Entry:
         """The entry of an ``entry`` or ``amend`` event, with its revision."""
         try:
-            obj = json.loads(data)
-            # The plain form the server sends (type 0 or 1, data an object, rev a
-            # non-negative int or absent, a valid timestamp), read inline: the same
-            # entry Entry.from_json reads, without its generality and its calls.
-            entry = None
-            if type(obj) is dict:
-                kind = obj.get("type")
-                body = obj.get("data")
-                rev = obj.get("rev")
-                timestamp = obj.get("timestamp")
-                if (
-                    type(kind) is int
-                    and 0 <= kind <= 1
-                    and type(body) is dict
-                    and type(timestamp) is str
-                    and (rev is None or (type(rev) is int and rev >= 0))
-                ):
-                    # Not contextlib.suppress: a context manager per event costs more.
-                    try:  # noqa: SIM105
-                        entry = _new_entry(parse_rfc3339(timestamp), _KINDS[kind], body, rev)
-                    except ValueError:
-                        pass  # Entry.from_json says what is wrong with the timestamp
-            if entry is None:  # not the plain form: Entry.from_json accepts it or says why
-                entry = Entry.from_json(obj, where=f"{event} event")
+            entry = decode_event(data, where=f"{event} event")
         except _BAD_INPUT as exc:
             raise ProtocolError(f"malformed {event!r} event: {_short(exc)}") from None
         if entry.rev is None:

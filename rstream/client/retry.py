@@ -6,9 +6,12 @@ failure that may go away (a connection error, a timeout, a 5xx, a 429); tenacity
 decides *whether* and *when* to try again. A user's policy (``Client(retry=...)``)
 is a template: it is copied with :meth:`tenacity.Retrying.copy`, never mutated.
 
-Defaults: exponential backoff with full jitter from 0.5 s, capped at 30 s; for
-blocking calls at most 5 attempts and 60 s, for the live tail no limit. A
-``Retry-After`` from the server is a floor under the backoff. A blocking call
+Blocking calls (:func:`blocking_policy`): exponential backoff with jitter from
+0.5 s, capped at 30 s, at most 5 attempts and 60 s. The live tail
+(:func:`reconnect_policy`): full-jitter exponential backoff from 0.5 s, capped
+at 30 s, never giving up. For both, what the server asks (``Retry-After``, the
+SSE ``retry:`` field) is a floor under the backoff, capped at
+:data:`MAX_RETRY_AFTER` (:func:`retry_floor`, the one rule). A blocking call
 whose connection is refused (no server listens: stopped, restarting, wrong
 port) gives up before :data:`REFUSED_DEADLINE` seconds have passed in all, so
 a caller learns of it in seconds, not a minute.
@@ -38,8 +41,10 @@ __all__ = [
     "blocking_policy",
     "default_template",
     "is_retryable",
-    "live_policy",
     "parse_retry_after",
+    "reconnect_policy",
+    "reconnect_wait",
+    "retry_floor",
     "single_attempt",
     "stop_refused_after",
     "wait_retry_after",
@@ -108,7 +113,14 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.fromtimestamp(now(), UTC)).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return retry_floor(seconds)
+
+
+def retry_floor(*asked: float | None) -> float:
+    """The least wait before the next attempt that the server asked for: the longest
+    of ``asked`` (``Retry-After``, ``retry:``; None: not asked), at least 0 and at
+    most :data:`MAX_RETRY_AFTER` seconds."""
+    return min(max([0.0, *(seconds or 0.0 for seconds in asked)]), MAX_RETRY_AFTER)
 
 
 class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801  (tenacity's naming)
@@ -206,10 +218,25 @@ def single_attempt(*, sleep: Callable[[float], None]) -> tenacity.Retrying:
     return _derive(tenacity.Retrying(stop=tenacity.stop_after_attempt(1)), sleep, None)
 
 
-def live_policy(
-    template: tenacity.Retrying | None, *, sleep: Callable[[float], None]
+def reconnect_wait() -> tenacity.wait.wait_base:
+    """The live tail's backoff: uniform in [0, 0.5 s * 2**n], capped at 30 s (full jitter)."""
+    return tenacity.wait_random_exponential(multiplier=0.5, max=DEFAULT_MAX_WAIT)
+
+
+def reconnect_policy(
+    template: tenacity.Retrying,
+    *,
+    retry_on: type[BaseException],
+    wait: Callable[[RetryCallState], float],
+    sleep: Callable[[float], None],
 ) -> tenacity.Retrying:
-    """The policy for the live tail: without a user template, it never gives up."""
-    if template is None:
-        return _derive(default_template(), sleep, tenacity.stop_never)
-    return _derive(template, sleep, None)
+    """The live tail's policy: ``template`` copied (never changed) to retry every
+    ``retry_on`` error, forever, waiting ``wait`` (which applies :func:`retry_floor`)
+    through ``sleep``."""
+    return template.copy(
+        stop=tenacity.stop_never,
+        retry=tenacity.retry_if_exception_type(retry_on),
+        wait=wait,
+        sleep=sleep,
+        reraise=True,
+    )

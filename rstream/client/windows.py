@@ -14,14 +14,8 @@ consecutive states share structure (``apply_mutation`` copies only the changed
 path), so a window's states take about the memory of its entries, and the
 budget weighs them (:func:`states_weight`).
 
-A window moves through the states of :class:`WindowState`; the allowed moves
-are the :data:`TRANSITIONS` table, and every move goes through
-:meth:`WindowStore._transition`, which checks it::
-
-    PENDING --bounds--> WAITING --> PULLING --entries--> COMMITTED
-       |                   |           |
-       +--(end is null)--> LIVE -------+--(next snapshot seen)--> COMMITTED
-       +--------+----------+-----------+--> ERROR (dropped; the next request retries)
+A window's life is the transition table of :mod:`rstream.client.window`; every
+move goes through :meth:`WindowStore._transition`, which checks it.
 
 This module does no I/O: it calls the ``fetch_bounds`` and ``fetch_entries``
 functions it is given (the remote stream passes HTTP ones; tests pass fakes),
@@ -32,73 +26,33 @@ same window wait for that fetch (a future per window) instead of repeating it.
 from __future__ import annotations
 
 import bisect
-import enum
-import itertools
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any
 
-from rstream.core.entry import Entry, EntryKind
-from rstream.core.mutation import apply_mutation
-from rstream.core.timestamps import EPOCH, format_rfc3339, from_micros
-from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError
+from rstream.client.window import (
+    TRANSITIONS,
+    Bounds,
+    Pair,
+    Window,
+    WindowState,
+    check_bounds,
+    check_window_entries,
+    check_window_times,
+    replay,
+    states_weight,
+)
+from rstream.core.entry import Entry
+from rstream.core.timestamps import from_micros
+from rstream.errors import ClientClosed, ConfigError, OutOfRange
 
-__all__ = [
-    "TRANSITIONS",
-    "Bounds",
-    "StoreStats",
-    "Window",
-    "WindowState",
-    "WindowStore",
-    "replay",
-    "state_in",
-    "states_weight",
-]
-
-State = dict[str, Any]
-Pair: TypeAlias = "tuple[datetime, State]"
-"""An entry's timestamp and the state after it, as ``history`` yields them."""
+__all__ = ["DEFAULT_MAX_CACHED_ENTRIES", "StoreStats", "WindowStore"]
 
 DEFAULT_MAX_CACHED_ENTRIES = 1_000_000
-
-
-class WindowState(enum.Enum):
-    """Where a window is in its life."""
-
-    PENDING = "pending"  # asking the server for the bounds around a time
-    WAITING = "waiting"  # bounds known, entries not asked for yet
-    PULLING = "pulling"  # fetching the entries
-    LIVE = "live"  # the open window: it still grows, so it is never cached
-    COMMITTED = "committed"  # complete and immutable; kept until evicted
-    ERROR = "error"  # a fetch failed; the window is dropped
-
-
-TRANSITIONS: dict[WindowState, frozenset[WindowState]] = {
-    WindowState.PENDING: frozenset({WindowState.WAITING, WindowState.LIVE, WindowState.ERROR}),
-    WindowState.WAITING: frozenset({WindowState.PULLING, WindowState.ERROR}),
-    WindowState.PULLING: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
-    WindowState.LIVE: frozenset({WindowState.COMMITTED, WindowState.ERROR}),
-    WindowState.COMMITTED: frozenset(),
-    WindowState.ERROR: frozenset(),
-}
-"""The allowed moves: ``state -> states it may become``. COMMITTED and ERROR are final."""
-
-INITIAL_STATES = frozenset({WindowState.PENDING, WindowState.LIVE})
-"""A window is born PENDING (asked for a time) or LIVE (seen by the live tail)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bounds:
-    """The server's answer to ``GET /window``: ``end`` is None for the live window."""
-
-    start: int
-    end: int | None
-    revision: int
 
 
 @dataclass(slots=True)
@@ -110,83 +64,6 @@ class StoreStats:
     entries_fetches: int = 0
     evictions: int = 0
     errors: int = 0
-
-
-class Window:
-    """One window: its bounds, state and (once COMMITTED) entries.
-
-    ``start``/``end`` are epoch microseconds (``end`` None while unknown or
-    live). Once COMMITTED, ``micros`` holds the entries' timestamps (for
-    bisecting) and either ``entries`` is set or, once the states are computed,
-    ``pairs`` is (and ``entries`` is dropped): the ``(datetime, state)`` of
-    each entry, shared with every reader and never to be modified. Read
-    ``pairs`` before ``entries``: ``pairs`` is set
-    before ``entries`` is dropped, and never unset. ``end_known`` is False for a window
-    committed by the live tail before the next snapshot's time was known: its
-    end is then provisional (just after its last entry) until the server
-    confirms it.
-    """
-
-    __slots__ = (
-        "_bounds_future",
-        "_done_future",
-        "asked_at",
-        "end",
-        "end_known",
-        "entries",
-        "error",
-        "live_micros",
-        "live_pairs",
-        "micros",
-        "pairs",
-        "revision",
-        "start",
-        "state",
-        "states_weight",
-    )
-
-    def __init__(self, state: WindowState, *, asked_at: int | None = None) -> None:
-        if state not in INITIAL_STATES:
-            raise ValueError(f"a window cannot start {state.name}")
-        self.state = state
-        self.asked_at = asked_at
-        self.start: int | None = None
-        self.end: int | None = None
-        self.end_known = True
-        self.revision: int | None = None
-        self.entries: list[Entry] | None = None
-        self.micros: list[int] | None = None
-        self.pairs: list[Pair] | None = None
-        self.states_weight = 0
-        # LIVE only: what a history pass read of it, snapshot first (see WindowStore.hold_live).
-        self.live_micros: list[int] | None = None
-        self.live_pairs: list[Pair] | None = None
-        self.error: BaseException | None = None
-        self._bounds_future: Future[Window] = Future()
-        # Resolved (to None: the window holds the entries, and may drop them
-        # for its states) when the entries are in, or failed with the error.
-        self._done_future: Future[None] = Future()
-
-    def covers(self, at: int) -> bool:
-        """Whether ``at`` falls in the window (a live window covers all times after its start)."""
-        if self.start is None or at < self.start:
-            return False
-        return self.end is None or at < self.end
-
-    @property
-    def size(self) -> int:
-        """The number of entries (0 until COMMITTED)."""
-        return len(self.micros) if self.micros is not None else 0
-
-    @property
-    def weight(self) -> int:
-        """What the window costs in the store's budget: its entries, or its states."""
-        return self.states_weight if self.pairs is not None else self.size
-
-    def __repr__(self) -> str:
-        start = "?" if self.start is None else format_rfc3339(self.start)
-        end = "open" if self.end is None else format_rfc3339(self.end)
-        return f"<Window {self.state.name} [{start}, {end}) {self.size} entries>"
 
 
 class WindowStore:
@@ -246,7 +123,7 @@ class WindowStore:
                 lead = window is None and pending is None
                 if lead:
                     pending = self._pending = Window(WindowState.PENDING, asked_at=at)
-            if window is not None:  # WAITING or PULLING: another thread fetches it
+            if window is not None:  # PULLING: another thread fetches it
                 window._done_future.result()
                 # Return it even if already evicted: its entries stay valid.
                 return window
@@ -379,7 +256,7 @@ class WindowStore:
         entries. A window already committed is kept as is (and returned).
         """
         entries = list(entries)
-        _check_window_entries(entries, entries[0].micros if entries else 0, end)
+        check_window_entries(entries, entries[0].micros if entries else 0, end)
         if pairs is not None:
             pairs = list(pairs)
             if len(pairs) != len(entries):
@@ -402,7 +279,7 @@ class WindowStore:
         """
         micros = list(micros)
         pairs = list(pairs)
-        _check_window_times(micros, end)
+        check_window_times(micros, end)
         if len(pairs) != len(micros):
             raise ValueError(f"{len(pairs)} states for {len(micros)} entries")
         if pairs[0][0] != from_micros(micros[0]) or pairs[-1][0] != from_micros(micros[-1]):
@@ -560,9 +437,10 @@ class WindowStore:
         entries: list[Entry] | None,
         pairs: list[Pair] | None = None,
     ) -> None:
-        # Either entries or pairs: the pairs, when known, replace the entries.
+        # The window is COMMITTED (born so, or moved by the caller). Either
+        # entries or pairs: the pairs, when known, replace the entries.
         assert window.start is not None
-        self._transition(window, WindowState.COMMITTED)
+        assert window.state is WindowState.COMMITTED
         window.live_micros = window.live_pairs = None  # now held as a committed window
         window.micros = micros
         if pairs is None:
@@ -611,11 +489,12 @@ class WindowStore:
                 return existing
             if existing is not None and existing.state is WindowState.LIVE:
                 window = existing
+                self._transition(window, WindowState.COMMITTED)
             elif existing is not None:
-                # WAITING/PULLING: its own fetch will commit it; nothing to add.
+                # PULLING: its own fetch will commit it; nothing to add.
                 return existing
             else:
-                window = Window(WindowState.LIVE)
+                window = Window(WindowState.COMMITTED)
                 window.start = start
                 self._insert(window)
             window.end = end if end is not None else micros[-1] + 1
@@ -628,7 +507,7 @@ class WindowStore:
         """Fetch the bounds, then the entries, of ``window`` (lock NOT held)."""
         try:
             bounds = self._fetch_bounds(at)
-            _check_bounds(bounds, at)
+            check_bounds(bounds, at)
         except BaseException as exc:
             with self._lock:
                 if self._pending is window:
@@ -642,38 +521,41 @@ class WindowStore:
             self.stats.bounds_fetches += 1
             if self._pending is window:
                 self._pending = None
-            if self._closed:
-                fetch = False
-            else:
-                existing = self._find(bounds.start)
-                if existing is not None and existing.state is not WindowState.LIVE:
-                    # Learned meanwhile (a history pass, the live tail): this
-                    # pending window is not needed; it never joins the store.
-                    if not existing.end_known and bounds.end is not None:
-                        existing.end, existing.end_known = bounds.end, True
-                    fetch = False
-                else:
-                    if existing is not None:  # a LIVE window that has since closed
-                        self._remove(existing)
-                    window.start, window.end = bounds.start, bounds.end
-                    window.revision = bounds.revision
-                    if bounds.end is None:
-                        self._transition(window, WindowState.LIVE)
-                        self._drop_stale_live(bounds.start)
-                        fetch = False
-                    else:
-                        self._transition(window, WindowState.WAITING)
-                        self._transition(window, WindowState.PULLING)
-                        fetch = True
-                    self._insert(window)
+            fetch = not self._closed and self._place(window, bounds)
         _resolve(window._bounds_future, window)
-        if not fetch:
-            return
+        if fetch:
+            self._pull(window)
+
+    def _place(self, window: Window, bounds: Bounds) -> bool:
+        """Give the PENDING ``window`` its ``bounds``; whether to fetch its entries.
+
+        The lock is held. A window learned meanwhile (a history pass, the live
+        tail) makes this one unneeded: it never joins the store.
+        """
+        existing = self._find(bounds.start)
+        if existing is not None and existing.state is not WindowState.LIVE:
+            if not existing.end_known and bounds.end is not None:
+                existing.end, existing.end_known = bounds.end, True
+            return False
+        if existing is not None:  # a LIVE window that has since closed
+            self._remove(existing)
+        window.start, window.end = bounds.start, bounds.end
+        window.revision = bounds.revision
+        if bounds.end is None:
+            self._transition(window, WindowState.LIVE)
+            self._drop_stale_live(bounds.start)
+        else:
+            self._transition(window, WindowState.PULLING)
+        self._insert(window)
+        return window.state is WindowState.PULLING
+
+    def _pull(self, window: Window) -> None:
+        """Fetch the entries of the PULLING ``window`` and commit them (lock NOT held)."""
         assert window.start is not None
         assert window.end is not None
         try:
             entries = list(self._fetch_entries(window.start, window.end))
-            _check_window_entries(entries, window.start, window.end)
+            check_window_entries(entries, window.start, window.end)
         except BaseException as exc:
             with self._lock:
                 if window.state is WindowState.PULLING:
@@ -683,6 +565,7 @@ class WindowStore:
         with self._lock:
             self.stats.entries_fetches += 1
             if window.state is WindowState.PULLING and not self._closed:
+                self._transition(window, WindowState.COMMITTED)
                 self._commit(window, [e.micros for e in entries], entries)
         _resolve(window._done_future, None)
 
@@ -697,105 +580,4 @@ def _fail(future: Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _check_bounds(bounds: Bounds, at: int) -> None:
-    if bounds.start > at or (bounds.end is not None and bounds.end <= at):
-        end = "open" if bounds.end is None else format_rfc3339(bounds.end)
-        raise ProtocolError(
-            f"the server answered a window [{format_rfc3339(bounds.start)}, {end}) "
-            f"that does not contain the time asked for ({format_rfc3339(at)})"
-        )
-
-
-def _check_window_entries(entries: Sequence[Entry], start: int, end: int | None) -> None:
-    """A window's entries: a snapshot at ``start``, then mutations, all before ``end``."""
-    if not entries:
-        raise ProtocolError(
-            f"the window starting {format_rfc3339(start)} came back empty; its snapshot is missing"
-        )
-    first = entries[0]
-    if first.micros != start or first.kind is not EntryKind.SNAPSHOT:
-        raise ProtocolError(
-            f"the window starting {format_rfc3339(start)} does not begin with its snapshot "
-            f"(got {first!r})"
-        )
-    previous = start
-    for entry in entries[1:]:
-        if entry.micros <= previous or entry.kind is not EntryKind.MUTATION:
-            raise ProtocolError(
-                f"the window starting {format_rfc3339(start)} has an entry out of order "
-                f"or a second snapshot: {entry!r}"
-            )
-        previous = entry.micros
-    if end is not None and previous >= end:
-        raise ProtocolError(
-            f"the window [{format_rfc3339(start)}, {format_rfc3339(end)}) holds an entry "
-            "at or after its end"
-        )
-
-
-def _check_window_times(micros: Sequence[int], end: int | None) -> None:
-    """A window's times (its snapshot's first): not empty, ascending, all before ``end``."""
-    if not micros:
-        raise ProtocolError("a window came back empty; its snapshot is missing")
-    start = micros[0]
-    if not all(map(operator.lt, micros, itertools.islice(micros, 1, None))):
-        raise ProtocolError(f"the window starting {format_rfc3339(start)} has entries out of order")
-    if end is not None and micros[-1] >= end:
-        raise ProtocolError(
-            f"the window [{format_rfc3339(start)}, {format_rfc3339(end)}) holds an entry "
-            "at or after its end"
-        )
-
-
 _STATE = operator.itemgetter(1)  # the state of a (datetime, state) pair
-
-
-# -- pure helpers over a window's entries -------------------------------------------
-
-
-def state_in(entries: Sequence[Entry], micros: Sequence[int], at: int) -> tuple[int, State]:
-    """``(index, state)`` at time ``at`` in a window's entries (snapshot first).
-
-    ``micros`` are the entries' timestamps. The state is shared with the entries
-    (read-only): copy it before giving it away.
-    """
-    index = bisect.bisect_right(micros, at) - 1
-    if index < 0:
-        raise OutOfRange(f"no state at {format_rfc3339(at)}: it is before the window")
-    state = entries[0].data
-    for i in range(1, index + 1):
-        state = apply_mutation(state, entries[i].data)
-    return index, state
-
-
-def replay(entries: Sequence[Entry]) -> list[Pair]:
-    """The ``(datetime, state)`` of every entry of a window (snapshot first).
-
-    The states share structure with each other and with the entries
-    (``apply_mutation`` copies only what changed): treat them as read-only.
-    """
-    state = entries[0].data
-    pairs: list[Pair] = [(EPOCH + timedelta(0, 0, entries[0].micros), state)]
-    append = pairs.append
-    for entry in entries[1:]:
-        state = apply_mutation(state, entry.data)
-        append((EPOCH + timedelta(0, 0, entry.micros), state))
-    return pairs
-
-
-STATE_FIELDS_PER_ENTRY = 16
-"""How many top-level fields of a state cost about as much memory as one entry."""
-
-
-def states_weight(states: Iterable[State]) -> int:
-    """What a window's computed states weigh in the budget (they replace its entries).
-
-    Each state is a new top-level object (the path copy of ``apply_mutation``)
-    and a datetime; its other parts are shared with the state before it or with
-    the entry's mutation. Measured, that is about as much memory as an entry,
-    so a state weighs one entry, plus one per :data:`STATE_FIELDS_PER_ENTRY`
-    top-level fields: a state of 300 fields copies a dict of 300 slots, however
-    small the mutation that made it.
-    """
-    sizes = list(map(len, states))  # no Python code per state
-    return len(sizes) + sum(sizes) // STATE_FIELDS_PER_ENTRY

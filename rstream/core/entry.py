@@ -7,15 +7,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from rstream.core.jsontype import json_equal, json_type
+from rstream.core.jsontype import json_equal
 from rstream.core.timestamps import (
     TimeLike,
     format_rfc3339,
     from_micros,
-    parse_rfc3339,
     to_micros,
 )
-from rstream.errors import EntryFormatError, InvalidTimestamp
+from rstream.errors import EntryFormatError
 
 __all__ = ["Entry", "EntryKind"]
 
@@ -73,23 +72,21 @@ class Entry:
     ) -> None:
         if not isinstance(data, Mapping):
             raise TypeError(f"entry data must be a JSON object (dict), not {type(data).__name__}")
-        _set_micros(self, to_micros(timestamp))
-        _set_kind(self, EntryKind.parse(kind))
-        _set_data(self, data if type(data) is dict else dict(data))
-        _set_rev(self, rev)
+        _set(self, "micros", to_micros(timestamp))
+        _set(self, "kind", EntryKind.parse(kind))
+        _set(self, "data", data if type(data) is dict else dict(data))
+        _set(self, "rev", rev)
 
     @classmethod
     def from_micros(
         cls, micros: int, kind: EntryKind, data: dict[str, Any], rev: int | None = None
     ) -> Entry:
         """Build an entry from already-validated parts (no checks; for storage code)."""
-        # Called once per entry a client or server reads: the slots are set through
-        # their descriptors, which costs half of object.__setattr__ by name.
-        self = _new(cls)
-        _set_micros(self, micros)
-        _set_kind(self, kind)
-        _set_data(self, data)
-        _set_rev(self, rev)
+        self = object.__new__(cls)
+        _set(self, "micros", micros)
+        _set(self, "kind", kind)
+        _set(self, "data", data)
+        _set(self, "rev", rev)
         return self
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
@@ -146,55 +143,24 @@ class Entry:
     def to_json(self, *, with_rev: bool = False) -> dict[str, Any]:
         """The JSON form: ``{"timestamp": RFC 3339 UTC, "type": 0|1, "data": {...}}``.
 
-        With ``with_rev`` (the wire form of the server) ``"rev"`` is added.
+        With ``with_rev`` (the wire form of the server) ``"rev"`` is added
+        (see :mod:`rstream.core.wire`).
         """
-        obj: dict[str, Any] = {
-            "timestamp": format_rfc3339(self.micros),
-            "type": int(self.kind),
-            "data": self.data,
-        }
-        if with_rev and self.rev is not None:
-            obj["rev"] = self.rev
-        return obj
+        from rstream.core.wire import entry_json
+
+        return entry_json(self, with_rev=with_rev)
 
     @classmethod
     def from_json(cls, obj: object, *, where: str = "entry") -> Entry:
-        """Read the JSON form (as parsed by :func:`json.loads`).
+        """Read the JSON form (as parsed by :func:`json.loads`; see :mod:`rstream.core.wire`).
 
         Raises :class:`~rstream.EntryFormatError` naming the field and ``where``
         (for example ``"line 12"``) when anything is malformed.
         """
-        if not isinstance(obj, dict):
-            _bad(where, f"expected a JSON object, got {json_type(obj)}")
-        try:
-            raw_ts = obj["timestamp"]
-            raw_kind = obj["type"]
-            data = obj["data"]
-        except KeyError as exc:
-            _bad(where, f"missing field {exc.args[0]!r}")
-        try:
-            micros = parse_rfc3339(raw_ts)
-        except InvalidTimestamp as exc:
-            _bad(where, f"field 'timestamp': {exc}")
-        try:
-            kind = EntryKind.parse(raw_kind)
-        except ValueError as exc:
-            _bad(where, f"field 'type': {exc}")
-        if not isinstance(data, dict):
-            _bad(where, f"field 'data' must be a JSON object, got {json_type(data)}")
-        rev = obj.get("rev")
-        if rev is not None and (type(rev) is not int or rev < 0):
-            _bad(where, f"field 'rev' must be a non-negative integer, got {rev!r}")
-        return cls.from_micros(micros, kind, data, rev)
+        from rstream.core.wire import decode_entry
+
+        return decode_entry(obj, where=where)
 
 
-_new = object.__new__
-# The slot descriptors' setters: Entry.__setattr__ refuses every assignment.
-_set_micros = Entry.__dict__["micros"].__set__
-_set_kind = Entry.__dict__["kind"].__set__
-_set_data = Entry.__dict__["data"].__set__
-_set_rev = Entry.__dict__["rev"].__set__
-
-
-def _bad(where: str, message: str) -> NoReturn:
-    raise EntryFormatError(f"malformed entry ({where}): {message}")
+_set = object.__setattr__
+"""Sets a slot: Entry.__setattr__ refuses every assignment."""

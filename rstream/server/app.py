@@ -44,6 +44,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import Clock, RateConfig, Stream
 from rstream.core.timestamps import format_rfc3339, from_micros
+from rstream.core.wire import encode_entry, encode_row
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.compaction import Compactor
@@ -51,7 +52,7 @@ from rstream.server.connections import reset
 from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
 from rstream.server.limits import Limits
-from rstream.server.live import Change, Hub, Subscriber, encode_entry, encode_row, live_events
+from rstream.server.live import Change, Hub, Subscriber, live_events
 from rstream.server.metrics import install_metrics
 from rstream.server.openapi import openapi_document
 from rstream.server.params import (

@@ -30,47 +30,17 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from rstream.core.entry import Entry
-from rstream.core.timestamps import format_rfc3339
+from rstream.core.wire import encode_entry
 from rstream.server.errors import fail
 from rstream.server.limits import Limits
 
-__all__ = ["Change", "Hub", "Subscriber", "encode_entry", "encode_row", "live_events"]
+__all__ = ["Change", "Hub", "Subscriber", "live_events"]
 
 logger = logging.getLogger("rstream.server.live")
 
 _FRAME_CHUNK = 256 * 1024  # join small events into writes of about this size
 _WINDOW_PAGE = 1_000  # entries per storage read while sending the live window
 _FOREVER_US = 2**62  # an end time after every entry
-
-
-def encode_entry(entry: Entry) -> bytes:
-    """The compact JSON wire form of an entry (with ``rev``), as UTF-8.
-
-    Data holding a lone surrogate (``"\\ud800"``, which JSON text may carry but
-    UTF-8 cannot) is sent in the escaped ASCII form, as storage keeps it.
-    """
-    obj = entry.to_json(with_rev=True)
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-def encode_row(micros: int, kind: int, data_json: str, rev: int) -> bytes:
-    """:func:`encode_entry`'s bytes for a stored row, spliced without parsing.
-
-    ``data_json`` is the entry's data as storage keeps it
-    (:func:`~rstream.server.storage.base.dump_json`: compact, keys in order,
-    UTF-8 or escaped ASCII), which is byte for byte what ``json.dumps`` makes
-    of the parsed data inside :func:`encode_entry`.
-    """
-    return b'{"timestamp":"%s","type":%d,"data":%s,"rev":%d}' % (
-        format_rfc3339(micros).encode("ascii"),
-        kind,
-        data_json.encode("utf-8"),
-        rev,
-    )
 
 
 @dataclass(frozen=True, slots=True)
