@@ -215,7 +215,7 @@ def main() -> None:
             f"   client RSS growth during the run {growth / 2**20:.1f} MiB (peak); "
             f"the cache limit's size: {CACHE:,} states x {per_state:.0f} B = "
             f"{limit_bytes / 2**20:.1f} MiB (ratio {growth / limit_bytes:.2f}; the change "
-            f"log's states and the live window's entries are each bounded by the limit)\n"
+            f"log's states and the live window's entries share the limit, half each)\n"
             f"b  drained in {drain:.2f} s: {len(got):,} states, "
             f"{refetched[0]:,} entries re-fetched from the server; "
             f"equal to the server's log, once, in order: {exact and not extra}"

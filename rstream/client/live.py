@@ -163,8 +163,9 @@ class LiveTail:
     the reader thread, outside any lock, when a new snapshot arrives live, with
     the previous live window (complete, snapshot first; read-only entries).
 
-    ``capacity`` bounds the changes held in memory for slow subscribers, and
-    the live window's entries kept (past it, ``live_window()`` is None);
+    ``capacity`` bounds, in all, the changes held in memory for slow
+    subscribers and the live window's entries kept, half each (past its half,
+    ``live_window()`` is None);
     ``fetch(start)`` returns the server's entries from ``start`` (epoch
     microseconds) on, so that a ``"block"`` subscriber that fell further
     behind reads them from the server (without it, such a subscriber is given
@@ -212,8 +213,13 @@ class LiveTail:
         self._clock = clock
 
         self._lock = threading.Lock()  # guards _state, _subscriptions, _closed
-        self._state = LiveState(max_window=capacity)
-        self._log = ChangeLog(capacity, fetch=fetch, name=stream_id, clock=clock)
+        # The live window's entries and the change log's states share one budget,
+        # so that what the tail holds stays within ``capacity`` changes in all.
+        window_capacity = max(1, capacity // 2)
+        self._state = LiveState(max_window=window_capacity)
+        self._log = ChangeLog(
+            max(1, capacity - window_capacity), fetch=fetch, name=stream_id, clock=clock
+        )
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self._fatal: BaseException | None = None
