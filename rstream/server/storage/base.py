@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ __all__ = [
     "dump_json",
     "is_valid_stream_id",
     "load_json",
+    "new_store_id",
 ]
 
 #: The first storable microsecond (0001-01-01T00:00:00Z), inclusive.
@@ -217,8 +219,19 @@ class Storage(Protocol):
         """Release every resource; idempotent. Later use raises ``ClientClosed``."""
         ...
 
+    @property
+    def store_id(self) -> str:
+        """The store's id: random, created with the store and kept in it, the same
+        for every server on it (clients use it to tell stores apart)."""
+        ...
+
 
 # -- helpers -------------------------------------------------------------------
+
+
+def new_store_id() -> str:
+    """A fresh random store id (32 hex digits)."""
+    return uuid.uuid4().hex
 
 
 def is_valid_stream_id(stream_id: object) -> bool:
