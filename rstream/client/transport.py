@@ -63,6 +63,7 @@ from rstream.errors import (
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "STORE_ID_HEADER",
     "Transport",
     "describe_failure",
     "json_body",
@@ -84,6 +85,10 @@ _SNIPPET = 200
 
 
 # -- pure helpers ---------------------------------------------------------------
+
+
+STORE_ID_HEADER = "RStream-Store-Id"
+"""The response header naming the store that answered (window and entries responses)."""
 
 
 def quote_stream_id(stream_id: str) -> str:
@@ -334,6 +339,9 @@ class Transport:
         self._interrupter = Interrupter()
         self._lock = threading.Lock()
         self._good = 0  # index of the URL that answered last
+        self.on_store_id: Callable[[str], None] | None = None
+        """Called (on the requesting thread) with the ``RStream-Store-Id`` of every
+        successful response that has one (the disk cache checks it)."""
 
         from rstream import __version__  # here: rstream/__init__ may import this module
 
@@ -579,6 +587,9 @@ class Transport:
                     raise_for_response(response, stream_id=call.stream_id)
                 finally:
                     response.close()
+            store_id = response.headers.get(STORE_ID_HEADER)
+            if store_id and self.on_store_id is not None:
+                self.on_store_id(store_id)
             return response
         # Next time, begin with the URL after the one that failed first; with
         # one URL this is a no-op.

@@ -41,12 +41,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.timestamps import EPOCH, format_rfc3339, from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError
+
+if TYPE_CHECKING:
+    from rstream.client.diskcache import StreamCache
 
 __all__ = [
     "TRANSITIONS",
@@ -65,6 +68,7 @@ Pair: TypeAlias = "tuple[datetime, State]"
 """An entry's timestamp and the state after it, as ``history`` yields them."""
 
 DEFAULT_MAX_CACHED_ENTRIES = 1_000_000
+DISK_RUN_ENTRIES = 100_000  # the most entries one read-ahead from the disk cache loads
 
 
 class WindowState(enum.Enum):
@@ -110,6 +114,7 @@ class StoreStats:
     entries_fetches: int = 0
     evictions: int = 0
     errors: int = 0
+    disk_hits: int = 0  # committed windows read from the disk cache
 
 
 class Window:
@@ -207,6 +212,7 @@ class WindowStore:
         fetch_entries: Callable[[int, int], list[Entry]],
         *,
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
+        disk: StreamCache | None = None,
     ) -> None:
         if max_cached_entries < 0:
             raise ConfigError("max_cached_entries must be >= 0")
@@ -221,6 +227,7 @@ class WindowStore:
         self._cached_entries = 0
         self._cached_weight = 0
         self._closed = False
+        self._disk = disk  # committed windows on disk: read through on a miss, written through
         self.stats = StoreStats()
 
     # -- looking up ----------------------------------------------------------------
@@ -230,8 +237,12 @@ class WindowStore:
 
         Fetches what is missing: first the bounds (one pending request at a
         time), then the entries. Raises what the fetch raised, to every thread
-        that waited for it.
+        that waited for it. With a disk cache, a window it holds costs no request.
         """
+        if self._disk is not None:
+            found = self._from_disk(at, None)
+            if found:
+                return found[0]
         while True:
             with self._lock:
                 self._check_open()
@@ -272,8 +283,11 @@ class WindowStore:
         ``stop``; ``[]`` when ``at`` is not cached. Each is a hit, as for :meth:`get`.
 
         One lock round for a run of windows: a pass over a cached range costs per
-        run, not per window.
+        run, not per window. With a disk cache, the windows it holds from ``at``
+        on are read into memory first.
         """
+        if self._disk is not None:
+            self._from_disk(at, stop)
         with self._lock:
             self._check_open()
             i = bisect.bisect_right(self._starts, at) - 1
@@ -311,12 +325,17 @@ class WindowStore:
 
     def next_start_after(self, at: int) -> int | None:
         """The start of the first committed window starting after ``at``."""
+        found: int | None = None
         with self._lock:
             i = bisect.bisect_right(self._starts, at)
             for window in self._windows[i:]:
                 if window.state is WindowState.COMMITTED:
-                    return window.start
-            return None
+                    found = window.start
+                    break
+        on_disk = None if self._disk is None else self._disk.next_start_after(at)
+        if found is None or on_disk is None:
+            return found if on_disk is None else on_disk
+        return min(found, on_disk)
 
     @property
     def cached_entries(self) -> int:
@@ -596,8 +615,11 @@ class WindowStore:
         entries: list[Entry] | None,
         pairs: list[Pair] | None,
         end: int | None,
+        *,
+        save: bool = True,
     ) -> Window:
-        """Commit a validated window (its entries or its states) unless already known.
+        """Commit a validated window (its entries or its states) unless already known,
+        and write it to the disk cache (``save``: it does not come from there).
 
         Lock NOT held; returns the window committed, or the one already known.
         """
@@ -608,6 +630,8 @@ class WindowStore:
             if existing is not None and existing.state is WindowState.COMMITTED:
                 if not existing.end_known and end is not None:
                     existing.end, existing.end_known = end, True
+                    if self._disk is not None:
+                        self._disk.confirm_end(start, end)
                 return existing
             if existing is not None and existing.state is WindowState.LIVE:
                 window = existing
@@ -622,7 +646,40 @@ class WindowStore:
             window.end_known = end is not None
             self._commit(window, micros, entries, pairs)
         window._done_future.set_result(None)
+        if save:
+            self._to_disk(window)
         return window
+
+    def _from_disk(self, at: int, stop: int | None) -> list[Window]:
+        """Commit the windows the disk cache holds from ``at`` on (lock NOT held): the
+        one covering ``at``, then (``stop`` not None) those following it up to
+        ``stop``, within half the memory budget. Returns them, the one covering
+        ``at`` first; [] when ``at`` is not on disk or already in memory."""
+        assert self._disk is not None
+        with self._lock:
+            self._check_open()
+            known = self._covering(at)
+            if known is not None and known.state is WindowState.COMMITTED:
+                return []
+        if stop is None:
+            one = self._disk.find(at)
+            found = [] if one is None else [one]
+        else:
+            budget = max(1, min(self.max_cached_entries // 2, DISK_RUN_ENTRIES))
+            found = self._disk.run(at, stop, budget)
+        windows = [self._record(w.micros, None, w.pairs, w.end, save=False) for w in found]
+        if not windows or windows[0].state is not WindowState.COMMITTED:
+            return []
+        with self._lock:
+            self.stats.disk_hits += len(windows)
+        return windows if windows[0].covers(at) else []
+
+    def _to_disk(self, window: Window) -> None:
+        """Write a committed window through to the disk cache (lock NOT held)."""
+        if self._disk is None or window.micros is None:
+            return
+        pairs = window.pairs if window.pairs is not None else self.states(window)
+        self._disk.put(window.micros, pairs, window.end if window.end_known else None)
 
     def _lead(self, window: Window, at: int) -> None:
         """Fetch the bounds, then the entries, of ``window`` (lock NOT held)."""
@@ -651,6 +708,8 @@ class WindowStore:
                     # pending window is not needed; it never joins the store.
                     if not existing.end_known and bounds.end is not None:
                         existing.end, existing.end_known = bounds.end, True
+                        if self._disk is not None:
+                            self._disk.confirm_end(bounds.start, bounds.end)
                     fetch = False
                 else:
                     if existing is not None:  # a LIVE window that has since closed
@@ -682,9 +741,12 @@ class WindowStore:
             raise
         with self._lock:
             self.stats.entries_fetches += 1
-            if window.state is WindowState.PULLING and not self._closed:
+            committed = window.state is WindowState.PULLING and not self._closed
+            if committed:
                 self._commit(window, [e.micros for e in entries], entries)
         _resolve(window._done_future, None)
+        if committed:
+            self._to_disk(window)
 
 
 def _resolve(future: Future[Any], value: Any) -> None:
