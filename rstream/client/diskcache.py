@@ -141,23 +141,25 @@ class DiskCache:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
+            # Read before anything is written: a foreign file is left as it is.
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            fresh = app == 0 and version == 0 and tables == 0
+            if not fresh and (app != APPLICATION_ID or version != FORMAT):
+                raise sqlite3.DatabaseError(
+                    f"not an rstream cache of format {FORMAT} "
+                    f"(application_id {app:#x}, user_version {version})"
+                )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last write is fine
-            with _transaction(conn):
-                app = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if app == 0 and version == 0 and tables == 0:  # a new file
-                    for statement in _SCHEMA:
+            if fresh:
+                with _transaction(conn):
+                    for statement in _SCHEMA:  # IF NOT EXISTS: another process may be first
                         conn.execute(statement)
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version = {FORMAT}")
-                elif app != APPLICATION_ID or version != FORMAT:
-                    raise sqlite3.DatabaseError(
-                        f"not an rstream cache of format {FORMAT} "
-                        f"(application_id {app:#x}, user_version {version})"
-                    )
-                conn.execute("SELECT count(*) FROM windows").fetchone()  # readable?
+            conn.execute("SELECT count(*) FROM windows").fetchone()  # readable?
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:
                 conn.close()
