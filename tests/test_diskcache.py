@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -436,3 +437,39 @@ def test_the_live_tail_writes_the_windows_it_commits(storage: Storage, tmp_path:
         info = DiskCache(cache).info()
     assert info["windows"] == 1
     assert info["entries"] == 10
+
+
+# -- the CLI -----------------------------------------------------------------------
+
+
+def test_the_cli_uses_the_default_cache_unless_told_not_to(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rstream.cli.main import main
+
+    cache = tmp_path / "cli-cache"
+    monkeypatch.setenv("RSTREAM_CACHE_DIR", str(cache))
+    runner = CliRunner()
+    with serving(storage) as (url, recorder):
+        write(url, 0, 45)
+        start = datetime.fromtimestamp(T0, UTC).isoformat()
+        args = ["history", url, STREAM, "--start", start, "--json"]
+        nocache = runner.invoke(main, [*args, "--no-cache"])
+        assert nocache.exit_code == 0, nocache.output
+        assert not (cache / FILE_NAME).exists()
+        first = runner.invoke(main, args)
+        assert first.exit_code == 0, first.output
+        assert first.output == nocache.output
+        shown = json.loads(runner.invoke(main, ["cache", "info", "--json"]).output)
+        assert shown["windows"] == 4
+        assert list(shown["urls"]) == [url]
+        recorder.take()
+        again = runner.invoke(main, args)
+        assert again.output == first.output
+        assert entries_starts(recorder.take()) == [to_micros(T0 + 40)]  # the live window only
+        cleared = runner.invoke(main, ["cache", "clear", url])
+        assert cleared.exit_code == 0, cleared.output
+        assert "removed 4 cached windows" in cleared.output
+        assert DiskCache(cache).info()["windows"] == 0
