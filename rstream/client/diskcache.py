@@ -120,6 +120,8 @@ class DiskCache:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._opened = False
+        self._total: int | None = None  # the windows' bytes, as this process last counted
+        self._puts = 0
         self.broken: str | None = None  # why the cache is off, once it is
 
     def __repr__(self) -> str:
@@ -328,7 +330,7 @@ class DiskCache:
     ) -> None:
         """Keep a committed window (its entries' times and states; ``end`` None: not
         known yet). A window kept already is left as it is, unless it gains its end."""
-        blob = zlib.compress(marshal.dumps((list(micros), list(states)), _MARSHAL_VERSION), 6)
+        blob = zlib.compress(marshal.dumps((list(micros), list(states)), _MARSHAL_VERSION), 1)
         if len(blob) > self.max_bytes:
             return  # it would evict everything else and still not fit
         start = micros[0]
@@ -344,7 +346,7 @@ class DiskCache:
                 (store, stream, start, stop, int(end is not None), len(micros), len(blob),
                  time.time_ns(), blob),
             )  # fmt: skip
-            self._evict(conn)
+            self._evict(conn, len(blob))
 
     def confirm_end(self, store: str, stream: str, start: int, end: int) -> None:
         """Record the end of a window kept before its end was known."""
@@ -414,15 +416,23 @@ class DiskCache:
             if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY:
                 raise
 
-    def _evict(self, conn: sqlite3.Connection) -> None:
-        total = conn.execute("SELECT total(size) FROM windows").fetchone()[0]
-        excess = int(total) - self.max_bytes
+    def _evict(self, conn: sqlite3.Connection, added: int) -> None:
+        # Counted again (a scan) only when this process's running count says the
+        # bound may be passed, or once in a while for what other processes added.
+        self._puts += 1
+        if self._total is not None and self._puts % 256:
+            self._total += added
+            if self._total <= self.max_bytes:
+                return
+        self._total = int(conn.execute("SELECT total(size) FROM windows").fetchone()[0])
+        excess = self._total - self.max_bytes
         if excess <= 0:
             return
         doomed: list[int] = []
         for rowid, size in conn.execute("SELECT rowid, size FROM windows ORDER BY used"):
             doomed.append(rowid)
             excess -= size
+            self._total -= size
             if excess <= 0:
                 break
         conn.executemany("DELETE FROM windows WHERE rowid = ?", [(r,) for r in doomed])

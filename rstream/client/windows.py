@@ -240,7 +240,7 @@ class WindowStore:
         that waited for it. With a disk cache, a window it holds costs no request.
         """
         if self._disk is not None:
-            found = self._from_disk(at, None)
+            found = self._from_disk(at, None, run=False)
             if found:
                 return found[0]
         while True:
@@ -287,7 +287,7 @@ class WindowStore:
         on are read into memory first.
         """
         if self._disk is not None:
-            self._from_disk(at, stop)
+            self._from_disk(at, stop, run=True)
         with self._lock:
             self._check_open()
             i = bisect.bisect_right(self._starts, at) - 1
@@ -650,18 +650,18 @@ class WindowStore:
             self._to_disk(window)
         return window
 
-    def _from_disk(self, at: int, stop: int | None) -> list[Window]:
+    def _from_disk(self, at: int, stop: int | None, *, run: bool) -> list[Window]:
         """Commit the windows the disk cache holds from ``at`` on (lock NOT held): the
-        one covering ``at``, then (``stop`` not None) those following it up to
-        ``stop``, within half the memory budget. Returns them, the one covering
-        ``at`` first; [] when ``at`` is not on disk or already in memory."""
+        one covering ``at``, then (``run``) those following it that start before
+        ``stop`` (None: no limit), within half the memory budget. Returns them, the
+        one covering ``at`` first; [] when ``at`` is not on disk or already in memory."""
         assert self._disk is not None
         with self._lock:
             self._check_open()
             known = self._covering(at)
             if known is not None and known.state is WindowState.COMMITTED:
                 return []
-        if stop is None:
+        if not run:
             one = self._disk.find(at)
             found = [] if one is None else [one]
         else:
