@@ -473,3 +473,43 @@ def test_the_cli_uses_the_default_cache_unless_told_not_to(
         assert cleared.exit_code == 0, cleared.output
         assert "removed 4 cached windows" in cleared.output
         assert DiskCache(cache).info()["windows"] == 0
+
+
+# -- units -------------------------------------------------------------------------
+
+
+def test_a_server_without_a_store_id_is_asked_once_and_nothing_is_cached(tmp_path: Path) -> None:
+    from rstream.client.diskcache import StoreCache
+
+    asked: list[str] = []
+
+    def ask(stream_id: str) -> str:
+        asked.append(stream_id)
+        return ""  # an older server: no store id
+
+    store = StoreCache(DiskCache(tmp_path), ["http://x"], ask)
+    stream = store.stream(STREAM)
+    stream.put([1, 2], [(None, {"a": 1}), (None, {"a": 2})], 10)
+    assert stream.find(1) is None
+    assert stream.run(1, None, 100) == []
+    assert asked == [STREAM]
+    assert store.disk.info()["windows"] == 0
+
+
+def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path)
+    states = [{"a": 1}, {"a": 2}]
+    disk.put("s", STREAM, [10, 20], states, None)  # from the live tail: ends after 20
+    assert disk.find("s", STREAM, 25) is None
+    found = disk.find("s", STREAM, 20)
+    assert found is not None
+    assert (found.start, found.end, found.micros) == (10, None, [10, 20])
+    assert [state for _, state in found.pairs] == states
+    disk.confirm_end("s", STREAM, 10, 30)
+    confirmed = disk.find("s", STREAM, 25)
+    assert confirmed is not None
+    assert confirmed.end == 30
+    disk.put("s", STREAM, [30], [{"a": 3}], 40)
+    assert [w.start for w in disk.run("s", STREAM, 15, None, 100)] == [10, 30]
+    assert disk.run("other-store", STREAM, 15, None, 100) == []
+    disk.close()

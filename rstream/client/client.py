@@ -207,7 +207,8 @@ class Client:
         return None if self.cache is None else self.cache.stream(stream_id)
 
     def _ask_store_id(self, stream_id: str) -> str | None:
-        """The store id the server reports (``GET /v1/streams/{id}``), or None."""
+        """The store id the server reports (``GET /v1/streams/{id}``); None when
+        the request failed, ``""`` when the server reports none."""
         try:
             body = self.transport.get_json(
                 f"/v1/streams/{quote_stream_id(stream_id)}", stream_id=stream_id
@@ -216,7 +217,10 @@ class Client:
             logger.info("no store id for the disk cache: %s", exc)
             return None
         store_id = body.get("store_id") if isinstance(body, dict) else None
-        return store_id if isinstance(store_id, str) and store_id else None
+        if not (isinstance(store_id, str) and store_id):
+            logger.info("%s reports no store id: the disk cache is not used", self.urls[0])
+            return ""
+        return store_id
 
     def _forget(self, stream: RemoteStream) -> None:
         with self._lock:

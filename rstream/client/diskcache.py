@@ -486,8 +486,10 @@ class StoreCache:
     """A :class:`DiskCache` as one client sees it: only the windows of the store its
     URLs serve, once that store's id is known.
 
-    ``ask_store_id(path)`` asks the server for the store id (one request, the
-    first time a stream reads from the cache); :meth:`observe` takes every id
+    ``ask_store_id(stream_id)`` asks the server for the store id (one request,
+    the first time a stream reads from the cache): None when it could not be
+    asked (asked again next time), ``""`` when the server has none (an older
+    server: the cache stays unused); :meth:`observe` takes every id
     the transport sees after that (``RStream-Store-Id``). A new id rebinds the
     URLs (purging the old store's windows, one warning). Thread-safe.
     """
@@ -500,16 +502,18 @@ class StoreCache:
         self._ask = ask_store_id
         self._lock = threading.Lock()
         self._store: str | None = None
+        self._no_id = False  # the server sends no store id: nothing is cached
 
     def store(self, stream_id: str) -> str | None:
         """The verified store id (asking the server the first time), or None: the
         server gave none, or the cache is off."""
-        if self.disk.broken is not None:
+        if self.disk.broken is not None or self._no_id:
             return None
         store = self._store
         if store is None:
             asked = self._ask(stream_id)
-            if asked is None:
+            if not asked:
+                self._no_id = asked == ""
                 return None
             self.observe(asked)
             store = self._store
