@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -252,6 +253,38 @@ def test_another_store_under_the_same_url_purges_the_cache(
     info = DiskCache(cache).info()
     assert info["windows"] == 4  # the old store's are gone
     assert set(info["urls"].values()) == {new.store_id}
+
+
+def test_a_store_change_seen_by_a_running_client_purges_the_old_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = open_storage(f"sqlite:///{tmp_path / 'old.db'}")
+    new = open_storage(f"sqlite:///{tmp_path / 'new.db'}")
+    cache = tmp_path / "cache"
+    with rstream.Client(f"http://127.0.0.1:{_free_port()}", cache=cache) as client:
+        port = int(client.urls[0].rsplit(":", 1)[1])
+        with serving(old, port=port) as (url, _):
+            write(url, 0, 25)
+            list(client.stream(STREAM).history(T0, None))
+        assert DiskCache(cache).info()["windows"] == 2
+        with serving(new, port=port) as (url, _), caplog.at_level(logging.WARNING):
+            write(url, 0, 25, salt=3)
+            # The live window is fetched again: its response names the new store.
+            list(client.stream(STREAM).history(T0 + 20, None))
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "now serves another store" in warnings[0]
+    info = DiskCache(cache).info()
+    assert info["windows"] == 0
+    assert set(info["urls"].values()) == {new.store_id}
+    old.close()
+    new.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # -- damage ------------------------------------------------------------------------
