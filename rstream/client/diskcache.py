@@ -330,7 +330,10 @@ class DiskCache:
     ) -> None:
         """Keep a committed window (its entries' times and states; ``end`` None: not
         known yet). A window kept already is left as it is, unless it gains its end."""
-        blob = zlib.compress(marshal.dumps((list(micros), list(states)), _MARSHAL_VERSION), 6)
+        try:
+            blob = zlib.compress(marshal.dumps((list(micros), list(states)), _MARSHAL_VERSION), 6)
+        except ValueError:  # not JSON types (states are): the window is simply not kept
+            return
         if len(blob) > self.max_bytes:
             return  # it would evict everything else and still not fit
         start = micros[0]
