@@ -529,6 +529,18 @@ def test_a_server_without_a_store_id_is_asked_once_and_nothing_is_cached(tmp_pat
     assert store.disk.info()["windows"] == 0
 
 
+def test_urls_are_kept_without_credentials(tmp_path: Path) -> None:
+    from rstream.client.diskcache import StoreCache
+
+    store = StoreCache(DiskCache(tmp_path), ["http://me:pw@127.0.0.1:9/x"], lambda _: "s1")
+    assert store.urls == ("http://127.0.0.1:9/x",)
+    assert store.stream(STREAM).find(5) is None  # asks for the store id, binds the URL
+    assert store.disk.info()["urls"] == {"http://127.0.0.1:9/x": "s1"}
+    store.disk.close()
+    for path in tmp_path.iterdir():
+        assert b"me:pw" not in path.read_bytes(), path
+
+
 def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None:
     disk = DiskCache(tmp_path)
     states = [{"a": 1}, {"a": 2}]

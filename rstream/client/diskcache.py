@@ -36,6 +36,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -409,11 +410,12 @@ class DiskCache:
         # The LRU clock of what was read. Best effort: a busy file skips it.
         if not starts:
             return
+        now = time.time_ns()
         try:
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE windows SET used = ? WHERE store = ? AND stream = ? AND start = ?",
-                    [(time.time_ns(), store, stream, start) for start in starts],
+                    [(now, store, stream, start) for start in starts],
                 )
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY:
@@ -485,6 +487,13 @@ def _file_bytes(path: Path) -> int:
     return total
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part: no secret is written to the cache."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 class StoreCache:
     """A :class:`DiskCache` as one client sees it: only the windows of the store its
     URLs serve, once that store's id is known.
@@ -501,7 +510,7 @@ class StoreCache:
         self, disk: DiskCache, urls: Sequence[str], ask_store_id: Callable[[str], str | None]
     ) -> None:
         self.disk = disk
-        self.urls = tuple(urls)
+        self.urls = tuple(map(_without_credentials, urls))  # the cache file keeps them
         self._ask = ask_store_id
         self._lock = threading.Lock()
         self._store: str | None = None
