@@ -558,3 +558,32 @@ def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None
     assert [w.start for w in disk.run("s", STREAM, 15, None, 100)] == [10, 30]
     assert disk.run("other-store", STREAM, 15, None, 100) == []
     disk.close()
+
+
+def test_threads_of_one_client_read_through_the_disk_at_once(
+    storage: Storage, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with serving(storage) as (url, _):
+        write(url, 0, 305)
+        read(url, cache)  # another process filled the cache
+        times = [T0 + i + 0.5 for i in range(0, 300, 7)]
+        with rstream.Client(url) as plain:
+            want = [plain.stream(STREAM).state_at(t) for t in times]
+        got: dict[int, list[Any]] = {}
+        with rstream.Client(url, cache=cache) as client:
+            stream = client.stream(STREAM)
+
+            def reader(k: int) -> None:
+                got[k] = [stream.state_at(t) for t in times[k::2] + times[1 - k :: 2]]
+
+            threads = [threading.Thread(target=reader, args=(k,)) for k in (0, 1)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+                assert not thread.is_alive()
+            assert stream.windows.stats.bounds_fetches == 0  # every window came from disk
+        for k in (0, 1):
+            order = times[k::2] + times[1 - k :: 2]
+            assert got[k] == [want[times.index(t)] for t in order]
