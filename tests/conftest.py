@@ -15,6 +15,14 @@ from tests.serverutil import running_server
 settings.register_profile("ci", max_examples=1000)
 
 
+@pytest.fixture(autouse=True)
+def _private_cli_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's disk cache of every test in a temporary directory, never the user's."""
+    monkeypatch.setenv("RSTREAM_CACHE_DIR", str(tmp_path_factory.mktemp("cli-cache")))
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> Iterator[Storage]:
     store = open_storage(f"sqlite:///{tmp_path / 'streams.db'}")

@@ -440,7 +440,12 @@ def _entry_point() -> str:
 
 def test_the_installed_entry_point(url: str, dead_url: str) -> None:
     exe = _entry_point()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    # No token from the environment; the disk cache stays the test's (conftest.py).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RSTREAM_") or k == "RSTREAM_CACHE_DIR"
+    }
     done = subprocess.run(
         [exe, "state", url, "robot-1", "--json"], capture_output=True, env=env, timeout=30
     )

@@ -510,13 +510,16 @@ def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_pa
         # The file stops growing: it holds about the last second, however long the
         # load runs. (Without retention it would grow linearly: 1.7 times from
         # the first of these stretches to the second.)
-        early = max(size for at, size in sizes if 2.0 <= at < 3.5)
-        late = max(size for at, size in sizes if at >= 4.5)
+        # By sample, not by time: a busy machine writes fewer than 80 a second.
+        assert len(sizes) >= 3, sizes
+        third = len(sizes) // 3
+        early = max(size for _, size in sizes[third : 2 * third])
+        late = max(size for _, size in sizes[2 * third :])
         written_bytes = sum(len(s["pad"]) for _, s in written)
         final = db.stat().st_size
         print(
-            f"sqlite file: max {early} B in 2-3.5 s, max {late} B after 4.5 s, {final} B "
-            f"at the end; {written_bytes} B of states written in {duration} s"
+            f"sqlite file: max {early} B in the middle third of the run, max {late} B in "
+            f"the last, {final} B at the end; {written_bytes} B of states written in {duration} s"
         )
         assert late <= early * 1.3
         assert final < written_bytes * 0.75  # without retention: more than written_bytes

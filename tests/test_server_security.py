@@ -153,7 +153,7 @@ def test_a_read_token_alone_guards_writes_too(storage: Storage, http: requests.S
                 401,
                 "unauthorized",
             )
-        assert http.get(f"{url}/v1/streams", headers=read).json() == {"streams": []}
+        assert http.get(f"{url}/v1/streams", headers=read).json()["streams"] == []
         r = http.post(f"{url}/v1/streams/a/state", json={"state": {}}, headers=read)
         assert r.status_code == 201
         assert http.put(f"{url}/v1/streams/b", headers=read).status_code == 201

@@ -1,6 +1,9 @@
 """What every client command shares: the URL argument, the options that build a
 :class:`rstream.client.Client`, and token loading.
 
+Client commands read and write the disk cache of committed windows
+(:func:`cache_dir`) unless given ``--no-cache``.
+
 Tokens never come from a plain command-line flag (it would show in ``ps`` and
 shell history): ``--token-file FILE`` (or ``RSTREAM_TOKEN_FILE``) names a file
 whose content is the token, re-read on every (re)connect so a rotated token is
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +40,7 @@ __all__ = [
     "ClientOptions",
     "StreamIdParam",
     "UrlParam",
+    "cache_dir",
     "client_options",
     "dump_json",
     "format_time",
@@ -44,6 +48,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+CACHE_DIR_VARIABLE = "RSTREAM_CACHE_DIR"
 
 
 class UrlParam(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -111,6 +117,7 @@ class ClientOptions:
     retries: int | None
     ca_bundle: str | None
     verbose: bool
+    cache: bool = True  # the default disk cache (see rstream.cli.cache); --no-cache: off
 
     def client(self, urls: tuple[str, ...], **overrides: Any) -> Client:
         """A :class:`~rstream.client.Client` for ``urls`` built from these options."""
@@ -122,6 +129,7 @@ class ClientOptions:
             "token": load_token(self.token_file),
             "timeout": (min(3.05, self.timeout), self.timeout),
             "verify": self.ca_bundle if self.ca_bundle else True,
+            "cache": cache_dir() if self.cache else None,
         }
         if self.retries is not None:
             kwargs["retry"] = tenacity.Retrying(
@@ -132,6 +140,15 @@ class ClientOptions:
             )
         kwargs.update(overrides)
         return Client(list(urls), **kwargs)
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The CLI's disk cache directory: ``$RSTREAM_CACHE_DIR``, else the SDK's default
+    (``cache=True``: the user's cache directory)."""
+    from rstream.client.diskcache import default_cache_dir
+
+    found = (os.environ if environ is None else environ).get(CACHE_DIR_VARIABLE)
+    return Path(found) if found else default_cache_dir()
 
 
 def client_options(func: F) -> F:
@@ -162,6 +179,12 @@ def client_options(func: F) -> F:
         type=click.Path(exists=True, dir_okay=False),
         help="CA certificates to verify the server's TLS certificate with.",
     )
+    @click.option(
+        "--no-cache",
+        is_flag=True,
+        help="Keep fetched history in memory only (default: also in the disk cache, "
+        "see 'rstream cache info').",
+    )
     @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
     @functools.wraps(func)
     def wrapper(
@@ -170,6 +193,7 @@ def client_options(func: F) -> F:
         timeout: float,
         retries: int | None,
         ca_bundle: str | None,
+        no_cache: bool,
         verbose: bool,
         **kwargs: Any,
     ) -> Any:
@@ -179,7 +203,7 @@ def client_options(func: F) -> F:
         urls = kwargs.get("url")
         if urls:
             set_target(ctx, urls[0], kwargs.get("stream"))
-        opts = ClientOptions(token_file, timeout, retries, ca_bundle, verbose)
+        opts = ClientOptions(token_file, timeout, retries, ca_bundle, verbose, not no_cache)
         return func(*args, opts=opts, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -13,6 +13,7 @@ import click
 
 import rstream
 from rstream.cli.backup import backup, restore
+from rstream.cli.cache import cache
 from rstream.cli.demo import demo
 from rstream.cli.history import history
 from rstream.cli.output import report_errors
@@ -55,3 +56,4 @@ main.add_command(demo)
 main.add_command(serve)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(cache)

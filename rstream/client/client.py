@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +19,25 @@ from typing import Any
 
 import tenacity
 
+from rstream.client.diskcache import (
+    DEFAULT_MAX_BYTES,
+    DiskCache,
+    StoreCache,
+    StreamCache,
+    default_cache_dir,
+)
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
 from rstream.client.stream import RemoteStream, StreamMetadata
-from rstream.client.transport import Timeout, Token, Transport, json_body
+from rstream.client.transport import Timeout, Token, Transport, json_body, quote_stream_id
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES
-from rstream.errors import ClientClosed, ConfigError, ProtocolError, ServerError, TransportError
+from rstream.errors import (
+    ClientClosed,
+    ConfigError,
+    ProtocolError,
+    RStreamError,
+    ServerError,
+    TransportError,
+)
 
 __all__ = ["Client", "connect"]
 
@@ -41,6 +56,10 @@ class Client:
     ``max_cached_entries``: budget of the window cache of each stream.
     ``page_size``: entries per page asked of the server (default: the server's).
     ``sleep``: what waits between retries (inject one in tests).
+    ``cache``: where committed windows are kept across processes: None (the
+    default: in memory only), a directory, or True for the user's cache
+    directory (see :func:`~rstream.client.diskcache.default_cache_dir`);
+    ``cache_max_bytes`` bounds it (least recently used windows go first).
 
     Thread-safe. ``close()`` (or leaving the ``with`` block) stops every live
     tail, the worker pool and the connections; later calls raise
@@ -62,11 +81,15 @@ class Client:
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
         page_size: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cache: str | os.PathLike[str] | bool | None = None,
+        cache_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
         if page_size is not None and page_size < 1:
             raise ConfigError("page_size must be at least 1")
+        if cache_max_bytes < 0:
+            raise ConfigError("cache_max_bytes must be >= 0")
         self.transport = Transport(
             urls,
             token=token,
@@ -91,6 +114,14 @@ class Client:
         self._lock = threading.Lock()
         self._streams: dict[str, RemoteStream] = {}
         self._closed = False
+        self.cache: StoreCache | None = None
+        """The disk cache of this client's store (None: memory only)."""
+        if cache is not None and cache is not False:
+            directory = default_cache_dir() if cache is True else cache
+            self.cache = StoreCache(
+                DiskCache(directory, max_bytes=cache_max_bytes), self.urls, self._ask_store_id
+            )
+            self.transport.on_store_id = self.cache.observe
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -114,6 +145,7 @@ class Client:
                     stream_id,
                     executor=self._pool,
                     on_close=self._forget,
+                    disk=self._disk(stream_id),
                     **self._stream_options,
                 )
                 self._streams[stream_id] = stream
@@ -159,6 +191,8 @@ class Client:
         for stream in streams:
             stream.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.disk.close()
 
     def __enter__(self) -> Client:
         return self
@@ -169,6 +203,25 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("the client is closed; create a new rstream.Client")
+
+    def _disk(self, stream_id: str) -> StreamCache | None:
+        return None if self.cache is None else self.cache.stream(stream_id)
+
+    def _ask_store_id(self, stream_id: str) -> str | None:
+        """The store id the server reports (``GET /v1/streams/{id}``); None when
+        the request failed, ``""`` when the server reports none."""
+        try:
+            body = self.transport.get_json(
+                f"/v1/streams/{quote_stream_id(stream_id)}", stream_id=stream_id
+            )
+        except RStreamError as exc:
+            logger.info("no store id for the disk cache: %s", exc)
+            return None
+        store_id = body.get("store_id") if isinstance(body, dict) else None
+        if not (isinstance(store_id, str) and store_id):
+            logger.info("%s reports no store id: the disk cache is not used", self.urls[0])
+            return ""
+        return store_id
 
     def _forget(self, stream: RemoteStream) -> None:
         with self._lock:
@@ -199,6 +252,7 @@ def connect(url: str | Sequence[str], stream_id: str, **client_options: Any) -> 
                 stream_id,
                 executor=client._pool,
                 on_close=client._forget,
+                disk=client._disk(stream_id),
                 **client._stream_options,
             )
             stream._client = client

@@ -48,6 +48,7 @@ from rstream.errors import (
 
 if TYPE_CHECKING:
     from rstream.client.changelog import Overflow
+    from rstream.client.diskcache import StreamCache
     from rstream.client.health import Health
     from rstream.client.live import LiveTail
     from rstream.client.queues import StateQueue
@@ -85,6 +86,7 @@ class RemoteStream:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         sleep: Callable[[float], None] | None = None,
         on_close: Callable[[RemoteStream], None] | None = None,
+        disk: StreamCache | None = None,
     ) -> None:
         self.id = stream_id
         self._path = f"/v1/streams/{quote_stream_id(stream_id)}"
@@ -107,7 +109,10 @@ class RemoteStream:
         self._retired: list[LiveTail] = []  # tails that ended by themselves (see _ensure_tail)
         self._first: int | None = None  # the first entry's time, once known
         self.windows = WindowStore(
-            self._fetch_bounds, self._fetch_window_entries, max_cached_entries=max_cached_entries
+            self._fetch_bounds,
+            self._fetch_window_entries,
+            max_cached_entries=max_cached_entries,
+            disk=disk,
         )
         """The window cache (see :mod:`rstream.client.windows`)."""
 

@@ -64,6 +64,7 @@ from rstream.errors import (
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "STORE_ID_HEADER",
     "Transport",
     "describe_failure",
     "json_body",
@@ -84,6 +85,10 @@ _STREAM_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}\Z")
 
 
 # -- pure helpers ---------------------------------------------------------------
+
+
+STORE_ID_HEADER = "RStream-Store-Id"
+"""The response header naming the store that answered (window and entries responses)."""
 
 
 def quote_stream_id(stream_id: str) -> str:
@@ -175,6 +180,9 @@ class Transport:
         self._interrupter = Interrupter()
         self._lock = threading.Lock()
         self._good = 0  # index of the URL that answered last
+        self.on_store_id: Callable[[str], None] | None = None
+        """Called (on the requesting thread) with the ``RStream-Store-Id`` of every
+        successful response that has one (the disk cache checks it)."""
 
         session = requests.Session()
         # max_retries=0: retrying is ours (tenacity), urllib3 must not add its own.
@@ -416,6 +424,9 @@ class Transport:
                     raise_for_response(response, stream_id=call.stream_id)
                 finally:
                     response.close()
+            store_id = response.headers.get(STORE_ID_HEADER)
+            if store_id and self.on_store_id is not None:
+                self.on_store_id(store_id)
             return response
         # Next time, begin with the URL after the one that failed first; with
         # one URL this is a no-op.

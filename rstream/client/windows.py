@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rstream.client.window import (
     TRANSITIONS,
@@ -50,9 +50,13 @@ from rstream.core.entry import Entry
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange
 
+if TYPE_CHECKING:
+    from rstream.client.diskcache import StreamCache
+
 __all__ = ["DEFAULT_MAX_CACHED_ENTRIES", "StoreStats", "WindowStore"]
 
 DEFAULT_MAX_CACHED_ENTRIES = 1_000_000
+DISK_RUN_ENTRIES = 100_000  # the most entries one read-ahead from the disk cache loads
 
 
 @dataclass(slots=True)
@@ -64,6 +68,7 @@ class StoreStats:
     entries_fetches: int = 0
     evictions: int = 0
     errors: int = 0
+    disk_hits: int = 0  # committed windows read from the disk cache
 
 
 class WindowStore:
@@ -84,6 +89,7 @@ class WindowStore:
         fetch_entries: Callable[[int, int], list[Entry]],
         *,
         max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES,
+        disk: StreamCache | None = None,
     ) -> None:
         if max_cached_entries < 0:
             raise ConfigError("max_cached_entries must be >= 0")
@@ -98,6 +104,7 @@ class WindowStore:
         self._cached_entries = 0
         self._cached_weight = 0
         self._closed = False
+        self._disk = disk  # committed windows on disk: read through on a miss, written through
         self.stats = StoreStats()
 
     # -- looking up ----------------------------------------------------------------
@@ -107,8 +114,12 @@ class WindowStore:
 
         Fetches what is missing: first the bounds (one pending request at a
         time), then the entries. Raises what the fetch raised, to every thread
-        that waited for it.
+        that waited for it. With a disk cache, a window it holds costs no request.
         """
+        if self._disk is not None:
+            found = self._from_disk(at, None, run=False)
+            if found:
+                return found[0]
         while True:
             with self._lock:
                 self._check_open()
@@ -149,8 +160,11 @@ class WindowStore:
         ``stop``; ``[]`` when ``at`` is not cached. Each is a hit, as for :meth:`get`.
 
         One lock round for a run of windows: a pass over a cached range costs per
-        run, not per window.
+        run, not per window. With a disk cache, the windows it holds from ``at``
+        on are read into memory first.
         """
+        if self._disk is not None:
+            self._from_disk(at, stop, run=True)
         with self._lock:
             self._check_open()
             i = bisect.bisect_right(self._starts, at) - 1
@@ -187,13 +201,19 @@ class WindowStore:
             return list(self._windows)
 
     def next_start_after(self, at: int) -> int | None:
-        """The start of the first committed window starting after ``at``."""
+        """The start of the first committed window starting after ``at`` (in memory
+        or on disk)."""
+        found: int | None = None
         with self._lock:
             i = bisect.bisect_right(self._starts, at)
             for window in self._windows[i:]:
                 if window.state is WindowState.COMMITTED:
-                    return window.start
-            return None
+                    found = window.start
+                    break
+        on_disk = None if self._disk is None else self._disk.next_start_after(at)
+        if found is None or on_disk is None:
+            return found if on_disk is None else on_disk
+        return min(found, on_disk)
 
     @property
     def cached_entries(self) -> int:
@@ -474,8 +494,11 @@ class WindowStore:
         entries: list[Entry] | None,
         pairs: list[Pair] | None,
         end: int | None,
+        *,
+        save: bool = True,
     ) -> Window:
-        """Commit a validated window (its entries or its states) unless already known.
+        """Commit a validated window (its entries or its states) unless already known,
+        and write it to the disk cache (``save``: it does not come from there).
 
         Lock NOT held; returns the window committed, or the one already known.
         """
@@ -486,6 +509,8 @@ class WindowStore:
             if existing is not None and existing.state is WindowState.COMMITTED:
                 if not existing.end_known and end is not None:
                     existing.end, existing.end_known = end, True
+                    if self._disk is not None:
+                        self._disk.confirm_end(start, end)
                 return existing
             if existing is not None and existing.state is WindowState.LIVE:
                 window = existing
@@ -501,7 +526,40 @@ class WindowStore:
             window.end_known = end is not None
             self._commit(window, micros, entries, pairs)
         window._done_future.set_result(None)
+        if save:
+            self._to_disk(window)
         return window
+
+    def _from_disk(self, at: int, stop: int | None, *, run: bool) -> list[Window]:
+        """Commit the windows the disk cache holds from ``at`` on (lock NOT held): the
+        one covering ``at``, then (``run``) those following it that start before
+        ``stop`` (None: no limit), within half the memory budget. Returns them, the
+        one covering ``at`` first; [] when ``at`` is not on disk or already in memory."""
+        assert self._disk is not None
+        with self._lock:
+            self._check_open()
+            known = self._covering(at)
+            if known is not None and known.state is WindowState.COMMITTED:
+                return []
+        if not run:
+            one = self._disk.find(at)
+            found = [] if one is None else [one]
+        else:
+            budget = max(1, min(self.max_cached_entries // 2, DISK_RUN_ENTRIES))
+            found = self._disk.run(at, stop, budget)
+        windows = [self._record(w.micros, None, w.pairs, w.end, save=False) for w in found]
+        if not windows or windows[0].state is not WindowState.COMMITTED:
+            return []
+        with self._lock:
+            self.stats.disk_hits += len(windows)
+        return windows if windows[0].covers(at) else []
+
+    def _to_disk(self, window: Window) -> None:
+        """Write a committed window through to the disk cache (lock NOT held)."""
+        if self._disk is None or window.micros is None:
+            return
+        pairs = window.pairs if window.pairs is not None else self.states(window)
+        self._disk.put(window.micros, pairs, window.end if window.end_known else None)
 
     def _lead(self, window: Window, at: int) -> None:
         """Fetch the bounds, then the entries, of ``window`` (lock NOT held)."""
@@ -536,6 +594,8 @@ class WindowStore:
         if existing is not None and existing.state is not WindowState.LIVE:
             if not existing.end_known and bounds.end is not None:
                 existing.end, existing.end_known = bounds.end, True
+                if self._disk is not None:
+                    self._disk.confirm_end(bounds.start, bounds.end)
             return False
         if existing is not None:  # a LIVE window that has since closed
             self._remove(existing)
@@ -564,10 +624,13 @@ class WindowStore:
             raise
         with self._lock:
             self.stats.entries_fetches += 1
-            if window.state is WindowState.PULLING and not self._closed:
+            committed = window.state is WindowState.PULLING and not self._closed
+            if committed:
                 self._transition(window, WindowState.COMMITTED)
                 self._commit(window, [e.micros for e in entries], entries)
         _resolve(window._done_future, None)
+        if committed:
+            self._to_disk(window)
 
 
 def _resolve(future: Future[Any], value: Any) -> None:

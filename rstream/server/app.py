@@ -80,6 +80,7 @@ logger = logging.getLogger("rstream.server")
 
 NDJSON = "application/x-ndjson"
 IMMUTABLE = "public, max-age=31536000, immutable"
+STORE_ID_HEADER = "RStream-Store-Id"  # the store's id, on window and entries responses
 _ABORT_KEY = "rstream.abort_connection"
 # The methods of each route under /v1/streams/{id}, by path suffix.
 _ALLOWED = {
@@ -204,6 +205,8 @@ class _Server:
     ) -> None:
         self.storage = storage
         self.compactor = compactor
+        # Read once: a store's id never changes (clients tell stores apart by it).
+        self.store_id = storage.store_id
         self.tokens = tokens
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
@@ -360,7 +363,8 @@ class _Server:
                         "revision": i.revision,
                     }
                     for i in infos
-                ]
+                ],
+                "store_id": self.store_id,
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -369,7 +373,7 @@ class _Server:
         self.tokens.check_read(request)
         stream_id = _stream_id(request)
         info = await anyio.to_thread.run_sync(self._info, stream_id)
-        return _metadata(info)
+        return _metadata(info, self.store_id)
 
     async def put_stream(self, request: Request) -> Response:
         self.tokens.check_write(request)
@@ -389,7 +393,7 @@ class _Server:
                 return created, self._info(stream_id)
 
         created, info = await anyio.to_thread.run_sync(put)
-        return _metadata(info, status=201 if created else 200)
+        return _metadata(info, self.store_id, status=201 if created else 200)
 
     async def window(self, request: Request) -> Response:
         self.tokens.check_read(request)
@@ -420,7 +424,9 @@ class _Server:
             }
 
         body = await anyio.to_thread.run_sync(window)
-        return _JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return _JSONResponse(
+            body, headers={"Cache-Control": "no-store", STORE_ID_HEADER: self.store_id}
+        )
 
     async def get_entries(self, request: Request) -> Response:
         self.tokens.check_read(request)
@@ -430,7 +436,7 @@ class _Server:
         limit = limit_param(request.query_params, self.limits.page_size)
 
         page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit)
-        headers = {"Content-Type": NDJSON}
+        headers = {"Content-Type": NDJSON, STORE_ID_HEADER: self.store_id}
         if page.next_start is not None:
             next_start = format_rfc3339(page.next_start)
             query = {k: v for k, v in request.query_params.items() if k != "start"}
@@ -451,7 +457,11 @@ class _Server:
                 headers={
                     "ETag": etag,
                     "Cache-Control": IMMUTABLE,
-                    **{k: v for k, v in headers.items() if k in ("RStream-Next-Start", "Link")},
+                    **{
+                        k: v
+                        for k, v in headers.items()
+                        if k in ("RStream-Next-Start", "Link", STORE_ID_HEADER)
+                    },
                 },
             )
         return Response(page.body, headers=headers, media_type=NDJSON)
@@ -804,7 +814,7 @@ def _check_kept(info: StreamInfo, when: int) -> None:
         )
 
 
-def _metadata(info: StreamInfo, status: int = 200) -> Response:
+def _metadata(info: StreamInfo, store_id: str, status: int = 200) -> Response:
     return JSONResponse(
         {
             "id": info.id,
@@ -814,6 +824,7 @@ def _metadata(info: StreamInfo, status: int = 200) -> Response:
             "last": _time(info.last),
             "revision": info.revision,
             "latest_snapshot": _time(info.latest_snapshot),
+            "store_id": store_id,
         },
         status_code=status,
         headers={"Cache-Control": "no-store"},

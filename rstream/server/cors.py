@@ -25,7 +25,10 @@ _READ_PATH = re.compile(
 )
 _METHODS = "GET, HEAD"
 _REQUEST_HEADERS = "Authorization, Last-Event-ID, Cache-Control, Accept"
-_EXPOSED = "RStream-Next-Start, RStream-Heartbeat, Link, ETag, Retry-After, WWW-Authenticate"
+_EXPOSED = (
+    "RStream-Next-Start, RStream-Store-Id, RStream-Heartbeat, Link, ETag, Retry-After, "
+    "WWW-Authenticate"
+)
 _MAX_AGE = "600"
 
 

@@ -31,6 +31,10 @@ _TIME = {
     "the server writes UTC with the fraction trimmed",
 }
 _NULLABLE_TIME = {**_TIME, "nullable": True}
+_STORE_ID = {
+    "type": "string",
+    "description": "the store's random id, the same on every replica of one store",
+}
 _TIME_PARAM = {
     "description": "RFC 3339 (URL-encoded: + as %2B) or epoch seconds (1714564800.25)",
     "anyOf": [
@@ -158,6 +162,7 @@ _SCHEMAS: dict[str, Any] = {
             "last": _NULLABLE_TIME,
             "revision": {"type": "integer", "minimum": 0},
             "latest_snapshot": _NULLABLE_TIME,
+            "store_id": _STORE_ID,
         },
     },
     "Window": {
@@ -304,7 +309,8 @@ _PATHS: dict[str, Any] = {
                         "type": "object",
                         "required": ["streams"],
                         "properties": {
-                            "streams": {"type": "array", "items": _REF["StreamSummary"]}
+                            "streams": {"type": "array", "items": _REF["StreamSummary"]},
+                            "store_id": _STORE_ID,
                         },
                     },
                 ),
@@ -348,7 +354,13 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "The window (snapshot to next snapshot) holding a time",
             "parameters": [_time_query("at", "default: the live window")],
-            "responses": {"200": _json("the window", _REF["Window"]), **_READ_ERRORS},
+            "responses": {
+                "200": {
+                    **_json("the window", _REF["Window"]),
+                    "headers": {"RStream-Store-Id": _STRING},
+                },
+                **_READ_ERRORS,
+            },
         },
     },
     "/v1/streams/{stream_id}/entries": {
@@ -370,6 +382,7 @@ _PATHS: dict[str, Any] = {
                     "description": "one entry per line",
                     "headers": {
                         "RStream-Next-Start": _STRING,
+                        "RStream-Store-Id": _STRING,
                         "Link": _STRING,
                         "ETag": _STRING,
                         "Cache-Control": _STRING,

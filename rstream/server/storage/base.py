@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import uuid
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ __all__ = [
     "dump_json",
     "is_valid_stream_id",
     "load_json",
+    "new_store_id",
     "try_hold",
 ]
 
@@ -239,6 +241,12 @@ class Storage(Protocol):
         """Release every resource; idempotent. Later use raises ``ClientClosed``."""
         ...
 
+    @property
+    def store_id(self) -> str:
+        """The store's id: random, created with the store and kept in it, the same
+        for every server on it (clients use it to tell stores apart)."""
+        ...
+
     def compaction_lock(self) -> AbstractContextManager[bool]:
         """Whether this process may compact now: ``with storage.compaction_lock() as mine:``.
 
@@ -256,6 +264,11 @@ class Storage(Protocol):
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def new_store_id() -> str:
+    """A fresh random store id (32 hex digits)."""
+    return uuid.uuid4().hex
 
 
 def is_valid_stream_id(stream_id: object) -> bool:

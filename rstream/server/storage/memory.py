@@ -21,6 +21,7 @@ from rstream.server.storage.base import (
     check_entry_time,
     clamp_us,
     dump_json,
+    new_store_id,
     try_hold,
 )
 
@@ -180,6 +181,7 @@ class MemoryStorage:
         self._streams: dict[str, tuple[MemoryStreamLog, RateConfig]] = {}
         self._closed = False
         self._compacting = threading.Lock()
+        self._store_id = new_store_id()  # a memory store lives as long as this object
 
     def __repr__(self) -> str:
         return f"<MemoryStorage streams={len(self._streams)}{' closed' if self._closed else ''}>"
@@ -193,6 +195,11 @@ class MemoryStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("the storage is closed")
+
+    @property
+    def store_id(self) -> str:
+        """This store's random id."""
+        return self._store_id
 
     def list_streams(self) -> list[StreamInfo]:
         with self._lock:

@@ -10,6 +10,7 @@ subqueries, ``CREATE ... IF NOT EXISTS``.
 Schema (version :data:`SCHEMA_VERSION`), one row per entry::
 
     rstream_schema (version)                                   -- one row
+    rstream_store (k = 1, id)                  -- one row: the store id, random
     streams (id PK, keyframe_us, change_us, revision,
              retention_us, compacted_us, compacted_rev)
     entries (stream_id -> streams.id, ts_us, kind, data, rev)
@@ -110,6 +111,9 @@ class Statements:
     last_rev_before: str
     delete_before: str
     set_compacted: str
+    create_store_table: str
+    insert_store_id: str
+    store_id: str
 
 
 _COLUMNS = "ts_us, kind, data, rev"  # the order rows are read in everywhere
@@ -220,6 +224,14 @@ _QUERIES: dict[str, str] = {
     ),
     "delete_before": "DELETE FROM entries WHERE stream_id = ? AND ts_us < ?",
     "set_compacted": "UPDATE streams SET compacted_us = ?, compacted_rev = ? WHERE id = ?",
+    # Created with the store (and added to older ones) outside the versioned
+    # schema: one row, written once, never changed.
+    "create_store_table": (
+        "CREATE TABLE IF NOT EXISTS rstream_store "
+        "(k SMALLINT PRIMARY KEY CHECK (k = 1), id TEXT NOT NULL)"
+    ),
+    "insert_store_id": "INSERT INTO rstream_store (k, id) VALUES (1, ?) ON CONFLICT (k) DO NOTHING",
+    "store_id": "SELECT id FROM rstream_store WHERE k = 1",
 }
 
 

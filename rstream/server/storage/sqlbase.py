@@ -44,6 +44,7 @@ from rstream.server.storage.base import (
     clamp_us,
     dump_json,
     load_json,
+    new_store_id,
     try_hold,
 )
 from rstream.server.storage.sql import SCHEMA_VERSION, Statements
@@ -375,6 +376,7 @@ class SQLStorage(Generic[_C, _L]):
     _closed: bool
     _logs: dict[str, _L]
     _compacting: threading.Lock  # held by the one compaction of this process
+    _store_id: str | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -385,6 +387,14 @@ class SQLStorage(Generic[_C, _L]):
     def close(self) -> None:
         """Release every resource; idempotent."""
         raise NotImplementedError
+
+    @property
+    def store_id(self) -> str:
+        """The store's random id, kept in the database (see :func:`migrate`)."""
+        if self._store_id is None:  # read once: it never changes
+            row = self._read(lambda conn: conn.execute(self._sql.store_id).fetchone())
+            self._store_id = str(row[0])
+        return self._store_id
 
     def _read(self, fn: Callable[[_C], _T]) -> _T:
         """Run ``fn`` on a connection for a read."""
@@ -478,6 +488,7 @@ def migrate(
     """Create the schema, or bring an older one up to date, inside the write
     transaction the caller holds; returns the version found (None: created).
 
+    Also gives the store its id (:func:`new_store_id`) unless it has one.
     ``where`` names the database in messages ("SQLite storage '/x.db'"); a
     schema newer than this code raises ``error``.
     """
@@ -499,4 +510,6 @@ def migrate(
             for stmt in step:
                 conn.execute(stmt)
         conn.execute(sql.update_schema_version, (SCHEMA_VERSION,))
+    conn.execute(sql.create_store_table)
+    conn.execute(sql.insert_store_id, (new_store_id(),))
     return version
