@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from rstream.client.client import Client
+from rstream.core.entry import Entry, EntryKind
+from rstream.core.mutation import build_mutation
 from tests.serverutil import running_server
 from tests.threadutil import Collector
 
 State = dict[str, Any]
 STEPS = 6
+T0 = 1_700_000_000.0
 
 
 def state(i: int) -> State:
@@ -25,6 +28,14 @@ def state(i: int) -> State:
         "tasks": [{"id": n, "done": n < i} for n in range(4)],
         "config": {"mode": "auto", "limits": [10, 20, 30]},
     }
+
+
+def entry(i: int) -> Entry:
+    """Step ``i`` as an entry of its own (a write of a state may amend the one
+    before it, which a subscriber then never sees): a snapshot, then mutations."""
+    if i == 0:
+        return Entry(T0, EntryKind.SNAPSHOT, state(0))
+    return Entry(T0 + i, EntryKind.MUTATION, build_mutation(state(i - 1), state(i)))
 
 
 def containers(value: Any) -> Iterator[int]:
@@ -47,7 +58,7 @@ def write_steps(url: str, *subscribers: Collector) -> None:
     with Client(url) as writer:
         robot = writer.stream("robot")
         for i in range(1, STEPS):
-            robot.write_state(state(i))
+            robot.append_entries([entry(i)])
     for subscriber in subscribers:
         subscriber.wait_for(lambda c: len(c.items) == STEPS)
 
@@ -55,7 +66,7 @@ def write_steps(url: str, *subscribers: Collector) -> None:
 def test_private_copies_never_change_under_their_owner_and_share_nothing() -> None:
     with running_server() as url, Client(url) as client:
         robot = client.stream("robot")
-        robot.write_state(state(0))
+        robot.append_entries([entry(0)])
         vandal, keeper = Collector(), Collector()
 
         def vandalize(ts: Any, received: State) -> None:
@@ -88,7 +99,7 @@ def test_private_copies_never_change_under_their_owner_and_share_nothing() -> No
 def test_a_state_kept_by_a_subscriber_does_not_change_when_it_is_changed_later() -> None:
     with running_server() as url, Client(url) as client:
         robot = client.stream("robot")
-        robot.write_state(state(0))
+        robot.append_entries([entry(0)])
         first = Collector()
         robot.subscribe(first.on_state)
         first.wait_for(lambda c: len(c.items) == 1)
@@ -106,7 +117,7 @@ def test_a_state_kept_by_a_subscriber_does_not_change_when_it_is_changed_later()
 def test_copy_false_hands_every_reader_the_same_shared_states() -> None:
     with running_server() as url, Client(url) as client:
         robot = client.stream("robot")
-        robot.write_state(state(0))
+        robot.append_entries([entry(0)])
         one, two, private = Collector(), Collector(), Collector()
         queue = robot.states(maxsize=100, copy=False)
         robot.subscribe(one.on_state, copy=False)
