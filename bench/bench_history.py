@@ -66,14 +66,27 @@ def make_ndjson(first: int, count: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def plain_pass(url: str, stream_id: str) -> int:
-    """GET every page with requests and json.loads every line: the floor."""
+def fill(url: str, stream_id: str = "bench") -> None:
+    """Write the benchmark's stream: COUNT entries, a snapshot every PER_WINDOW."""
+    with Client(url) as client:
+        robot = client.stream(stream_id)
+        timed(
+            f"fill: {COUNT} entries in batches of {BATCH}",
+            lambda: [robot.append_entries(make_ndjson(i, BATCH)) for i in range(0, COUNT, BATCH)],
+        )
+
+
+def plain_pass(url: str, stream_id: str, headers: dict[str, str] | None = None) -> int:
+    """GET every page with requests and json.loads every line: the floor.
+
+    ``headers``: sent with every GET besides requests' defaults (which accept gzip).
+    """
     count = 0
     params: dict[str, str] = {}
     with requests.Session() as session:
         while True:
             with session.get(
-                f"{url}/v1/streams/{stream_id}/entries", params=params, stream=True
+                f"{url}/v1/streams/{stream_id}/entries", params=params, headers=headers, stream=True
             ) as r:
                 r.raise_for_status()
                 for line in r.iter_lines(chunk_size=65536):
@@ -166,14 +179,7 @@ def main() -> None:
         db = f"sqlite:///{Path(tmp) / 'bench.db'}"
         with ServerProcess(db) as server:
             url = server.url
-            with Client(url) as client:
-                robot = client.stream("bench")
-                timed(
-                    f"fill: {COUNT} entries in batches of {BATCH}",
-                    lambda: [
-                        robot.append_entries(make_ndjson(i, BATCH)) for i in range(0, COUNT, BATCH)
-                    ],
-                )
+            fill(url)
             plain_pass(url, "bench")  # warm the server's page cache
             assert server.proc is not None
             plains, firsts, seconds, server_share = [], [], [], []

@@ -73,6 +73,7 @@ from rstream.client.subscription import (
     StateCallback,
     Subscription,
     check_callback,
+    state_copier,
 )
 from rstream.client.transport import quote_stream_id, raise_for_response
 from rstream.core.entry import Entry
@@ -260,12 +261,14 @@ class LiveTail:
         maxsize: int = 10_000,
         overflow: Overflow = "block",
         lag_warning: float | None = DEFAULT_LAG_WARNING,
+        copy: bool = True,
     ) -> Subscription:
         """Call ``on_state(ts, state)`` with the current state, then with every change.
 
         The callback runs on the subscription's own thread; see
         :class:`~rstream.client.subscription.Subscription`. Raises
         :class:`TypeError` at once when ``on_state`` cannot take ``(ts, state)``.
+        ``copy=False``: the states are the tail's own, shared and read-only.
         """
         check_callback(on_state, "on_state", 2)
         if on_error is not None:
@@ -275,7 +278,7 @@ class LiveTail:
             reader = self._log.reader(
                 overflow, maxsize, name=_callback_name(on_state), lag_warning=lag_warning
             )
-            subscription = Subscription(reader, on_state, on_error)
+            subscription = Subscription(reader, on_state, on_error, copy=state_copier(copy))
             self._subscriptions.append(subscription)
         subscription.start()
         self.start()
@@ -288,14 +291,18 @@ class LiveTail:
         *,
         on_error: ErrorCallback | None = None,
         lag_warning: float | None = DEFAULT_LAG_WARNING,
+        copy: bool = True,
     ) -> StateQueue:
-        """A queue of ``(ts, state)``: the current state, then every change."""
+        """A queue of ``(ts, state)``: the current state, then every change.
+
+        ``copy=False``: the states are the tail's own, shared and read-only.
+        """
         if on_error is not None:
             check_callback(on_error, "on_error", 1)
         with self._lock:
             self._check_usable()
             reader = self._log.reader(overflow, maxsize, name="states()", lag_warning=lag_warning)
-        queue = StateQueue(reader, on_error=on_error)
+        queue = StateQueue(reader, on_error=on_error, copy=state_copier(copy))
         self.start()
         return queue
 

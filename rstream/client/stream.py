@@ -319,6 +319,7 @@ class RemoteStream:
         maxsize: int = 10_000,
         overflow: Overflow = "block",
         lag_warning: float | None = DEFAULT_LAG_WARNING,
+        copy: bool = True,
     ) -> Subscription:
         """Call ``on_state(ts, state)`` for the current state, then every change, in order.
 
@@ -330,12 +331,24 @@ class RemoteStream:
         subscription. ``overflow`` and ``maxsize`` are as for :meth:`states`;
         past ``lag_warning`` seconds behind (None: never), a warning is logged.
         Raises :class:`TypeError` at once when ``on_state`` cannot take ``(ts, state)``.
+
+        Each state is the callback's own private copy, unless ``copy=False``:
+        then **the states are read-only**, the live tail's own objects, shared
+        with every other ``copy=False`` subscriber and with each other (a state
+        shares its unchanged parts with the one before it); modifying one
+        corrupts what the others receive. For consumers that only read: it
+        saves a deep copy per state.
         """
         from rstream.client.subscription import check_callback
 
         check_callback(on_state, "on_state", 2)  # before a tail is started for it
         return self._ensure_tail().subscribe(
-            on_state, on_error, maxsize=maxsize, overflow=overflow, lag_warning=lag_warning
+            on_state,
+            on_error,
+            maxsize=maxsize,
+            overflow=overflow,
+            lag_warning=lag_warning,
+            copy=copy,
         )
 
     def states(
@@ -345,6 +358,7 @@ class RemoteStream:
         *,
         on_error: Callable[[BaseException], object] | None = None,
         lag_warning: float | None = DEFAULT_LAG_WARNING,
+        copy: bool = True,
     ) -> StateQueue:
         """A queue of ``(ts, state)``, polled like :class:`queue.Queue`: the current
         state, then every change.
@@ -353,9 +367,15 @@ class RemoteStream:
         behind: what no longer fits in memory is read again from the server),
         ``"drop_oldest"`` (at most ``maxsize`` waiting), or ``"latest"`` (only
         the newest). No queue ever slows the stream or another subscriber.
+
+        ``copy``: as for :meth:`subscribe` (``False``: shared, read-only states).
         """
         return self._ensure_tail().states(
-            maxsize=maxsize, overflow=overflow, on_error=on_error, lag_warning=lag_warning
+            maxsize=maxsize,
+            overflow=overflow,
+            on_error=on_error,
+            lag_warning=lag_warning,
+            copy=copy,
         )
 
     @property

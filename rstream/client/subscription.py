@@ -26,7 +26,7 @@ from rstream.core.mutation import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
 
-__all__ = ["ErrorCallback", "StateCallback", "Subscription", "check_callback"]
+__all__ = ["ErrorCallback", "StateCallback", "Subscription", "check_callback", "state_copier"]
 
 log = logging.getLogger("rstream.live")
 
@@ -56,12 +56,24 @@ def check_callback(callback: object, name: str, arguments: int) -> None:
         ) from None
 
 
+def state_copier(copy: bool) -> Callable[[Any], Any]:
+    """What a subscriber hands out for a state of the log: a private copy
+    (``copy=True``, :func:`~rstream.core.mutation.copy_json`) or the shared,
+    read-only state itself (``copy=False``)."""
+    return copy_json if copy else _shared
+
+
+def _shared(state: Any) -> Any:
+    return state
+
+
 class Subscription:
     """A callback subscriber. ``close()`` stops this subscriber only (idempotent).
 
     ``on_state(ts, state)`` runs on the subscription's dispatcher thread and
-    owns ``state`` (a private copy): the current state first, then every
-    change. ``on_error(exc)`` receives the exceptions of ``on_state``, the
+    owns ``state`` (a private copy made by ``copy``; with
+    ``copy=state_copier(False)`` the shared, read-only state): the current
+    state first, then every change. ``on_error(exc)`` receives the exceptions of ``on_state``, the
     notices (:class:`~rstream.Gap`, :class:`~rstream.Disconnected`,
     :class:`~rstream.Reconnected`), and the fatal error that stopped the tail
     (:class:`~rstream.AuthError`, :class:`~rstream.StreamNotFound`), after
@@ -73,6 +85,8 @@ class Subscription:
         reader: Reader,
         on_state: StateCallback,
         on_error: ErrorCallback | None = None,
+        *,
+        copy: Callable[[Any], Any] = copy_json,
     ) -> None:
         check_callback(on_state, "on_state", 2)
         if on_error is not None:
@@ -80,6 +94,7 @@ class Subscription:
         self.on_state = on_state
         self.on_error = on_error
         self._reader = reader
+        self._copy = copy
         self._report = NoticeReporter(on_error, reader.log.name)
         self.delivered = 0
         name = reader.log.name
@@ -153,6 +168,7 @@ class Subscription:
     def _run(self) -> None:
         reader = self._reader
         on_state = self.on_state
+        copy = self._copy
         report = self._report
         # Batches only under "block": the other policies skip what waits in the log,
         # which a state taken out into a batch would escape.
@@ -172,7 +188,7 @@ class Subscription:
                     report(item)
                     continue
                 try:
-                    on_state(from_micros(item.micros), copy_json(item.state))
+                    on_state(from_micros(item.micros), copy(item.state))
                 except Exception as exc:
                     report.callback_failed(exc, on_state)
                 self.delivered += 1

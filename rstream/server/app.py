@@ -48,6 +48,7 @@ from rstream.core.wire import encode_entry, encode_row
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.compaction import Compactor
+from rstream.server.compression import negotiated
 from rstream.server.connections import reset
 from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
@@ -424,9 +425,10 @@ class _Server:
             }
 
         body = await anyio.to_thread.run_sync(window)
-        return _JSONResponse(
+        response = _JSONResponse(
             body, headers={"Cache-Control": "no-store", STORE_ID_HEADER: self.store_id}
         )
+        return await negotiated(request, response)
 
     async def get_entries(self, request: Request) -> Response:
         self.tokens.check_read(request)
@@ -445,26 +447,14 @@ class _Server:
             headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
         if not page.immutable:
             headers["Cache-Control"] = "no-store"
-            return Response(page.body, headers=headers, media_type=NDJSON)
+            response = Response(page.body, headers=headers, media_type=NDJSON)
+            return await negotiated(request, response)
         digest = hashlib.blake2b(page.body, digest_size=16)
         digest.update(b"|%d" % (page.next_start if page.next_start is not None else -1))
         etag = f'"{digest.hexdigest()}"'
         headers["ETag"] = etag
         headers["Cache-Control"] = IMMUTABLE
-        if _etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(
-                status_code=304,
-                headers={
-                    "ETag": etag,
-                    "Cache-Control": IMMUTABLE,
-                    **{
-                        k: v
-                        for k, v in headers.items()
-                        if k in ("RStream-Next-Start", "Link", STORE_ID_HEADER)
-                    },
-                },
-            )
-        return Response(page.body, headers=headers, media_type=NDJSON)
+        return await negotiated(request, Response(page.body, headers=headers, media_type=NDJSON))
 
     def _page(self, stream_id: str, start: int | None, end: int | None, limit: int) -> _Page:
         info = self._info(stream_id)
@@ -784,16 +774,6 @@ def _check_first_batch(entries: list[Entry], deep: frozenset[int]) -> None:
     check_batch_order(None, entries)
     for i, entry in enumerate(entries):
         check_entry_time(entry.micros, f"entry {i} of the batch")
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if header is None:
-        return False
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag == "*" or tag.removeprefix("W/") == etag:
-            return True
-    return False
 
 
 # -- responses ---------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""Ingest: many devices writing at once, driven by ``wrk`` (a compiled load generator).
+
+``wrk`` (Debian package ``wrk``) runs a Lua script that posts small states
+(``POST /v1/streams/dev-N/state``) to 64 streams in turn, at 1, 8 and 64
+connections, ``SECONDS`` each, against, in the same run:
+
+(a) ``rstream serve`` on SQLite (every write its own transaction, fsynced);
+(b) ``rstream serve`` on PostgreSQL (``RSTREAM_BENCH_PG_URL``, default
+    ``RSTREAM_TEST_POSTGRES_URL``; a fresh schema, dropped afterwards;
+    skipped when neither is set or the server cannot be reached);
+(c) a bare Starlette + uvicorn endpoint that only parses the same JSON body.
+
+Printed: writes/s, p50/p99 latency, the server process's CPU per write (what is
+not CPU is waiting: for fsync, for the lock of the stream), and the ratio of
+writes/s to (c), with the targets on SQLite beside them. Also the batch import
+rate on SQLite (entries appended in batches of 10,000). Skipped with a note
+when ``wrk`` is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from bench.bench_fanout_pg import DEFAULT_PG_URL, pg_schema
+from bench.bench_history import BATCH, cpu_seconds, make_ndjson
+from rstream.client import Client
+from tests.serverutil import ServerProcess
+
+SECONDS = 4
+CONNECTIONS = (1, 8, 64)
+STREAMS = 64
+IMPORT_COUNT = 50_000
+
+LUA = (
+    textwrap.dedent(
+        """
+    local n = 0
+    request = function()
+      n = n + 1
+      local path = "/v1/streams/dev-" .. (n % %(streams)d) .. "/state"
+      local body = '{"state":{"battery":' .. (n %% 100) / 100 ..
+        ',"pos":{"x":' .. n .. ',"y":2.5},"status":"ok","seq":' .. n .. '}}'
+      return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+    end
+    done = function(summary, latency, requests)
+      local errors = summary.errors.status + summary.errors.connect + summary.errors.read
+        + summary.errors.write + summary.errors.timeout
+      io.write(string.format("RESULT %%d %%d %%d %%d %%d\\n", summary.requests,
+        summary.duration, latency:percentile(50), latency:percentile(99), errors))
+    end
+    """
+    )
+    .replace("%(streams)d", str(STREAMS))
+    .replace("%%", "%")
+)
+
+BARE_APP = textwrap.dedent(
+    """
+    import json, sys
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def post_state(request):
+        body = json.loads(await request.body())
+        return JSONResponse({"action": "snapshot", "revision": len(body)})
+
+    app = Starlette(routes=[Route("/v1/streams/{stream_id}/state", post_state, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    """
+)
+
+
+class Load(NamedTuple):
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms: float  # the server process's CPU per write (NaN where /proc is missing)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def bare_endpoint() -> Iterator[tuple[str, int]]:
+    """The bare Starlette + uvicorn endpoint in a subprocess; its URL and pid."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the bare endpoint did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def drive(url: str, pid: int, connections: int, script: Path) -> Load:
+    """Run wrk against ``url`` (served by process ``pid``); see :class:`Load`."""
+    threads = min(2, connections)
+    cpu_before = cpu_seconds(pid)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=SECONDS + 60,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, micros, p50, p99, errors = (int(x) for x in line.split()[1:])
+    cpu_after = cpu_seconds(pid)
+    cpu = math.nan
+    if cpu_before is not None and cpu_after is not None:
+        cpu = (cpu_after - cpu_before) / requests * 1000
+    return Load(requests / (micros / 1e6), p50 / 1000, p99 / 1000, errors, cpu)
+
+
+def drive_server(server: ServerProcess, connections: int, script: Path) -> Load:
+    assert server.proc is not None
+    return drive(server.url, server.proc.pid, connections, script)
+
+
+def batch_import(url: str) -> float:
+    """Entries per second appending IMPORT_COUNT entries in batches of BATCH."""
+    bodies = [make_ndjson(i, BATCH) for i in range(0, IMPORT_COUNT, BATCH)]
+    with Client(url) as client:
+        stream = client.stream("import")
+        started = time.perf_counter()
+        for body in bodies:
+            stream.append_entries(body)
+        return IMPORT_COUNT / (time.perf_counter() - started)
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("RSTREAM_BENCH_PG_URL") or os.environ.get("RSTREAM_TEST_POSTGRES_URL")
+    if url is None:
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), 1):
+            pass
+    except OSError:
+        return None
+    return url or DEFAULT_PG_URL
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        print("   skipped: wrk is not installed (Debian: apt-get install wrk)")
+        return
+    results: dict[str, dict[int, Load]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post_state.lua"
+        script.write_text(LUA)
+        with bare_endpoint() as (url, pid):
+            results["bare"] = {c: drive(url, pid, c, script) for c in CONNECTIONS}
+        with ServerProcess(f"sqlite:///{Path(tmp) / 'ingest.db'}") as server:
+            results["sqlite"] = {c: drive_server(server, c, script) for c in CONNECTIONS}
+            imported = batch_import(server.url)
+        pg = postgres_url()
+        if pg is not None:
+            with pg_schema(pg) as db, ServerProcess(db) as server:
+                results["postgres"] = {c: drive_server(server, c, script) for c in CONNECTIONS}
+    bare = results["bare"]
+    print(f"   POST .../state of small states to {STREAMS} streams, wrk, {SECONDS} s per row")
+    print(f"   {'server':<9} {'conns':>5} {'writes/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'errors':>6} {'CPU ms/w':>8} {'vs bare':>7}  target")  # fmt: skip
+    for name, loads in results.items():
+        for c, load in loads.items():
+            target = ""
+            if name == "sqlite" and c in (8, 64):
+                target = ">= 0.5x bare" + (", p99 < 50 ms" if c == 8 else "")
+            print(
+                f"   {name:<9} {c:>5} {load.per_second:>9,.0f} {load.p50_ms:>7.1f}"
+                f" {load.p99_ms:>7.1f} {load.errors:>6} {load.cpu_ms:>8.2f}"
+                f" {load.per_second / bare[c].per_second:>6.2f}x"
+                f"  {target}"
+            )
+    if "postgres" not in results:
+        print("   postgres: skipped (set RSTREAM_BENCH_PG_URL or RSTREAM_TEST_POSTGRES_URL)")
+    print(
+        f"   batch import on SQLite, {IMPORT_COUNT:,} entries in batches of {BATCH:,}:"
+        f" {imported:,.0f} entries/s  (target >= 50,000)"
+    )
