@@ -14,7 +14,7 @@ from rstream.core.cursor import Cursor, CursorKind
 from rstream.core.jsontype import MAX_DEPTH, json_equal
 from rstream.core.log import MemoryLog
 from rstream.core.mutation import apply_mutation
-from rstream.core.stream import RateConfig, Stream, WriteAction, decide
+from rstream.core.stream import MAX_RATE_MS, RateConfig, Stream, WriteAction, decide
 from rstream.core.timestamps import from_micros, to_micros
 from tests.refmodel import json_values
 
@@ -96,6 +96,38 @@ def test_rate_config_validates() -> None:
         RateConfig(change_frequency=timedelta(seconds=-1))
     with pytest.raises(TypeError):
         RateConfig(keyframe_frequency=60)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["keyframe_frequency", "change_frequency"])
+def test_rate_config_bounds_are_zero_and_max_rate_ms_inclusive(name: str) -> None:
+    longest = timedelta(milliseconds=MAX_RATE_MS)
+    assert getattr(RateConfig(**{name: longest}), name) == longest
+    assert getattr(RateConfig(**{name: timedelta(0)}), name) == timedelta(0)
+    assert getattr(RateConfig.from_json({name: MAX_RATE_MS}), name) == longest
+    assert getattr(RateConfig.from_json({name: 0}), name) == timedelta(0)
+    for bad in (longest + timedelta(microseconds=1), timedelta(microseconds=-1)):
+        with pytest.raises(rstream.ConfigError, match=name):
+            RateConfig(**{name: bad})
+    for bad_ms in (MAX_RATE_MS + 1, MAX_RATE_MS + 0.5, -0.001):
+        with pytest.raises(rstream.ConfigError, match=name):
+            RateConfig.from_json({name: bad_ms})
+    with pytest.raises(TypeError, match=f"{name} must be a timedelta, not int"):
+        RateConfig(**{name: 1})
+    with pytest.raises(rstream.ConfigError, match=f"{name} must be a number"):
+        RateConfig.from_json({name: None})
+
+
+def test_rate_config_micros_and_json_are_exact() -> None:
+    rate = RateConfig(timedelta(seconds=2, microseconds=7), timedelta(milliseconds=3))
+    assert rate.keyframe_micros == 2_000_007
+    assert rate.change_micros == 3_000
+    json = rate.to_json()
+    assert json == {"keyframe_frequency": 2000.007, "change_frequency": 3}
+    assert type(json["change_frequency"]) is int
+    assert type(json["keyframe_frequency"]) is float
+    assert RateConfig.from_json(json) == rate
+    with pytest.raises(rstream.ConfigError, match="rate config must be a JSON object, not list"):
+        RateConfig.from_json([])  # type: ignore[arg-type]
 
 
 def test_decide_is_the_rule_table() -> None:
