@@ -338,8 +338,38 @@ def test_wrote_records_the_owners_entries() -> None:
     stored = log.append(Entry(at(3), M, {"c": 1}))
     cursor.wrote(stored, {"wrong": True})
     assert cursor.state == {"a": 3, "b": 1, "c": 1}
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"wrote\(\) is for WRITE cursors"):
         Cursor(log).wrote(stored, {})
+
+
+def test_wrote_keeps_the_owners_state_without_reading_the_log() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    for i, kind in enumerate([M, M, S, M], 1):
+        state = {"a": i}
+        stored = log.append(Entry(at(i), kind, state if kind is S else {"a": i}))
+        log.fetched = 0
+        cursor.wrote(stored, state)
+        assert cursor.state is state  # the owner's state itself: nothing replayed
+        assert log.fetched == 0
+        assert cursor.rev == stored.rev
+        assert cursor.micros == to_micros(at(i))
+        assert cursor.at_mutation is (kind is M)
+    stored = log.amend(Entry(at(4), M, {"a": 40}))
+    amended = {"a": 40}
+    cursor.wrote(stored, amended)
+    assert cursor.state is amended
+    assert cursor.base == {"a": 3}
+    assert log.fetched == 0
+
+
+def test_repr_names_the_kind_and_the_entry_time() -> None:
+    log = MemoryLog([Entry(at(0), S, {}), Entry(at(1.5), M, {"a": 1})])
+    cursor = Cursor(log, CursorKind.READ_BIDIRECTIONAL)
+    assert repr(cursor) == "<Cursor READ_BIDIRECTIONAL at unplaced>"
+    cursor.state_at(at(1))
+    assert repr(cursor) == "<Cursor READ_BIDIRECTIONAL at 2024-05-01T12:00:00Z>"
+    assert repr(Cursor(log, CursorKind.WRITE)) == "<Cursor WRITE at 2024-05-01T12:00:01.5Z>"
 
 
 class RacingLog(MemoryLog):
