@@ -1,4 +1,5 @@
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -253,6 +254,10 @@ def test_inverse_is_small_and_shares_old_values() -> None:
         ),
         ({"a": None}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "found null"),
         ({"a": "s"}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a string"),
+        ({"a": [1]}, {"a": {"$push": 1}}, "$.a", "$push takes an array, not a number"),
+        ({"a": [1]}, {"a": {"$pull": "0"}}, "$.a", "$pull takes an array of indexes, not a string"),
+        ({"a": [1]}, {"a": {"$mutateIdx": None}}, "$.a", "index to mutation, not null"),
+        ({"a": [1]}, {"a": {"$unset": [True]}}, "$.a", "(false does nothing), not an array"),
         ({}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a missing value"),
         ({"a": {}}, {"a": {"$pull": [0]}}, "$.a", "array, found an object"),
         ({"a": {}}, {"a": {"$truncate": 0}}, "$.a", "array, found an object"),
@@ -488,6 +493,23 @@ def test_json_equal_is_type_strict(a: Any, b: Any) -> None:
 def test_json_equal_ignores_key_order() -> None:
     assert json_equal({"a": 1, "b": [2.5, None]}, {"b": [2.5, None], "a": 1})
     assert json_equal(nest(10_000), nest(10_000))
+
+
+def test_build_of_equal_states_is_empty_whatever_the_objects() -> None:
+    # Two parses of one text: equal values, but no scalar (beyond the cached
+    # small ones) is the same object, so nothing is skipped by identity.
+    text = '{"f": 1.5, "z": 0.0, "n": -0.0, "i": 123456789, "s": "text", '
+    text += '"a": [2.5, 0.0, -0.0, 987654321, "x y", {"g": 0.0}], "o": {"h": -0.0}}'
+    old, new = json.loads(text), json.loads(text)
+    assert old["f"] is not new["f"]
+    assert build_mutation(old, new) == {}
+
+
+def test_build_names_what_it_was_given_instead_of_objects() -> None:
+    with pytest.raises(TypeError, match=r"two JSON objects \(dicts\), not list and dict"):
+        build_mutation([], {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not dict and NoneType"):
+        build_mutation({}, None)  # type: ignore[arg-type]
 
 
 def test_build_rejects_non_objects() -> None:

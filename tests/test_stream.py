@@ -295,7 +295,11 @@ def test_the_default_clock_is_the_wall_clock() -> None:
     entry = stream.write_state({"a": 1})
     assert entry is not None
     assert before - timedelta(seconds=1) <= entry.timestamp <= datetime.now(UTC)
-    assert "Stream at" in repr(stream)
+    assert repr(Stream(MemoryLog(), RATE)) == (
+        "<Stream at None rate=RateConfig(keyframe_frequency=datetime.timedelta(seconds=10), "
+        "change_frequency=datetime.timedelta(seconds=1))>"
+    )
+    assert repr(stream).startswith(f"<Stream at {entry.timestamp} rate=RateConfig(")
 
 
 def test_states_must_be_objects() -> None:
