@@ -320,6 +320,32 @@ def test_a_write_cursor_far_behind_catches_up() -> None:
     assert cursor.base == {"i": 198}
 
 
+@pytest.mark.parametrize("after", [[], [Entry(at(7), M, {"c": {"$push": [2]}})]])
+def test_a_write_cursor_catches_up_from_the_newest_snapshot_only(after: list[Entry]) -> None:
+    # Moving costs the nearest snapshot and the mutations after it: what came
+    # before the newest snapshot is never applied, not even mutations that do not
+    # apply (at 1 and at 5), and the log is not read again.
+    log = CountingLog([Entry(at(0), S, {"a": 0})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    for entry in [
+        Entry(at(1), M, {"a": {"$truncate": 0}}),
+        Entry(at(2), M, {"b": 1}),
+        Entry(at(3), S, {"c": [0]}),
+        Entry(at(4), M, {"c": {"$push": [1]}}),
+        Entry(at(5), M, {"c": {"x": 1}}),  # a field mutation of an array
+        Entry(at(6), S, {"c": [1]}),
+        *after,
+    ]:
+        log.append(entry)
+    log.fetched = 0
+    expected = {"c": [1, 2]} if after else {"c": [1]}
+    assert cursor.advance() == expected
+    assert log.fetched == 0  # all from changes_since: no recovery from the log
+    assert cursor.snapshot_micros == to_micros(at(6))
+    assert cursor.rev == len(log)
+    assert cursor.base == ({"c": [1]} if after else None)
+
+
 def test_wrote_records_the_owners_entries() -> None:
     log = MemoryLog()
     cursor = Cursor(log, CursorKind.WRITE)
