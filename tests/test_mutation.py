@@ -256,7 +256,7 @@ def test_inverse_is_small_and_shares_old_values() -> None:
         ({"a": "s"}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a string"),
         ({"a": [1]}, {"a": {"$push": 1}}, "$.a", "$push takes an array, not a number"),
         ({"a": [1]}, {"a": {"$pull": "0"}}, "$.a", "$pull takes an array of indexes, not a string"),
-        ({"a": [1]}, {"a": {"$mutateIdx": None}}, "$.a", "index to mutation, not null"),
+        ({"a": [1]}, {"a": {"$mutateIdx": "0"}}, "$.a", "index to mutation, not a string"),
         ({"a": [1]}, {"a": {"$unset": [True]}}, "$.a", "(false does nothing), not an array"),
         ({}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a missing value"),
         ({"a": {}}, {"a": {"$pull": [0]}}, "$.a", "array, found an object"),
@@ -285,6 +285,14 @@ def test_invalid_mutations_name_the_path(
     with pytest.raises(MutationError):
         apply_mutation_with_inverse(state, mutation)
     assert same(state, before)
+
+
+def test_non_objects_are_named_in_the_error() -> None:
+    with pytest.raises(MutationError, match="the state must be a JSON object, not an array"):
+        apply_mutation([], {})  # type: ignore[arg-type]
+    with pytest.raises(MutationError, match="a mutation must be a JSON object, not null") as info:
+        apply_mutation_with_inverse({}, None)  # type: ignore[arg-type]
+    assert info.value.path == "$"
 
 
 @pytest.mark.parametrize(("state", "mutation"), [({}, []), ({}, None), ([], {}), ("x", {})])
