@@ -294,6 +294,17 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
         cursor.state_at(at(13))
 
 
+def test_a_write_cursor_over_a_log_ending_in_a_snapshot_has_its_rev() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})])
+    log.append(Entry(at(2), S, {"b": 2}))
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert cursor.rev == 3
+    assert cursor.state == {"b": 2}
+    log.fetched = 0
+    assert cursor.advance() == {"b": 2}  # nothing new: no recovery from the log
+    assert log.fetched == 0
+
+
 def test_a_write_cursor_catches_up_with_appends_and_amends() -> None:
     log = counter_log(n=15)
     cursor = Cursor(log, CursorKind.WRITE)
@@ -453,8 +464,11 @@ def test_a_write_cursor_rebuilds_when_the_log_changed_its_past() -> None:
 
 def test_a_write_cursor_over_a_log_without_a_snapshot_says_so() -> None:
     log = MemoryLog([Entry(at(1), M, {"a": 1})])  # a log may begin with a mutation
-    with pytest.raises(rstream.OutOfRange, match="no snapshot at or before its newest entry"):
+    with pytest.raises(
+        rstream.OutOfRange, match="no snapshot at or before its newest entry"
+    ) as info:
         Cursor(log, CursorKind.WRITE)
+    assert info.value.when == at(1)
     with pytest.raises(rstream.OutOfRange):
         rstream.core.stream.Stream(log)
 
