@@ -6,7 +6,8 @@ file: mutants, killed, survived, excluded, score. The score counts only
 mutants that change behaviour: a mutant listed in ``tests/mutation_exclusions.txt``
 (text of an error message, each with the reason) is left out of it. A mutant
 that timed out counts as killed (the tests noticed it never finished); one that
-was never run or had no test counts as survived.
+had no test counts as survived; one not run yet (an interrupted run) is shown
+apart and left out of the score.
 
     python bench/mutation_report.py [--fail-under 95] [--survivors]
 """
@@ -35,10 +36,11 @@ class FileScore:
     killed: list[str] = field(default_factory=list)
     survived: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.killed) + len(self.survived) + len(self.excluded)
+        return len(self.killed) + len(self.survived) + len(self.excluded) + len(self.not_run)
 
     @property
     def score(self) -> float:
@@ -74,6 +76,8 @@ def score_file(source: Path, exclusions: dict[str, str]) -> FileScore | None:
     for name, code in sorted(codes.items()):
         if name in exclusions:
             result.excluded.append(name)
+        elif code is None:
+            result.not_run.append(name)
         elif code in KILLED_CODES:
             result.killed.append(name)
         else:
@@ -89,7 +93,7 @@ def main(argv: list[str]) -> int:
 
     exclusions = load_exclusions(EXCLUSIONS) if EXCLUSIONS.exists() else {}
     scores = [s for p in sorted(CORE.glob("*.py")) if (s := score_file(p, exclusions))]
-    scores = [s for s in scores if s.total]
+    scores = [s for s in scores if s.killed or s.survived]
     if not scores:
         print("no mutmut results under mutants/: run `make mutation` first")
         return 1
@@ -99,14 +103,15 @@ def main(argv: list[str]) -> int:
         print(f"warning: {EXCLUSIONS} lists {name}, which mutmut did not generate")
 
     header = (
-        f"{'file':<28} {'mutants':>8} {'killed':>7} {'survived':>9} {'excluded':>9} {'score':>7}"
+        f"{'file':<28} {'mutants':>8} {'killed':>7} {'survived':>9} {'excluded':>9}"
+        f" {'not run':>8} {'score':>7}"
     )
     print(header)
     print("-" * len(header))
     for s in scores:
         print(
             f"{s.path:<28} {s.total:>8} {len(s.killed):>7} {len(s.survived):>9}"
-            f" {len(s.excluded):>9} {s.score:>6.1f}%"
+            f" {len(s.excluded):>9} {len(s.not_run):>8} {s.score:>6.1f}%"
         )
     if args.survivors:
         for s in scores:
