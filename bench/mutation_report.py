@@ -92,13 +92,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     exclusions = load_exclusions(EXCLUSIONS) if EXCLUSIONS.exists() else {}
-    scores = [s for p in sorted(CORE.glob("*.py")) if (s := score_file(p, exclusions))]
-    scores = [s for s in scores if s.killed or s.survived]
+    found = [s for p in sorted(CORE.glob("*.py")) if (s := score_file(p, exclusions))]
+    stale = set(exclusions) - {name for s in found for name in s.excluded}
+    scores = [s for s in found if s.killed or s.survived]
     if not scores:
         print("no mutmut results under mutants/: run `make mutation` first")
         return 1
 
-    stale = set(exclusions) - {name for s in scores for name in s.excluded}
     for name in sorted(stale):
         print(f"warning: {EXCLUSIONS} lists {name}, which mutmut did not generate")
 
