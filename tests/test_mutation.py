@@ -290,8 +290,10 @@ def test_invalid_mutations_name_the_path(
 def test_non_objects_are_named_in_the_error() -> None:
     with pytest.raises(MutationError, match="the state must be a JSON object, not an array"):
         apply_mutation([], {})  # type: ignore[arg-type]
-    with pytest.raises(MutationError, match="a mutation must be a JSON object, not null") as info:
-        apply_mutation_with_inverse({}, None)  # type: ignore[arg-type]
+    with pytest.raises(
+        MutationError, match="a mutation must be a JSON object, not an array"
+    ) as info:
+        apply_mutation_with_inverse({}, [])  # type: ignore[arg-type]
     assert info.value.path == "$"
 
 
