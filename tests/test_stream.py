@@ -1,6 +1,7 @@
 import copy
 import threading
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -343,6 +344,39 @@ def test_write_entry_appends_raw_entries() -> None:
     assert stream.state == {"a": [1, 2]}
     with pytest.raises(TypeError):
         stream.write_entry({"a": 1})  # type: ignore[arg-type]
+
+
+def test_write_entry_and_write_state_name_what_they_were_given() -> None:
+    _, stream, _ = make()
+    with pytest.raises(rstream.MutationError, match="first entry of a stream must be a snapshot"):
+        stream.write_entry(Entry(1, M, {"a": 1}))
+    with pytest.raises(TypeError, match="write_entry takes an Entry, not dict"):
+        stream.write_entry({"a": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a state must be a JSON object \(dict\), not list"):
+        stream.write_state([1, 2])  # type: ignore[arg-type]
+
+
+def test_write_state_takes_any_mapping() -> None:
+    log, stream, _ = make()
+    entry = stream.write_state(MappingProxyType({"a": {"b": 1}}))
+    assert entry is not None
+    assert type(entry.data) is dict
+    assert stream.state == {"a": {"b": 1}}
+    assert replay(log, entry.micros) == {"a": {"b": 1}}
+
+
+def test_write_entry_takes_mutations_nested_deeper_than_a_state() -> None:
+    # Each array level of the state costs a mutation two ({"$mutateIdx": {"0": ...}}).
+    levels = 40
+    state: Any = 0
+    expected: Any = 1
+    change: Any = 1
+    for _ in range(levels):
+        state, expected, change = [state], [expected], {"$mutateIdx": {"0": change}}
+    _, stream, _ = make()
+    stream.write_entry(Entry(1, S, {"a": state}))
+    stream.write_entry(Entry(2, M, {"a": change}))  # nested 2 * 40 + 1 deep
+    assert stream.state == {"a": expected}
 
 
 def test_write_entry_data_is_copied() -> None:
