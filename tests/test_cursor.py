@@ -360,7 +360,7 @@ def test_a_write_cursor_catches_up_from_the_newest_snapshot_only(after: list[Ent
 def test_a_write_cursor_skips_what_came_before_a_snapshot_early_in_the_changes() -> None:
     log = MemoryLog([Entry(at(0), S, {"a": 0})])
     cursor = Cursor(log, CursorKind.WRITE)
-    log.append(Entry(at(1), M, {"a": {"$push": [1]}}))  # does not apply to a number
+    log.append(Entry(at(1), M, {"a": {"$pull": [0]}}))  # does not apply to a number
     log.append(Entry(at(2), S, {"a": [0]}))
     log.append(Entry(at(3), M, {"a": {"$push": [1]}}))
     log.append(Entry(at(4), M, {"b": 1}))
