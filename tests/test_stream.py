@@ -346,6 +346,21 @@ def test_write_entry_appends_raw_entries() -> None:
         stream.write_entry({"a": 1})  # type: ignore[arg-type]
 
 
+def test_a_new_stream_has_written_nothing() -> None:
+    _, stream, _ = make()
+    assert stream.last_action is WriteAction.NONE
+    assert stream.last_write is None
+    with pytest.raises(TypeError, match="rate must be a RateConfig, not int"):
+        Stream(MemoryLog(), rate=60)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match="epoch microseconds \\(int\\) or an aware datetime, not float"
+    ):
+        Stream(MemoryLog(), clock=lambda: 1.5).write_state({})  # type: ignore[arg-type,return-value]
+    stream.write_state({"a": 1}, timestamp=5)
+    with pytest.raises(rstream.OutOfOrder, match=r"a write at .* is not after the last change"):
+        stream.write_state({"a": 2}, timestamp=5)
+
+
 def test_write_entry_and_write_state_name_what_they_were_given() -> None:
     _, stream, _ = make()
     with pytest.raises(rstream.MutationError, match="first entry of a stream must be a snapshot"):
