@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --duration 20
 
-.PHONY: install test lint format docs bench demo clean fuzz
+.PHONY: install test lint format docs bench demo clean fuzz mutation
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,22 @@ FUZZ_EXAMPLES ?= 500
 fuzz: install
 	RSTREAM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RSTREAM_FUZZ_SEED=random \
 		$(PY) -m pytest -p no:randomly -s --timeout=3600 tests/test_schema_fuzz.py
+
+# Mutation testing of rstream/core with the core's own tests (the [mutmut]
+# section of setup.cfg), one core file after another, then the score per file
+# (bench/mutation_report.py). MUTATION_FILES picks files; MUTATION_CHILDREN is
+# how many mutants run at once (the machine is shared: keep it low).
+MUTATION_FILES ?= mutation stream cursor log jsontype entry timestamps
+MUTATION_CHILDREN ?= 2
+MUTATION_STAMP := $(VENV)/.mutation-stamp
+
+$(MUTATION_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),mutation]' --config-settings editable_mode=compat
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	for name in $(MUTATION_FILES); do \
+		$(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) "rstream.core.$$name.*" \
+			|| exit 1; \
+	done
+	$(PY) bench/mutation_report.py

@@ -294,6 +294,17 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
         cursor.state_at(at(13))
 
 
+def test_a_write_cursor_over_a_log_ending_in_a_snapshot_has_its_rev() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})])
+    log.append(Entry(at(2), S, {"b": 2}))
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert cursor.rev == 3
+    assert cursor.state == {"b": 2}
+    log.fetched = 0
+    assert cursor.advance() == {"b": 2}  # nothing new: no recovery from the log
+    assert log.fetched == 0
+
+
 def test_a_write_cursor_catches_up_with_appends_and_amends() -> None:
     log = counter_log(n=15)
     cursor = Cursor(log, CursorKind.WRITE)
@@ -320,6 +331,43 @@ def test_a_write_cursor_far_behind_catches_up() -> None:
     assert cursor.base == {"i": 198}
 
 
+@pytest.mark.parametrize("after", [[], [Entry(at(7), M, {"c": {"$push": [2]}})]])
+def test_a_write_cursor_catches_up_from_the_newest_snapshot_only(after: list[Entry]) -> None:
+    # Moving costs the nearest snapshot and the mutations after it: what came
+    # before the newest snapshot is never applied, not even mutations that do not
+    # apply (at 1 and at 5), and the log is not read again.
+    log = CountingLog([Entry(at(0), S, {"a": 0})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    for entry in [
+        Entry(at(1), M, {"a": {"$truncate": 0}}),
+        Entry(at(2), M, {"b": 1}),
+        Entry(at(3), S, {"c": [0]}),
+        Entry(at(4), M, {"c": {"$push": [1]}}),
+        Entry(at(5), M, {"c": {"x": 1}}),  # a field mutation of an array
+        Entry(at(6), S, {"c": [1]}),
+        *after,
+    ]:
+        log.append(entry)
+    log.fetched = 0
+    expected = {"c": [1, 2]} if after else {"c": [1]}
+    assert cursor.advance() == expected
+    assert log.fetched == 0  # all from changes_since: no recovery from the log
+    assert cursor.snapshot_micros == to_micros(at(6))
+    assert cursor.rev == len(log)
+    assert cursor.base == ({"c": [1]} if after else None)
+
+
+def test_a_write_cursor_skips_what_came_before_a_snapshot_early_in_the_changes() -> None:
+    log = MemoryLog([Entry(at(0), S, {"a": 0})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    log.append(Entry(at(1), M, {"a": {"$pull": [0]}}))  # does not apply to a number
+    log.append(Entry(at(2), S, {"a": [0]}))
+    log.append(Entry(at(3), M, {"a": {"$push": [1]}}))
+    log.append(Entry(at(4), M, {"b": 1}))
+    assert cursor.advance() == {"a": [0, 1], "b": 1}
+    assert cursor.snapshot_micros == to_micros(at(2))
+
+
 def test_wrote_records_the_owners_entries() -> None:
     log = MemoryLog()
     cursor = Cursor(log, CursorKind.WRITE)
@@ -338,8 +386,38 @@ def test_wrote_records_the_owners_entries() -> None:
     stored = log.append(Entry(at(3), M, {"c": 1}))
     cursor.wrote(stored, {"wrong": True})
     assert cursor.state == {"a": 3, "b": 1, "c": 1}
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"wrote\(\) is for WRITE cursors"):
         Cursor(log).wrote(stored, {})
+
+
+def test_wrote_keeps_the_owners_state_without_reading_the_log() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    for i, kind in enumerate([M, M, S, M], 1):
+        state = {"a": i}
+        stored = log.append(Entry(at(i), kind, state if kind is S else {"a": i}))
+        log.fetched = 0
+        cursor.wrote(stored, state)
+        assert cursor.state is state  # the owner's state itself: nothing replayed
+        assert log.fetched == 0
+        assert cursor.rev == stored.rev
+        assert cursor.micros == to_micros(at(i))
+        assert cursor.at_mutation is (kind is M)
+    stored = log.amend(Entry(at(4), M, {"a": 40}))
+    amended = {"a": 40}
+    cursor.wrote(stored, amended)
+    assert cursor.state is amended
+    assert cursor.base == {"a": 3}
+    assert log.fetched == 0
+
+
+def test_repr_names_the_kind_and_the_entry_time() -> None:
+    log = MemoryLog([Entry(at(0), S, {}), Entry(at(1.5), M, {"a": 1})])
+    cursor = Cursor(log, CursorKind.READ_BIDIRECTIONAL)
+    assert repr(cursor) == "<Cursor READ_BIDIRECTIONAL at unplaced>"
+    cursor.state_at(at(1))
+    assert repr(cursor) == "<Cursor READ_BIDIRECTIONAL at 2024-05-01T12:00:00Z>"
+    assert repr(Cursor(log, CursorKind.WRITE)) == "<Cursor WRITE at 2024-05-01T12:00:01.5Z>"
 
 
 class RacingLog(MemoryLog):
@@ -397,8 +475,11 @@ def test_a_write_cursor_rebuilds_when_the_log_changed_its_past() -> None:
 
 def test_a_write_cursor_over_a_log_without_a_snapshot_says_so() -> None:
     log = MemoryLog([Entry(at(1), M, {"a": 1})])  # a log may begin with a mutation
-    with pytest.raises(rstream.OutOfRange, match="no snapshot at or before its newest entry"):
+    with pytest.raises(
+        rstream.OutOfRange, match="no snapshot at or before its newest entry"
+    ) as info:
         Cursor(log, CursorKind.WRITE)
+    assert info.value.when == at(1)
     with pytest.raises(rstream.OutOfRange):
         rstream.core.stream.Stream(log)
 

@@ -46,7 +46,9 @@ def test_empty_log() -> None:
     assert log.entry_after(at(5), M) is None
     assert log.range(at(0), at(100)) == []
     assert log.changes_since(0) == []
-    assert "entries=0" in repr(log)
+    assert repr(log) == "<MemoryLog entries=0 revision=0>"
+    log.append(Entry(at(0), S, {}))
+    assert repr(log) == "<MemoryLog entries=1 revision=1>"
 
 
 def test_append_stores_a_copy_with_the_next_revision() -> None:
@@ -178,8 +180,10 @@ def test_bad_amends_raise_out_of_order_and_change_nothing(
 ) -> None:
     log = MemoryLog(entries)
     before = list(log)
-    with pytest.raises(rstream.OutOfOrder, match=fragment):
+    with pytest.raises(rstream.OutOfOrder, match=fragment) as info:
         log.amend(amend)
+    assert info.value.last == (entries[-1].timestamp if entries else None)
+    assert info.value.given == amend.timestamp
     assert log.revision == len(entries)
     assert list(log) == before
     assert [e.rev for e in log] == [e.rev for e in before]

@@ -1,4 +1,5 @@
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rstream
-from rstream.core.jsontype import MAX_DEPTH, check_json, json_equal
+from rstream.core.jsontype import MAX_DEPTH, check_json, json_equal, json_type
 from rstream.core.mutation import MAX_MUTATION_DEPTH
 from rstream.mutation import (
     MutationError,
@@ -152,6 +153,28 @@ def test_mutate_idx_recurses_into_items() -> None:
     assert same(check_apply(state, mutation), {"tasks": [{"id": 1, "p": 1}, {"id": 2}, {}]})
 
 
+def test_mutate_idx_applies_every_key_plain_values_and_empty_changes_alike() -> None:
+    state = {"a": [0, 1, 2, 3]}
+    mutation = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
+    assert same(check_apply(state, mutation), {"a": ["x", 1, [2], None]})
+
+
+def test_mutate_idx_takes_int_keys_from_python() -> None:
+    # A mutation built in Python, not read from JSON, may index with ints.
+    assert same(check_apply({"a": [0, 1]}, {"a": {"$mutateIdx": {1: 5}}}), {"a": [0, 5]})
+    with pytest.raises(MutationError, match="out of range"):
+        apply_mutation({"a": [0, 1]}, {"a": {"$mutateIdx": {2: 5}}})
+
+
+def test_an_index_key_of_any_length_is_a_mutation_error() -> None:
+    # int() refuses strings of more than 4,300 digits with a ValueError: a huge
+    # key must still be a MutationError like any index out of range.
+    for digits in (19, 20, 5_000):
+        with pytest.raises(MutationError, match="out of range") as info:
+            apply_mutation({"a": [0]}, {"a": {"$mutateIdx": {"1" * digits: 5}}})
+        assert info.value.path == "$.a"
+
+
 def test_top_level_keys_are_always_fields() -> None:
     assert same(check_apply({"$a": 1}, {"$a": 2, "$set": {"x": 1}}), {"$a": 2, "$set": {"x": 1}})
 
@@ -230,6 +253,14 @@ def test_inverse_is_small_and_shares_old_values() -> None:
             "number",
         ),
         ({"a": None}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "found null"),
+        ({"a": "s"}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a string"),
+        ({"a": [1]}, {"a": {"$push": 1}}, "$.a", "$push takes an array, not a number"),
+        ({"a": [1]}, {"a": {"$pull": "0"}}, "$.a", "$pull takes an array of indexes, not a string"),
+        ({"a": [1]}, {"a": {"$mutateIdx": "0"}}, "$.a", "index to mutation, not a string"),
+        ({"a": [1]}, {"a": {"$unset": [True]}}, "$.a", "(false does nothing), not an array"),
+        ({}, {"a": {"$mutateIdx": {"0": 1}}}, "$.a", "array, found a missing value"),
+        ({"a": {}}, {"a": {"$pull": [0]}}, "$.a", "array, found an object"),
+        ({"a": {}}, {"a": {"$truncate": 0}}, "$.a", "array, found an object"),
         ({"a": [1]}, {"a": {"$unset": 1}}, "$.a", "$unset takes true or null"),
         ({"a": [1]}, {"a": {"$unset": 0}}, "$.a", "$unset takes true or null"),
         ({"a": [1]}, {"a": {"$unset": "true"}}, "$.a", "$unset takes true or null"),
@@ -254,6 +285,16 @@ def test_invalid_mutations_name_the_path(
     with pytest.raises(MutationError):
         apply_mutation_with_inverse(state, mutation)
     assert same(state, before)
+
+
+def test_non_objects_are_named_in_the_error() -> None:
+    with pytest.raises(MutationError, match="the state must be a JSON object, not an array"):
+        apply_mutation([], {})  # type: ignore[arg-type]
+    with pytest.raises(
+        MutationError, match="a mutation must be a JSON object, not an array"
+    ) as info:
+        apply_mutation_with_inverse({}, [])  # type: ignore[arg-type]
+    assert info.value.path == "$"
 
 
 @pytest.mark.parametrize(("state", "mutation"), [({}, []), ({}, None), ([], {}), ("x", {})])
@@ -329,6 +370,16 @@ def test_build_holds_at_any_depth(levels: int) -> None:
     assert build_mutation(lists_old, {"a": nest_lists(levels)}) == {}
 
 
+def test_arrays_within_the_depth_limit_are_diffed_item_by_item() -> None:
+    # The innermost array is at depth MAX_DEPTH (the state is depth 1, "a" depth 2).
+    levels = MAX_DEPTH - 2
+    old = {"a": nest_lists(levels, [1, 2, 3])}
+    new = {"a": nest_lists(levels, [1, 2, 4])}
+    built = build_mutation(old, new)
+    assert same(built, {"a": mutate_items(levels, {"$mutateIdx": {"2": 4}})})
+    assert same(check_apply(old, built), new)
+
+
 def test_built_mutations_fit_the_mutation_depth() -> None:
     # The deepest states of arrays and objects, changed at the bottom.
     for old, new in [
@@ -385,6 +436,26 @@ def test_check_json_names_the_path(
     assert info.value.path == "state.top" + path[1:]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (None, "null"),
+        (True, "a boolean"),
+        (False, "a boolean"),
+        (0, "a number"),
+        (-0.5, "a number"),
+        ("", "a string"),
+        ([], "an array"),
+        ({}, "an object"),
+        ((1,), "tuple"),
+        ({1}, "set"),
+        (b"x", "bytes"),
+    ],
+)
+def test_json_type_names_the_json_type_or_else_the_python_type(value: Any, name: str) -> None:
+    assert json_type(value) == name
+
+
 def test_check_json_takes_plain_json() -> None:
     check_json({"a": [None, True, 1, 2.5, -0.0, "é\U0001f916", {"b": []}], "": {}})
     check_json(nest(MAX_DEPTH))
@@ -434,6 +505,23 @@ def test_json_equal_ignores_key_order() -> None:
     assert json_equal(nest(10_000), nest(10_000))
 
 
+def test_build_of_equal_states_is_empty_whatever_the_objects() -> None:
+    # Two parses of one text: equal values, but no scalar (beyond the cached
+    # small ones) is the same object, so nothing is skipped by identity.
+    text = '{"f": 1.5, "z": 0.0, "n": -0.0, "i": 123456789, "s": "text", '
+    text += '"a": [2.5, 0.0, -0.0, 987654321, "x y", {"g": 0.0}], "o": {"h": -0.0}}'
+    old, new = json.loads(text), json.loads(text)
+    assert old["f"] is not new["f"]
+    assert build_mutation(old, new) == {}
+
+
+def test_build_names_what_it_was_given_instead_of_objects() -> None:
+    with pytest.raises(TypeError, match=r"two JSON objects \(dicts\), not list and dict"):
+        build_mutation([], {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not dict and NoneType"):
+        build_mutation({}, None)  # type: ignore[arg-type]
+
+
 def test_build_rejects_non_objects() -> None:
     with pytest.raises(TypeError):
         build_mutation([], {})  # type: ignore[arg-type]
@@ -462,6 +550,18 @@ def test_build_rejects_non_objects() -> None:
             {"a": [{"p": 1}, {"p": 2}, {"p": 3}]},
             {"a": [{"p": 1}, {"p": 5}]},
             {"a": {"$truncate": 2, "$mutateIdx": {"1": {"p": 5}}}},
+        ),
+        # Sent whole when more than half of the common items are replaced outright:
+        # exactly half is not more than half.
+        ({"a": [1, 2, 3, 4]}, {"a": [9, 2, 9, 4]}, {"a": {"$mutateIdx": {"0": 9, "2": 9}}}),
+        ({"a": [1, 2, 3]}, {"a": [9, 9, 3]}, {"a": [9, 9, 3]}),
+        ({"a": [1, 2, 3, 4]}, {"a": [9, 9, 9, 4, 5]}, {"a": [9, 9, 9, 4, 5]}),
+        # retyped to objects ($set) counts as replaced; objects diffed in place do not
+        ({"a": [1, 2, 3]}, {"a": [{"x": 1}, {"x": 2}, 3]}, {"a": [{"x": 1}, {"x": 2}, 3]}),
+        (
+            {"a": [{"p": 1}, {"p": 2}, {"p": 3}]},
+            {"a": [{"p": 9}, {"p": 9}, {"p": 3}]},
+            {"a": {"$mutateIdx": {"0": {"p": 9}, "1": {"p": 9}}}},
         ),
     ],
 )

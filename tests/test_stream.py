@@ -1,6 +1,7 @@
 import copy
 import threading
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from rstream.core.cursor import Cursor, CursorKind
 from rstream.core.jsontype import MAX_DEPTH, json_equal
 from rstream.core.log import MemoryLog
 from rstream.core.mutation import apply_mutation
-from rstream.core.stream import RateConfig, Stream, WriteAction, decide
+from rstream.core.stream import MAX_RATE_MS, RateConfig, Stream, WriteAction, decide
 from rstream.core.timestamps import from_micros, to_micros
 from tests.refmodel import json_values
 
@@ -96,6 +97,38 @@ def test_rate_config_validates() -> None:
         RateConfig(change_frequency=timedelta(seconds=-1))
     with pytest.raises(TypeError):
         RateConfig(keyframe_frequency=60)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["keyframe_frequency", "change_frequency"])
+def test_rate_config_bounds_are_zero_and_max_rate_ms_inclusive(name: str) -> None:
+    longest = timedelta(milliseconds=MAX_RATE_MS)
+    assert getattr(RateConfig(**{name: longest}), name) == longest
+    assert getattr(RateConfig(**{name: timedelta(0)}), name) == timedelta(0)
+    assert getattr(RateConfig.from_json({name: MAX_RATE_MS}), name) == longest
+    assert getattr(RateConfig.from_json({name: 0}), name) == timedelta(0)
+    for bad in (longest + timedelta(microseconds=1), timedelta(microseconds=-1)):
+        with pytest.raises(rstream.ConfigError, match=name):
+            RateConfig(**{name: bad})
+    for bad_ms in (MAX_RATE_MS + 1, MAX_RATE_MS + 0.5, -0.001):
+        with pytest.raises(rstream.ConfigError, match=name):
+            RateConfig.from_json({name: bad_ms})
+    with pytest.raises(TypeError, match=f"{name} must be a timedelta, not int"):
+        RateConfig(**{name: 1})
+    with pytest.raises(rstream.ConfigError, match=f"{name} must be a number"):
+        RateConfig.from_json({name: None})
+
+
+def test_rate_config_micros_and_json_are_exact() -> None:
+    rate = RateConfig(timedelta(seconds=2, microseconds=7), timedelta(milliseconds=3))
+    assert rate.keyframe_micros == 2_000_007
+    assert rate.change_micros == 3_000
+    json = rate.to_json()
+    assert json == {"keyframe_frequency": 2000.007, "change_frequency": 3}
+    assert type(json["change_frequency"]) is int
+    assert type(json["keyframe_frequency"]) is float
+    assert RateConfig.from_json(json) == rate
+    with pytest.raises(rstream.ConfigError, match="rate config must be a JSON object, not list"):
+        RateConfig.from_json([])  # type: ignore[arg-type]
 
 
 def test_decide_is_the_rule_table() -> None:
@@ -263,7 +296,11 @@ def test_the_default_clock_is_the_wall_clock() -> None:
     entry = stream.write_state({"a": 1})
     assert entry is not None
     assert before - timedelta(seconds=1) <= entry.timestamp <= datetime.now(UTC)
-    assert "Stream at" in repr(stream)
+    assert repr(Stream(MemoryLog(), RATE)) == (
+        "<Stream at None rate=RateConfig(keyframe_frequency=datetime.timedelta(seconds=10), "
+        "change_frequency=datetime.timedelta(seconds=1), retention=None)>"
+    )
+    assert repr(stream).startswith(f"<Stream at {entry.timestamp} rate=RateConfig(")
 
 
 def test_states_must_be_objects() -> None:
@@ -307,6 +344,54 @@ def test_write_entry_appends_raw_entries() -> None:
     assert stream.state == {"a": [1, 2]}
     with pytest.raises(TypeError):
         stream.write_entry({"a": 1})  # type: ignore[arg-type]
+
+
+def test_a_new_stream_has_written_nothing() -> None:
+    _, stream, _ = make()
+    assert stream.last_action is WriteAction.NONE
+    assert stream.last_write is None
+    with pytest.raises(TypeError, match="rate must be a RateConfig, not int"):
+        Stream(MemoryLog(), rate=60)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match="epoch microseconds \\(int\\) or an aware datetime, not float"
+    ):
+        Stream(MemoryLog(), clock=lambda: 1.5).write_state({})  # type: ignore[arg-type,return-value]
+    stream.write_state({"a": 1}, timestamp=5)
+    with pytest.raises(rstream.OutOfOrder, match=r"a write at .* is not after the last change"):
+        stream.write_state({"a": 2}, timestamp=5)
+
+
+def test_write_entry_and_write_state_name_what_they_were_given() -> None:
+    _, stream, _ = make()
+    with pytest.raises(rstream.MutationError, match="first entry of a stream must be a snapshot"):
+        stream.write_entry(Entry(1, M, {"a": 1}))
+    with pytest.raises(TypeError, match="write_entry takes an Entry, not dict"):
+        stream.write_entry({"a": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a state must be a JSON object \(dict\), not list"):
+        stream.write_state([1, 2])  # type: ignore[arg-type]
+
+
+def test_write_state_takes_any_mapping() -> None:
+    log, stream, _ = make()
+    entry = stream.write_state(MappingProxyType({"a": {"b": 1}}))
+    assert entry is not None
+    assert type(entry.data) is dict
+    assert stream.state == {"a": {"b": 1}}
+    assert replay(log, entry.micros) == {"a": {"b": 1}}
+
+
+def test_write_entry_takes_mutations_nested_deeper_than_a_state() -> None:
+    # Each array level of the state costs a mutation two ({"$mutateIdx": {"0": ...}}).
+    levels = 40
+    state: Any = 0
+    expected: Any = 1
+    change: Any = 1
+    for _ in range(levels):
+        state, expected, change = [state], [expected], {"$mutateIdx": {"0": change}}
+    _, stream, _ = make()
+    stream.write_entry(Entry(1, S, {"a": state}))
+    stream.write_entry(Entry(2, M, {"a": change}))  # nested 2 * 40 + 1 deep
+    assert stream.state == {"a": expected}
 
 
 def test_write_entry_data_is_copied() -> None:
