@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from rstream.client.changelog import OVERFLOW_POLICIES, Lag, Overflow, Reader
+from rstream.client.changelog import OVERFLOW_POLICIES, Overflow, Reader
 from rstream.client.notices import NoticeReporter
+from rstream.client.reader import ReaderView
 from rstream.core.mutation import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
@@ -38,7 +39,7 @@ StateItem: TypeAlias = "tuple[datetime, dict[str, Any]]"
 ErrorHandler: TypeAlias = "Callable[[BaseException], object]"
 
 
-class StateQueue:
+class StateQueue(ReaderView):
     """The states of a followed stream: ``get``, ``get_nowait``, iteration, as a
     :class:`queue.Queue` is used.
 
@@ -82,20 +83,6 @@ class StateQueue:
         """Under ``"drop_oldest"``, the most states that wait; under ``"block"``, the
         backlog past which :meth:`full` is true (nothing is ever dropped)."""
         return self._reader.maxsize
-
-    @property
-    def overflow(self) -> Overflow:
-        return self._reader.overflow  # type: ignore[return-value]
-
-    @property
-    def dropped(self) -> int:
-        """How many states the overflow policy skipped."""
-        return self._reader.dropped
-
-    @property
-    def lag(self) -> Lag:
-        """``(entries, seconds)`` this queue is behind the newest change received."""
-        return self._reader.lag()
 
     @property
     def closed(self) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "Lag",
     "Overflow",
     "Reader",
+    "ReaderView",
 ]
 
 log = logging.getLogger("rstream.live")
@@ -457,3 +458,28 @@ def _close_iterator(iterator: Iterator[object]) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
+
+
+class ReaderView:
+    """What a subscriber shows of its :class:`Reader` (``_reader``): its policy,
+    its bound, what it skipped and how far behind it is. Any thread may read them."""
+
+    _reader: Reader
+
+    @property
+    def overflow(self) -> Overflow:
+        return self._reader.overflow  # type: ignore[return-value]
+
+    @property
+    def maxsize(self) -> int:
+        return self._reader.maxsize
+
+    @property
+    def dropped(self) -> int:
+        """How many states the overflow policy skipped."""
+        return self._reader.dropped
+
+    @property
+    def lag(self) -> Lag:
+        """``(entries, seconds)`` this subscriber is behind the newest change received."""
+        return self._reader.lag()

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from rstream.client.changelog import Lag, Overflow, Reader
+from rstream.client.changelog import Reader
 from rstream.client.notices import NoticeReporter
+from rstream.client.reader import ReaderView
 from rstream.core.mutation import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
@@ -67,7 +68,7 @@ def _shared(state: Any) -> Any:
     return state
 
 
-class Subscription:
+class Subscription(ReaderView):
     """A callback subscriber. ``close()`` stops this subscriber only (idempotent).
 
     ``on_state(ts, state)`` runs on the subscription's dispatcher thread and
@@ -104,24 +105,6 @@ class Subscription:
         self._thread = threading.Thread(target=self._run, name=label, daemon=True)
         self._started = False
         self._start_lock = threading.Lock()
-
-    @property
-    def overflow(self) -> Overflow:
-        return self._reader.overflow  # type: ignore[return-value]
-
-    @property
-    def maxsize(self) -> int:
-        return self._reader.maxsize
-
-    @property
-    def dropped(self) -> int:
-        """How many states the overflow policy skipped."""
-        return self._reader.dropped
-
-    @property
-    def lag(self) -> Lag:
-        """``(entries, seconds)`` this subscriber is behind the newest change received."""
-        return self._reader.lag()
 
     @property
     def closed(self) -> bool:
