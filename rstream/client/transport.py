@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import requests
@@ -52,6 +53,7 @@ from rstream.client.retry import (
     parse_retry_after,
     single_attempt,
 )
+from rstream.core.wire import STORE_ID_HEADER
 from rstream.errors import (
     AuthError,
     ClientClosed,
@@ -85,10 +87,6 @@ _STREAM_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}\Z")
 
 
 # -- pure helpers ---------------------------------------------------------------
-
-
-STORE_ID_HEADER = "RStream-Store-Id"
-"""The response header naming the store that answered (window and entries responses)."""
 
 
 def quote_stream_id(stream_id: str) -> str:
@@ -494,43 +492,17 @@ def _clean_token(token: str) -> str:
     return token
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Call:
     """The arguments of one request, shared by its attempts."""
 
-    __slots__ = (
-        "data",
-        "headers",
-        "idempotent",
-        "json",
-        "method",
-        "params",
-        "path",
-        "stream",
-        "stream_id",
-        "timeout",
-    )
-
-    def __init__(
-        self,
-        *,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        json: Any,
-        data: bytes | str | None,
-        headers: Mapping[str, str] | None,
-        stream: bool,
-        stream_id: str | None,
-        timeout: tuple[float, float],
-        idempotent: bool,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.params = params
-        self.json = json
-        self.data = data
-        self.headers = headers
-        self.stream = stream
-        self.stream_id = stream_id
-        self.timeout = timeout
-        self.idempotent = idempotent
+    method: str
+    path: str
+    params: Mapping[str, Any] | None
+    json: Any
+    data: bytes | str | None
+    headers: Mapping[str, str] | None
+    stream: bool
+    stream_id: str | None
+    timeout: tuple[float, float]
+    idempotent: bool

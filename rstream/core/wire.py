@@ -34,6 +34,7 @@ from rstream.core.timestamps import EPOCH, format_rfc3339, from_micros, parse_rf
 from rstream.errors import EntryFormatError, InvalidTimestamp, ProtocolError
 
 __all__ = [
+    "STORE_ID_HEADER",
     "NDJSONDecoder",
     "Page",
     "decode_entry",
@@ -45,6 +46,9 @@ __all__ = [
     "parse_ndjson",
     "read_page",
 ]
+
+STORE_ID_HEADER = "RStream-Store-Id"
+"""The response header naming the store (on window and entries answers)."""
 
 State = dict[str, Any]
 

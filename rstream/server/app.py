@@ -44,7 +44,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import Clock, RateConfig, Stream
 from rstream.core.timestamps import format_rfc3339, from_micros
-from rstream.core.wire import encode_entry, encode_row
+from rstream.core.wire import STORE_ID_HEADER, encode_entry, encode_row
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.compaction import Compactor
@@ -81,7 +81,6 @@ logger = logging.getLogger("rstream.server")
 
 NDJSON = "application/x-ndjson"
 IMMUTABLE = "public, max-age=31536000, immutable"
-STORE_ID_HEADER = "RStream-Store-Id"  # the store's id, on window and entries responses
 _ABORT_KEY = "rstream.abort_connection"
 # The methods of each route under /v1/streams/{id}, by path suffix.
 _ALLOWED = {

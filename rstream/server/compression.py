@@ -21,6 +21,8 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rstream.core.wire import STORE_ID_HEADER
+
 __all__ = ["GZIP_MIN_BYTES", "accepts_gzip", "etag_matches", "gzip_bytes", "negotiated"]
 
 # Below this a gzip header and trailer (18 bytes) and the lost chance of
@@ -31,7 +33,7 @@ GZIP_MIN_BYTES = 1024
 _LEVEL = 1
 _GZIP_WBITS = 31  # zlib's gzip container; no file name, mtime 0: same bytes each time
 # Headers of the 200 that a 304 repeats (RFC 9110 15.4.5), besides ETag and Vary.
-_KEPT_ON_304 = ("cache-control", "rstream-next-start", "link", "rstream-store-id")
+_KEPT_ON_304 = ("cache-control", "rstream-next-start", "link", STORE_ID_HEADER.lower())
 
 
 def accepts_gzip(header: str | None) -> bool:
