@@ -24,10 +24,8 @@ backoff wait short. The woken calls, and every later one, raise
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -45,6 +43,14 @@ from rstream.client.failures import (
     raise_for_response,
 )
 from rstream.client.interrupt import Interrupter, ObservableAdapter
+from rstream.client.options import (
+    Timeout,
+    Token,
+    clean_token,
+    normalise_timeout,
+    normalise_urls,
+    quote_stream_id,
+)
 from rstream.client.retry import (
     RETRYABLE_STATUSES,
     RetryableError,
@@ -57,8 +63,6 @@ from rstream.core.wire import STORE_ID_HEADER
 from rstream.errors import (
     AuthError,
     ClientClosed,
-    ConfigError,
-    InvalidStreamId,
     RStreamError,
     ServerError,
     TransportError,
@@ -67,6 +71,8 @@ from rstream.errors import (
 __all__ = [
     "IDEMPOTENT_METHODS",
     "STORE_ID_HEADER",
+    "Timeout",
+    "Token",
     "Transport",
     "describe_failure",
     "json_body",
@@ -76,62 +82,9 @@ __all__ = [
 
 logger = logging.getLogger("rstream.client")
 
-Token = str | Callable[[], str] | None
-Timeout = float | tuple[float, float]
-
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # 429 and 503 say the server did nothing, so even a POST may be repeated.
 _NOTHING_DONE_STATUSES = frozenset({429, 503})
-
-_STREAM_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,127}\Z")
-
-
-# -- pure helpers ---------------------------------------------------------------
-
-
-def quote_stream_id(stream_id: str) -> str:
-    """``stream_id`` as a URL path segment, after checking the protocol's rules.
-
-    Raises :class:`~rstream.InvalidStreamId` (a ``ValueError``) for an id the
-    server would refuse (1 to 128 characters of ``A-Z a-z 0-9 . _ ~ -``, not
-    starting with ``.``).
-    """
-    if not isinstance(stream_id, str):
-        raise TypeError(f"stream id must be a str, not {type(stream_id).__name__}")
-    if not _STREAM_ID.match(stream_id):
-        raise InvalidStreamId(
-            f"invalid stream id {stream_id[:140]!r}: use 1 to 128 characters from "
-            "A-Z a-z 0-9 . _ ~ -, not starting with '.'"
-        )
-    # Unreserved characters need no quoting; quote anyway so the invariant
-    # "a path segment is quoted" does not depend on the regex above.
-    return urllib.parse.quote(stream_id, safe="")
-
-
-def _normalise_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
-    items = [urls] if isinstance(urls, str) else list(urls)
-    if not items:
-        raise ConfigError("no server URL given; pass e.g. 'http://127.0.0.1:8080'")
-    out = []
-    for url in items:
-        if not isinstance(url, str):
-            raise TypeError(f"server URL must be a str, not {type(url).__name__}")
-        parts = urllib.parse.urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"server URL {url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8080'"
-            )
-        if parts.query or parts.fragment:
-            raise ConfigError(f"server URL {url!r} must not have a query or fragment")
-        out.append(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
-    return tuple(u.rstrip("/") for u in out)
-
-
-def _normalise_timeout(timeout: Timeout) -> tuple[float, float]:
-    if isinstance(timeout, tuple):
-        connect, read = timeout
-        return (float(connect), float(read))
-    return (float(timeout), float(timeout))
 
 
 # -- the transport --------------------------------------------------------------
@@ -168,9 +121,9 @@ class Transport:
         if token is not None and not (isinstance(token, str) or callable(token)):
             raise TypeError("token must be a str, a callable returning one, or None")
         if isinstance(token, str):
-            token = _clean_token(token)
-        self.urls = _normalise_urls(urls)
-        self.timeout = _normalise_timeout(timeout)
+            token = clean_token(token)
+        self.urls = normalise_urls(urls)
+        self.timeout = normalise_timeout(timeout)
         self.retry = retry if retry is not None else default_template()
         self._token = token
         self._user_sleep = sleep
@@ -250,7 +203,7 @@ class Transport:
                     "it must return the bearer token (or None for none)"
                 )
             if token is not None:
-                token = _clean_token(token)
+                token = clean_token(token)
         if not token:
             return {}
         return {"Authorization": f"Bearer {token}"}
@@ -309,7 +262,7 @@ class Transport:
             headers=headers,
             stream=stream,
             stream_id=stream_id,
-            timeout=self.timeout if timeout is None else _normalise_timeout(timeout),
+            timeout=self.timeout if timeout is None else normalise_timeout(timeout),
             idempotent=idempotent,
         )
         try:
@@ -376,56 +329,16 @@ class Transport:
                 self._check_open()  # the dying read of a closed session is not news
                 if not isinstance(exc, requests.RequestException):
                     raise
-                reason = describe_failure(exc, call.timeout)
                 if is_name_error(exc):
-                    names.append(f"{url}: {reason}")
-                    continue
-                if not is_transient(exc):
-                    raise TransportError(
-                        f"{call.method} {url} failed: {reason}; "
-                        "check the URL and the TLS settings (verify=, cert=)"
-                    ) from exc
-                connect_error = is_connect_error(exc)
-                # Refused (or unreachable) at once, not a connect timeout: see
-                # retry.stop_refused_after.
-                refused = connect_error and not isinstance(exc, requests.ConnectTimeout)
-                if not (call.idempotent or connect_error):
-                    raise TransportError(
-                        f"{call.method} {url} failed after it was sent ({reason}); "
-                        "it may or may not have taken effect"
-                    ) from exc
-                logger.info("%s %s failed: %s", call.method, url, reason)
-                last = RetryableError(
-                    f"{call.method} {url}: {reason}", url=url, cause=exc, refused=refused
-                )
+                    names.append(f"{url}: {describe_failure(exc, call.timeout)}")
+                else:
+                    last = _failed(call, url, exc)
                 continue
-            status = response.status_code
-            if status in RETRYABLE_STATUSES and (
-                call.idempotent or status in _NOTHING_DONE_STATUSES
-            ):
-                response.content  # noqa: B018  (read the small error body, free the connection)
-                response.close()
-                logger.info("%s %s answered %s", call.method, url, status)
-                last = RetryableError(
-                    f"{call.method} {url}: {status}",
-                    url=url,
-                    response=response,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                )
+            refusal = _refused(call, url, response)
+            if refusal is not None:
+                last = refusal
                 continue
-            if self._good != index:
-                logger.info("failing over to %s", self.urls[index])
-                with self._lock:
-                    self._good = index
-            if status >= 400:
-                try:
-                    raise_for_response(response, stream_id=call.stream_id)
-                finally:
-                    response.close()
-            store_id = response.headers.get(STORE_ID_HEADER)
-            if store_id and self.on_store_id is not None:
-                self.on_store_id(store_id)
-            return response
+            return self._answered(call, index, response)
         # Next time, begin with the URL after the one that failed first; with
         # one URL this is a no-op.
         with self._lock:
@@ -435,6 +348,22 @@ class Transport:
                 f"{call.method} {call.path} failed: {'; '.join(names)}. Check the URL."
             )
         raise last
+
+    def _answered(self, call: _Call, index: int, response: requests.Response) -> requests.Response:
+        """``response`` of URL ``index``, which answered: go there first from now on."""
+        if self._good != index:
+            logger.info("failing over to %s", self.urls[index])
+            with self._lock:
+                self._good = index
+        if response.status_code >= 400:
+            try:
+                raise_for_response(response, stream_id=call.stream_id)
+            finally:
+                response.close()
+        store_id = response.headers.get(STORE_ID_HEADER)
+        if store_id and self.on_store_id is not None:
+            self.on_store_id(store_id)
+        return response
 
     def _send(self, call: _Call, url: str) -> requests.Response:
         headers = dict(call.headers or {})
@@ -477,19 +406,48 @@ class Transport:
         ) from exc.cause
 
 
-def _clean_token(token: str) -> str:
-    """``token`` without surrounding whitespace (a token file ends in a newline).
+def _failed(call: _Call, url: str, exc: requests.RequestException) -> RetryableError:
+    """What the failure ``exc`` of ``call`` to ``url`` means for the next attempt.
 
-    Raises :class:`~rstream.ConfigError` without showing the token if what is
-    left cannot be sent in a header.
+    Raises :class:`~rstream.TransportError` when repeating cannot help (a TLS
+    or URL problem) or might do the work twice (a request that was sent and
+    is not idempotent).
     """
-    token = token.strip()
-    if not all(" " < c < "\x7f" for c in token):
-        raise ConfigError(
-            "the token has a space, a control or a non-ASCII character inside it, "
-            "which cannot be sent in an Authorization header; check where it comes from"
-        )
-    return token
+    reason = describe_failure(exc, call.timeout)
+    if not is_transient(exc):
+        raise TransportError(
+            f"{call.method} {url} failed: {reason}; "
+            "check the URL and the TLS settings (verify=, cert=)"
+        ) from exc
+    connect_error = is_connect_error(exc)
+    # Refused (or unreachable) at once, not a connect timeout: see
+    # retry.stop_refused_after.
+    refused = connect_error and not isinstance(exc, requests.ConnectTimeout)
+    if not (call.idempotent or connect_error):
+        raise TransportError(
+            f"{call.method} {url} failed after it was sent ({reason}); "
+            "it may or may not have taken effect"
+        ) from exc
+    logger.info("%s %s failed: %s", call.method, url, reason)
+    return RetryableError(f"{call.method} {url}: {reason}", url=url, cause=exc, refused=refused)
+
+
+def _refused(call: _Call, url: str, response: requests.Response) -> RetryableError | None:
+    """A :class:`RetryableError` if ``response`` says to try again (closing it), else None."""
+    status = response.status_code
+    if status not in RETRYABLE_STATUSES or not (
+        call.idempotent or status in _NOTHING_DONE_STATUSES
+    ):
+        return None
+    response.content  # noqa: B018  (read the small error body, free the connection)
+    response.close()
+    logger.info("%s %s answered %s", call.method, url, status)
+    return RetryableError(
+        f"{call.method} {url}: {status}",
+        url=url,
+        response=response,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
