@@ -29,7 +29,6 @@ import requests
 
 from rstream.errors import (
     AuthError,
-    ClientClosed,
     EntryFormatError,
     OutOfRange,
     ProtocolError,
@@ -107,19 +106,8 @@ def describe_error(exc: BaseException, target: Target | None = None) -> tuple[st
     t = target or Target()
     where = f" on {t.url}" if t.url else ""
     streams_hint = f"'rstream streams {t.url}'" if t.url else "'rstream streams URL'"
-    if isinstance(exc, StreamNotFound):
-        stream = exc.stream_id or t.stream
-        name = f"stream {stream!r}" if stream else "the stream"
-        return f"{name} not found{where}: check the id with {streams_hint}", EXIT_NOT_FOUND
-    if isinstance(exc, OutOfRange):
-        name = f"stream {t.stream!r}" if t.stream else "the stream"
-        if t.when:
-            return (
-                f"{name} has no state at {t.when}{where}: that is before its first snapshot; "
-                f"pick a later time (first entries are listed by {streams_hint})",
-                EXIT_NOT_FOUND,
-            )
-        return f"{name}{where} has no state yet: nothing was written to it", EXIT_NOT_FOUND
+    if isinstance(exc, (StreamNotFound, OutOfRange)):
+        return _missing(exc, t, where, streams_hint), EXIT_NOT_FOUND
     if isinstance(exc, AuthError):
         status = f" (HTTP {exc.status})" if exc.status else ""
         if exc.status == 403:
@@ -145,13 +133,26 @@ def describe_error(exc: BaseException, target: Target | None = None) -> tuple[st
         )
     if isinstance(exc, EntryFormatError):
         return f"{exc}: the file must hold one JSON entry per line", EXIT_ERROR
-    if isinstance(exc, ClientClosed):
-        return f"{exc}", EXIT_ERROR
     if isinstance(exc, RStreamError):
         return f"{exc}", EXIT_ERROR
     if isinstance(exc, requests.RequestException):
         return f"request failed ({_first_line(exc)})", EXIT_CONNECTION
     return None
+
+
+def _missing(exc: StreamNotFound | OutOfRange, t: Target, where: str, streams_hint: str) -> str:
+    """What is missing: the stream, or its state at the time asked for."""
+    if isinstance(exc, StreamNotFound):
+        stream = exc.stream_id or t.stream
+        name = f"stream {stream!r}" if stream else "the stream"
+        return f"{name} not found{where}: check the id with {streams_hint}"
+    name = f"stream {t.stream!r}" if t.stream else "the stream"
+    if t.when:
+        return (
+            f"{name} has no state at {t.when}{where}: that is before its first snapshot; "
+            f"pick a later time (first entries are listed by {streams_hint})"
+        )
+    return f"{name}{where} has no state yet: nothing was written to it"
 
 
 def _first_line(exc: BaseException) -> str:

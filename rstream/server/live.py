@@ -23,7 +23,7 @@ import json
 import logging
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -360,26 +360,38 @@ async def live_events(
         if not changes:
             await subscriber.wake.wait()
             continue
-        chunk: list[bytes] = []
-        size = 0
         subscriber.sending = True
-        for change in changes:
-            event = "amend" if change.micros == newest_us else "entry"
-            frame = _frame(event, change.rev, change.payload)
-            chunk.append(frame)
-            size += len(frame)
-            newest_us = change.micros
-            if size >= _FRAME_CHUNK:
-                yield b"".join(chunk)
-                hub.events_sent += len(chunk)
-                chunk, size = [], 0
-                hub.mark_sent(subscriber, change.rev)
-        if chunk:
+        for data in _chunks(hub, subscriber, changes, newest_us):
+            yield data
+        subscriber.sending = False
+        since, newest_us = changes[-1].rev, changes[-1].micros
+        hub.mark_sent(subscriber, since)
+
+
+def _chunks(
+    hub: Hub, subscriber: Subscriber, changes: list[Change], newest_us: int | None
+) -> Iterator[bytes]:
+    """The frames of ``changes`` joined in chunks of about ``_FRAME_CHUNK`` bytes.
+
+    A change at the time of the one before it (``newest_us`` for the first) is
+    an ``amend``. Each chunk counts as sent once the caller asks for the next.
+    """
+    chunk: list[bytes] = []
+    size = 0
+    for change in changes:
+        event = "amend" if change.micros == newest_us else "entry"
+        frame = _frame(event, change.rev, change.payload)
+        chunk.append(frame)
+        size += len(frame)
+        newest_us = change.micros
+        if size >= _FRAME_CHUNK:
             yield b"".join(chunk)
             hub.events_sent += len(chunk)
-        subscriber.sending = False
-        since = changes[-1].rev
-        hub.mark_sent(subscriber, since)
+            chunk, size = [], 0
+            hub.mark_sent(subscriber, change.rev)
+    if chunk:
+        yield b"".join(chunk)
+        hub.events_sent += len(chunk)
 
 
 def _reset_frame(reason: str, revision: int) -> bytes:
