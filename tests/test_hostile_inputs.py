@@ -312,7 +312,8 @@ ROUTES = [
 ]
 
 
-def _cases() -> Iterator[Case]:
+def _body_cases() -> Iterator[Case]:
+    """Bad stream ids and bad bodies of every write."""
     for stream_id in BAD_IDS:
         for method, suffix, body in ID_ROUTES:
             headers = JSON if body is not None else {}
@@ -339,6 +340,10 @@ def _cases() -> Iterator[Case]:
     for name, body, code in PUT_BODIES:
         yield Case(f"put: {name}", "PUT", "/v1/streams/s", code, body, JSON)
         yield Case(f"put new: {name}", "PUT", "/v1/streams/new", code, body, JSON)
+
+
+def _route_cases() -> Iterator[Case]:
+    """Bad queries, unknown streams and routes, methods a route does not take."""
     for suffix, query, code in QUERIES:
         yield Case(f"query {suffix}?{query}", "GET", f"/v1/streams/s{suffix}?{query}", code)
     for suffix in ("", "/window", "/entries", "/live"):
@@ -351,7 +356,10 @@ def _cases() -> Iterator[Case]:
         for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO"):
             if method not in methods:
                 yield Case(f"{method} {path}", method, path, "method_not_allowed", b"{}", JSON)
-    # Headers: sizes, framing the server reads itself, tokens.
+
+
+def _header_cases() -> Iterator[Case]:
+    """Headers: sizes, framing the server reads itself, tokens, content types."""
     yield Case("content-length over the limit", "POST", "/v1/streams/s/state", "too_large",
                b"{}", {**JSON, "Content-Length": "999999999"})  # fmt: skip
     big = b'{"state": {"a": "' + b"x" * (9 * 1024 * 1024) + b'"}}'
@@ -383,7 +391,7 @@ def _cases() -> Iterator[Case]:
                b"a,b\n", {"Content-Type": "text/plain"}, if_415=True)  # fmt: skip
 
 
-CASES = list(_cases())
+CASES = [*_body_cases(), *_route_cases(), *_header_cases()]
 
 
 def test_the_corpus_is_big_and_distinct() -> None:

@@ -419,112 +419,133 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         store.close()
 
 
-def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_path: Path) -> None:
-    backend, storage = served
-    compactor = Compactor(storage, interval=None)
-    duration, retention = 6.0, 1 * S
-    written: list[tuple[int, dict[str, Any]]] = []  # (micros, state), acknowledged
-    read: list[tuple[int, dict[str, Any]]] = []  # what the history reader saw
-    sizes: list[tuple[int, int]] = []  # (writes so far, file size) after each compaction
-    cutoffs: list[int] = []
-    stop = threading.Event()
-    pace = threading.Event()  # never set: its wait() paces the writer
-    collector = Collector()
-    db = tmp_path / "live.db"
-    with running_server(storage, compactor=compactor) as url, rstream.Client(url) as client:
-        stream = client.stream("robot")
-        stream.configure(
-            keyframe_frequency=timedelta(milliseconds=100),
-            change_frequency=timedelta(0),
-            retention=timedelta(microseconds=retention),
-        )
-        stream.write_state({"i": -1, "pad": ""})
-        subscription = stream.subscribe(collector.on_state, collector.on_error)
-        collector.wait_for_count(1, timeout=10)
+class _Load:
+    """A steady writer and a history reader of stream "robot" on ``url``, the
+    writer compacting every 25 writes; what each did, for the checks."""
 
-        def write() -> None:
-            # A steady load: at most 80 writes a second, never a burst to catch up.
-            started = next_at = time.monotonic()
-            i = 0
-            with rstream.Client(url) as writer:
-                robot = writer.stream("robot")
-                while time.monotonic() - started < duration:
-                    next_at = max(next_at + 1 / 80, time.monotonic())
-                    pace.wait(next_at - time.monotonic())
-                    state = {"i": i, "pad": f"{i:08d}" * 250}  # 2 kB that changes each time
-                    stored = robot.write_state(state)
-                    assert stored is not None
-                    written.append((stored.micros, state))
-                    i += 1
-                    if i % 25 == 0:
-                        cutoffs.append(time.time_ns() // 1000 - retention)
-                        compactor.run()
-                        if backend == "sqlite":
-                            sizes.append((i, db.stat().st_size))
-            stop.set()
+    def __init__(self, url: str, compactor: Compactor, db: Path | None) -> None:
+        self.url, self.compactor, self.db = url, compactor, db  # db: the SQLite file
+        self.duration, self.retention = 6.0, 1 * S
+        self.written: list[tuple[int, dict[str, Any]]] = []  # (micros, state), acknowledged
+        self.read: list[tuple[int, dict[str, Any]]] = []  # what the history reader saw
+        self.sizes: list[tuple[int, int]] = []  # (writes so far, file size) after compactions
+        self.cutoffs: list[int] = []
+        self.stop = threading.Event()
+        self.pace = threading.Event()  # never set: its wait() paces the writer
 
-        def read_history() -> None:
-            with rstream.Client(url) as reader:
-                robot = reader.stream("robot")
-                while not stop.is_set():
-                    start = from_micros(time.time_ns() // 1000 - 200 * MS)
-                    read.extend((to_micros(ts), state) for ts, state in robot.history(start))
+    def compact(self) -> None:
+        self.cutoffs.append(time.time_ns() // 1000 - self.retention)
+        self.compactor.run()
 
-        failures = run_threads(write, read_history, timeout=60)
-        assert failures == []
-        last = written[-1][1]
-        collector.wait_for(lambda c: bool(c.items) and c.items[-1][1] == last, timeout=20)
-        subscription.close()
-        cutoffs.append(time.time_ns() // 1000 - retention)
-        compactor.run()
+    def write(self) -> None:
+        # A steady load: at most 80 writes a second, never a burst to catch up.
+        started = next_at = time.monotonic()
+        i = 0
+        with rstream.Client(self.url) as writer:
+            robot = writer.stream("robot")
+            while time.monotonic() - started < self.duration:
+                next_at = max(next_at + 1 / 80, time.monotonic())
+                self.pace.wait(next_at - time.monotonic())
+                state = {"i": i, "pad": f"{i:08d}" * 250}  # 2 kB that changes each time
+                stored = robot.write_state(state)
+                assert stored is not None
+                self.written.append((stored.micros, state))
+                i += 1
+                if i % 25 == 0:
+                    self.compact()
+                    if self.db is not None:
+                        self.sizes.append((i, self.db.stat().st_size))
+        self.stop.set()
 
-        # Old windows are gone: the edge is the last snapshot at or before the cutoff.
-        with rstream.Client(url) as fresh:
+    def read_history(self) -> None:
+        with rstream.Client(self.url) as reader:
+            robot = reader.stream("robot")
+            while not self.stop.is_set():
+                start = from_micros(time.time_ns() // 1000 - 200 * MS)
+                self.read.extend((to_micros(ts), state) for ts, state in robot.history(start))
+
+    def check_what_is_kept(self) -> None:
+        """Old windows are gone: the edge is the last snapshot at or before the
+        cutoff. Nothing newer is lost."""
+        with rstream.Client(self.url) as fresh:
             robot = fresh.stream("robot")
-            first = to_micros(robot.info().first)  # type: ignore[arg-type]
-            assert cutoffs[-1] - 100 * MS - 50 * MS < first <= cutoffs[-1]
+            first_time = robot.info().first
+            assert first_time is not None
+            first = to_micros(first_time)
+            assert self.cutoffs[-1] - 100 * MS - 50 * MS < first <= self.cutoffs[-1]
             kept = list(robot.entries())
             assert (kept[0].micros, kept[0].kind) == (first, EntryKind.SNAPSHOT)
-            # Nothing newer is lost: replaying what is kept gives every state written since.
+            # Replaying what is kept gives every state written since.
             state: dict[str, Any] = {}
             replayed = []
             for e in kept:
                 state = e.data if e.kind is EntryKind.SNAPSHOT else apply_mutation(state, e.data)
                 replayed.append((e.micros, state))
-            assert replayed == [(us, s) for us, s in written if us >= first]
+            assert replayed == [(us, s) for us, s in self.written if us >= first]
             with pytest.raises(OutOfRange):
                 robot.state_at(from_micros(first - 1))
-            assert robot.state_at(from_micros(first)) == dict(written)[first]
+            assert robot.state_at(from_micros(first)) == dict(self.written)[first]
 
-    # The subscriber saw every change, in order, from the state it started at.
-    assert collector.errors == []
-    seen = [(us, s) for us, s in collector.items if s["i"] >= 0]
-    assert seen == written
-    # The history reader only ever saw states that were written, at their times.
-    by_time = dict(written)
-    assert read, "the reader read nothing"
-    assert all(by_time.get(us, s) == s for us, s in read)
-    assert compactor.entries_deleted > 0
-    assert compactor.failed_runs == 0
-    if backend == "sqlite":
-        # The file stops growing: it holds about the last second, however long the
-        # load runs. (Without retention it would grow linearly: 1.7 times from
-        # the first of these stretches to the second.)
-        # By sample, not by time: a busy machine writes fewer than 80 a second. From
-        # the first third of the run on, the file grows by much less than what is
-        # written (without retention, by more than all of it).
+    def check_the_file_stops_growing(self) -> None:
+        """The file holds about the last second, however long the load runs.
+        (Without retention it would grow linearly: 1.7 times from the first of
+        these stretches to the second.) By sample, not by time: a busy machine
+        writes fewer than 80 a second. From the first third of the run on, the
+        file grows by much less than what is written (without retention, by
+        more than all of it)."""
+        sizes, db = self.sizes, self.db
+        assert db is not None
         assert len(sizes) >= 3, sizes
         (writes_then, size_then), (writes_end, size_end) = sizes[len(sizes) // 3], sizes[-1]
         written_since = (writes_end - writes_then) * 2000
-        written_bytes = sum(len(s["pad"]) for _, s in written)
+        written_bytes = sum(len(s["pad"]) for _, s in self.written)
         final = db.stat().st_size
         print(
             f"sqlite file: {size_then} B after {writes_then} writes, {size_end} B after "
             f"{writes_end} ({written_since} B of states written in between); {final} B at "
-            f"the end; {written_bytes} B of states written in {duration} s"
+            f"the end; {written_bytes} B of states written in {self.duration} s"
         )
         assert size_end - size_then < written_since * 0.5
         assert final < written_bytes * 0.75  # without retention: more than written_bytes
+
+
+def test_retention_under_a_steady_write_load(served: tuple[str, Storage], tmp_path: Path) -> None:
+    backend, storage = served
+    compactor = Compactor(storage, interval=None)
+    collector = Collector()
+    db = tmp_path / "live.db"
+    with running_server(storage, compactor=compactor) as url, rstream.Client(url) as client:
+        load = _Load(url, compactor, db if backend == "sqlite" else None)
+        stream = client.stream("robot")
+        stream.configure(
+            keyframe_frequency=timedelta(milliseconds=100),
+            change_frequency=timedelta(0),
+            retention=timedelta(microseconds=load.retention),
+        )
+        stream.write_state({"i": -1, "pad": ""})
+        subscription = stream.subscribe(collector.on_state, collector.on_error)
+        collector.wait_for_count(1, timeout=10)
+
+        failures = run_threads(load.write, load.read_history, timeout=60)
+        assert failures == []
+        last = load.written[-1][1]
+        collector.wait_for(lambda c: bool(c.items) and c.items[-1][1] == last, timeout=20)
+        subscription.close()
+        load.compact()
+        load.check_what_is_kept()
+
+    # The subscriber saw every change, in order, from the state it started at.
+    assert collector.errors == []
+    seen = [(us, s) for us, s in collector.items if s["i"] >= 0]
+    assert seen == load.written
+    # The history reader only ever saw states that were written, at their times.
+    by_time = dict(load.written)
+    assert load.read, "the reader read nothing"
+    assert all(by_time.get(us, s) == s for us, s in load.read)
+    assert compactor.entries_deleted > 0
+    assert compactor.failed_runs == 0
+    if backend == "sqlite":
+        load.check_the_file_stops_growing()
 
 
 def test_the_app_runs_a_compactor_for_its_lifetime() -> None:
