@@ -369,7 +369,9 @@ def test_post_is_repeated_after_503(mocked: responses.RequestsMock, waits: list[
         response = t.request("POST", "/v1/streams/x/state", json={"state": {"a": 1}})
         response.close()
     assert len(mocked.calls) == 2
-    assert json.loads(mocked.calls[0].request.body) == {"state": {"a": 1}}
+    body = mocked.calls[0].request.body
+    assert body is not None
+    assert json.loads(body) == {"state": {"a": 1}}
 
 
 # -- failover ------------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ def test_failover_on_5xx_and_429(mocked: responses.RequestsMock, waits: list[flo
     mocked.get(B + "/v1/health", **error(503, "unavailable"))
     with transport(waits, [A, B]) as t, pytest.raises(ServerError):
         t.get_json("/v1/health")
-    urls = [c.request.url.split("/v1")[0] for c in mocked.calls]
+    urls = [str(c.request.url).split("/v1")[0] for c in mocked.calls]
     assert urls[:4] == [A, B, B, A]  # each round starts after the URL that failed first
     assert len(urls) == 2 * DEFAULT_MAX_ATTEMPTS
     assert len(waits) == DEFAULT_MAX_ATTEMPTS - 1  # one wait per round, not per URL

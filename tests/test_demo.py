@@ -113,7 +113,12 @@ def test_device_close_interrupts_the_wait_between_writes() -> None:
     device.start()
     _wait_calls(sink, 1)
     done = threading.Event()
-    closer = threading.Thread(target=lambda: (device.close(), done.set()))
+
+    def close() -> None:
+        device.close()
+        done.set()
+
+    closer = threading.Thread(target=close)
     closer.start()
     assert done.wait(timeout=30), "close() did not interrupt the 100 s wait"
     closer.join()

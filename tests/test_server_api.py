@@ -432,7 +432,7 @@ def test_first_entry_must_be_a_snapshot(url: str, http: requests.Session) -> Non
 def test_odd_stream_ids(shared_url: str, http: requests.Session, stream_id: str) -> None:
     url = shared_url
     before = http.get(f"{url}/v1/streams").json()
-    for method, suffix, body in [
+    calls: list[tuple[str, str, object]] = [
         ("GET", "", None),
         ("PUT", "", {}),
         ("GET", "/window", None),
@@ -440,7 +440,8 @@ def test_odd_stream_ids(shared_url: str, http: requests.Session, stream_id: str)
         ("POST", "/entries", [snap(T0)]),
         ("POST", "/state", {"state": {}}),
         ("GET", "/live", None),
-    ]:
+    ]
+    for method, suffix, body in calls:
         r = http.request(method, f"{url}/v1/streams/{stream_id}{suffix}", json=body)
         assert (r.status_code, error_of(r)) == (400, "invalid_stream_id"), (method, suffix)
     assert http.get(f"{url}/v1/streams").json() == before
@@ -464,7 +465,7 @@ def test_unknown_streams_routes_and_methods(url: str, http: requests.Session) ->
 
 
 def test_put_rejects_bad_rates(url: str, http: requests.Session) -> None:
-    for body in (
+    bodies: tuple[object, ...] = (
         {"record_rate": {"keyframe_frequency": -1}},
         {"record_rate": {"keyframe_frequency": "60s"}},
         {"record_rate": {"keyframe_frequency": 1e300}},
@@ -472,7 +473,8 @@ def test_put_rejects_bad_rates(url: str, http: requests.Session) -> None:
         {"record_rate": 5},
         {"rate": {}},
         [1],
-    ):
+    )
+    for body in bodies:
         r = http.put(f"{url}/v1/streams/r", json=body)
         assert (r.status_code, error_of(r)) == (400, "bad_request"), body
     assert http.get(f"{url}/v1/streams/r").status_code == 404

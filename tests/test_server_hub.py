@@ -102,7 +102,7 @@ def test_lag_counts_only_while_blocked_in_send() -> None:
         busy, fetching, bytes_heavy = (hub.subscribe("s") for _ in range(3))
         for name, sub in (("busy", busy), ("fetching", fetching), ("bytes", bytes_heavy)):
             hub.mark_sent(sub, 0)
-            sub.on_overflow = lambda name=name: dropped.append(name)  # type: ignore[misc]
+            sub.on_overflow = lambda name=name: dropped.append(name)
         busy.sending = True
         for rev in range(1, 4):
             hub.notify("s", rev, 10)
