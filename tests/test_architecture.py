@@ -1,10 +1,12 @@
-"""Imports run one way (docs/architecture.rst): client and server import core;
-cli imports both; nothing imports upward. Checked on the source, every import
-statement included (those inside functions and under TYPE_CHECKING too)."""
+"""The layout of docs/architecture.rst, checked on the source: imports run one
+way (client and server import core; cli imports both; nothing imports upward;
+every import statement, those inside functions and under TYPE_CHECKING too),
+no module is over 500 lines, and the module table names every module."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,9 @@ import pytest
 import rstream
 
 ROOT = Path(rstream.__file__).parent
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.rst"
+MAX_LINES = 500
+"""The most lines a module may have: a longer one holds more than one concept."""
 SHARED = ("rstream.errors", "rstream._version")
 """Leaf modules every layer may import."""
 
@@ -80,3 +85,24 @@ def test_the_server_loads_without_the_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def _modules() -> list[Path]:
+    return sorted(ROOT.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_is_over_500_lines(path: Path) -> None:
+    lines = path.read_bytes().count(b"\n")  # as wc -l counts
+    assert lines <= MAX_LINES, (
+        f"{path.relative_to(ROOT.parent)} has {lines} lines, more than {MAX_LINES}: split it "
+        "along its concepts and add the new modules to docs/architecture.rst"
+    )
+
+
+def test_the_module_table_names_every_module() -> None:
+    rows = re.findall(r"^   \* - ``(rstream/\S+\.py)``$", ARCHITECTURE.read_text(), re.MULTILINE)
+    modules = [str(p.relative_to(ROOT.parent)) for p in _modules()]
+    assert sorted(set(modules) - set(rows)) == [], "add these to docs/architecture.rst"
+    assert sorted(set(rows) - set(modules)) == [], "these are gone: drop their rows"
+    assert len(rows) == len(set(rows)), "a module has two rows"

@@ -9,6 +9,5 @@ from __future__ import annotations
 
 from rstream.client.client import Client, connect
 from rstream.client.stream import RemoteStream, StreamMetadata
-from rstream.client.transport import Transport
 
-__all__ = ["Client", "RemoteStream", "StreamMetadata", "Transport", "connect"]
+__all__ = ["Client", "RemoteStream", "StreamMetadata", "connect"]
