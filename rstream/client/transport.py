@@ -69,8 +69,6 @@ from rstream.errors import (
 )
 
 __all__ = [
-    "IDEMPOTENT_METHODS",
-    "STORE_ID_HEADER",
     "Timeout",
     "Token",
     "Transport",
@@ -82,7 +80,7 @@ __all__ = [
 
 logger = logging.getLogger("rstream.client")
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # 429 and 503 say the server did nothing, so even a POST may be repeated.
 _NOTHING_DONE_STATUSES = frozenset({429, 503})
 
@@ -165,11 +163,6 @@ class Transport:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    @property
-    def closed_event(self) -> threading.Event:
-        """Set by :meth:`close`; wait on it to cut a wait short at shutdown."""
-        return self._closed
-
     def sleep(self, seconds: float) -> None:
         """Wait between attempts; returns early when the transport is closed.
 
@@ -251,7 +244,7 @@ class Transport:
         self._check_open()
         method = method.upper()
         if idempotent is None:
-            idempotent = method in IDEMPOTENT_METHODS
+            idempotent = method in _IDEMPOTENT_METHODS
         policy = (retry if retry is not None else self.blocking_retry).copy()
         call = _Call(
             method=method,
