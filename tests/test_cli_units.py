@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 import pytest
 import requests
+import responses
 
-from rstream.cli.common import URL, load_token
+from rstream.cli.common import URL, ClientOptions, load_token
 from rstream.cli.fields import MISSING, get_path, numeric_value, parse_path
 from rstream.cli.output import (
     EXIT_AUTH,
@@ -167,6 +168,25 @@ def test_url_param_accepts_replicas_and_rejects_non_http() -> None:
         URL.convert("ftp://a", None, None)
     with pytest.raises(click.BadParameter, match="not an http"):
         URL.convert("localhost:8080", None, None)
+    # The client's own check (rstream.client.options), as a usage error.
+    with pytest.raises(click.BadParameter, match="query or fragment"):
+        URL.convert("http://a:1/?x=1", None, None)
+    with pytest.raises(click.BadParameter, match="needed"):
+        URL.convert(" , ", None, None)
+
+
+def test_retries_counts_the_repeats_of_the_sdk_policy() -> None:
+    waits: list[float] = []
+    opts = ClientOptions(token_file=None, timeout=5.0, retries=2, ca_bundle=None, verbose=False)
+    error = {"error": {"code": "unavailable", "message": "busy"}}
+    with responses.RequestsMock() as mocked:
+        mocked.get("http://a.example/v1/streams", status=503, json=error)
+        client = opts.client(("http://a.example",), sleep=waits.append, cache=None)
+        with client, pytest.raises(ServerError, match="after 3 attempt"):
+            client.streams()
+        assert len(mocked.calls) == 3
+    assert len(waits) == 2
+    assert all(0 < wait <= 30 for wait in waits)
 
 
 # -- tokens ---------------------------------------------------------------------

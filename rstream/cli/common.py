@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
@@ -30,6 +29,7 @@ from rstream.cli.output import (
     set_verbose,
     show_library_warnings,
 )
+from rstream.errors import ConfigError
 
 if TYPE_CHECKING:
     from rstream.client import Client
@@ -62,16 +62,15 @@ class UrlParam(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
     ) -> tuple[str, ...]:
         if isinstance(value, tuple):
             return value
-        urls = tuple(part.strip().rstrip("/") for part in str(value).split(",") if part.strip())
+        from rstream.client.options import normalise_urls
+
+        urls = [part for part in str(value).split(",") if part.strip()]
         if not urls:
             self.fail("a server URL is needed, e.g. http://127.0.0.1:8080", param, ctx)
-        for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                self.fail(
-                    f"{url!r} is not an http(s) URL: use e.g. http://127.0.0.1:8080", param, ctx
-                )
-        return urls
+        try:
+            return normalise_urls(urls)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 URL = UrlParam()
@@ -124,6 +123,7 @@ class ClientOptions:
         import tenacity
 
         from rstream.client import Client
+        from rstream.client.retry import default_template
 
         kwargs: dict[str, Any] = {
             "token": load_token(self.token_file),
@@ -132,12 +132,9 @@ class ClientOptions:
             "cache": cache_dir() if self.cache else None,
         }
         if self.retries is not None:
-            kwargs["retry"] = tenacity.Retrying(
-                # (wait_exponential_jitter's arguments differ between tenacity versions)
-                wait=tenacity.wait_exponential(multiplier=0.5, max=30.0)
-                + tenacity.wait_random(0, 0.5),
-                stop=tenacity.stop_after_attempt(self.retries + 1),
-            )
+            # The SDK's policy, with as many attempts as asked and no time limit.
+            attempts = tenacity.stop_after_attempt(self.retries + 1)
+            kwargs["retry"] = default_template().copy(stop=attempts)
         kwargs.update(overrides)
         return Client(list(urls), **kwargs)
 
