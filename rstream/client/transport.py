@@ -13,7 +13,7 @@ Everything the client sends goes through :meth:`Transport.request`:
 * error responses become the exceptions of :mod:`rstream.errors`
   (:func:`~rstream.client.failures.raise_for_response`).
 
-``close()`` wakes every call of the transport within milliseconds, whatever
+``close()`` wakes every call of the transport at once, whatever
 the server does: it shuts down the socket of every connection the session
 made (:class:`~rstream.client.interrupt.Interrupter`), which wakes a request
 being sent, waiting for its response or reading its body, and it cuts a
