@@ -22,8 +22,8 @@ def main(argv: list[str]) -> int:
         for info in pkgutil.iter_modules([str(here)])
         if info.name.startswith("bench_")
     )
-    options = [i for i, arg in enumerate(argv) if arg.startswith("-")]
-    wanted, options = (argv[: options[0]], argv[options[0] :]) if options else (argv, [])
+    first = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    wanted, options = argv[:first], argv[first:]
     if options and len(wanted) != 1:
         print(f"options ({' '.join(options)}) go to one benchmark: name it first")
         return 2

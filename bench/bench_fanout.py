@@ -133,9 +133,9 @@ class Subscriber:
             if line.startswith(b"id: "):
                 self.revs.append(int(line[4:]))
             elif self.measure and line.startswith(b"data: "):
-                data = json.loads(line[6:])["data"]
-                if "sent" in data:
-                    self.latencies.append(now - data["sent"])
+                state = json.loads(line[6:])["data"]
+                if "sent" in state:
+                    self.latencies.append(now - state["sent"])
 
 
 def read_all(subscribers: Sequence[Subscriber], stop: threading.Event) -> None:
