@@ -19,6 +19,7 @@ from rstream.client import Client, RemoteStream, connect
 from rstream.client.window import WindowState, states_weight
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
+from rstream.core.wire import COLUMNS, NDJSON
 from rstream.errors import (
     ClientClosed,
     ConfigError,
@@ -428,8 +429,11 @@ def rows_of(entries: list[Entry]) -> list[Row]:
 
 
 class _CannedHandler(http.server.BaseHTTPRequestHandler):
+    """A server that knows only NDJSON pages (as before the columns form)."""
+
     rows: list[Row] = []
     page_size = 7
+    accepts: list[str]  # the Accept header of every entries request
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -439,6 +443,7 @@ class _CannedHandler(http.server.BaseHTTPRequestHandler):
         elif url.path == "/v1/streams/canned/window":
             self.window(parse_rfc3339(query["at"]))
         elif url.path == "/v1/streams/canned/entries":
+            self.accepts.append(self.headers.get("Accept", ""))
             self.entries(query)
         else:
             self.send(404, b'{"error": {"code": "not_found", "message": "no such route"}}')
@@ -490,9 +495,12 @@ class _CannedHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def canned_stream(rows: list[Row]) -> Iterator[RemoteStream]:
-    """Stream "canned" of a server that sends ``rows`` in pages of 7 lines."""
-    handler = type("Handler", (_CannedHandler,), {"rows": rows})
+def canned_stream(rows: list[Row], accepts: list[str] | None = None) -> Iterator[RemoteStream]:
+    """Stream "canned" of a server that sends ``rows`` in pages of 7 lines as NDJSON;
+    ``accepts`` collects the Accept header of each page request."""
+    handler = type(
+        "Handler", (_CannedHandler,), {"rows": rows, "accepts": [] if accepts is None else accepts}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     # A short poll: shutdown() waits for the serving loop to look at its flag.
     thread = threading.Thread(target=server.serve_forever, args=(0.02,))
@@ -518,6 +526,15 @@ def test_history_reads_each_page_by_field_and_commits_its_windows() -> None:
             assert window.pairs is not None
             base = window.micros[0] // 1_000_000 - T0
             assert window.pairs == [(at(base + i), expected_state(base + i)) for i in range(10)]
+
+
+def test_pages_asked_for_in_the_columns_form_are_read_as_ndjson_when_sent_so() -> None:
+    accepts: list[str] = []
+    with canned_stream(rows_of(make_entries()), accepts) as robot:
+        assert list(robot.history(at(-1))) == [(at(i), expected_state(i)) for i in range(COUNT)]
+        assert list(robot.entries()) == make_entries()
+    assert accepts
+    assert set(accepts) == {f"{COLUMNS}, {NDJSON};q=0.5"}
 
 
 def test_history_reads_the_spelled_out_types_blank_lines_and_crlf() -> None:

@@ -1,10 +1,11 @@
-"""NDJSON decoding from chunks (as entries, and by field for history), the page chain
-(prefetch driven by workers)."""
+"""NDJSON decoding from chunks (as entries, and by field for history), the columns
+form, the page chain (prefetch driven by workers)."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -19,6 +20,8 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339, from_micros, parse_rfc3339
 from rstream.core.wire import NDJSONDecoder, Page, parse_ndjson, read_page
 from rstream.errors import ClientClosed, InvalidTimestamp, ProtocolError
+from rstream.server.storage.base import dump_json
+from tests.test_storage import TRICKY
 
 
 def entries(count: int) -> list[Entry]:
@@ -263,13 +266,13 @@ class Pager:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
-    def fetch(self, pages: _Pages, start: int | None, end: int | None) -> tuple[str, list[bytes]]:
+    def fetch(self, pages: _Pages, start: int | None, end: int | None) -> Body:
         k = start or 0
         with self.changed:
             self.started.append(k)
             self.changed.notify_all()
         pages.next_start(k + 1 if k + 1 < self.count else None)
-        return f"page {k}", [b"%d" % k]
+        return Body(f"page {k}", [b"%d" % k])
 
     def wait_started(self, n: int) -> list[int]:
         with self.changed:
@@ -281,12 +284,12 @@ def test_workers_request_ahead_up_to_the_depth_while_the_reader_holds_a_page() -
     pager = Pager(10)
     with ThreadPoolExecutor(4) as pool:
         pages = iter(_Pages(pager.fetch, pool, None, None, depth=3))
-        assert next(pages) == ("page 0", [b"0"])
+        assert next(pages) == Body("page 0", [b"0"])
         # The reader holds page 0: pages 1 and 2 are requested, and no more.
         assert pager.wait_started(3) == [0, 1, 2]
         pool.submit(lambda: None).result()  # let any stray submission run
         assert pager.started == [0, 1, 2]
-        rest = [url for url, _ in pages]
+        rest = [body.url for body in pages]
     assert rest == [f"page {k}" for k in range(1, 10)]
     assert pager.started == list(range(10))
 
@@ -298,7 +301,7 @@ def test_depth_one_fetches_a_page_only_when_the_reader_needs_it() -> None:
         next(pages)
         pool.submit(lambda: None).result()
         assert pager.started == [0]
-        assert [url for url, _ in pages] == ["page 1", "page 2"]
+        assert [body.url for body in pages] == ["page 1", "page 2"]
 
 
 def test_an_end_stops_the_chain() -> None:
@@ -313,17 +316,18 @@ def test_stopping_early_requests_nothing_more() -> None:
         pages = _Pages(pager.fetch, pool, None, None, depth=2)
         reader = iter(pages)
         next(reader)
+        assert isinstance(reader, Generator)
         reader.close()  # what a for loop's break does to the generator
         assert pages.stopped
     assert len(pager.started) <= 3
 
 
 def test_a_failed_page_raises_to_the_reader() -> None:
-    def fetch(pages: _Pages, start: int | None, end: int | None) -> tuple[str, list[bytes]]:
+    def fetch(pages: _Pages, start: int | None, end: int | None) -> Body:
         if start == 2:
             raise ProtocolError("bad page")
         pages.next_start((start or 0) + 1)
-        return "ok", []
+        return Body("ok", [])
 
     with ThreadPoolExecutor(2) as pool:
         reader = iter(_Pages(fetch, pool, None, None, depth=2))
@@ -352,3 +356,82 @@ def test_a_page_in_the_server_form_is_read_by_field_as_entry_by_entry(micros: li
         assert fast.dates == [from_micros(e.micros) for e in plain]
         assert fast.kinds == [int(e.kind) for e in plain]
         assert fast.datas == [e.data for e in plain]
+
+
+# -- the columns form -------------------------------------------------------------------
+
+
+def stored_rows(items: list[Entry]) -> list[tuple[int, int, str, int]]:
+    """The rows a server's storage would hold for ``items`` (data as stored JSON text)."""
+    return [(e.micros, int(e.kind), dump_json(e.data), e.rev or 0) for e in items]
+
+
+@given(
+    st.lists(
+        st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999), unique=True, max_size=30
+    )
+)
+@example([])
+@example([0])
+def test_a_columns_page_reads_as_the_ndjson_page_of_the_same_rows(micros: list[int]) -> None:
+    micros.sort()
+    items = [
+        Entry.from_micros(m, EntryKind(min(i, 1)), TRICKY[i % len(TRICKY)], i + 1)
+        for i, m in enumerate(micros)
+    ]
+    rows = stored_rows(items)
+    by_columns = wire.read_columns(wire.encode_page(rows, True), "test")
+    by_lines = read_page(wire.encode_page(rows, False), "test")
+    assert by_columns.times == by_lines.times == micros
+    assert by_columns.dates == by_lines.dates
+    assert all(d.tzinfo is UTC for d in by_columns.dates)
+    assert by_columns.kinds == by_lines.kinds
+    assert by_columns.datas == by_lines.datas
+    assert list(by_columns.revs) == list(by_lines.revs) == [e.rev for e in items]
+    assert wire.page_entries(by_columns) == items
+    assert [e.rev for e in wire.page_entries(by_columns)] == [e.rev for e in items]
+
+
+def test_a_body_is_read_in_the_form_it_came_in() -> None:
+    items = entries(9)
+    rows = stored_rows(items)
+    body = wire.encode_page(rows, True)
+    as_columns = Body("test", [body[:10], body[10:]], columns=True)
+    as_lines = Body("test", [wire.encode_page(rows, False)])
+    assert as_columns.entries() == as_lines.entries() == items
+    assert as_columns.page() == as_lines.page()
+    with pytest.raises(ProtocolError, match="malformed columns page from test"):
+        Body("test", [wire.encode_page(rows, False)], columns=True).page()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "Expecting value"),
+        (b"[]", "TypeError"),
+        (b'{"times": [], "types": [], "revs": []}', "KeyError"),
+        (b'{"times": {}, "types": [], "revs": [], "data": []}', "must be arrays"),
+        (b'{"times": [1], "types": [], "revs": [], "data": []}', "as long as each other"),
+        (b'{"times": [1.5], "types": [0], "revs": [1], "data": [{}]}', "must be integers"),
+        (b'{"times": [1], "types": [0], "revs": ["1"], "data": [{}]}', "must be integers"),
+        (b'{"times": [1], "types": [2], "revs": [1], "data": [{}]}', "0 \\(snapshot\\)"),
+        (b'{"times": [1], "types": [true], "revs": [1], "data": [{}]}', "0 \\(snapshot\\)"),
+        (b'{"times": [1], "types": [0], "revs": [1], "data": [[]]}', "JSON objects"),
+        (b'{"times": [1], "types": [0], "revs": [-1], "data": [{}]}', "not be negative"),
+        (b'{"times": [1e400], "types": [0], "revs": [1], "data": [{}]}', "must be integers"),
+        (
+            b'{"times": [253402300800000000], "types": [0], "revs": [1], "data": [{}]}',
+            "out of range",
+        ),
+    ],
+)
+def test_a_malformed_columns_page_is_a_protocol_error(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        wire.read_columns(body, "test")
+
+
+def test_times_out_of_order_in_a_columns_page_are_found_by_check_order() -> None:
+    body = b'{"times": [5, 0], "types": [0, 1], "revs": [1, 2], "data": [{}, {}]}'
+    page = wire.read_columns(body, "test")
+    with pytest.raises(ProtocolError, match="out of order in test, line 2"):
+        wire.check_order(page.times, page.lines, None, "test")

@@ -1,6 +1,6 @@
-"""gzip for pages of history, against a real server: one validator per
-representation, 304s for the one the client holds, ``immutable`` kept, and the
-live stream never compressed."""
+"""gzip and the columns form for pages of history, against a real server: one
+validator per representation, 304s for the one the client holds, ``immutable``
+kept, and the live stream never compressed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import requests
 
+from rstream.client import Client
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import format_rfc3339
-from rstream.server.compression import GZIP_MIN_BYTES, accepts_gzip
+from rstream.core.wire import COLUMNS, NDJSON, read_columns, read_page
+from rstream.server.compression import GZIP_MIN_BYTES, accepts_columns, accepts_gzip
 from rstream.server.storage import Storage
 
 T0 = 1_700_000_000_000_000  # epoch micros
@@ -76,7 +78,7 @@ def test_immutable_page_has_a_validator_per_representation(filled: str) -> None:
     assert len(gz) < len(plain) / 3
     for headers in (plain_headers, gz_headers):
         assert headers["cache-control"] == IMMUTABLE
-        assert headers["vary"] == "Accept-Encoding"
+        assert headers["vary"] == "Accept, Accept-Encoding"
     assert gz_headers["etag"] != plain_headers["etag"]
     assert gz_headers["etag"].startswith('"')
     assert gz_headers["etag"].endswith('"')
@@ -94,7 +96,7 @@ def test_304_answers_the_validator_of_the_chosen_representation(filled: str) -> 
     assert (status, body) == (304, b"")
     assert headers["etag"] == gz_etag
     assert headers["cache-control"] == IMMUTABLE
-    assert headers["vary"] == "Accept-Encoding"
+    assert headers["vary"] == "Accept, Accept-Encoding"
     assert raw_get(filled, path, {"If-None-Match": plain_etag})[0] == 304
     # A validator of the other representation does not match this one.
     status, headers, body = raw_get(
@@ -171,3 +173,76 @@ def test_live_stream_is_not_compressed(filled: str, storage: Storage) -> None:
 )
 def test_accepts_gzip(header: str | None, accepted: bool) -> None:
     assert accepts_gzip(header) is accepted
+
+
+# -- the columns form ------------------------------------------------------------------
+
+ASK_COLUMNS = {"Accept": f"{COLUMNS}, {NDJSON};q=0.5"}
+
+
+@pytest.mark.parametrize("limit", ["50", "10000"])
+def test_a_columns_page_holds_the_ndjson_page_and_its_paging(filled: str, limit: str) -> None:
+    path = entries_path(start=iso(10), limit=limit)
+    _, lines_headers, lines = raw_get(filled, path, {})
+    status, headers, body = raw_get(filled, path, ASK_COLUMNS)
+    assert status == 200
+    assert lines_headers["content-type"] == NDJSON
+    assert headers["content-type"] == COLUMNS
+    assert headers["vary"] == "Accept, Accept-Encoding"
+    assert headers.get("rstream-next-start") == lines_headers.get("rstream-next-start")
+    assert headers.get("link") == lines_headers.get("link")
+    assert read_columns(body, "test") == read_page(lines, "test")
+    assert len(read_columns(body, "test").times) == min(int(limit), 290)
+
+
+def test_a_columns_page_has_its_own_validators_and_304s(filled: str) -> None:
+    path = entries_path(**IMMUTABLE_RANGE)
+    tags = {}
+    for name, headers in [
+        ("lines", {}),
+        ("lines-gzip", {"Accept-Encoding": "gzip"}),
+        ("columns", ASK_COLUMNS),
+        ("columns-gzip", {**ASK_COLUMNS, "Accept-Encoding": "gzip"}),
+    ]:
+        status, answer, body = raw_get(filled, path, headers)
+        assert status == 200
+        assert answer["cache-control"] == IMMUTABLE
+        assert raw_get(filled, path, headers)[1]["etag"] == answer["etag"]  # stable
+        tags[name] = answer["etag"]
+        if name == "columns-gzip":
+            assert gzip.decompress(body) == raw_get(filled, path, ASK_COLUMNS)[2]
+    assert len(set(tags.values())) == 4
+    assert tags["columns-gzip"] == tags["columns"][:-1] + '-gzip"'
+    status, answer, body = raw_get(filled, path, {**ASK_COLUMNS, "If-None-Match": tags["columns"]})
+    assert (status, body) == (304, b"")
+    assert answer["etag"] == tags["columns"]
+    assert answer["vary"] == "Accept, Accept-Encoding"
+    # The other form's validator does not match this one.
+    status, answer, _ = raw_get(filled, path, {**ASK_COLUMNS, "If-None-Match": tags["lines"]})
+    assert (status, answer["etag"]) == (200, tags["columns"])
+    assert raw_get(filled, path, {"If-None-Match": tags["columns"]})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [
+        (None, False),
+        ("*/*", False),
+        (NDJSON, False),
+        (COLUMNS, True),
+        (f"{NDJSON}, {COLUMNS.upper()};q=0.9", True),
+        (f"{COLUMNS};q=0", False),
+    ],
+)
+def test_accepts_columns(header: str | None, columns: bool) -> None:
+    assert accepts_columns(header) is columns
+
+
+def test_the_client_reads_pages_in_the_columns_form(filled: str) -> None:
+    with Client(filled) as client:
+        stream = client.stream("c")
+        fetcher = stream._pages  # what history() and entries() read through
+        bodies = list(fetcher.bodies(None, None))
+        assert [body.columns for body in bodies] == [True]
+        assert [e.data["i"] for e in stream.entries()] == list(range(300))
+        assert [state["i"] for _, state in stream.history()] == list(range(300))

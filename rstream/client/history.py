@@ -27,7 +27,7 @@ from rstream.client.window import Pair, Window
 from rstream.client.windows import WindowStore
 from rstream.core.mutation import apply_mutation, copy_json
 from rstream.core.timestamps import from_micros
-from rstream.core.wire import Page, check_order, read_page
+from rstream.core.wire import Page, check_order
 from rstream.errors import ConfigError, OutOfRange
 
 __all__ = ["Run", "Walk", "first_pair", "history_pairs", "last_pair", "step_micros"]
@@ -150,7 +150,7 @@ class Walk:
         """
         replay = _Replay(self.store, self.end, seed)
         for body in self.bodies(start, upto):
-            run = replay.page(read_page(body.text(), body.url), body.url)
+            run = replay.page(body.page(), body.url)
             if run is not None:
                 yield [run]
             if replay.passed_end:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 
 from rstream.client.changelog import DEFAULT_LAG_WARNING, DEFAULT_LATEST_TIMEOUT
+from rstream.client.follow import Follow
 from rstream.client.history import Run, Walk, first_pair, history_pairs, last_pair, step_micros
 from rstream.client.metadata import StreamMetadata, rate_given, read_bounds, read_write_answer
 from rstream.client.pages import NDJSON, PageFetcher
@@ -55,8 +55,6 @@ if TYPE_CHECKING:
     from rstream.client.subscription import Subscription
 
 __all__ = ["RemoteStream", "StreamMetadata"]  # StreamMetadata: see rstream.client.metadata
-
-logger = logging.getLogger("rstream.client")
 
 _ONE_ATTEMPT = blocking_policy(
     tenacity.Retrying(stop=tenacity.stop_after_attempt(1)), sleep=lambda seconds: None
@@ -105,8 +103,6 @@ class RemoteStream:
         self._on_close = on_close
         self._lock = threading.Lock()
         self._closed = False
-        self._tail: LiveTail | None = None
-        self._retired: list[LiveTail] = []  # tails that ended by themselves (see _ensure_tail)
         self._first: int | None = None  # the first entry's time, once known
         self.windows = WindowStore(
             self._fetch_bounds,
@@ -115,6 +111,7 @@ class RemoteStream:
             disk=disk,
         )
         """The window cache (see :mod:`rstream.client.windows`)."""
+        self._follow = Follow(self.id, self.windows, self._new_tail, self._check_open)
 
     def __repr__(self) -> str:
         return f"<RemoteStream {self.id!r} on {self._transport.urls[0]}>"
@@ -151,7 +148,7 @@ class RemoteStream:
         :class:`~rstream.Timeout` saying so (the server may be down).
         """
         self._check_open()
-        tail = self._tail
+        tail = self._follow.current
         if tail is not None and not tail.ended:
             return tail.latest(timeout)  # already the caller's own copy
         try:
@@ -342,7 +339,7 @@ class RemoteStream:
         from rstream.client.subscription import check_callback
 
         check_callback(on_state, "on_state", 2)  # before a tail is started for it
-        return self._ensure_tail().subscribe(
+        return self._follow.tail().subscribe(
             on_state,
             on_error,
             maxsize=maxsize,
@@ -370,7 +367,7 @@ class RemoteStream:
 
         ``copy``: as for :meth:`subscribe` (``False``: shared, read-only states).
         """
-        return self._ensure_tail().states(
+        return self._follow.tail().states(
             maxsize=maxsize,
             overflow=overflow,
             on_error=on_error,
@@ -382,40 +379,32 @@ class RemoteStream:
     def health(self) -> Health:
         """The live tail's health, with each subscriber's lag; "not following" (IDLE)
         before any subscribe."""
-        tail = self._tail
+        tail = self._follow.current
         if tail is not None:
             return tail.health
         from rstream.client.health import NOT_FOLLOWING
 
         return NOT_FOLLOWING
 
-    def _ensure_tail(self) -> LiveTail:
-        with self._lock:
-            self._check_open()
-            tail = self._tail
-            if tail is not None and tail.ended:
-                # It stopped by itself (a 204, a 404 before the stream existed, a
-                # refused token), and its subscribers were told. Following again
-                # starts a new tail; the old one's dispatchers still deliver what
-                # they hold, so it is closed (joined) with this stream, not now.
-                self._retired.append(tail)
-                self._tail = None
-            if self._tail is None:
-                from rstream.client.live import LiveTail
+    @property
+    def _tail(self) -> LiveTail | None:
+        """The live tail, if one was started (tests and benchmarks look at it)."""
+        return self._follow.current
 
-                self._tail = LiveTail(
-                    self._transport,
-                    self.id,
-                    heartbeat_timeout=self._heartbeat_timeout,
-                    max_event_bytes=self._max_event_bytes,
-                    on_commit=self._on_live_commit,
-                    capacity=self.windows.max_cached_entries,
-                    fetch=self._entries_from,
-                    current_revision=self._revision,
-                    sleep=self._sleep,
-                )
-                self._tail.start()
-            return self._tail
+    def _new_tail(self, on_commit: Callable[[list[Entry]], None]) -> LiveTail:
+        from rstream.client.live import LiveTail
+
+        return LiveTail(
+            self._transport,
+            self.id,
+            heartbeat_timeout=self._heartbeat_timeout,
+            max_event_bytes=self._max_event_bytes,
+            on_commit=on_commit,
+            capacity=self.windows.max_cached_entries,
+            fetch=self._entries_from,
+            current_revision=self._revision,
+            sleep=self._sleep,
+        )
 
     def _entries_from(self, start: int) -> Iterator[Entry]:
         """The entries from ``start`` on: what a subscriber that fell behind missed."""
@@ -431,19 +420,6 @@ class RemoteStream:
         self._check_open()
         return StreamMetadata.from_json(self._send("GET", self._path, retry=_ONE_ATTEMPT)).revision
 
-    def _on_live_commit(self, entries: list[Entry]) -> None:
-        # The tail tells us the window's entries; its end is the new live
-        # window's snapshot, which the tail holds by now.
-        end = None
-        tail = self._tail
-        window = tail.live_window() if tail is not None else None
-        if window and entries and window[0].micros > entries[-1].micros:
-            end = window[0].micros
-        try:
-            self.windows.commit(entries, end)
-        except (ProtocolError, ClientClosed) as exc:
-            logger.debug("live window of %s not cached: %s", self.id, exc)
-
     # -- shutdown ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -452,10 +428,7 @@ class RemoteStream:
             if self._closed:
                 return
             self._closed = True
-            tails = [*self._retired, self._tail] if self._tail is not None else self._retired
-            self._tail, self._retired = None, []
-        for tail in tails:
-            tail.close()
+        self._follow.close()
         self.windows.close()
         self._pages.close()
         if self._on_close is not None:
@@ -497,7 +470,7 @@ class RemoteStream:
         """The state at ``at`` in the LIVE window: from the live tail's window when a
         tail runs, else from a walk of the window (what a history pass already read
         of it is not fetched again, see :mod:`rstream.client.history`)."""
-        tail = self._tail
+        tail = self._follow.current
         if tail is not None:
             live = tail.live_window()
             if live and live[0].micros <= at:

@@ -10,11 +10,16 @@ a JSON object, and ``rev`` (the log revision, sent by the server) a non-negative
 integer or absent. A page of entries is NDJSON: one entry per line. The data of
 an SSE ``entry``/``amend`` event is one entry.
 
+A page may also be sent in the *columns* form (:data:`COLUMNS`), one JSON
+object holding the page's fields as arrays (see :func:`encode_columns`): the
+same entries, in fewer bytes, decoded with one ``json.loads`` and no per-entry
+object or timestamp text.
+
 This module is the one encoder (:func:`entry_json`, :func:`encode_entry`,
-:func:`encode_row`, :func:`encode_ndjson`) and the one decoder
-(:func:`decode_entry`, :func:`decode_event`, :class:`NDJSONDecoder`,
-:func:`parse_ndjson`, :func:`read_page`) of that form; the client and the server
-both use it. It does no I/O.
+:func:`encode_row`, :func:`encode_ndjson`, :func:`encode_columns`) and the one
+decoder (:func:`decode_entry`, :func:`decode_event`, :class:`NDJSONDecoder`,
+:func:`parse_ndjson`, :func:`read_page`, :func:`read_columns`) of that form; the
+client and the server both use it. It does no I/O.
 """
 
 from __future__ import annotations
@@ -34,21 +39,34 @@ from rstream.core.timestamps import EPOCH, format_rfc3339, from_micros, parse_rf
 from rstream.errors import EntryFormatError, InvalidTimestamp, ProtocolError
 
 __all__ = [
+    "COLUMNS",
+    "NDJSON",
+    "ROW_BYTES",
     "STORE_ID_HEADER",
     "NDJSONDecoder",
     "Page",
     "decode_entry",
     "decode_event",
+    "encode_columns",
     "encode_entry",
     "encode_ndjson",
     "encode_row",
     "entry_json",
+    "page_entries",
     "parse_ndjson",
+    "read_columns",
     "read_page",
 ]
 
 STORE_ID_HEADER = "RStream-Store-Id"
 """The response header naming the store (on window and entries answers)."""
+
+NDJSON = "application/x-ndjson"
+"""The media type of a page as NDJSON, one entry per line."""
+COLUMNS = "application/vnd.rstream.columns+json"
+"""The media type of a page in the columns form (:func:`encode_columns`)."""
+ROW_BYTES = 64
+"""About what a page's NDJSON line adds to its entry's data (for a page's byte budget)."""
 
 State = dict[str, Any]
 
@@ -104,6 +122,35 @@ def encode_row(micros: int, kind: int, data_json: str, rev: int) -> bytes:
 def encode_ndjson(entries: Iterable[Entry], *, with_rev: bool = False) -> bytes:
     """``entries`` as an NDJSON body, one :func:`encode_entry` line each."""
     return b"".join(encode_entry(e, with_rev=with_rev) + b"\n" for e in entries)
+
+
+def encode_page(rows: Sequence[tuple[int, int, str, int]], columns: bool) -> bytes:
+    """Stored rows ``(micros, kind, data_json, rev)`` as a page: NDJSON lines
+    (:func:`encode_row`), or in the columns form (:func:`encode_columns`)."""
+    if columns:
+        return encode_columns(rows)
+    return b"".join([encode_row(*row) + b"\n" for row in rows])
+
+
+def encode_columns(rows: Sequence[tuple[int, int, str, int]]) -> bytes:
+    """Stored rows ``(micros, kind, data_json, rev)`` as a page in the columns form::
+
+        {"times": [t0, d1, d2, ...], "types": [0, 1, ...], "revs": [7, 8, ...],
+         "data": [{...}, {...}, ...]}
+
+    ``times`` holds the first entry's time in epoch microseconds, then each
+    entry's distance in microseconds from the one before; ``types``, ``revs``
+    and ``data`` are the entries' fields, in order. ``data_json`` is spliced as
+    it is (see :func:`encode_row`).
+    """
+    micros = [row[0] for row in rows]
+    deltas = list(map(operator.sub, micros, [0, *micros[:-1]]))
+    return b'{"times":[%s],"types":[%s],"revs":[%s],"data":[%s]}' % (
+        ",".join(map(str, deltas)).encode("ascii"),
+        ",".join([str(row[1]) for row in rows]).encode("ascii"),
+        ",".join([str(row[3]) for row in rows]).encode("ascii"),
+        ",".join([row[2] for row in rows]).encode("utf-8"),
+    )
 
 
 # -- decoding one entry --------------------------------------------------------------
@@ -276,8 +323,10 @@ class Page:
     """0 for a snapshot, 1 for a mutation."""
     datas: list[State]
     """Each entry's ``data``: a state or a mutation."""
+    revs: Sequence[int | None]
+    """Each entry's ``rev`` (None where the page has none)."""
     lines: Sequence[int]
-    """The line each entry is on (for errors)."""
+    """The line each entry is on, or its position from 1 in the columns form (for errors)."""
 
 
 def read_page(text: bytes, where: str) -> Page:
@@ -290,7 +339,14 @@ def read_page(text: bytes, where: str) -> Page:
     entries = decode_entries(objs, lines, where)
     times = [e.micros for e in entries]
     kinds = [int(e.kind) for e in entries]
-    return Page(times, list(map(from_micros, times)), kinds, [e.data for e in entries], lines)
+    datas, revs = [e.data for e in entries], [e.rev for e in entries]
+    return Page(times, list(map(from_micros, times)), kinds, datas, revs, lines)
+
+
+def page_entries(page: Page) -> list[Entry]:
+    """The entries of a page read by field."""
+    kinds = map(_KINDS.__getitem__, page.kinds)
+    return list(map(Entry.from_micros, page.times, kinds, page.datas, page.revs))
 
 
 _TIMESTAMP = operator.itemgetter("timestamp")
@@ -329,7 +385,52 @@ def _page_by_field(objs: list[Any], lines: Sequence[int]) -> Page | None:
         return None
     spans = map(operator.sub, dates, itertools.repeat(EPOCH))
     times = list(map(operator.floordiv, spans, itertools.repeat(_ONE_US)))
-    return Page(times, dates, kinds, datas, lines)
+    return Page(times, dates, kinds, datas, revs, lines)
+
+
+_COLUMN_NAMES = ("times", "types", "revs", "data")
+
+
+def read_columns(text: bytes, where: str) -> Page:
+    """The entries of a page in the columns form (:func:`encode_columns`) by field;
+    :class:`~rstream.ProtocolError` when it is not that form (the order of the
+    times is checked by :func:`check_order`)."""
+    # One json.loads and no text per timestamp: a history pass reads a page with
+    # about half the CPU of NDJSON (see bench network).
+    try:
+        obj = json.loads(text)
+        deltas, kinds, revs, datas = (obj[name] for name in _COLUMN_NAMES)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ProtocolError(f"malformed columns page from {where}: {exc!r:.200}") from None
+    problem = _columns_problem(deltas, kinds, revs, datas)
+    if problem:
+        raise ProtocolError(f"malformed columns page from {where}: {problem}")
+    times = list(itertools.accumulate(deltas))
+    try:
+        dates = list(map(EPOCH.__add__, map(_ONE_US.__mul__, times)))
+    except OverflowError:
+        raise ProtocolError(f"malformed columns page from {where}: a time out of range") from None
+    return Page(times, dates, kinds, datas, revs, range(1, len(times) + 1))
+
+
+def _columns_problem(deltas: Any, kinds: Any, revs: Any, datas: Any) -> str | None:
+    """What is wrong with a columns page's arrays (None: nothing)."""
+    columns = (deltas, kinds, revs, datas)
+    if set(map(type, columns)) != {list}:
+        return "times, types, revs and data must be arrays"
+    if len({len(column) for column in columns}) != 1:
+        return "times, types, revs and data must be as long as each other"
+    if not deltas:
+        return None
+    if not set(map(type, deltas)) == set(map(type, revs)) == {int}:
+        return "times and revs must be integers"
+    if set(map(type, kinds)) != {int} or not {0, 1}.issuperset(kinds):
+        return "types must be 0 (snapshot) or 1 (mutation)"
+    if set(map(type, datas)) != {dict}:
+        return "data must be JSON objects"
+    if min(revs) < 0:
+        return "revs must not be negative"
+    return None
 
 
 def _load_page(text: bytes, where: str) -> tuple[list[Any], Sequence[int]]:

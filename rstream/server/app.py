@@ -44,11 +44,18 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
 from rstream.core.stream import Clock, RateConfig, Stream
 from rstream.core.timestamps import format_rfc3339, from_micros
-from rstream.core.wire import STORE_ID_HEADER, encode_entry, encode_row
+from rstream.core.wire import (
+    COLUMNS,
+    ROW_BYTES,
+    STORE_ID_HEADER,
+    encode_entry,
+    encode_page,
+    encode_row,
+)
 from rstream.errors import ConfigError, MutationError, OutOfRange, StreamNotFound
 from rstream.server.auth import Tokens
 from rstream.server.compaction import Compactor
-from rstream.server.compression import negotiated
+from rstream.server.compression import accepts_columns, negotiated
 from rstream.server.connections import reset
 from rstream.server.cors import CORSMiddleware, normalize_origin
 from rstream.server.errors import error_response, exception_handlers, fail, unexpected_response
@@ -436,8 +443,10 @@ class _Server:
         end = time_param(request.query_params, "end")
         limit = limit_param(request.query_params, self.limits.page_size)
 
-        page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit)
-        headers = {"Content-Type": NDJSON, STORE_ID_HEADER: self.store_id}
+        columns = accepts_columns(request.headers.get("accept"))
+        page = await anyio.to_thread.run_sync(self._page, stream_id, start, end, limit, columns)
+        media_type = COLUMNS if columns else NDJSON
+        headers = {"Content-Type": media_type, STORE_ID_HEADER: self.store_id, "Vary": "Accept"}
         if page.next_start is not None:
             next_start = format_rfc3339(page.next_start)
             query = {k: v for k, v in request.query_params.items() if k != "start"}
@@ -446,16 +455,20 @@ class _Server:
             headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
         if not page.immutable:
             headers["Cache-Control"] = "no-store"
-            response = Response(page.body, headers=headers, media_type=NDJSON)
+            response = Response(page.body, headers=headers, media_type=media_type)
             return await negotiated(request, response)
         digest = hashlib.blake2b(page.body, digest_size=16)
         digest.update(b"|%d" % (page.next_start if page.next_start is not None else -1))
         etag = f'"{digest.hexdigest()}"'
         headers["ETag"] = etag
         headers["Cache-Control"] = IMMUTABLE
-        return await negotiated(request, Response(page.body, headers=headers, media_type=NDJSON))
+        return await negotiated(
+            request, Response(page.body, headers=headers, media_type=media_type)
+        )
 
-    def _page(self, stream_id: str, start: int | None, end: int | None, limit: int) -> _Page:
+    def _page(
+        self, stream_id: str, start: int | None, end: int | None, limit: int, columns: bool
+    ) -> _Page:
         info = self._info(stream_id)
         if start is not None:
             _check_kept(info, start)
@@ -467,20 +480,19 @@ class _Server:
             # Without a start, compaction may still take entries off the front.
             and (start is not None or not self._retains(info))
         )
-        lines: list[bytes] = []
+        rows: list[tuple[int, int, str, int]] = []
         size = 0
         next_start: int | None = None
         budget = self.limits.page_bytes
         # Rows, not entries: the stored JSON text goes into the page as it is.
-        with contextlib.closing(log.iter_range_raw(start, end, limit + 1)) as rows:
-            for micros, kind, data, rev in rows:
-                if len(lines) >= limit or size >= budget:
-                    next_start = micros
+        with contextlib.closing(log.iter_range_raw(start, end, limit + 1)) as stored:
+            for row in stored:
+                if len(rows) >= limit or size >= budget:
+                    next_start = row[0]
                     break
-                line = encode_row(micros, kind, data, rev) + b"\n"
-                lines.append(line)
-                size += len(line)
-        return _Page(b"".join(lines), len(lines), next_start, immutable)
+                rows.append(row)
+                size += len(row[2]) + ROW_BYTES
+        return _Page(encode_page(rows, columns), len(rows), next_start, immutable)
 
     async def post_state(self, request: Request) -> Response:
         self.tokens.check_write(request)

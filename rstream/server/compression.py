@@ -1,4 +1,5 @@
-"""gzip for pages of history (``GET .../entries``, ``GET .../window``).
+"""gzip for pages of history (``GET .../entries``, ``GET .../window``), and the
+choice of a page's form (NDJSON, or the columns form a client asks for).
 
 A page is sent gzip-compressed when the request's ``Accept-Encoding`` accepts
 gzip (``requests`` does by default) and the body is large enough to gain from
@@ -8,6 +9,10 @@ inside the quotes. ``If-None-Match`` is compared with the validator of the
 representation chosen for this request, so a 304 names the one the client
 holds; ``Cache-Control`` (``immutable`` included) is the same for both, and
 ``Vary: Accept-Encoding`` tells caches the body depends on that header.
+
+A page is sent in the columns form (:data:`~rstream.core.wire.COLUMNS`) only
+to a request whose ``Accept`` names that media type (:func:`accepts_columns`);
+its body differs, so its ``ETag`` does too, and pages say ``Vary: Accept``.
 
 The live event stream is never compressed: its events are small and must be
 sent the moment they happen, which a compressor's buffering works against.
@@ -21,9 +26,16 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rstream.core.wire import STORE_ID_HEADER
+from rstream.core.wire import COLUMNS, STORE_ID_HEADER
 
-__all__ = ["GZIP_MIN_BYTES", "accepts_gzip", "etag_matches", "gzip_bytes", "negotiated"]
+__all__ = [
+    "GZIP_MIN_BYTES",
+    "accepts_columns",
+    "accepts_gzip",
+    "etag_matches",
+    "gzip_bytes",
+    "negotiated",
+]
 
 # Below this a gzip header and trailer (18 bytes) and the lost chance of
 # sending the body in the headers' packet outweigh what is saved.
@@ -38,11 +50,23 @@ _KEPT_ON_304 = ("cache-control", "rstream-next-start", "link", STORE_ID_HEADER.l
 
 def accepts_gzip(header: str | None) -> bool:
     """Whether an ``Accept-Encoding`` value accepts gzip (``q=0`` refuses it)."""
+    return _accepts(header, ("gzip", "x-gzip", "*"))
+
+
+def accepts_columns(header: str | None) -> bool:
+    """Whether an ``Accept`` value asks for the columns form of a page by name
+    (``q=0`` refuses it; ``*/*`` does not ask for it)."""
+    return _accepts(header, (COLUMNS,))
+
+
+def _accepts(header: str | None, names: tuple[str, ...]) -> bool:
+    """Whether a header's list (``Accept``, ``Accept-Encoding``) holds one of
+    ``names`` with a ``q`` above 0."""
     if not header:
         return False
     for item in header.split(","):
         coding, _, params = item.partition(";")
-        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+        if coding.strip().lower() not in names:
             continue
         for param in params.split(";"):
             name, _, value = param.partition("=")
@@ -81,7 +105,8 @@ async def negotiated(request: Request, response: Response) -> Response:
     ``ETag``. A response without ``ETag`` is never answered 304.
     """
     headers = {k: v for k, v in response.headers.items() if k != "content-length"}
-    headers["vary"] = "Accept-Encoding"
+    vary = "Accept-Encoding" if "vary" not in headers else f"{headers['vary']}, Accept-Encoding"
+    headers["vary"] = vary
     body = bytes(response.body)
     if len(body) >= GZIP_MIN_BYTES and accepts_gzip(request.headers.get("accept-encoding")):
         body = await anyio.to_thread.run_sync(gzip_bytes, body)
@@ -91,5 +116,5 @@ async def negotiated(request: Request, response: Response) -> Response:
     etag = headers.get("etag")
     if etag is not None and etag_matches(request.headers.get("if-none-match"), etag):
         kept = {k: v for k, v in headers.items() if k in _KEPT_ON_304}
-        return Response(status_code=304, headers={**kept, "etag": etag, "vary": "Accept-Encoding"})
+        return Response(status_code=304, headers={**kept, "etag": etag, "vary": vary})
     return Response(body, status_code=response.status_code, headers=headers)
