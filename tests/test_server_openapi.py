@@ -11,6 +11,7 @@ import jsonschema_rs
 import pytest
 import requests
 
+from rstream.core.wire import COLUMNS
 from rstream.server.openapi import openapi_document
 from rstream.server.params import TIME_PATTERN
 from tests.serverutil import SSEReader, running_server
@@ -78,6 +79,18 @@ def test_live_events_are_the_documented_events(server_url: str) -> None:
         assert (reset_schema if event.event == "reset" else entry_schema).is_valid(data), data
         seen.add(event.event)
     assert seen == {"entry", "amend", "reset"}
+
+
+def test_a_columns_page_is_the_documented_schema(server_url: str) -> None:
+    doc = requests.get(f"{server_url}/v1/openapi.json").json()
+    entries = doc["paths"]["/v1/streams/{stream_id}/entries"]["get"]["responses"]["200"]
+    assert set(entries["content"]) == {"application/x-ndjson", COLUMNS}
+    response = requests.get(f"{server_url}/v1/streams/a/entries", headers={"Accept": COLUMNS})
+    assert response.headers["Content-Type"].startswith(COLUMNS)
+    page = response.json()
+    assert len(page["times"]) >= 2
+    assert _validator(doc, "EntryColumns").is_valid(page), page
+    assert not _validator(doc, "EntryColumns").is_valid({**page, "types": [2]})
 
 
 def test_times_are_date_times_and_never_null_where_the_server_refuses_null() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from rstream.core.wire import COLUMNS
 from rstream.server.openapi_schemas import RETENTION, SCHEMAS, STORE_ID, TIME_PARAM
 from rstream.server.params import MAX_HEARTBEAT, MAX_REVISION, MIN_HEARTBEAT
 
@@ -174,7 +175,11 @@ _PATHS: dict[str, Any] = {
                         "ETag": _STRING,
                         "Cache-Control": _STRING,
                     },
-                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        # Sent only when Accept names it (docs/protocol.rst).
+                        COLUMNS: {"schema": _REF["EntryColumns"]},
+                    },
                 },
                 "304": {"description": "not modified (If-None-Match on an immutable range)"},
                 **_READ_ERRORS,

@@ -119,6 +119,21 @@ SCHEMAS: dict[str, Any] = {
             "rev": {"type": "integer", "minimum": 0},
         },
     },
+    "EntryColumns": {
+        "description": (
+            "A page in the columns form: times[0] is the first entry's time in epoch"
+            " microseconds, each later item the distance from the entry before"
+        ),
+        "type": "object",
+        "required": ["times", "types", "revs", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "times": {"type": "array", "items": {"type": "integer"}},
+            "types": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}},
+            "revs": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "RecordRate": {
         "type": "object",
         "additionalProperties": False,
