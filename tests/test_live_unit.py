@@ -598,12 +598,13 @@ def test_the_queue_is_polled_like_queue_queue() -> None:
         assert (q.maxsize, q.qsize(), len(q), q.empty(), q.full()) == (2, 1, 1, False, False)
         assert q.get(True, 0.5)[1]["i"] == 0  # positional block and timeout
         assert q.empty()
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: q.get(timeout=0.01),
             lambda: q.get(True, 0),
             lambda: q.get(block=False),
             q.get_nowait,
-        ):
+        ]
+        for call in calls:
             with pytest.raises(queue.Empty) as info:
                 call()
             assert isinstance(info.value, rstream.Empty)
