@@ -44,7 +44,7 @@ from rstream.client.connection import (
     ServerEndedError,
 )
 from rstream.client.health import ConnectionState, Health, HealthTracker
-from rstream.client.livestate import Change, LiveState
+from rstream.client.livestate import Change, LiveState, decode_window
 from rstream.client.queues import StateQueue
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES, SSEEvent
 from rstream.client.subscription import (
@@ -247,7 +247,8 @@ class LiveTail:
     def live_window(self) -> list[Entry] | None:
         """The live window received so far (snapshot first; read-only entries), or None."""
         with self._lock:
-            return self._state.window()
+            held = self._state.held_window()
+        return None if held is None else decode_window(held)  # outside the lock: it takes time
 
     @property
     def revision(self) -> int | None:
