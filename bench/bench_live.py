@@ -25,7 +25,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -227,7 +227,7 @@ def parse_breakdown(url: str, stream_id: str) -> tuple[float, float, float, floa
     return best[0], best[1], best[2], best[3]
 
 
-def contract_floor(chunks: Iterable[bytes]) -> int:
+def contract_floor(chunks: Iterator[bytes]) -> int:
     """The raw loop plus the work that delivering exact, private states adds to it.
 
     The raw loop's work (sseclient-py over the stream as it comes, json.loads),
