@@ -26,7 +26,7 @@ import rstream
 from rstream.client.changelog import ChangeLog, Overflow
 from rstream.client.health import TRANSITIONS, ConnectionState, HealthTracker
 from rstream.client.live import LiveTail
-from rstream.client.livestate import Change, LiveState
+from rstream.client.livestate import Change, LiveState, decode_window
 from rstream.client.queues import StateQueue
 from rstream.client.retry import MAX_RETRY_AFTER
 from rstream.client.sse import EventStream
@@ -176,6 +176,33 @@ def test_reset_reanchors_and_reports_a_gap() -> None:
     assert step.committed is None
     # The gap is reported once.
     assert live.feed(*ev(mut(8, {"b": 2}, 3))).gap is None
+
+
+def test_the_window_holds_entries_as_their_text_and_reads_them_back_exactly() -> None:
+    # After its snapshot, the window holds each entry as the text it came in (a str,
+    # which the garbage collector never visits), or as the entry when its revision
+    # is the event's id; reading the window decodes them back to the same entries.
+    live = LiveState()
+    without_rev = mut(3, {"mode": "dock"}, 9)
+    text = json.dumps(without_rev.to_json())  # no "rev": the id gives it
+    amended = mut(4, {"battery": 0.5, "pos": {"$mutateIdx": {"1": 2}}}, 11)
+    live.feed_all([ev(e) for e in LOG[:3]])
+    live.feed("entry", text, "9")
+    live.feed(*ev(mut(4, {"battery": 0.6}, 10)))
+    live.feed(*ev(amended, "amend"))
+    held = live.held_window()
+    assert held is not None
+    assert held[0] == LOG[0]  # the snapshot, held decoded: its data is the state
+    assert [type(item) for item in held] == [Entry, str, str, Entry, Entry]
+    assert held[3] == without_rev
+    assert held[-1] == amended  # the newest, decoded
+    assert not any(gc.is_tracked(item) for item in held[1:3])
+    assert live.window() == [*LOG[:3], without_rev, amended]
+    assert decode_window(held) == live.window()
+    # A new snapshot commits the window, decoded.
+    step = live.feed(*ev(snap(5, {"battery": 0.4}, 12)))
+    assert step.committed == (*LOG[:3], without_rev, amended)
+    assert live.window() == [snap(5, {"battery": 0.4}, 12)]
 
 
 def test_a_live_window_longer_than_max_window_is_not_kept() -> None:
@@ -598,12 +625,13 @@ def test_the_queue_is_polled_like_queue_queue() -> None:
         assert (q.maxsize, q.qsize(), len(q), q.empty(), q.full()) == (2, 1, 1, False, False)
         assert q.get(True, 0.5)[1]["i"] == 0  # positional block and timeout
         assert q.empty()
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: q.get(timeout=0.01),
             lambda: q.get(True, 0),
             lambda: q.get(block=False),
             q.get_nowait,
-        ):
+        ]
+        for call in calls:
             with pytest.raises(queue.Empty) as info:
                 call()
             assert isinstance(info.value, rstream.Empty)

@@ -838,7 +838,7 @@ def test_a_run_longer_than_max_event_bytes_is_fed_in_whole_events(
 SERVER_NAMES = st.sampled_from(["put", "entry", "", " ", "ünï", "a:b", "x\x00"])
 SERVER_IDS = st.sampled_from(["0", "007", "1", "42", "99999999999999999999"])
 SERVER_DATA = st.sampled_from(['{"i": 1}', "", " lead", "a:b", "ü→✓\u2028", "\x00"]) | st.text(
-    st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=8
+    st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=8
 )
 OTHER_PIECES = [
     b": ping\n",

@@ -1,6 +1,8 @@
 """What live subscribers are handed (against a real server): private copies by
 default, which never change under their owner and share nothing with another
-subscriber; with ``copy=False``, the tail's own shared, read-only states."""
+subscriber; with ``copy=False``, the tail's own shared, read-only states. And
+the copy itself (:func:`~rstream.core.jsontype.private_copy`), on every shape
+it copies by a path of its own."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from rstream.client.client import Client
 from rstream.core.entry import Entry, EntryKind
+from rstream.core.jsontype import MAX_DEPTH, json_equal, private_copy
 from rstream.core.mutation import build_mutation
 from tests.serverutil import running_server
 from tests.threadutil import Collector
@@ -27,6 +32,9 @@ def state(i: int) -> State:
         "pos": {"x": i * 0.5, "y": 1.0, "deep": {"tag": "a", "list": [1, 2, {"k": i}]}},
         "tasks": [{"id": n, "done": n < i} for n in range(4)],
         "config": {"mode": "auto", "limits": [10, 20, 30]},
+        # Larger containers of flat records: the copy's C-call paths.
+        "sensors": {f"s{n}": {"v": n * i, "ok": n != i} for n in range(10)},
+        "log": [{"n": n, "at": i + n / 10} for n in range(12)],
     }
 
 
@@ -39,15 +47,16 @@ def entry(i: int) -> Entry:
 
 
 def containers(value: Any) -> Iterator[int]:
-    """The ids of every dict and list in ``value``."""
-    if isinstance(value, dict):
-        yield id(value)
-        for item in value.values():
-            yield from containers(item)
-    elif isinstance(value, list):
-        yield id(value)
-        for item in value:
-            yield from containers(item)
+    """The ids of every dict and list in ``value`` (iterative: any depth)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            yield id(item)
+            todo += item.values()
+        elif isinstance(item, list):
+            yield id(item)
+            todo += item
 
 
 def write_steps(url: str, *subscribers: Collector) -> None:
@@ -74,6 +83,8 @@ def test_private_copies_never_change_under_their_owner_and_share_nothing() -> No
             received["pos"]["deep"]["list"][2]["k"] = "changed"
             received["tasks"].append("junk")
             received["config"]["limits"].clear()
+            received["sensors"]["s3"]["v"] = "changed"
+            received["log"][5]["n"] = "changed"
             vandal.on_state(ts, received)
 
         queue = robot.states(maxsize=100)
@@ -137,3 +148,85 @@ def test_copy_false_hands_every_reader_the_same_shared_states() -> None:
             assert mine == theirs
             assert not set(containers(mine)) & set(containers(theirs))
         queue.close()
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A state ``depth`` objects deep, with a list and a flat table at every level."""
+    value: dict[str, Any] = {"leaf": [1.5, -0.0, None]}
+    for level in range(depth - 1):
+        value = {"next": value, "level": level, "rows": [{"k": level}] * 3}
+    return value
+
+
+COPY_CASES = {
+    "scalars of every kind": {
+        "t": True,
+        "one": 1,
+        "f": 1.0,
+        "z": -0.0,
+        "big": 2**80,
+        "s": "x",
+        "n": None,
+    },
+    "a flat table (list of flat dicts)": {"rows": [{"id": n, "ok": n % 2 == 0} for n in range(20)]},
+    "a group of flat dicts": {"g": {f"k{n}": {"v": n, "u": "C"} for n in range(20)}},
+    "a long flat list and dict": {"l": list(range(30)), "d": {f"k{n}": n for n in range(30)}},
+    "a table whose one record nests": {
+        "rows": [{"id": n} for n in range(19)] + [{"id": 19, "tags": ["a"]}]
+    },
+    "a long list of lists": {"m": [[n, n + 1] for n in range(20)]},
+    "a long dict of mixed values": {f"k{n}": [n] if n % 3 else {"v": n} for n in range(20)},
+    "empty containers": {"e": {}, "l": [], "rows": [{}] * 10},
+    "the same dict twice": {"a": (shared := {"x": [1]}), "b": shared, "rows": [shared] * 10},
+    "deeper than MAX_DEPTH": nested(MAX_DEPTH + 10),
+}
+
+
+@pytest.mark.parametrize("value", COPY_CASES.values(), ids=list(COPY_CASES))
+def test_private_copy_is_exact_and_shares_no_container(value: dict[str, Any]) -> None:
+    frozen = json.dumps(value)
+    copy = private_copy(value)
+    assert json_equal(copy, value)  # type for type: True is not 1, -0.0 keeps its sign
+    assert not set(containers(copy)) & set(containers(value))
+    # Changing every container of the copy leaves the original alone.
+    for container in [c for c in _walk(copy) if isinstance(c, (dict, list))]:
+        if isinstance(container, dict):
+            container["added"] = 1
+        else:
+            container.append("added")
+    assert json.dumps(value) == frozen
+
+
+def test_private_copy_keeps_the_very_scalars_and_shares_other_types() -> None:
+    big, text = 2**100 + 1, "a string that is not interned, " * 3
+    custom = type("Custom", (dict,), {})(x=[1])
+    value = {"big": big, "text": text, "rows": [{"b": big, "t": text}] * 10, "custom": custom}
+    copy = private_copy(value)
+    assert copy["big"] is big
+    assert copy["text"] is text
+    assert all(row["b"] is big and row["t"] is text for row in copy["rows"])
+    assert copy["custom"] is custom  # a dict subclass is not JSON: shared, like copy_json
+    assert private_copy(7) == 7
+    assert private_copy([]) == []
+
+
+def test_private_copy_of_a_list_and_of_a_very_deep_value() -> None:
+    rows = [{"n": n} for n in range(10)]
+    copy = private_copy(rows)
+    assert copy == rows
+    assert not set(map(id, copy)) & set(map(id, rows))
+    deep = nested(3000)  # past the interpreter's recursion limit
+    copied = private_copy(deep)
+    assert not set(containers(copied)) & set(containers(deep))
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    """Every value in ``value``, containers included (iterative)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        yield item
+        if isinstance(item, dict):
+            todo += item.values()
+        elif isinstance(item, list):
+            todo += item

@@ -21,7 +21,13 @@ Rules (from the protocol):
 
 States are shared, read-only values: :func:`~rstream.core.mutation.apply_mutation`
 copies only the changed paths, so a state shares subtrees with the one before
-it and with the window's entries. Consumers copy before changing them.
+it and with the window's snapshot. Consumers copy before changing them.
+
+The window holds each entry after its snapshot as the text of its event, and
+decodes it again when the window is read (:meth:`LiveState.window`, and the
+``committed`` window of a :class:`Step`): a string is never visited by the
+garbage collector, where thousands of decoded mutations of a large state
+would be visited at every full collection, on the reader thread.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import apply_mutation
@@ -37,7 +43,10 @@ from rstream.core.timestamps import format_rfc3339, from_micros
 from rstream.core.wire import decode_event
 from rstream.errors import EntryFormatError, Gap, MutationError, ProtocolError
 
-__all__ = ["Change", "LiveState", "Step"]
+__all__ = ["Change", "Held", "LiveState", "Step", "decode_window"]
+
+Held: TypeAlias = "Entry | str"
+"""An entry of the live window as held: its event's text, or the entry itself."""
 
 
 class Change(NamedTuple):
@@ -74,6 +83,7 @@ class Step(NamedTuple):
 
 
 _NOTHING = Step()
+_WHERE = {"entry": "entry event", "amend": "amend event"}  # decode_event's where=
 
 # Exceptions that garbage can raise below us; all become ProtocolError.
 _BAD_INPUT = (ValueError, TypeError, KeyError, RecursionError, EntryFormatError, MutationError)
@@ -83,7 +93,8 @@ class LiveState:
     """The live window and current state of a followed stream, fed event by event."""
 
     __slots__ = (
-        "_entries",
+        "_held",
+        "_last",
         "_max_window",
         "_prev_state",
         "_reset_from",
@@ -93,9 +104,11 @@ class LiveState:
     )
 
     def __init__(self, max_window: int | None = None) -> None:
-        # The live window, snapshot first; past max_window entries only the newest
-        # is kept (_whole is then False): memory stays bounded however long the window.
-        self._entries: list[Entry] = []
+        # The live window, snapshot first (see the module: held as text but for the
+        # snapshot); past max_window entries only the newest is kept (_whole is
+        # then False): memory stays bounded however long the window.
+        self._held: list[Held] = []
+        self._last: Entry | None = None  # the newest entry of the window, decoded
         self._max_window = max_window if max_window is not None else 2**62
         self._whole = True
         self._state: dict[str, Any] | None = None  # after the newest entry
@@ -118,28 +131,34 @@ class LiveState:
     @property
     def current(self) -> Change | None:
         """The newest state, or None before the tail is anchored."""
-        if self._state is None or self._rev is None:
+        if self._state is None or self._rev is None or self._last is None:
             return None
-        return Change(self._entries[-1].micros, self._state, self._rev, self._prev_state)
+        return Change(self._last.micros, self._state, self._rev, self._prev_state)
 
     def window(self) -> list[Entry] | None:
         """The live window's entries so far (snapshot first), or None when not anchored
         or when the window grew past ``max_window`` entries (they are not kept)."""
-        if self._state is None or not self._whole:
+        held = self.held_window()
+        return None if held is None else decode_window(held)
+
+    def held_window(self) -> list[Held] | None:
+        """:meth:`window` as held, its newest entry decoded (cheap: no decoding);
+        :func:`decode_window` gives the entries."""
+        if self._state is None or not self._whole or self._last is None:
             return None
-        return list(self._entries)
+        return [*self._held[:-1], self._last]
 
     def __repr__(self) -> str:
-        return f"<LiveState entries={len(self._entries)} rev={self._rev}>"
+        return f"<LiveState entries={len(self._held)} rev={self._rev}>"
 
     # -- feeding -------------------------------------------------------------------
 
     def feed(self, event: str, data: str, event_id: str | None = None) -> Step:
         """Apply one complete SSE event; raises :class:`~rstream.ProtocolError` on garbage."""
         if event == "entry":
-            return self._entry(self._parse_entry(event, data, event_id), amend=False)
+            return self._entry(*self._parse_entry(event, data, event_id), amend=False)
         if event == "amend":
-            return self._entry(self._parse_entry(event, data, event_id), amend=True)
+            return self._entry(*self._parse_entry(event, data, event_id), amend=True)
         if event == "reset":
             return self._reset(data)
         return _NOTHING  # unknown events are for newer clients
@@ -148,10 +167,11 @@ class LiveState:
         """Feed several events (for tests and replays)."""
         return [self.feed(*event) for event in events]
 
-    def _parse_entry(self, event: str, data: str, event_id: str | None) -> Entry:
-        """The entry of an ``entry`` or ``amend`` event, with its revision."""
+    def _parse_entry(self, event: str, data: str, event_id: str | None) -> tuple[Entry, Held]:
+        """The entry of an ``entry`` or ``amend`` event, with its revision, and how the
+        window holds it: its text, or the entry when the revision is the event's id."""
         try:
-            entry = decode_event(data, where=f"{event} event")
+            entry = decode_event(data, where=_WHERE[event])
         except _BAD_INPUT as exc:
             raise ProtocolError(f"malformed {event!r} event: {_short(exc)}") from None
         if entry.rev is None:
@@ -159,13 +179,14 @@ class LiveState:
             if rev is None:
                 raise ProtocolError(f"{event!r} event without a revision (no 'rev' and no id)")
             entry = entry.replace(rev=rev)
-        return entry
+            return entry, entry
+        return entry, data
 
-    def _entry(self, entry: Entry, *, amend: bool) -> Step:
+    def _entry(self, entry: Entry, held: Held, *, amend: bool) -> Step:
         rev = entry.rev
         assert rev is not None
-        entries = self._entries
-        if self._state is None:
+        last = self._last
+        if self._state is None or last is None:
             if amend or entry.kind is not EntryKind.SNAPSHOT:
                 raise ProtocolError(
                     f"{'amend' if amend else 'mutation'} at {format_rfc3339(entry.micros)} "
@@ -173,35 +194,37 @@ class LiveState:
                 )
             return self._anchor(entry)
         assert self._rev is not None
-        last = entries[-1]
         if rev <= self._rev or entry.micros < last.micros:
             return _NOTHING  # seen already (a resume overlapping what we have)
         if entry.micros == last.micros:
-            return self._replace_last(entry, last)
+            return self._replace_last(entry, held, last)
         if amend:
             raise ProtocolError(
                 f"amend at {format_rfc3339(entry.micros)} does not match the newest "
                 f"entry ({format_rfc3339(last.micros)})"
             )
         if entry.kind is EntryKind.SNAPSHOT:
-            committed = tuple(entries) if self._whole else None
+            committed = tuple(self.window() or ()) if self._whole else None
             self._whole = True
-            self._entries = [entry]
+            self._held = [entry]
+            self._last = entry
             self._prev_state = None
             self._state = entry.data
             self._rev = rev
             return Step(Change(entry.micros, entry.data, rev), committed, applied=True)
         base = self._state
         state = self._apply(base, entry)
-        entries.append(entry)
-        if len(entries) > self._max_window:
+        held_entries = self._held
+        held_entries.append(held)
+        self._last = entry
+        if len(held_entries) > self._max_window:
             self._shed()
         self._prev_state = base
         self._state = state
         self._rev = rev
         return Step(Change(entry.micros, state, rev, base), applied=True)
 
-    def _replace_last(self, entry: Entry, last: Entry) -> Step:
+    def _replace_last(self, entry: Entry, held: Held, last: Entry) -> Step:
         rev = entry.rev
         assert rev is not None
         if entry.kind is EntryKind.SNAPSHOT:
@@ -210,6 +233,7 @@ class LiveState:
                     f"snapshot at {format_rfc3339(entry.micros)} replaces a mutation"
                 )
             state = entry.data
+            held = entry  # a snapshot is held decoded: its data is the state
         else:
             if last.kind is EntryKind.SNAPSHOT:
                 raise ProtocolError(
@@ -217,7 +241,8 @@ class LiveState:
                 )
             assert self._prev_state is not None
             state = self._apply(self._prev_state, entry)
-        self._entries[-1] = entry
+        self._held[-1] = held
+        self._last = entry
         self._state = state
         self._rev = rev
         return Step(Change(entry.micros, state, rev, self._prev_state), applied=True)
@@ -225,7 +250,8 @@ class LiveState:
     def _anchor(self, snapshot: Entry) -> Step:
         rev = snapshot.rev
         assert rev is not None
-        self._entries = [snapshot]
+        self._held = [snapshot]
+        self._last = snapshot
         self._whole = True
         self._state = snapshot.data
         self._prev_state = None
@@ -251,7 +277,8 @@ class LiveState:
             raise ProtocolError("malformed 'reset' event: expected a JSON object")
         if self._rev is not None and self._reset_from is None:
             self._reset_from = self._rev
-        self._entries = []
+        self._held = []
+        self._last = None
         self._state = None
         self._prev_state = None
         self._rev = None
@@ -259,7 +286,7 @@ class LiveState:
 
     def _shed(self) -> None:
         """The window outgrew ``max_window``: keep only its newest entry."""
-        self._entries = self._entries[-1:]
+        self._held = self._held[-1:]
         self._whole = False
 
     @staticmethod
@@ -275,6 +302,13 @@ class LiveState:
             f"mutation at {format_rfc3339(entry.micros)} (rev {entry.rev}) does not "
             f"apply to the live state: {_short(exc)}"
         )
+
+
+def decode_window(held: list[Held]) -> list[Entry]:
+    """The entries of a window as :meth:`LiveState.held_window` gives it."""
+    return [
+        decode_event(item, where="live window") if isinstance(item, str) else item for item in held
+    ]
 
 
 def _parse_id(event_id: str | None) -> int | None:
