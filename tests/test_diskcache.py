@@ -546,9 +546,11 @@ def test_urls_are_kept_without_credentials(tmp_path: Path) -> None:
     assert store.urls == ("http://127.0.0.1:9/x",)
     assert store.stream(STREAM).find(5) is None  # asks for the store id, binds the URL
     assert store.disk.info()["urls"] == {"http://127.0.0.1:9/x": "s1"}
+    store.stream(STREAM).put([1, 2], [(None, {"a": 1}), (None, {"a": 2})], 10)
     store.disk.close()
     for path in tmp_path.iterdir():
         assert b"me:pw" not in path.read_bytes(), path
+    assert store.disk.clear("http://me:pw@127.0.0.1:9/x") == 1  # the URL as the user knows it
 
 
 def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None:
@@ -571,6 +573,21 @@ def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None
     assert [w.start for w in disk.run("s", STREAM, 15, None, 100)] == [10, 30]
     assert disk.run("other-store", STREAM, 15, None, 100) == []
     disk.close()
+
+
+def test_close_writes_what_was_queued_and_ends_the_writer(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path)
+    for i in range(300):  # more than one batch of the writer
+        disk.put("s", STREAM, [i * 10, i * 10 + 1], [{"a": i}, {"a": -i}], i * 10 + 10)
+    disk.confirm_end("s", STREAM, 0, 10)  # queued behind the puts: a no-op, end known
+    disk.close()
+    assert [t for t in threading.enumerate() if t.name == "rstream-cache-writer"] == []
+    again = DiskCache(tmp_path)
+    assert again.info()["windows"] == 300
+    found = again.find("s", STREAM, 2995)
+    assert found is not None
+    assert [state for _, state in found.pairs] == [{"a": 299}, {"a": -299}]
+    again.close()
 
 
 def test_threads_of_one_client_read_through_the_disk_at_once(

@@ -31,6 +31,7 @@ import contextlib
 import marshal
 import os
 import sqlite3
+import urllib.parse
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ __all__ = [
     "is_busy",
     "open_file",
     "transaction",
+    "without_credentials",
 ]
 
 FILE_NAME = "windows.sqlite3"
@@ -195,3 +197,10 @@ def file_bytes(path: Path) -> int:
         with contextlib.suppress(OSError):
             total += os.stat(f"{path}{suffix}").st_size
     return total
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part: no secret is written to the cache."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

@@ -46,6 +46,7 @@ from rstream.client.cachefile import (
     is_busy,
     open_file,
     transaction,
+    without_credentials,
 )
 
 __all__ = ["DEFAULT_MAX_BYTES", "FILE_NAME", "DiskCache", "DiskWindow", "default_cache_dir"]
@@ -391,7 +392,7 @@ class DiskCache:
 
     def clear(self, url: str | None = None) -> int:
         """Delete every window (``url`` None) or those of the store ``url`` served
-        last; returns how many were deleted."""
+        last (credentials in ``url`` ignored); returns how many were deleted."""
         self.flush()
         with self._use(write=True) as conn:
             if conn is None:
@@ -400,6 +401,7 @@ class DiskCache:
                 deleted = conn.execute("DELETE FROM windows").rowcount
                 conn.execute("DELETE FROM urls")
                 return int(deleted)
+            url = without_credentials(url)  # as kept
             row = conn.execute("SELECT store FROM urls WHERE url = ?", (url,)).fetchone()
             conn.execute("DELETE FROM urls WHERE url = ?", (url,))
             if row is None:

@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import operator
 import threading
-import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rstream.client.cachefile import DiskWindow
+from rstream.client.cachefile import DiskWindow, without_credentials
 from rstream.client.diskcache import DiskCache
 
 __all__ = ["StoreCache", "StreamCache"]
 
 _STATE = operator.itemgetter(1)  # the state of a (datetime, state) pair
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` part: no secret is written to the cache."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class StoreCache:
@@ -51,7 +43,7 @@ class StoreCache:
         self, disk: DiskCache, urls: Sequence[str], ask_store_id: Callable[[str], str | None]
     ) -> None:
         self.disk = disk
-        self.urls = tuple(map(_without_credentials, urls))  # the cache file keeps them
+        self.urls = tuple(map(without_credentials, urls))  # the cache file keeps them
         self._ask = ask_store_id
         self._lock = threading.Lock()
         self._store: str | None = None
