@@ -590,6 +590,20 @@ def test_close_writes_what_was_queued_and_ends_the_writer(tmp_path: Path) -> Non
     again.close()
 
 
+def test_when_no_thread_can_start_the_caller_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    disk = DiskCache(tmp_path)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    disk.put("s", STREAM, [10, 20], [{"a": 1}, {"a": 2}], 30)  # written before it returns
+    monkeypatch.undo()
+    assert disk.info()["windows"] == 1
+    disk.close()
+
+
 def test_threads_of_one_client_read_through_the_disk_at_once(
     storage: Storage, tmp_path: Path
 ) -> None:

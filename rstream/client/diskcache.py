@@ -293,11 +293,15 @@ class DiskCache:
             while len(self._queue) >= MAX_QUEUED:
                 self._queued.wait()
             self._queue.append(write)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_queue, name="rstream-cache-writer"
-                )
+            if self._writer is not None:
+                return
+            self._writer = threading.Thread(target=self._write_queue, name="rstream-cache-writer")
+            try:
                 self._writer.start()
+                return
+            except RuntimeError:  # no new thread (the interpreter is exiting): write here
+                self._writer = None
+        self._write_queue()
 
     def _write_queue(self) -> None:
         """The writer thread: write the queue a batch at a time, then end."""
