@@ -8,9 +8,10 @@ mode), in WAL mode so that several processes read and write it at once. Its
 with other values is *foreign* and left as it is.
 
 A window is a row of ``windows``: the store id, the stream id and the
-window's start (the key), its stop, the number of entries, the blob's size,
-the time it was last used (the LRU clock) and the id of its blob in
-``blobs`` (deleted with it, by a trigger). The blobs live apart so that
+window's start (the key), its stop, the number of entries, the blob's size
+and the time it was last used (the LRU clock); its blob is the row of
+``blobs`` with the same key (deleted with it, by a trigger). The blobs live
+apart so that
 moving the LRU clock rewrites a few small pages, not the data; the pages are
 64 KiB so that blobs of a few KiB pack without leaving half of each page
 empty. A blob is zlib (whose checksum catches a damaged blob) of the
@@ -58,7 +59,7 @@ __all__ = [
 
 FILE_NAME = "windows.sqlite3"
 APPLICATION_ID = 0x72737463  # "rstc": tells this file from another SQLite database
-FORMAT = 1  # PRAGMA user_version: the layout of the tables and blobs
+FORMAT = 2  # PRAGMA user_version: the layout of the tables and blobs
 BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _MARSHAL_VERSION = 4  # keeps shared objects shared
@@ -79,17 +80,26 @@ _SCHEMA = (
         count INTEGER NOT NULL,
         size INTEGER NOT NULL,
         used INTEGER NOT NULL,
-        blob INTEGER NOT NULL,
         PRIMARY KEY (store, stream, start)
     )""",
     "CREATE INDEX IF NOT EXISTS windows_used ON windows (used)",
-    "CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS windows_blob AFTER DELETE ON windows
-        BEGIN DELETE FROM blobs WHERE id = old.blob; END""",
+    """CREATE TABLE IF NOT EXISTS blobs (
+        store TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        start INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (store, stream, start)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS windows_blob AFTER DELETE ON windows BEGIN
+        DELETE FROM blobs WHERE store = old.store AND stream = old.stream AND start = old.start;
+    END""",
 )
 _PAGE_SIZE = 65536
 
-ROWS = "SELECT w.start, w.stop, w.end_known, b.data FROM windows w JOIN blobs b ON b.id = w.blob"
+ROWS = (
+    "SELECT w.start, w.stop, w.end_known, b.data FROM windows w JOIN blobs b "
+    "ON b.store = w.store AND b.stream = w.stream AND b.start = w.start"
+)
 """The rows :func:`decode_window` reads (add ``WHERE``, ``ORDER BY`` on ``w``)."""
 
 

@@ -320,12 +320,17 @@ class DiskCache:
 
     def _write(self, batch: list[_Write]) -> None:
         blobs = [encode_window(w[3], w[4]) if w[0] == "put" else None for w in batch]
-        added = 0
+        puts = [
+            (write, blob)
+            for write, blob in zip(batch, blobs, strict=True)
+            # A blob bigger than the bound would evict everything else and still not fit.
+            if blob is not None and len(blob) <= self.max_bytes
+        ]
         with self._use(write=True) as conn:
             if conn is None:
                 return
-            now = time.time_ns()
-            for write, blob in zip(batch, blobs, strict=True):
+            self._insert(conn, puts, time.time_ns())
+            for write in batch:
                 if write[0] == "end":
                     conn.execute(
                         "UPDATE windows SET stop = ?, end_known = 1 "
@@ -338,35 +343,29 @@ class DiskCache:
                         "AND start BETWEEN ? AND ?",
                         (write[5], *write[1:5]),
                     )
-                # A blob bigger than the bound would evict everything else and still not fit.
-                elif blob is not None and len(blob) <= self.max_bytes:
-                    added += self._insert(conn, write, blob, now)
-            self._evict(conn, added)
+            self._evict(conn, sum(len(blob) for _, blob in puts))
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, write: _Write, blob: bytes, now: int) -> int:
-        """Write a window unless kept already (which may gain its end); the bytes added."""
-        _, store, stream, micros, _, end = write
-        key = (store, stream, micros[0])
-        row = conn.execute(
-            "SELECT end_known FROM windows WHERE store = ? AND stream = ? AND start = ?", key
-        ).fetchone()
-        if row is not None:  # another process or an earlier pass was first
-            if end is not None and not row[0]:
-                conn.execute(
-                    "UPDATE windows SET stop = ?, end_known = 1 "
-                    "WHERE store = ? AND stream = ? AND start = ?",
-                    (end, *key),
-                )
-            return 0
-        blob_id = conn.execute("INSERT INTO blobs (data) VALUES (?)", (blob,)).lastrowid
-        stop = end if end is not None else micros[-1] + 1
-        conn.execute(
-            "INSERT INTO windows (store, stream, start, stop, end_known, count, size, used, "
-            "blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*key, stop, int(end is not None), len(micros), len(blob), now, blob_id),
+    def _insert(conn: sqlite3.Connection, puts: list[tuple[_Write, bytes]], now: int) -> None:
+        """Write windows not kept yet; one kept already may gain its end."""
+        # A window another process (or an earlier pass) wrote first is the same
+        # window: its blob is left, and its row gains the end if it lacked it.
+        conn.executemany(
+            "INSERT INTO blobs (store, stream, start, data) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(w[1], w[2], w[3][0], blob) for w, blob in puts],
         )
-        return len(blob)
+        conn.executemany(
+            "INSERT INTO windows (store, stream, start, stop, end_known, count, size, used) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (store, stream, start) "
+            "DO UPDATE SET stop = excluded.stop, end_known = 1 "
+            "WHERE windows.end_known = 0 AND excluded.end_known = 1",
+            [
+                (w[1], w[2], w[3][0], w[3][-1] + 1 if w[5] is None else w[5],
+                 int(w[5] is not None), len(w[3]), len(blob), now)
+                for w, blob in puts
+            ],
+        )  # fmt: skip
 
     # -- the CLI's view --------------------------------------------------------------
 
