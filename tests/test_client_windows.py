@@ -7,23 +7,30 @@ from collections.abc import Callable
 
 import pytest
 
+from rstream.client import windows as windows_module
 from rstream.client.window import (
     INITIAL_STATES,
     TRANSITIONS,
     Bounds,
     Window,
     WindowState,
+    move,
     replay,
     state_in,
     states_weight,
 )
-from rstream.client.windows import WindowStore
+from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES, WindowStore
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange, ProtocolError, TransportError
 
 S = WindowState
 SEC = 1_000_000
+
+
+def state_of(window: Window) -> WindowState:
+    """The window's state, read anew (mypy narrows ``window.state`` after a check)."""
+    return window.state
 
 
 def make_log(windows: int, per_window: int) -> list[Entry]:
@@ -82,8 +89,10 @@ class FakeServer:
             raise self.fail
         return [e for e in self.entries if start <= e.micros < end]
 
-    def store(self, **kwargs: int) -> WindowStore:
-        return WindowStore(self.fetch_bounds, self.fetch_entries, **kwargs)
+    def store(self, max_cached_entries: int = DEFAULT_MAX_CACHED_ENTRIES) -> WindowStore:
+        return WindowStore(
+            self.fetch_bounds, self.fetch_entries, max_cached_entries=max_cached_entries
+        )
 
 
 def run_threads(count: int, target: Callable[[int], None]) -> None:
@@ -108,17 +117,16 @@ def test_transition_table_covers_every_state_and_finals_are_final() -> None:
     assert reached == set(WindowState)
 
 
-def test_a_window_read_whole_is_born_committed_never_live() -> None:
+def test_a_window_read_whole_is_born_committed_never_live(monkeypatch: pytest.MonkeyPatch) -> None:
     log = make_log(3, 10)
     store = FakeServer(log).store()
     moves: list[tuple[S, S]] = []
-    transition = store._transition
 
     def record(window: Window, new: S) -> None:
         moves.append((window.state, new))
-        transition(window, new)
+        move(window, new)
 
-    store._transition = record  # type: ignore[method-assign]
+    monkeypatch.setattr(windows_module, "move", record)
     window = store.commit(log[10:20], log[20].micros)
     assert window.state is S.COMMITTED
     assert moves == []
@@ -129,15 +137,14 @@ def test_a_window_read_whole_is_born_committed_never_live() -> None:
 @pytest.mark.parametrize("old", list(WindowState))
 @pytest.mark.parametrize("new", list(WindowState))
 def test_transition_refuses_every_move_not_in_the_table(old: S, new: S) -> None:
-    store = FakeServer(make_log(1, 1)).store()
     window = Window(S.PENDING)
     window.state = old
     if new in TRANSITIONS[old]:
-        store._transition(window, new)
+        move(window, new)
         assert window.state is new
     else:
         with pytest.raises(RuntimeError, match="illegal transition"):
-            store._transition(window, new)
+            move(window, new)
         assert window.state is old
 
 
@@ -435,7 +442,7 @@ def test_live_commit_without_end_is_provisional_until_bounds_confirm_it() -> Non
     live = store.observe_live(110 * SEC)
     assert live.state is S.LIVE
     store.commit_live_window(log[10:20])  # the tail saw the snapshot at 120
-    assert live.state is S.COMMITTED
+    assert state_of(live) is S.COMMITTED
     assert (live.end, live.end_known) == (119 * SEC + 1, False)
     store.get(119 * SEC + 500_000)  # in the gap: bounds fetched, entries not
     assert server.entries_calls == []
@@ -607,7 +614,7 @@ def test_hold_live_keeps_the_longest_read_of_the_live_window_until_it_is_committ
     assert store.live_prefix(110 * SEC) is None  # not the start of a live window
     assert store.cached_entries == 0  # held, not cached
     store.commit(live, 130 * SEC)  # the live tail saw the next snapshot
-    assert window.state is S.COMMITTED
+    assert state_of(window) is S.COMMITTED
     assert window.live_micros is None
     assert store.live_prefix(120 * SEC) is None
 

@@ -31,6 +31,7 @@ import requests
 
 import rstream
 from rstream.client.diskcache import FILE_NAME, DiskCache
+from rstream.client.storecache import StoreCache
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.timestamps import parse_time, to_micros
 from rstream.server import ServerThread, create_app
@@ -255,7 +256,7 @@ def test_another_store_under_the_same_url_purges_the_cache(
     assert set(info["urls"].values()) == {new.store_id}
 
 
-def test_a_store_change_seen_by_a_running_client_purges_the_old_store(
+def test_a_store_change_seen_by_a_running_client_drops_the_old_store(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = open_storage(f"sqlite:///{tmp_path / 'old.db'}")
@@ -269,14 +270,23 @@ def test_a_store_change_seen_by_a_running_client_purges_the_old_store(
         assert DiskCache(cache).info()["windows"] == 2
         with serving(new, port=port) as (url, _), caplog.at_level(logging.WARNING):
             write(url, 0, 25, salt=3)
+            stream = client.stream(STREAM)
             # The live window is fetched again: its response names the new store.
-            list(client.stream(STREAM).history(T0 + 20, None))
+            list(stream.history(T0 + 20, None))
+            # What the client held in memory of the old store went too: the windows
+            # before are fetched again, from the new store.
+            assert stream.state_at(T0 + 5) == {"i": 5, "salt": 3, "pos": {"x": 2.5}}
+            again: list[list[Any]] = [[t.timestamp(), s] for t, s in stream.history(T0, None)]
+            assert again == expected(url)
+            assert again[0][1]["salt"] == 3
     warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "now serves another store" in warnings[0]
     info = DiskCache(cache).info()
-    assert info["windows"] == 0
     assert set(info["urls"].values()) == {new.store_id}
+    with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn:
+        stores = [row[0] for row in conn.execute("SELECT store FROM windows")]
+    assert stores == [new.store_id] * 2  # the old store's are gone, the new one's read since
     old.close()
     new.close()
 
@@ -348,7 +358,7 @@ def test_a_damaged_window_falls_back_to_memory(
     with serving(storage) as (url, _):
         path = _filled(url, cache)
         with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-            conn.execute("UPDATE windows SET data = x'789c0300000000'")  # zlib of nothing
+            conn.execute("UPDATE blobs SET data = x'789c0300000000'")  # zlib of nothing
         assert _read_in_process(url, cache, caplog) == expected(url)
         assert len(_warnings(caplog)) == 1, _warnings(caplog)
 
@@ -467,6 +477,8 @@ def test_the_live_tail_writes_the_windows_it_commits(storage: Storage, tmp_path:
         write(url, 5, 10)  # completes the first window: the tail commits it
         while queue.get(timeout=10)[1]["i"] != 14:
             pass
+        assert client.cache is not None
+        client.cache.disk.flush()  # the writer thread has written what was committed
         info = DiskCache(cache).info()
     assert info["windows"] == 1
     assert info["entries"] == 10
@@ -512,7 +524,6 @@ def test_the_cli_uses_the_default_cache_unless_told_not_to(
 
 
 def test_a_server_without_a_store_id_is_asked_once_and_nothing_is_cached(tmp_path: Path) -> None:
-    from rstream.client.diskcache import StoreCache
 
     asked: list[str] = []
 
@@ -530,33 +541,66 @@ def test_a_server_without_a_store_id_is_asked_once_and_nothing_is_cached(tmp_pat
 
 
 def test_urls_are_kept_without_credentials(tmp_path: Path) -> None:
-    from rstream.client.diskcache import StoreCache
 
     store = StoreCache(DiskCache(tmp_path), ["http://me:pw@127.0.0.1:9/x"], lambda _: "s1")
     assert store.urls == ("http://127.0.0.1:9/x",)
     assert store.stream(STREAM).find(5) is None  # asks for the store id, binds the URL
     assert store.disk.info()["urls"] == {"http://127.0.0.1:9/x": "s1"}
+    store.stream(STREAM).put([1, 2], [(None, {"a": 1}), (None, {"a": 2})], 10)
     store.disk.close()
     for path in tmp_path.iterdir():
         assert b"me:pw" not in path.read_bytes(), path
+    assert store.disk.clear("http://me:pw@127.0.0.1:9/x") == 1  # the URL as the user knows it
 
 
 def test_a_window_kept_before_its_end_was_known_gains_it(tmp_path: Path) -> None:
     disk = DiskCache(tmp_path)
     states = [{"a": 1}, {"a": 2}]
     disk.put("s", STREAM, [10, 20], states, None)  # from the live tail: ends after 20
+    disk.flush()  # writes are queued for the writer thread
     assert disk.find("s", STREAM, 25) is None
     found = disk.find("s", STREAM, 20)
     assert found is not None
     assert (found.start, found.end, found.micros) == (10, None, [10, 20])
     assert [state for _, state in found.pairs] == states
     disk.confirm_end("s", STREAM, 10, 30)
+    disk.flush()
     confirmed = disk.find("s", STREAM, 25)
     assert confirmed is not None
     assert confirmed.end == 30
     disk.put("s", STREAM, [30], [{"a": 3}], 40)
+    disk.flush()
     assert [w.start for w in disk.run("s", STREAM, 15, None, 100)] == [10, 30]
     assert disk.run("other-store", STREAM, 15, None, 100) == []
+    disk.close()
+
+
+def test_close_writes_what_was_queued_and_ends_the_writer(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path)
+    for i in range(300):  # more than one batch of the writer
+        disk.put("s", STREAM, [i * 10, i * 10 + 1], [{"a": i}, {"a": -i}], i * 10 + 10)
+    disk.confirm_end("s", STREAM, 0, 10)  # queued behind the puts: a no-op, end known
+    disk.close()
+    assert [t for t in threading.enumerate() if t.name == "rstream-cache-writer"] == []
+    again = DiskCache(tmp_path)
+    assert again.info()["windows"] == 300
+    found = again.find("s", STREAM, 2995)
+    assert found is not None
+    assert [state for _, state in found.pairs] == [{"a": 299}, {"a": -299}]
+    again.close()
+
+
+def test_when_no_thread_can_start_the_caller_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    disk = DiskCache(tmp_path)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    disk.put("s", STREAM, [10, 20], [{"a": 1}, {"a": 2}], 30)  # written before it returns
+    monkeypatch.undo()
+    assert disk.info()["windows"] == 1
     disk.close()
 
 

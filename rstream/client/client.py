@@ -19,14 +19,9 @@ from typing import Any
 
 import tenacity
 
-from rstream.client.diskcache import (
-    DEFAULT_MAX_BYTES,
-    DiskCache,
-    StoreCache,
-    StreamCache,
-    default_cache_dir,
-)
+from rstream.client.diskcache import DEFAULT_MAX_BYTES, DiskCache, default_cache_dir
 from rstream.client.sse import DEFAULT_MAX_EVENT_BYTES
+from rstream.client.storecache import StoreCache, StreamCache
 from rstream.client.stream import RemoteStream, StreamMetadata
 from rstream.client.transport import Timeout, Token, Transport, json_body, quote_stream_id
 from rstream.client.windows import DEFAULT_MAX_CACHED_ENTRIES

@@ -48,10 +48,10 @@ from rstream.errors import (
 
 if TYPE_CHECKING:
     from rstream.client.changelog import Overflow
-    from rstream.client.diskcache import StreamCache
     from rstream.client.health import Health
     from rstream.client.live import LiveTail
     from rstream.client.queues import StateQueue
+    from rstream.client.storecache import StreamCache
     from rstream.client.subscription import Subscription
 
 __all__ = ["RemoteStream", "StreamMetadata"]  # StreamMetadata: see rstream.client.metadata

@@ -15,7 +15,8 @@ path), so a window's states take about the memory of its entries, and the
 budget weighs them (:func:`states_weight`).
 
 A window's life is the transition table of :mod:`rstream.client.window`; every
-move goes through :meth:`WindowStore._transition`, which checks it.
+move goes through its checked :func:`~rstream.client.window.move`. The windows
+themselves sit in a :class:`~rstream.client.windowindex.WindowIndex`.
 
 This module does no I/O: it calls the ``fetch_bounds`` and ``fetch_entries``
 functions it is given (the remote stream passes HTTP ones; tests pass fakes),
@@ -25,33 +26,32 @@ same window wait for that fetch (a future per window) instead of repeating it.
 
 from __future__ import annotations
 
-import bisect
 import operator
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rstream.client.window import (
-    TRANSITIONS,
     Bounds,
     Pair,
     Window,
     WindowState,
     check_bounds,
     check_window_entries,
-    check_window_times,
+    check_window_states,
+    fail,
+    move,
     replay,
+    resolve,
     states_weight,
 )
+from rstream.client.windowindex import WindowIndex
 from rstream.core.entry import Entry
-from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, OutOfRange
 
 if TYPE_CHECKING:
-    from rstream.client.diskcache import StreamCache
+    from rstream.client.storecache import StreamCache
 
 __all__ = ["DEFAULT_MAX_CACHED_ENTRIES", "StoreStats", "WindowStore"]
 
@@ -95,17 +95,19 @@ class WindowStore:
             raise ConfigError("max_cached_entries must be >= 0")
         self._fetch_bounds = fetch_bounds
         self._fetch_entries = fetch_entries
-        self.max_cached_entries = max_cached_entries
         self._lock = threading.Lock()
-        self._starts: list[int] = []  # sorted; parallel to _windows
-        self._windows: list[Window] = []
+        self._index = WindowIndex(max_cached_entries)  # guarded by _lock
         self._pending: Window | None = None
-        self._lru: OrderedDict[int, Window] = OrderedDict()  # committed, by start
-        self._cached_entries = 0
-        self._cached_weight = 0
         self._closed = False
         self._disk = disk  # committed windows on disk: read through on a miss, written through
         self.stats = StoreStats()
+        if disk is not None:
+            disk.on_store_change = self._forget_store
+
+    @property
+    def max_cached_entries(self) -> int:
+        """The budget of the committed windows (see :attr:`cached_weight`)."""
+        return self._index.max_weight
 
     # -- looking up ----------------------------------------------------------------
 
@@ -123,9 +125,9 @@ class WindowStore:
         while True:
             with self._lock:
                 self._check_open()
-                window = self._covering(at)
+                window = self._index.covering(at)
                 if window is not None and window.state is WindowState.COMMITTED:
-                    self._touch(window)
+                    self._index.touch(window)
                     self.stats.hits += 1
                     return window
                 if window is not None and window.state is WindowState.LIVE:
@@ -167,63 +169,37 @@ class WindowStore:
             self._from_disk(at, stop, run=True)
         with self._lock:
             self._check_open()
-            i = bisect.bisect_right(self._starts, at) - 1
-            run: list[Window] = []
-            if i < 0:
-                return run
-            windows = self._windows
-            window = windows[i]
-            if window.state is not WindowState.COMMITTED or not window.covers(at):
-                return run
-            touch = self._lru.move_to_end
-            while True:
-                assert window.start is not None  # committed windows have their bounds
-                run.append(window)
-                touch(window.start)
-                end = window.end
-                i += 1
-                if end is None or i == len(windows) or (stop is not None and end >= stop):
-                    break
-                window = windows[i]
-                if window.start != end or window.state is not WindowState.COMMITTED:
-                    break
+            run = self._index.run(at, stop)
             self.stats.hits += len(run)
             return run
 
     def covering(self, at: int) -> Window | None:
         """The known window covering ``at`` (any state but PENDING), without fetching."""
         with self._lock:
-            return self._covering(at)
+            return self._index.covering(at)
 
     def windows(self) -> list[Window]:
         """The windows in the store, by start (a copy of the list)."""
         with self._lock:
-            return list(self._windows)
+            return self._index.windows()
 
     def next_start_after(self, at: int) -> int | None:
         """The start of the first committed window starting after ``at`` (in memory
         or on disk)."""
-        found: int | None = None
         with self._lock:
-            i = bisect.bisect_right(self._starts, at)
-            for window in self._windows[i:]:
-                if window.state is WindowState.COMMITTED:
-                    found = window.start
-                    break
+            found = self._index.next_committed_after(at)
         on_disk = None if self._disk is None else self._disk.next_start_after(at)
-        if found is None or on_disk is None:
-            return found if on_disk is None else on_disk
-        return min(found, on_disk)
+        return min((s for s in (found, on_disk) if s is not None), default=None)
 
     @property
     def cached_entries(self) -> int:
         """The number of entries held by committed windows."""
-        return self._cached_entries
+        return self._index.entries
 
     @property
     def cached_weight(self) -> int:
         """The weight of the committed windows, held under ``max_cached_entries``."""
-        return self._cached_weight
+        return self._index.weight
 
     def states(self, window: Window) -> list[Pair]:
         """The ``(datetime, state)`` of every entry of a COMMITTED ``window``.
@@ -244,13 +220,10 @@ class WindowStore:
         with self._lock:
             if window.pairs is not None:  # another thread was first: keep one copy
                 return window.pairs
-            cached = window.start is not None and self._lru.get(window.start) is window
             before = window.weight
             window.pairs, window.states_weight = pairs, weight
             window.entries = None
-            if cached:
-                self._cached_weight += window.weight - before
-                self._evict()
+            self.stats.evictions += self._index.reweigh(window, before)
         return pairs
 
     @property
@@ -299,11 +272,7 @@ class WindowStore:
         """
         micros = list(micros)
         pairs = list(pairs)
-        check_window_times(micros, end)
-        if len(pairs) != len(micros):
-            raise ValueError(f"{len(pairs)} states for {len(micros)} entries")
-        if pairs[0][0] != from_micros(micros[0]) or pairs[-1][0] != from_micros(micros[-1]):
-            raise ValueError("the states' times are not the entries' times")
+        check_window_states(micros, pairs, end)
         return self._record(micros, None, pairs, end)
 
     def commit_live_window(self, entries: list[Entry]) -> None:
@@ -314,7 +283,8 @@ class WindowStore:
     def observe_live(self, start: int) -> Window:
         """Record that the live window starts at ``start``; returns it (LIVE)."""
         with self._lock:
-            return self._observe_live(start)
+            self._check_open()
+            return self._index.observe_live(start)
 
     def hold_live(self, micros: Sequence[int], pairs: Sequence[Pair]) -> Window:
         """Record the live window (it starts at ``micros[0]``) with what a history pass
@@ -328,15 +298,8 @@ class WindowStore:
         if len(micros) != len(pairs) or not micros:
             raise ValueError(f"{len(pairs)} states for {len(micros)} entries")
         with self._lock:
-            window = self._observe_live(micros[0])
-            if window.state is not WindowState.LIVE:
-                return window
-            held = window.live_micros
-            if len(micros) > self.max_cached_entries:
-                window.live_micros = window.live_pairs = None
-            elif held is None or held[-1] <= micros[-1]:
-                window.live_micros, window.live_pairs = list(micros), list(pairs)
-            return window
+            self._check_open()
+            return self._index.hold_live(micros, pairs)
 
     def live_prefix(self, start: int) -> tuple[list[int], list[Pair]] | None:
         """What :meth:`hold_live` holds of the LIVE window starting at ``start``, or None.
@@ -346,24 +309,13 @@ class WindowStore:
         fetches again from that entry's time on.
         """
         with self._lock:
-            window = self._find(start)
-            if window is None or window.state is not WindowState.LIVE:
-                return None
-            if window.live_micros is None or window.live_pairs is None:
-                return None
-            return window.live_micros, window.live_pairs
+            return self._index.live_prefix(start)
 
-    def _observe_live(self, start: int) -> Window:
-        # The lock is held.
-        self._check_open()
-        existing = self._find(start)
-        if existing is not None:
-            return existing
-        window = Window(WindowState.LIVE)
-        window.start = start
-        self._drop_stale_live(start)
-        self._insert(window)
-        return window
+    def _forget_store(self) -> None:
+        """``on_store_change`` of the disk cache: the URLs now serve another store,
+        so every window read from the old one goes (those being fetched stay)."""
+        with self._lock:
+            self.stats.evictions += self._index.drop_read()
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -373,82 +325,20 @@ class WindowStore:
             if self._closed:
                 return
             self._closed = True
-            waiting = list(self._windows)
+            waiting = self._index.clear()
             if self._pending is not None:
                 waiting.append(self._pending)
-            self._windows.clear()
-            self._starts.clear()
-            self._lru.clear()
-            self._cached_entries = 0
-            self._cached_weight = 0
             self._pending = None
         closed = ClientClosed("the client is closed; create a new rstream.Client")
         for window in waiting:
-            _fail(window._bounds_future, closed)
-            _fail(window._done_future, closed)
+            fail(window._bounds_future, closed)
+            fail(window._done_future, closed)
 
     # -- internals (the caller holds the lock unless said otherwise) --------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("the client is closed; create a new rstream.Client")
-
-    def _transition(self, window: Window, new: WindowState) -> None:
-        """The one place a window changes state."""
-        if new not in TRANSITIONS[window.state]:
-            # A bug in this module, not a condition callers handle.
-            raise RuntimeError(
-                f"illegal transition: window {window!r} cannot go "
-                f"from {window.state.name} to {new.name}"
-            )
-        window.state = new
-
-    def _covering(self, at: int) -> Window | None:
-        i = bisect.bisect_right(self._starts, at) - 1
-        if i < 0:
-            return None
-        window = self._windows[i]
-        return window if window.covers(at) else None
-
-    def _find(self, start: int) -> Window | None:
-        i = bisect.bisect_left(self._starts, start)
-        if i < len(self._starts) and self._starts[i] == start:
-            return self._windows[i]
-        return None
-
-    def _insert(self, window: Window) -> None:
-        assert window.start is not None
-        i = bisect.bisect_left(self._starts, window.start)
-        self._starts.insert(i, window.start)
-        self._windows.insert(i, window)
-
-    def _remove(self, window: Window) -> None:
-        if window.start is None:
-            return
-        self._unlink(window)
-        if self._lru.pop(window.start, None) is not None:
-            self._cached_entries -= window.size
-            self._cached_weight -= window.weight
-
-    def _unlink(self, window: Window) -> None:
-        assert window.start is not None
-        i = bisect.bisect_left(self._starts, window.start)
-        if i < len(self._windows) and self._windows[i] is window:
-            del self._starts[i]
-            del self._windows[i]
-
-    def _drop_stale_live(self, newer_start: int) -> None:
-        # A live window older than the live one now known has closed; its
-        # entries were never cached, so it simply leaves the store (the next
-        # request for a time in it asks for its bounds).
-        for window in [w for w in self._windows if w.state is WindowState.LIVE]:
-            assert window.start is not None
-            if window.start < newer_start:
-                self._remove(window)
-
-    def _touch(self, window: Window) -> None:
-        assert window.start is not None
-        self._lru.move_to_end(window.start)
 
     def _commit(
         self,
@@ -457,35 +347,14 @@ class WindowStore:
         entries: list[Entry] | None,
         pairs: list[Pair] | None = None,
     ) -> None:
-        # The window is COMMITTED (born so, or moved by the caller). Either
-        # entries or pairs: the pairs, when known, replace the entries.
-        assert window.start is not None
-        assert window.state is WindowState.COMMITTED
-        window.live_micros = window.live_pairs = None  # now held as a committed window
-        window.micros = micros
-        if pairs is None:
-            window.entries = entries
-        else:
-            window.pairs = pairs
-            window.states_weight = states_weight(map(_STATE, pairs))
-        self._lru[window.start] = window
-        self._cached_entries += len(micros)
-        self._cached_weight += window.weight
-        self._evict()
-
-    def _evict(self) -> None:
-        # Only committed windows are in the LRU, so the live one is never evicted.
-        while self._cached_weight > self.max_cached_entries and self._lru:
-            _, window = self._lru.popitem(last=False)
-            self._cached_entries -= window.size
-            self._cached_weight -= window.weight
-            self._unlink(window)
-            self.stats.evictions += 1
+        # The window is COMMITTED (born so, or moved by the caller).
+        window.hold(micros, entries, pairs)
+        self.stats.evictions += self._index.count(window)
 
     def _fail_window(self, window: Window, exc: BaseException) -> None:
-        self._transition(window, WindowState.ERROR)
+        move(window, WindowState.ERROR)
         window.error = exc
-        self._remove(window)
+        self._index.remove(window)
         self.stats.errors += 1
 
     def _record(
@@ -505,7 +374,7 @@ class WindowStore:
         start = micros[0]
         with self._lock:
             self._check_open()
-            existing = self._find(start)
+            existing = self._index.find(start)
             if existing is not None and existing.state is WindowState.COMMITTED:
                 if not existing.end_known and end is not None:
                     existing.end, existing.end_known = end, True
@@ -514,18 +383,18 @@ class WindowStore:
                 return existing
             if existing is not None and existing.state is WindowState.LIVE:
                 window = existing
-                self._transition(window, WindowState.COMMITTED)
+                move(window, WindowState.COMMITTED)
             elif existing is not None:
                 # PULLING: its own fetch will commit it; nothing to add.
                 return existing
             else:
                 window = Window(WindowState.COMMITTED)
                 window.start = start
-                self._insert(window)
+                self._index.insert(window)
             window.end = end if end is not None else micros[-1] + 1
             window.end_known = end is not None
             self._commit(window, micros, entries, pairs)
-        window._done_future.set_result(None)
+        resolve(window._done_future, None)
         if save:
             self._to_disk(window)
         return window
@@ -538,20 +407,15 @@ class WindowStore:
         assert self._disk is not None
         with self._lock:
             self._check_open()
-            known = self._covering(at)
+            known = self._index.covering(at)
             if known is not None and known.state is WindowState.COMMITTED:
                 return []
-        if not run:
-            one = self._disk.find(at)
-            found = [] if one is None else [one]
-        else:
-            budget = max(1, min(self.max_cached_entries // 2, DISK_RUN_ENTRIES))
-            found = self._disk.run(at, stop, budget)
+        budget = max(1, min(self.max_cached_entries // 2, DISK_RUN_ENTRIES)) if run else 0
+        found = self._disk.read(at, stop, budget)
         windows = [self._record(w.micros, None, w.pairs, w.end, save=False) for w in found]
         if not windows or windows[0].state is not WindowState.COMMITTED:
             return []
-        with self._lock:
-            self.stats.disk_hits += len(windows)
+        self.stats.disk_hits += len(windows)  # a counter: a lost update is harmless
         return windows if windows[0].covers(at) else []
 
     def _to_disk(self, window: Window) -> None:
@@ -572,15 +436,15 @@ class WindowStore:
                     self._pending = None
                 if window.state is WindowState.PENDING:
                     self._fail_window(window, exc)
-            _fail(window._bounds_future, exc)
-            _fail(window._done_future, exc)
+            fail(window._bounds_future, exc)
+            fail(window._done_future, exc)
             raise
         with self._lock:
             self.stats.bounds_fetches += 1
             if self._pending is window:
                 self._pending = None
             fetch = not self._closed and self._place(window, bounds)
-        _resolve(window._bounds_future, window)
+        resolve(window._bounds_future, window)
         if fetch:
             self._pull(window)
 
@@ -590,7 +454,7 @@ class WindowStore:
         The lock is held. A window learned meanwhile (a history pass, the live
         tail) makes this one unneeded: it never joins the store.
         """
-        existing = self._find(bounds.start)
+        existing = self._index.find(bounds.start)
         if existing is not None and existing.state is not WindowState.LIVE:
             if not existing.end_known and bounds.end is not None:
                 existing.end, existing.end_known = bounds.end, True
@@ -598,15 +462,15 @@ class WindowStore:
                     self._disk.confirm_end(bounds.start, bounds.end)
             return False
         if existing is not None:  # a LIVE window that has since closed
-            self._remove(existing)
+            self._index.remove(existing)
         window.start, window.end = bounds.start, bounds.end
         window.revision = bounds.revision
         if bounds.end is None:
-            self._transition(window, WindowState.LIVE)
-            self._drop_stale_live(bounds.start)
+            move(window, WindowState.LIVE)
+            self._index.drop_stale_live(bounds.start)
         else:
-            self._transition(window, WindowState.PULLING)
-        self._insert(window)
+            move(window, WindowState.PULLING)
+        self._index.insert(window)
         return window.state is WindowState.PULLING
 
     def _pull(self, window: Window) -> None:
@@ -620,27 +484,17 @@ class WindowStore:
             with self._lock:
                 if window.state is WindowState.PULLING:
                     self._fail_window(window, exc)
-            _fail(window._done_future, exc)
+            fail(window._done_future, exc)
             raise
         with self._lock:
             self.stats.entries_fetches += 1
             committed = window.state is WindowState.PULLING and not self._closed
             if committed:
-                self._transition(window, WindowState.COMMITTED)
+                move(window, WindowState.COMMITTED)
                 self._commit(window, [e.micros for e in entries], entries)
-        _resolve(window._done_future, None)
+        resolve(window._done_future, None)
         if committed:
             self._to_disk(window)
-
-
-def _resolve(future: Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 _STATE = operator.itemgetter(1)  # the state of a (datetime, state) pair
