@@ -30,6 +30,7 @@ import pytest
 import requests
 
 import rstream
+from rstream.client.cachefile import APPLICATION_ID, FORMAT
 from rstream.client.diskcache import FILE_NAME, DiskCache
 from rstream.client.storecache import StoreCache
 from rstream.core.entry import Entry, EntryKind
@@ -381,6 +382,45 @@ def test_a_foreign_file_is_left_alone(
         assert _read_in_process(url, cache, caplog) == expected(url)
     assert len(_warnings(caplog)) == 1, _warnings(caplog)
     assert path.read_bytes() == before
+
+
+def test_a_cache_of_an_older_format_is_made_anew(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn, conn:
+        conn.execute("CREATE TABLE windows (store, stream, start, blob)")
+        conn.execute("INSERT INTO windows VALUES ('s', 'robot', 0, x'00')")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {FORMAT - 1}")
+    with serving(storage) as (url, _):
+        write(url, 0, 45)
+        assert _read_in_process(url, cache, caplog) == expected(url)
+        assert _warnings(caplog) == []
+        with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+        # The new file works as a cache: a second process reads from it.
+        got, stderr = read(url, cache)
+        assert got["disk_hits"] > 0, stderr
+        assert got["states"] == expected(url)
+
+
+def test_a_cache_of_a_newer_format_is_left_alone(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn, conn:
+        conn.execute("CREATE TABLE windows (x)")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    before = (cache / FILE_NAME).read_bytes()
+    with serving(storage) as (url, _):
+        write(url, 0, 45)
+        assert _read_in_process(url, cache, caplog) == expected(url)
+    assert len(_warnings(caplog)) == 1, _warnings(caplog)
+    assert (cache / FILE_NAME).read_bytes() == before
 
 
 def test_a_directory_that_cannot_be_written_falls_back_to_memory(

@@ -4,8 +4,10 @@
 0600, before SQLite opens it, so its ``-wal`` and ``-shm`` files copy the
 mode), in WAL mode so that several processes read and write it at once. Its
 ``application_id`` tells it from another SQLite database, its
-``user_version`` is the :data:`FORMAT` of the tables and blobs below; a file
-with other values is *foreign* and left as it is.
+``user_version`` is the :data:`FORMAT` of the tables and blobs below. A cache
+of an older format is emptied and made anew (it is only a cache); a file with
+other values (another program's, or a newer rstream's) is *foreign* and left
+as it is.
 
 A window is a row of ``windows``: the store id, the stream id and the
 window's start (the key), its stop, the number of entries, the blob's size
@@ -131,21 +133,18 @@ def open_file(directory: Path) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         fresh = app == 0 and version == 0 and tables == 0
-        if not fresh and (app != APPLICATION_ID or version != FORMAT):
+        older = app == APPLICATION_ID and version < FORMAT
+        if not (fresh or older or (app == APPLICATION_ID and version == FORMAT)):
             raise sqlite3.DatabaseError(
-                f"not an rstream cache of format {FORMAT} "
+                f"not an rstream cache of format {FORMAT} or older "
                 f"(application_id {app:#x}, user_version {version})"
             )
         if fresh:  # before WAL, which fixes the page size
             conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last write is fine
-        if fresh:
-            with transaction(conn):
-                for statement in _SCHEMA:  # IF NOT EXISTS: another process may be first
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {FORMAT}")
+        if fresh or older:
+            _create(conn)
         conn.execute("SELECT 1 FROM windows LIMIT 1").fetchall()  # readable?
     except BaseException:
         conn.close()
@@ -181,6 +180,27 @@ def decode_window(row: tuple[Any, ...]) -> DiskWindow:
         micros,
         list(zip(datetimes(micros), states, strict=True)),
     )
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """Create the tables, or replace those of an older format (its windows are dropped).
+
+    Another process may be doing the same at once: the second to take the
+    write lock finds the work done.
+    """
+    with transaction(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT:
+            return
+        old = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')"
+            " AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        for kind, name in old:
+            conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {FORMAT}")
 
 
 @contextlib.contextmanager
