@@ -292,6 +292,30 @@ def test_a_store_change_seen_by_a_running_client_drops_the_old_store(
     new.close()
 
 
+def test_a_store_change_drops_the_old_store_from_memory_without_a_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = open_storage(f"sqlite:///{tmp_path / 'old.db'}")
+    new = open_storage(f"sqlite:///{tmp_path / 'new.db'}")
+    with rstream.Client(f"http://127.0.0.1:{_free_port()}") as client:
+        port = int(client.urls[0].rsplit(":", 1)[1])
+        with serving(old, port=port) as (url, _):
+            write(url, 0, 25)
+            assert client.stream(STREAM).state_at(T0 + 5)["salt"] == 0
+        with serving(new, port=port) as (url, _), caplog.at_level(logging.WARNING):
+            write(url, 0, 25, salt=3)
+            stream = client.stream(STREAM)
+            list(stream.history(T0 + 20, None))  # a response that names the new store
+            assert stream.state_at(T0 + 5) == {"i": 5, "salt": 3, "pos": {"x": 2.5}}
+            again: list[list[Any]] = [[t.timestamp(), s] for t, s in stream.history(T0, None)]
+            assert again == expected(url)
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "now serves another store" in warnings[0]
+    old.close()
+    new.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

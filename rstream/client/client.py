@@ -109,6 +109,7 @@ class Client:
         self._lock = threading.Lock()
         self._streams: dict[str, RemoteStream] = {}
         self._closed = False
+        self._store_id: str | None = None  # memory only: the store the URLs serve
         self.cache: StoreCache | None = None
         """The disk cache of this client's store (None: memory only)."""
         if cache is not None and cache is not False:
@@ -117,6 +118,8 @@ class Client:
                 DiskCache(directory, max_bytes=cache_max_bytes), self.urls, self._ask_store_id
             )
             self.transport.on_store_id = self.cache.observe
+        else:
+            self.transport.on_store_id = self._observe_store
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -217,6 +220,25 @@ class Client:
             logger.info("%s reports no store id: the disk cache is not used", self.urls[0])
             return ""
         return store_id
+
+    def _observe_store(self, store: str) -> None:
+        """Memory only: the URLs answered with ``store``. If they served another
+        store before, the windows read from it are wrong now: every stream drops
+        them (one warning). Called by the transport, from the requesting thread."""
+        with self._lock:
+            previous, self._store_id = self._store_id, store
+            if previous is None or previous == store:
+                return
+            streams = list(self._streams.values())
+        logger.warning(
+            "%s now serves another store (id %s, was %s): what was read from the old "
+            "store is dropped",
+            ", ".join(self.urls),
+            store,
+            previous,
+        )
+        for stream in streams:
+            stream.windows.forget_store()
 
     def _forget(self, stream: RemoteStream) -> None:
         with self._lock:

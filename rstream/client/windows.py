@@ -102,7 +102,7 @@ class WindowStore:
         self._disk = disk  # committed windows on disk: read through on a miss, written through
         self.stats = StoreStats()
         if disk is not None:
-            disk.on_store_change = self._forget_store
+            disk.on_store_change = self.forget_store
 
     @property
     def max_cached_entries(self) -> int:
@@ -311,9 +311,9 @@ class WindowStore:
         with self._lock:
             return self._index.live_prefix(start)
 
-    def _forget_store(self) -> None:
-        """``on_store_change`` of the disk cache: the URLs now serve another store,
-        so every window read from the old one goes (those being fetched stay)."""
+    def forget_store(self) -> None:
+        """The URLs now serve another store (the disk cache or the client saw a new
+        id): every window read from the old one goes (those being fetched stay)."""
         with self._lock:
             self.stats.evictions += self._index.drop_read()
 
