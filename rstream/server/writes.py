@@ -167,11 +167,9 @@ class WriteRoutes:
         body = await ctx.read_body(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         batch = parse_entries(body, ndjson=content_type == NDJSON)
-        limit = ctx.limits.max_state_bytes
-        for i, entry in enumerate(batch.entries):
-            state_size(entry.data, f"entry {i} of the batch", len(body), limit)
+        batch.check_sizes(ctx.limits.max_state_bytes)
         created, count, revision = await ctx.blocking(
-            self._append, stream_id, batch.entries, batch.deep
+            self._append, stream_id, batch.entries, batch.deep, len(body)
         )
         return JSONResponse(
             {"count": count, "revision": revision},
@@ -180,8 +178,10 @@ class WriteRoutes:
         )
 
     def _append(
-        self, stream_id: str, entries: list[Entry], deep: frozenset[int]
+        self, stream_id: str, entries: list[Entry], deep: frozenset[int], nbytes: int
     ) -> tuple[bool, int, int]:
+        """Append a checked batch; ``nbytes``, the body's size, is what the hub
+        counts for it (about the size of its events)."""
         storage = self.ctx.storage
         with self.locks.hold(stream_id):
             created = False
@@ -199,8 +199,11 @@ class WriteRoutes:
             with log.write_lock():
                 _check_mutations(writer.state, entries, deep)
                 stored = log.append_many(entries)
+                # The writer would catch up by replaying the whole batch; a new
+                # one starts from the newest snapshot (one window) instead.
+                del self._writers[stream_id]
             revision = stored[-1].rev or 0
-            self.ctx.hub.notify(stream_id, revision, sum(len(encode_entry(e)) for e in stored))
+            self.ctx.hub.notify(stream_id, revision, nbytes)
         return created, len(stored), revision
 
 
