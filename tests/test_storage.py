@@ -28,6 +28,7 @@ from rstream import (
     Entry,
     EntryFormatError,
     EntryKind,
+    InvalidJSON,
     InvalidTimestamp,
     OutOfOrder,
     RStreamError,
@@ -408,6 +409,17 @@ def test_concurrent_appends_get_distinct_consecutive_revisions(log: StreamLog) -
     entries = log.changes_since(0)
     assert [e.rev for e in entries] == list(range(1, 102))
     assert micros(entries) == sorted(micros(entries))
+
+
+def test_the_writer_skips_its_json_check_only_when_told(log: StreamLog) -> None:
+    # The server checks a state as it parses the body and tells the writer so.
+    writer = Stream(log)
+    with pytest.raises(InvalidJSON, match="lone surrogate"):
+        writer.write_state({"s": "\ud800"}, from_micros(T0))
+    assert log.revision == 0
+    stored = writer.write_state({"s": "\ud800"}, from_micros(T0), checked=True)
+    assert stored is not None
+    assert (stored.rev, stored.data) == (1, {"s": "\ud800"})
 
 
 def test_the_core_writer_runs_on_the_log(log: StreamLog) -> None:

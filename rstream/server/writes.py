@@ -149,7 +149,9 @@ class WriteRoutes:
             writer = self._writer(stream_id, info.rate)
             log = storage.log(stream_id)
             with log.write_lock():
-                entry = writer.write_state(state, None if when is None else from_micros(when))
+                # parse_state_write checked the state (check_json) on the event loop.
+                at = None if when is None else from_micros(when)
+                entry = writer.write_state(state, at, checked=True)
                 action = writer.last_action.value
                 revision = entry.rev if entry is not None and entry.rev else log.revision
             encoded = None
