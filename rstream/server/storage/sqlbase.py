@@ -31,7 +31,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import copy_json
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import TimeLike, to_micros
-from rstream.errors import ClientClosed, RStreamError, StreamNotFound
+from rstream.errors import ClientClosed, StreamNotFound
 from rstream.server.storage.base import (
     MAX_US,
     MIN_US,
@@ -44,12 +44,11 @@ from rstream.server.storage.base import (
     clamp_us,
     dump_json,
     load_json,
-    new_store_id,
     try_hold,
 )
-from rstream.server.storage.sql import SCHEMA_VERSION, Statements
+from rstream.server.storage.sql import Statements
 
-__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key", "migrate"]
+__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key"]
 
 logger = logging.getLogger("rstream.server.storage")
 
@@ -480,36 +479,3 @@ def _info(row: tuple[Any, ...]) -> StreamInfo:
         compacted=compacted,
         compacted_rev=compacted_rev,
     )
-
-
-def migrate(
-    conn: Connection, sql: Statements, where: str, error: type[RStreamError] = RStreamError
-) -> int | None:
-    """Create the schema, or bring an older one up to date, inside the write
-    transaction the caller holds; returns the version found (None: created).
-
-    Also gives the store its id (:func:`new_store_id`) unless it has one.
-    ``where`` names the database in messages ("SQLite storage '/x.db'"); a
-    schema newer than this code raises ``error``.
-    """
-    conn.execute(sql.create_schema_table)
-    row = conn.execute(sql.schema_version).fetchone()
-    version = None if row is None else int(row[0])
-    if version is None:
-        for stmt in sql.schema:
-            conn.execute(stmt)
-        conn.execute(sql.insert_schema_version, (SCHEMA_VERSION,))
-    elif version > SCHEMA_VERSION:
-        raise error(
-            f"{where} has schema version {version}, newer than this rstream understands "
-            f"({SCHEMA_VERSION}); upgrade rstream"
-        )
-    elif version < SCHEMA_VERSION:
-        logger.info("migrating %s from schema %d to %d", where, version, SCHEMA_VERSION)
-        for step in sql.migrations[version - 1 :]:
-            for stmt in step:
-                conn.execute(stmt)
-        conn.execute(sql.update_schema_version, (SCHEMA_VERSION,))
-    conn.execute(sql.create_store_table)
-    conn.execute(sql.insert_store_id, (new_store_id(),))
-    return version

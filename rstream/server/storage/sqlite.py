@@ -44,8 +44,9 @@ from typing import Any, TypeVar
 from rstream.errors import RStreamError
 from rstream.server.storage.base import Row
 from rstream.server.storage.groupcommit import GroupCommit
+from rstream.server.storage.migration import migrate
 from rstream.server.storage.sql import SQLITE, statements
-from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, migrate
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog
 
 __all__ = ["SQLiteLog", "SQLiteStorage"]
 
