@@ -320,17 +320,30 @@ def test_append_many_assigns_consecutive_revisions(log: StreamLog) -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("method", ["append_many", "append_batch"])
 def test_append_many_is_all_or_nothing(
-    log: StreamLog, batch: list[Entry], error: type[Exception], fragment: str
+    log: StreamLog, batch: list[Entry], error: type[Exception], fragment: str, method: str
 ) -> None:
     log.append(snap(T0, {"a": 1}))
     with pytest.raises(error, match=fragment):
-        log.append_many(batch)
+        getattr(log, method)(batch)
     assert log.revision == 1
     assert log.range(0, 10**10) == [snap(T0, {"a": 1})]
     assert log.changes_since(0) == [snap(T0, {"a": 1})]
     # the log still takes the next write at revision 2
     assert log.append(mut(T0 + 5, {})).rev == 2
+
+
+def test_append_batch_returns_the_new_revision(log: StreamLog) -> None:
+    assert log.append_batch([]) == 0
+    assert log.append_batch([snap(T0, {"a": 1}), mut(T0 + S, {"a": 2})]) == 2
+    assert log.append_batch([mut(T0 + 2 * S, {"a": 3})]) == 3
+    assert [(e.rev, e.micros, e.data) for e in log.changes_since(0)] == [
+        (1, T0, {"a": 1}),
+        (2, T0 + S, {"a": 2}),
+        (3, T0 + 2 * S, {"a": 3}),
+    ]
+    assert log.append_batch([]) == 3
 
 
 def test_data_that_is_not_json_is_refused(log: StreamLog) -> None:

@@ -200,13 +200,12 @@ class WriteRoutes:
             log = storage.log(stream_id)
             with log.write_lock():
                 _check_mutations(writer.state, entries, deep)
-                stored = log.append_many(entries)
+                revision = log.append_batch(entries)
                 # The writer would catch up by replaying the whole batch; a new
                 # one starts from the newest snapshot (one window) instead.
                 del self._writers[stream_id]
-            revision = stored[-1].rev or 0
             self.ctx.hub.notify(stream_id, revision, nbytes)
-        return created, len(stored), revision
+        return created, len(entries), revision
 
 
 def _state_response(written: _Written) -> Response:

@@ -37,6 +37,7 @@ from rstream.server.storage.base import (
     MIN_US,
     Row,
     StreamInfo,
+    batch_items,
     check_amend,
     check_append,
     check_batch_order,
@@ -282,20 +283,26 @@ class SQLStreamLog(Generic[_C]):
         All or nothing: on an entry out of order (or whose data is not JSON)
         nothing is written and the error names the entry's index.
         """
-        items = []
-        for i, entry in enumerate(entries):
-            where = f"entry {i} of the batch"
-            check_entry_time(entry.micros, where)
-            items.append((entry, dump_json(entry.data, where)))
+        items = batch_items(entries)
         if not items:
             return []
+        rev = self._write(lambda conn: self._append_items(conn, items)) - len(items)
+        return [
+            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
+            for i, (entry, _) in enumerate(items, 1)
+        ]
 
-        def append_many(conn: _C) -> list[Entry]:
-            rev = self._lock_stream(conn)
-            check_batch_order(self._last_key(conn)[0], entries)
-            return self._insert(conn, rev, items)
+    def append_batch(self, entries: Sequence[Entry]) -> int:
+        """:meth:`append_many` returning only the new revision."""
+        items = batch_items(entries)
+        if not items:
+            return self.revision
+        return self._write(lambda conn: self._append_items(conn, items))
 
-        return self._write(append_many)
+    def _append_items(self, conn: _C, items: Sequence[tuple[Entry, str]]) -> int:
+        rev = self._lock_stream(conn)
+        check_batch_order(self._last_key(conn)[0], [entry for entry, _ in items])
+        return self._insert_items(conn, rev, items)
 
     def compact(self, cutoff_us: int, batch: int = 1000) -> int:
         """Delete the windows that end at or before ``cutoff_us``, in transactions
@@ -344,6 +351,14 @@ class SQLStreamLog(Generic[_C]):
         return entry_key(conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone())
 
     def _insert(self, conn: _C, rev: int, items: Sequence[tuple[Entry, str]]) -> list[Entry]:
+        self._insert_items(conn, rev, items)
+        return [
+            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
+            for i, (entry, _) in enumerate(items, 1)
+        ]
+
+    def _insert_items(self, conn: _C, rev: int, items: Sequence[tuple[Entry, str]]) -> int:
+        """Insert the rows after revision ``rev`` and set the new revision, which it returns."""
         self._insert_rows(
             conn,
             [
@@ -354,10 +369,7 @@ class SQLStreamLog(Generic[_C]):
         new_rev = rev + len(items)
         conn.execute(self._sql.set_revision, (new_rev, self.stream_id))
         self._changed(conn, new_rev, sum(len(text) + 64 for _, text in items))
-        return [
-            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
-            for i, (entry, _) in enumerate(items, 1)
-        ]
+        return new_rev
 
 
 class SQLStorage(Generic[_C, _L]):
