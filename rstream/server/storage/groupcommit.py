@@ -125,7 +125,7 @@ class GroupCommit:
         try:
             self._commit(group)
         finally:
-            for write in group:  # only if _commit itself was interrupted
+            for write in group:  # only if the leader was interrupted (KeyboardInterrupt)
                 write.finish(error=RStreamError("the write was interrupted; nothing was written"))
             with self._lock:
                 self.groups += 1
@@ -141,14 +141,12 @@ class GroupCommit:
         try:
             with self._connection() as conn:
                 self._transaction(conn, group)
-        except BaseException as exc:
+        except Exception as exc:
             cause = exc.cause if isinstance(exc, _GroupFailed) else exc
             for write in group:
                 # A write refused on its own keeps its error; the others were
                 # not written: each thread raises its own copy of the cause.
                 write.finish(error=write.error or _copy(cause))
-            if not isinstance(exc, Exception):
-                raise
             return
         for write in group:
             write.done = True
