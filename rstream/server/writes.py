@@ -112,7 +112,7 @@ class WriteRoutes:
         self.ctx.tokens.check_write(request)
         stream_id = stream_id_of(request)
         update = parse_rate_body(await self.ctx.read_body(request))
-        created, info = await self.ctx.blocking(self._put, stream_id, update)
+        created, info = await self.ctx.writing(self._put, stream_id, update)
         return metadata_response(info, self.ctx.store_id, status=201 if created else 200)
 
     def _put(self, stream_id: str, update: RateUpdate | None) -> tuple[bool, StreamInfo]:
@@ -137,7 +137,7 @@ class WriteRoutes:
         body = await ctx.read_body(request)
         state, when = parse_state_write(parse_json(body, "request body"))
         state_size(state, "the state", len(body), ctx.limits.max_state_bytes)
-        written = await ctx.blocking(self._write_state, stream_id, state, when)
+        written = await ctx.writing(self._write_state, stream_id, state, when)
         return _state_response(written)
 
     def _write_state(self, stream_id: str, state: dict[str, Any], when: int | None) -> _Written:
@@ -172,7 +172,7 @@ class WriteRoutes:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         # Parsed on the worker: a batch of 10,000 entries takes about 0.1 s of CPU,
         # which on the event loop would stall every other request meanwhile.
-        created, count, revision = await ctx.blocking(
+        created, count, revision = await ctx.writing(
             self._append, stream_id, body, content_type == NDJSON
         )
         return JSONResponse(
