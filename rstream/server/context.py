@@ -98,7 +98,7 @@ class AppContext:
             executor = self._pools.get(pool)
             if executor is None:
                 executor = self._pools[pool] = concurrent.futures.ThreadPoolExecutor(
-                    workers, thread_name_prefix=f"rstream-{pool}"
+                    workers, thread_name_prefix=f"rstream-server-{pool}"
                 )
         # The exception comes back as a value: asyncio would replace a
         # TimeoutError by a copy without its traceback.
