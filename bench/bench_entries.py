@@ -29,6 +29,7 @@ import requests
 from rstream.core.entry import Entry, EntryKind
 from rstream.core.wire import encode_entry
 from rstream.server import app as server_app
+from rstream.server import reads
 from rstream.server.runner import ServerThread
 from rstream.server.storage import SQLiteStorage
 
@@ -60,16 +61,17 @@ def make_entries() -> list[Entry]:
 
 
 def page_via_entries(
-    self: Any, stream_id: str, start: int | None, end: int | None, limit: int
+    self: Any, stream_id: str, start: int | None, end: int | None, limit: int, columns: bool
 ) -> Any:
-    """``_Server._page`` as it was before the splice (parse, then encode)."""
-    info = self._info(stream_id)
-    log = self.storage.log(stream_id)
+    """``ReadRoutes._page`` as it was before the splice (parse, then encode; NDJSON only,
+    as the bench asks for it)."""
+    info = self.ctx.info(stream_id)
+    log = self.ctx.storage.log(stream_id)
     immutable = end is not None and info.latest_snapshot is not None and end <= info.latest_snapshot
     lines: list[bytes] = []
     size = 0
     next_start: int | None = None
-    budget = self.limits.page_bytes
+    budget = self.ctx.limits.page_bytes
     with contextlib.closing(log.iter_range(start, end, limit + 1)) as entries:
         for entry in entries:
             if len(lines) >= limit or size >= budget:
@@ -78,13 +80,13 @@ def page_via_entries(
             line = encode_entry(entry) + b"\n"
             lines.append(line)
             size += len(line)
-    return server_app._Page(b"".join(lines), len(lines), next_start, immutable)
+    return reads._Page(b"".join(lines), len(lines), next_start, immutable)
 
 
 @contextlib.contextmanager
 def timed_pages(build: Callable[..., Any], cpu: list[float]) -> Iterator[None]:
-    """Patch ``_Server._page`` with ``build``, adding each call's thread CPU time to ``cpu``."""
-    original = server_app._Server._page
+    """Patch ``ReadRoutes._page`` with ``build``, adding each call's thread CPU time to ``cpu``."""
+    original = reads.ReadRoutes._page
 
     def page(self: Any, *args: Any) -> Any:
         t0 = time.thread_time()
@@ -92,11 +94,11 @@ def timed_pages(build: Callable[..., Any], cpu: list[float]) -> Iterator[None]:
         cpu.append(time.thread_time() - t0)
         return result
 
-    server_app._Server._page = page  # type: ignore[method-assign]
+    reads.ReadRoutes._page = page  # type: ignore[method-assign]
     try:
         yield
     finally:
-        server_app._Server._page = original  # type: ignore[method-assign]
+        reads.ReadRoutes._page = original  # type: ignore[method-assign]
 
 
 def fetch_all(url: str) -> tuple[bytes, float]:
@@ -138,7 +140,7 @@ def main() -> None:
         storage.log(STREAM).append_many(make_entries())
         with ServerThread(server_app.create_app(storage)) as server:
             before, before_cpu, before_wall = measure(server.url, page_via_entries)
-            after, after_cpu, after_wall = measure(server.url, server_app._Server._page)
+            after, after_cpu, after_wall = measure(server.url, reads.ReadRoutes._page)
     pages = -(-COUNT // PAGE)
     print(f"{COUNT:,} entries on SQLite, {pages} pages of {PAGE:,} ({len(after) / 1e6:.1f} MB)")
     print(f"{'':34}{'before':>10}{'after':>10}{'ratio':>9}")

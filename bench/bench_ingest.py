@@ -4,16 +4,19 @@
 (``POST /v1/streams/dev-N/state``) to 64 streams in turn, at 1, 8 and 64
 connections, ``SECONDS`` each, against, in the same run:
 
-(a) ``rstream serve`` on SQLite (every write its own transaction, fsynced);
+(a) ``rstream serve`` on SQLite (writes that arrive together share a commit);
 (b) ``rstream serve`` on PostgreSQL (``RSTREAM_BENCH_PG_URL``, default
     ``RSTREAM_TEST_POSTGRES_URL``; a fresh schema, dropped afterwards;
     skipped when neither is set or the server cannot be reached);
 (c) a bare Starlette + uvicorn endpoint that only parses the same JSON body.
 
 Printed: writes/s, p50/p99 latency, the server process's CPU per write (what is
-not CPU is waiting: for fsync, for the lock of the stream), and the ratio of
+not CPU is waiting: for fsync, for the lock of the stream) and the part of it
+spent on its busiest thread (``loop``: the event loop's HTTP, parsing and
+answers; the rest is the worker threads' storage calls), and the ratio of
 writes/s to (c), with the targets on SQLite beside them. Also the batch import
-rate on SQLite (entries appended in batches of 10,000). Skipped with a note
+rate on SQLite (entries appended in batches of 10,000) and the server's CPU
+per batch. Skipped with a note
 when ``wrk`` is missing.
 """
 
@@ -46,12 +49,20 @@ IMPORT_COUNT = 50_000
 LUA = (
     textwrap.dedent(
         """
+    -- Each wrk thread counts its own requests: its id (tid) in the state keeps
+    -- two threads from posting the same state, so every write changes its stream.
+    local threads = 0
+    setup = function(thread)
+      thread:set("tid", threads)
+      threads = threads + 1
+    end
     local n = 0
     request = function()
       n = n + 1
       local path = "/v1/streams/dev-" .. (n % %(streams)d) .. "/state"
       local body = '{"state":{"battery":' .. (n %% 100) / 100 ..
-        ',"pos":{"x":' .. n .. ',"y":2.5},"status":"ok","seq":' .. n .. '}}'
+        ',"pos":{"x":' .. n .. ',"y":2.5},"status":"ok","seq":' .. n ..
+        ',"writer":' .. tid .. '}}'
       return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
     end
     done = function(summary, latency, requests)
@@ -90,6 +101,7 @@ class Load(NamedTuple):
     p99_ms: float
     errors: int
     cpu_ms: float  # the server process's CPU per write (NaN where /proc is missing)
+    loop_ms: float  # of which its busiest thread's (the event loop: HTTP, parsing, answers)
 
 
 def free_port() -> int:
@@ -118,10 +130,35 @@ def bare_endpoint() -> Iterator[tuple[str, int]]:
         proc.wait(timeout=10)
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of a process (Linux; empty elsewhere)."""
+    times: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                times[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times
+
+
+def busiest_thread_seconds(before: dict[int, float], after: dict[int, float]) -> float | None:
+    """The CPU seconds of the thread that used the most between two readings:
+    the event loop, which handles every request (the workers share the rest)."""
+    if not after:
+        return None
+    return max(after[tid] - before.get(tid, 0.0) for tid in after)
+
+
+def per_write_ms(before: float | None, after: float | None, count: int) -> float:
+    if before is None or after is None:
+        return math.nan
+    return (after - before) / count * 1000
+
+
 def drive(url: str, pid: int, connections: int, script: Path) -> Load:
     """Run wrk against ``url`` (served by process ``pid``); see :class:`Load`."""
     threads = min(2, connections)
-    cpu_before = cpu_seconds(pid)
+    cpu_before, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--latency",
          "-s", str(script), url],
@@ -129,11 +166,11 @@ def drive(url: str, pid: int, connections: int, script: Path) -> Load:
     ).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     requests, micros, p50, p99, errors = (int(x) for x in line.split()[1:])
-    cpu_after = cpu_seconds(pid)
-    cpu = math.nan
-    if cpu_before is not None and cpu_after is not None:
-        cpu = (cpu_after - cpu_before) / requests * 1000
-    return Load(requests / (micros / 1e6), p50 / 1000, p99 / 1000, errors, cpu)
+    cpu = per_write_ms(cpu_before, cpu_seconds(pid), requests)
+    loop = per_write_ms(
+        0.0, busiest_thread_seconds(threads_before, thread_cpu_seconds(pid)), requests
+    )
+    return Load(requests / (micros / 1e6), p50 / 1000, p99 / 1000, errors, cpu, loop)
 
 
 def drive_server(server: ServerProcess, connections: int, script: Path) -> Load:
@@ -141,15 +178,27 @@ def drive_server(server: ServerProcess, connections: int, script: Path) -> Load:
     return drive(server.url, server.proc.pid, connections, script)
 
 
-def batch_import(url: str) -> float:
-    """Entries per second appending IMPORT_COUNT entries in batches of BATCH."""
+class Import(NamedTuple):
+    per_second: float
+    cpu_ms: float  # the server process's CPU per batch of BATCH (NaN where /proc is missing)
+
+
+def batch_import(server: ServerProcess) -> Import:
+    """Append IMPORT_COUNT entries in batches of BATCH: entries per second and
+    the server's CPU per batch."""
     bodies = [make_ndjson(i, BATCH) for i in range(0, IMPORT_COUNT, BATCH)]
-    with Client(url) as client:
+    with Client(server.url) as client:
         stream = client.stream("import")
+        cpu_before = cpu_seconds(server.pid)
         started = time.perf_counter()
         for body in bodies:
             stream.append_entries(body)
-        return IMPORT_COUNT / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(server.pid)
+    cpu = math.nan
+    if cpu_before is not None and cpu_after is not None:
+        cpu = (cpu_after - cpu_before) / len(bodies) * 1000
+    return Import(IMPORT_COUNT / elapsed, cpu)
 
 
 def postgres_url() -> str | None:
@@ -176,7 +225,7 @@ def main() -> None:
             results["bare"] = {c: drive(url, pid, c, script) for c in CONNECTIONS}
         with ServerProcess(f"sqlite:///{Path(tmp) / 'ingest.db'}") as server:
             results["sqlite"] = {c: drive_server(server, c, script) for c in CONNECTIONS}
-            imported = batch_import(server.url)
+            imported = batch_import(server)
         pg = postgres_url()
         if pg is not None:
             with pg_schema(pg) as db, ServerProcess(db) as server:
@@ -184,7 +233,7 @@ def main() -> None:
     bare = results["bare"]
     print(f"   POST .../state of small states to {STREAMS} streams, wrk, {SECONDS} s per row")
     print(f"   {'server':<9} {'conns':>5} {'writes/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'errors':>6} {'CPU ms/w':>8} {'vs bare':>7}  target")  # fmt: skip
+          f"{'errors':>6} {'CPU ms/w':>8} {'loop':>5} {'vs bare':>7}  target")  # fmt: skip
     for name, loads in results.items():
         for c, load in loads.items():
             target = ""
@@ -192,7 +241,7 @@ def main() -> None:
                 target = ">= 0.5x bare" + (", p99 < 50 ms" if c == 8 else "")
             print(
                 f"   {name:<9} {c:>5} {load.per_second:>9,.0f} {load.p50_ms:>7.1f}"
-                f" {load.p99_ms:>7.1f} {load.errors:>6} {load.cpu_ms:>8.2f}"
+                f" {load.p99_ms:>7.1f} {load.errors:>6} {load.cpu_ms:>8.2f} {load.loop_ms:>5.2f}"
                 f" {load.per_second / bare[c].per_second:>6.2f}x"
                 f"  {target}"
             )
@@ -200,5 +249,6 @@ def main() -> None:
         print("   postgres: skipped (set RSTREAM_BENCH_PG_URL or RSTREAM_TEST_POSTGRES_URL)")
     print(
         f"   batch import on SQLite, {IMPORT_COUNT:,} entries in batches of {BATCH:,}:"
-        f" {imported:,.0f} entries/s  (target >= 50,000)"
+        f" {imported.per_second:,.0f} entries/s, server CPU {imported.cpu_ms:.0f} ms"
+        f" per batch  (target >= 50,000 entries/s)"
     )

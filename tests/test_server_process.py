@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -113,6 +114,63 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     by_rev = {e["rev"]: e for e in stored}
     missing = [e for e in acked if by_rev.get(e["rev"]) != e]
     assert missing == []
+
+
+def test_concurrent_writers_on_many_streams_survive_sigkill(tmp_path: Path) -> None:
+    # Writes of many threads to several streams share commits (group commit);
+    # every one acknowledged must be on disk, with its revision, after SIGKILL.
+    db = f"sqlite:///{tmp_path / 'group.db'}"
+    streams = [f"g{i}" for i in range(4)]
+    acked: list[tuple[str, dict[str, Any]]] = []
+    lock = threading.Condition()
+    killed = threading.Event()
+
+    with ServerProcess(db) as server:
+        url = server.url
+        with requests.Session() as http:
+            rate = {"record_rate": {"keyframe_frequency": 20, "change_frequency": 0}}
+            for stream in streams:
+                assert http.put(f"{url}/v1/streams/{stream}", json=rate).status_code == 201
+
+        def write(n: int) -> None:
+            stream = streams[n % len(streams)]
+            with requests.Session() as session:
+                for i in itertools.count():
+                    state = {"writer": n, "i": i}
+                    try:
+                        r = session.post(f"{url}/v1/streams/{stream}/state",
+                                         json={"state": state}, timeout=5)  # fmt: skip
+                    except requests.RequestException:
+                        assert killed.is_set()
+                        return
+                    assert r.status_code == 200, r.text
+                    entry = r.json()["entry"]
+                    with lock:
+                        acked.append((stream, entry))
+                        lock.notify_all()
+
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(12)]
+        for thread in writers:
+            thread.start()
+        try:
+            with lock:
+                assert lock.wait_for(lambda: len(acked) >= 300, timeout=60)
+        finally:
+            killed.set()
+            server.kill()
+            for thread in writers:
+                thread.join(10)
+        assert not any(thread.is_alive() for thread in writers)
+        server.start()
+        with requests.Session() as http:
+            stored = {stream: all_entries(http, server.url, stream) for stream in streams}
+    for stream in streams:
+        revs = [e["rev"] for e in stored[stream]]
+        assert revs == list(range(1, len(revs) + 1))  # no gap, no repeat
+    missing = [(s, e) for s, e in acked if e not in stored[s]]
+    assert missing == []
+    by_stream = {s: [e["rev"] for t, e in acked if t == s] for s in streams}
+    assert all(len(set(revs)) == len(revs) for revs in by_stream.values())
 
 
 def test_slow_subscriber_does_not_grow_server_memory(tmp_path: Path) -> None:

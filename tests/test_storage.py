@@ -28,6 +28,7 @@ from rstream import (
     Entry,
     EntryFormatError,
     EntryKind,
+    InvalidJSON,
     InvalidTimestamp,
     OutOfOrder,
     RStreamError,
@@ -319,17 +320,30 @@ def test_append_many_assigns_consecutive_revisions(log: StreamLog) -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("method", ["append_many", "append_batch"])
 def test_append_many_is_all_or_nothing(
-    log: StreamLog, batch: list[Entry], error: type[Exception], fragment: str
+    log: StreamLog, batch: list[Entry], error: type[Exception], fragment: str, method: str
 ) -> None:
     log.append(snap(T0, {"a": 1}))
     with pytest.raises(error, match=fragment):
-        log.append_many(batch)
+        getattr(log, method)(batch)
     assert log.revision == 1
     assert log.range(0, 10**10) == [snap(T0, {"a": 1})]
     assert log.changes_since(0) == [snap(T0, {"a": 1})]
     # the log still takes the next write at revision 2
     assert log.append(mut(T0 + 5, {})).rev == 2
+
+
+def test_append_batch_returns_the_new_revision(log: StreamLog) -> None:
+    assert log.append_batch([]) == 0
+    assert log.append_batch([snap(T0, {"a": 1}), mut(T0 + S, {"a": 2})]) == 2
+    assert log.append_batch([mut(T0 + 2 * S, {"a": 3})]) == 3
+    assert [(e.rev, e.micros, e.data) for e in log.changes_since(0)] == [
+        (1, T0, {"a": 1}),
+        (2, T0 + S, {"a": 2}),
+        (3, T0 + 2 * S, {"a": 3}),
+    ]
+    assert log.append_batch([]) == 3
 
 
 def test_data_that_is_not_json_is_refused(log: StreamLog) -> None:
@@ -408,6 +422,17 @@ def test_concurrent_appends_get_distinct_consecutive_revisions(log: StreamLog) -
     entries = log.changes_since(0)
     assert [e.rev for e in entries] == list(range(1, 102))
     assert micros(entries) == sorted(micros(entries))
+
+
+def test_the_writer_skips_its_json_check_only_when_told(log: StreamLog) -> None:
+    # The server checks a state as it parses the body and tells the writer so.
+    writer = Stream(log)
+    with pytest.raises(InvalidJSON, match="lone surrogate"):
+        writer.write_state({"s": "\ud800"}, from_micros(T0))
+    assert log.revision == 0
+    stored = writer.write_state({"s": "\ud800"}, from_micros(T0), checked=True)
+    assert stored is not None
+    assert (stored.rev, stored.data) == (1, {"s": "\ud800"})
 
 
 def test_the_core_writer_runs_on_the_log(log: StreamLog) -> None:

@@ -239,7 +239,7 @@ class Stream:
             return self._cursor.timestamp
 
     def write_state(
-        self, state: Mapping[str, Any], timestamp: TimeLike | None = None
+        self, state: Mapping[str, Any], timestamp: TimeLike | None = None, *, checked: bool = False
     ) -> Entry | None:
         """Write the whole state at ``timestamp`` (default: the clock's now).
 
@@ -254,11 +254,13 @@ class Stream:
         subclass :class:`~rstream.InvalidJSONType` is also a ``TypeError``)
         naming the path when the state is not JSON a stream can hold (see
         :func:`~rstream.core.jsontype.check_json`); nothing is written then.
+        ``checked=True`` skips that check: the caller ran it on ``state``.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"a state must be a JSON object (dict), not {type(state).__name__}")
         new: State = state if type(state) is dict else dict(state)
-        check_json(new)
+        if not checked:
+            check_json(new)
         given = None if timestamp is None else to_micros(timestamp)
         with self._lock:
             cursor = self._cursor

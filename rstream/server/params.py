@@ -100,6 +100,10 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every body: json.loads would build one per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
 def is_empty(body: bytes) -> bool:
     """True for a body with nothing but JSON whitespace (space, tab, CR, LF)."""
     return not body.strip(_JSON_SPACE)
@@ -113,8 +117,7 @@ def parse_json(body: bytes, what: str) -> Any:
         fail(400, "invalid_json", f"{what} is empty")
     try:
         # Decoded as UTF-8 here: json.loads would also take UTF-16, UTF-32 and a BOM.
-        text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        return _DECODER.decode(body.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         fail(400, "invalid_json", f"{what} is not valid JSON: {exc}")
 
@@ -254,17 +257,26 @@ class Batch:
 
     entries: list[Entry]
     deep: frozenset[int]
+    #: The size of the text each entry was read from (an NDJSON line; the
+    #: whole body for an array): a bound for :func:`state_size`.
+    sizes: list[int]
+
+    def check_sizes(self, limit: int) -> None:
+        """413 ``too_large`` if an entry's data is over ``limit`` bytes as stored."""
+        for i, (entry, size) in enumerate(zip(self.entries, self.sizes, strict=True)):
+            state_size(entry.data, f"entry {i} of the batch", size, limit)
 
 
 def parse_entries(body: bytes, *, ndjson: bool) -> Batch:
     """The entries of a ``POST .../entries`` body (an entry, an array, or NDJSON),
     each checked as the storage will keep it."""
-    items: list[tuple[object, str]]
+    items: list[tuple[object, str]] = []
+    sizes: list[int] = []
     if ndjson:
-        items = []
         for n, line in enumerate(body.split(b"\n"), 1):
             if not is_empty(line):
                 items.append((parse_json(line, f"line {n}"), f"line {n}"))
+                sizes.append(len(line))
     else:
         obj = parse_json(body, "request body")
         if isinstance(obj, dict):
@@ -273,32 +285,41 @@ def parse_entries(body: bytes, *, ndjson: bool) -> Batch:
             items = [(item, f"entry {i}") for i, item in enumerate(obj)]
         else:
             raise EntryFormatError("malformed entry: expected an entry object, an array or NDJSON")
+        sizes = [len(body)] * len(items)
     entries: list[Entry] = []
     deep: set[int] = set()
     for i, (item, where) in enumerate(items):
         if isinstance(item, dict):
             _check_entry_fields(item, where)
         entry = Entry.from_json(item, where=where)
-        path = f"{where}: $.data"
-        if entry.kind is EntryKind.SNAPSHOT:
-            _check_value(entry.data, path=path)
-        else:
-            try:
-                check_json(entry.data, path=path)
-            except InvalidJSON:
-                # Deeper than a state may be is fine for a mutation, up to a bound
-                # that keeps applying it far from the recursion limit.
-                _check_value(entry.data, path=path, max_depth=MAX_MUTATION_DEPTH)
-                deep.add(i)
+        if _check_data(entry, where):
+            deep.add(i)
         entries.append(entry)
-    return Batch(entries, frozenset(deep))
+    return Batch(entries, frozenset(deep), sizes)
+
+
+def _check_data(entry: Entry, where: str) -> bool:
+    """400 ``invalid_json`` unless ``entry``'s data is JSON storage keeps; True
+    for a mutation nested deeper than a state may be (within its own bound)."""
+    path = f"{where}: $.data"
+    if entry.kind is EntryKind.SNAPSHOT:
+        _check_value(entry.data, path=path)
+        return False
+    try:
+        check_json(entry.data, path=path)
+    except InvalidJSON:
+        # Deeper than a state may be is fine for a mutation, up to a bound
+        # that keeps applying it far from the recursion limit.
+        _check_value(entry.data, path=path, max_depth=MAX_MUTATION_DEPTH)
+        return True
+    return False
 
 
 def _check_entry_fields(item: dict[str, Any], where: str) -> None:
     """What the OpenAPI ``Entry`` forbids and :meth:`Entry.from_json` lets by:
     unknown fields, a null ``rev``, a timestamp outside years 0001-9999."""
-    extra = set(item) - _ENTRY_FIELDS
-    if extra:
+    if not _ENTRY_FIELDS.issuperset(item):
+        extra = set(item) - _ENTRY_FIELDS
         raise EntryFormatError(f"malformed entry ({where}): unknown field(s) {sorted(extra)!r}")
     if "rev" in item and item["rev"] is None:
         raise EntryFormatError(f"malformed entry ({where}): field 'rev' must be an integer")

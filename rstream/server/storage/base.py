@@ -14,7 +14,8 @@ runs on it unchanged) plus what the server needs on top:
   :meth:`~StreamLog.iter_range_raw` (the same as stored rows, the data left as
   its JSON text, so the entries endpoint splices it into its page without
   parsing it) and :meth:`~StreamLog.count_range`;
-- :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports;
+- :meth:`~StreamLog.append_many`, an all-or-nothing batch append for imports
+  (:meth:`~StreamLog.append_batch` when only the new revision is wanted);
 - :meth:`~StreamLog.write_lock`, held while one write is decided and made;
 - :meth:`~StreamLog.compact`, retention's delete of whole old windows.
 
@@ -44,7 +45,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import format_rfc3339, from_micros, to_micros
-from rstream.errors import EntryFormatError, InvalidTimestamp, OutOfOrder
+from rstream.errors import EntryFormatError, InvalidTimestamp, OutOfOrder, RStreamError
 
 __all__ = [
     "MAX_US",
@@ -54,6 +55,7 @@ __all__ = [
     "Storage",
     "StreamInfo",
     "StreamLog",
+    "batch_items",
     "check_amend",
     "check_append",
     "check_batch_order",
@@ -168,6 +170,12 @@ class StreamLog(Log, Protocol):
         names the entry's index. Returns the stored entries with their revs
         (consecutive revisions).
         """
+        ...
+
+    def append_batch(self, entries: Sequence[Entry]) -> int:
+        """:meth:`append_many`, returning only the new revision (the revision
+        unchanged for no entries): an import's caller has the entries already,
+        and making the stored copies is most of a batch's cost after parsing."""
         ...
 
     def write_lock(self) -> AbstractContextManager[None]:
@@ -371,6 +379,25 @@ def dump_json(data: Any, where: str = "entry") -> str:
             # UTF-8; the escaped ASCII form round-trips it exactly.
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text
+
+
+def batch_items(entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
+    """Each entry of a batch with its data's JSON text (:func:`dump_json`).
+
+    Raises what :func:`check_entry_time` and :func:`dump_json` raise for the
+    first entry that cannot be stored, naming its index in the batch."""
+    items = []
+    for i, entry in enumerate(entries):
+        try:
+            check_entry_time(entry.micros)
+            text = dump_json(entry.data)
+        except RStreamError:
+            where = f"entry {i} of the batch"  # spelled out only for the error
+            check_entry_time(entry.micros, where)
+            dump_json(entry.data, where)
+            raise
+        items.append((entry, text))
+    return items
 
 
 def load_json(text: str) -> dict[str, Any]:

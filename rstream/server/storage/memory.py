@@ -17,6 +17,7 @@ from rstream.server.storage.base import (
     MIN_US,
     Row,
     StreamInfo,
+    batch_items,
     check_batch_order,
     check_entry_time,
     clamp_us,
@@ -158,15 +159,17 @@ class MemoryStreamLog:
             return self._log.revision, self._log.first(), self._log.last(), self.latest_snapshot()
 
     def append_many(self, entries: Sequence[Entry]) -> list[Entry]:
-        for i, entry in enumerate(entries):
-            where = f"entry {i} of the batch"
-            check_entry_time(entry.micros, where)
-            dump_json(entry.data, where)
+        batch_items(entries)  # what cannot be stored raises before anything is written
         with self._write_lock:
             last = self._log.last()
             check_batch_order(None if last is None else last.micros, entries)
             # Checked under the write lock, so no append below can fail on order.
             return [self._log.append(entry) for entry in entries]
+
+    def append_batch(self, entries: Sequence[Entry]) -> int:
+        """:meth:`append_many` returning only the new revision."""
+        stored = self.append_many(entries)
+        return stored[-1].rev if stored and stored[-1].rev is not None else self.revision
 
 
 class MemoryStorage:

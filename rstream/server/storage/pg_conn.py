@@ -20,8 +20,8 @@ import psycopg
 from psycopg import sql as pgsql
 
 from rstream.errors import StorageError, StorageUnavailable
+from rstream.server.storage.migration import migrate
 from rstream.server.storage.sql import POSTGRES, SCHEMA_VERSION, statements
-from rstream.server.storage.sqlbase import migrate
 
 __all__ = [
     "KEEPALIVE",

@@ -31,12 +31,13 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.mutation import copy_json
 from rstream.core.stream import RateConfig
 from rstream.core.timestamps import TimeLike, to_micros
-from rstream.errors import ClientClosed, RStreamError, StreamNotFound
+from rstream.errors import ClientClosed, StreamNotFound
 from rstream.server.storage.base import (
     MAX_US,
     MIN_US,
     Row,
     StreamInfo,
+    batch_items,
     check_amend,
     check_append,
     check_batch_order,
@@ -44,12 +45,11 @@ from rstream.server.storage.base import (
     clamp_us,
     dump_json,
     load_json,
-    new_store_id,
     try_hold,
 )
-from rstream.server.storage.sql import SCHEMA_VERSION, Statements
+from rstream.server.storage.sql import Statements
 
-__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key", "migrate"]
+__all__ = ["Connection", "Cursor", "SQLStorage", "SQLStreamLog", "entry_key"]
 
 logger = logging.getLogger("rstream.server.storage")
 
@@ -283,20 +283,26 @@ class SQLStreamLog(Generic[_C]):
         All or nothing: on an entry out of order (or whose data is not JSON)
         nothing is written and the error names the entry's index.
         """
-        items = []
-        for i, entry in enumerate(entries):
-            where = f"entry {i} of the batch"
-            check_entry_time(entry.micros, where)
-            items.append((entry, dump_json(entry.data, where)))
+        items = batch_items(entries)
         if not items:
             return []
+        rev = self._write(lambda conn: self._append_items(conn, items)) - len(items)
+        return [
+            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
+            for i, (entry, _) in enumerate(items, 1)
+        ]
 
-        def append_many(conn: _C) -> list[Entry]:
-            rev = self._lock_stream(conn)
-            check_batch_order(self._last_key(conn)[0], entries)
-            return self._insert(conn, rev, items)
+    def append_batch(self, entries: Sequence[Entry]) -> int:
+        """:meth:`append_many` returning only the new revision."""
+        items = batch_items(entries)
+        if not items:
+            return self.revision
+        return self._write(lambda conn: self._append_items(conn, items))
 
-        return self._write(append_many)
+    def _append_items(self, conn: _C, items: Sequence[tuple[Entry, str]]) -> int:
+        rev = self._lock_stream(conn)
+        check_batch_order(self._last_key(conn)[0], [entry for entry, _ in items])
+        return self._insert_items(conn, rev, items)
 
     def compact(self, cutoff_us: int, batch: int = 1000) -> int:
         """Delete the windows that end at or before ``cutoff_us``, in transactions
@@ -345,6 +351,14 @@ class SQLStreamLog(Generic[_C]):
         return entry_key(conn.execute(self._sql.last_entry_key, (self.stream_id,)).fetchone())
 
     def _insert(self, conn: _C, rev: int, items: Sequence[tuple[Entry, str]]) -> list[Entry]:
+        self._insert_items(conn, rev, items)
+        return [
+            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
+            for i, (entry, _) in enumerate(items, 1)
+        ]
+
+    def _insert_items(self, conn: _C, rev: int, items: Sequence[tuple[Entry, str]]) -> int:
+        """Insert the rows after revision ``rev`` and set the new revision, which it returns."""
         self._insert_rows(
             conn,
             [
@@ -355,10 +369,7 @@ class SQLStreamLog(Generic[_C]):
         new_rev = rev + len(items)
         conn.execute(self._sql.set_revision, (new_rev, self.stream_id))
         self._changed(conn, new_rev, sum(len(text) + 64 for _, text in items))
-        return [
-            Entry.from_micros(entry.micros, entry.kind, copy_json(entry.data), rev + i)
-            for i, (entry, _) in enumerate(items, 1)
-        ]
+        return new_rev
 
 
 class SQLStorage(Generic[_C, _L]):
@@ -480,36 +491,3 @@ def _info(row: tuple[Any, ...]) -> StreamInfo:
         compacted=compacted,
         compacted_rev=compacted_rev,
     )
-
-
-def migrate(
-    conn: Connection, sql: Statements, where: str, error: type[RStreamError] = RStreamError
-) -> int | None:
-    """Create the schema, or bring an older one up to date, inside the write
-    transaction the caller holds; returns the version found (None: created).
-
-    Also gives the store its id (:func:`new_store_id`) unless it has one.
-    ``where`` names the database in messages ("SQLite storage '/x.db'"); a
-    schema newer than this code raises ``error``.
-    """
-    conn.execute(sql.create_schema_table)
-    row = conn.execute(sql.schema_version).fetchone()
-    version = None if row is None else int(row[0])
-    if version is None:
-        for stmt in sql.schema:
-            conn.execute(stmt)
-        conn.execute(sql.insert_schema_version, (SCHEMA_VERSION,))
-    elif version > SCHEMA_VERSION:
-        raise error(
-            f"{where} has schema version {version}, newer than this rstream understands "
-            f"({SCHEMA_VERSION}); upgrade rstream"
-        )
-    elif version < SCHEMA_VERSION:
-        logger.info("migrating %s from schema %d to %d", where, version, SCHEMA_VERSION)
-        for step in sql.migrations[version - 1 :]:
-            for stmt in step:
-                conn.execute(stmt)
-        conn.execute(sql.update_schema_version, (SCHEMA_VERSION,))
-    conn.execute(sql.create_store_table)
-    conn.execute(sql.insert_store_id, (new_store_id(),))
-    return version

@@ -6,8 +6,11 @@ only once its transaction is committed to the WAL, so killing the process
 file continues its revisions where they were. Writes run in ``BEGIN IMMEDIATE``
 transactions that read the stream's revision, check order, write the rows and
 bump the revision; the database's write lock makes concurrent writers
-(threads, or other processes on the same file) take turns, waiting up to
-``busy_timeout`` seconds, so no two writes ever get the same revision.
+(other processes on the same file) take turns, waiting up to
+``busy_timeout`` seconds, so no two writes ever get the same revision. The
+writes of this process's threads that arrive together share one transaction
+and one fsync, each in a savepoint of its own
+(:mod:`~rstream.server.storage.groupcommit`).
 
 Readers do not block writers (WAL): each read is one statement, which sees one
 committed state. Connections come from a small pool (one connection is used by
@@ -40,8 +43,10 @@ from typing import Any, TypeVar
 
 from rstream.errors import RStreamError
 from rstream.server.storage.base import Row
+from rstream.server.storage.groupcommit import GroupCommit
+from rstream.server.storage.migration import migrate
 from rstream.server.storage.sql import SQLITE, statements
-from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog, migrate
+from rstream.server.storage.sqlbase import SQLStorage, SQLStreamLog
 
 __all__ = ["SQLiteLog", "SQLiteStorage"]
 
@@ -81,6 +86,7 @@ class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
         self._closed = False
         self._logs: dict[str, SQLiteLog] = {}
         self._compacting = threading.Lock()
+        self._group = GroupCommit(self._connection, _SQL.dialect.begin_write)
         try:
             with self._connection() as conn:
                 _migrate(conn, self.path)
@@ -155,17 +161,10 @@ class SQLiteStorage(SQLStorage[sqlite3.Connection, "SQLiteLog"]):
             return fn(conn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``fn`` in a write transaction; commit if it returns, roll back if it raises."""
-        with self._connection() as conn:
-            conn.execute(_SQL.dialect.begin_write)
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        """Run ``fn`` in a write transaction, shared with the writes of other
+        threads that arrive together (:mod:`~rstream.server.storage.groupcommit`);
+        return once it is committed, or raise what ``fn`` raised, undone."""
+        return self._group.run(fn)
 
     def _new_log(self, stream_id: str) -> SQLiteLog:
         return SQLiteLog(self, stream_id)
