@@ -199,34 +199,15 @@ class Cursor:
         newest entry (a WRITE cursor only knows the newest state).
         """
         micros = to_micros(t)
-        log = self.log
-        revision = -1
         if self.kind is CursorKind.WRITE:
             self.advance()
-            if self._micros is None:
-                raise OutOfRange(
-                    f"no state at {format_rfc3339(micros)}: the log is empty",
-                    when=from_micros(micros),
-                )
-            where = Where.AHEAD if micros >= self._micros else Where.BEHIND
-            anchor = None
+            anchor, revision = None, -1
+            where = self._where_written(micros)
         else:
-            revision = log.revision
+            revision = self.log.revision
             self._check_amended(revision)
-            anchor = self._find_snapshot(micros)
-            if anchor is None:
-                raise OutOfRange(
-                    f"no snapshot at or before {format_rfc3339(micros)}: "
-                    "the stream has no state then",
-                    when=from_micros(micros),
-                )
-            if self._micros is None or anchor.micros != self._anchor:
-                where = Where.ELSEWHERE
-            elif micros >= self._micros:
-                where = Where.AHEAD
-            else:
-                where = Where.BEHIND
-
+            anchor = self._snapshot_for(micros)
+            where = self._where_read(micros, anchor)
         placed_at = self._micros
         move = plan(self.kind, where)
         if move is Move.REFUSE:
@@ -243,12 +224,7 @@ class Cursor:
             assert anchor is not None
             self._reanchor(anchor, micros)
         if self.kind is not CursorKind.WRITE:
-            if self._micros != placed_at:
-                self._settled = False  # a new entry: not known to be followed yet
-            if not self._settled:
-                # Only the newest entry can be amended, and the newest entry's rev
-                # is the log's revision: an older rev means an entry followed ours.
-                self._settled = self._rev < revision
+            self._settle(placed_at, revision)
         assert self._state is not None
         return self._state
 
@@ -302,6 +278,41 @@ class Cursor:
         self._is_mutation = not entry.is_snapshot
 
     # -- the moves --------------------------------------------------------------------
+
+    def _where_written(self, micros: int) -> Where:
+        """Where ``micros`` lies for a WRITE cursor that has caught up with the log."""
+        if self._micros is None:
+            raise OutOfRange(
+                f"no state at {format_rfc3339(micros)}: the log is empty",
+                when=from_micros(micros),
+            )
+        return Where.AHEAD if micros >= self._micros else Where.BEHIND
+
+    def _snapshot_for(self, micros: int) -> Entry:
+        """The snapshot a read cursor starts from to reach ``micros``."""
+        anchor = self._find_snapshot(micros)
+        if anchor is None:
+            raise OutOfRange(
+                f"no snapshot at or before {format_rfc3339(micros)}: the stream has no state then",
+                when=from_micros(micros),
+            )
+        return anchor
+
+    def _where_read(self, micros: int, anchor: Entry) -> Where:
+        """Where ``micros``, whose window starts at ``anchor``, lies for a read cursor."""
+        if self._micros is None or anchor.micros != self._anchor:
+            return Where.ELSEWHERE
+        return Where.AHEAD if micros >= self._micros else Where.BEHIND
+
+    def _settle(self, placed_at: int | None, revision: int) -> None:
+        """After a read cursor moved from ``placed_at``: note whether its entry can
+        still be amended, given the log's ``revision`` before the move."""
+        if self._micros != placed_at:
+            self._settled = False  # a new entry: not known to be followed yet
+        if not self._settled:
+            # Only the newest entry can be amended, and the newest entry's rev
+            # is the log's revision: an older rev means an entry followed ours.
+            self._settled = self._rev < revision
 
     def _check_amended(self, revision: int) -> None:
         """Unplace the cursor if its entry was amended since it was read."""
@@ -368,10 +379,6 @@ class Cursor:
             state = apply_mutation(state, inverse)
         del inverses[n:]
         self._state, self._micros, self._rev, self._is_mutation = state, at, rev, is_mutation
-        if at > micros:  # cannot happen: the inverses reach back to the snapshot
-            anchor = self._find_snapshot(micros)
-            assert anchor is not None
-            self._reanchor(anchor, micros)
 
     # -- WRITE cursors ------------------------------------------------------------
 

@@ -57,21 +57,19 @@ def check_json(value: object, *, max_depth: int = MAX_DEPTH, path: str = "$") ->
     # list with no parent. Scalars are checked where they are met, and a path is
     # only spelled out for an error, from the chain of parents.
     stack: list[_Node] = [([value], 0, None, None)]
+    key: Any  # a str when is_dict, else an int
     while stack:
         node = stack.pop()
         container, depth = node[0], node[1]
         is_dict = type(container) is dict
         for key, item in container.items() if is_dict else enumerate(container):
-            if is_dict:
-                if type(key) is not str:
-                    raise InvalidJSONType(
-                        f"object keys must be strings, not {type(key).__name__}",
-                        path=_path(node, path),
-                    )
-                if not key.isascii() and _bad_string(key):
-                    raise InvalidJSON(
-                        "key holds a lone surrogate", path=f"{_path(node, path)}.{key!r}"
-                    )
+            if is_dict and type(key) is not str:
+                raise InvalidJSONType(
+                    f"object keys must be strings, not {type(key).__name__}",
+                    path=_path(node, path),
+                )
+            if is_dict and not key.isascii() and _bad_string(key):
+                raise InvalidJSON("key holds a lone surrogate", path=f"{_path(node, path)}.{key!r}")
             kind = type(item)
             if kind is dict or kind is list:
                 if depth >= max_depth:
@@ -130,15 +128,9 @@ def json_equal(a: object, b: object) -> bool:
     """
     if a is b:
         return True
-    # Equal as JSON implies equal by ==, which C checks quickly: when == says
-    # yes, only the types and the signs of zeros are left to check. C's == gives
-    # up on values nested about a thousand deep; then the walk checks it all.
-    try:
-        if a != b:
-            return False
-        same = True
-    except RecursionError:
-        same = False
+    same = _equal_by_value(a, b)
+    if same is False:
+        return False
     stack: list[tuple[Any, Any]] = [([a], [b])]
     pairs: Iterable[tuple[Any, Any]]
     while stack:
@@ -164,3 +156,15 @@ def json_equal(a: object, b: object) -> bool:
             ):
                 return False
     return True
+
+
+def _equal_by_value(a: object, b: object) -> bool | None:
+    """``a == b``, or None when ``==`` gives up (values nested about a thousand deep).
+
+    Equal as JSON implies equal by ``==``, which C checks quickly: when it says
+    yes, only the types and the signs of zeros are left to check.
+    """
+    try:
+        return a == b
+    except RecursionError:
+        return None
