@@ -47,7 +47,7 @@ def test_malformed_entries_say_what_and_where(obj: object, fragment: str) -> Non
 def test_entries_are_immutable_and_rev_is_not_part_of_equality() -> None:
     entry = Entry(10, EntryKind.MUTATION, {"a": 1}, rev=3)
     with pytest.raises(AttributeError):
-        entry.rev = 4  # type: ignore[misc]
+        entry.rev = 4
     assert entry == entry.replace(rev=9)
     assert entry != entry.replace(data={"a": 2})
     assert entry != entry.replace(data={"a": True})  # equal as JSON, type for type

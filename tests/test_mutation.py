@@ -155,7 +155,7 @@ def test_mutate_idx_recurses_into_items() -> None:
 
 def test_mutate_idx_applies_every_key_plain_values_and_empty_changes_alike() -> None:
     state = {"a": [0, 1, 2, 3]}
-    mutation = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
+    mutation: dict[str, Any] = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
     assert same(check_apply(state, mutation), {"a": ["x", 1, [2], None]})
 
 
@@ -317,6 +317,7 @@ def test_unset_null_deletes_as_in_the_go_test_suite() -> None:
 @pytest.mark.parametrize("levels", DEEP)
 def test_a_mutation_too_deep_is_a_mutation_error(levels: int) -> None:
     too_deep = "$" + ".a" * MAX_DEPTH  # the object at level 65
+    state: dict[str, Any]
     for state in ({}, nest(levels)):
         for fn in (apply_mutation, apply_mutation_with_inverse):
             with pytest.raises(MutationError, match="nested too deeply") as info:
