@@ -278,8 +278,9 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
     cursor = Cursor(empty, CursorKind.WRITE)
     assert cursor.state is None
     assert cursor.advance() is None
-    with pytest.raises(rstream.OutOfRange):
+    with pytest.raises(rstream.OutOfRange, match="the log is empty") as info:
         cursor.state_at(at(0))
+    assert info.value.when == at(0)
 
     log = counter_log(n=15)
     cursor = Cursor(log, CursorKind.WRITE)
@@ -320,6 +321,24 @@ def test_a_write_cursor_catches_up_with_appends_and_amends() -> None:
     assert cursor.advance() == {"i": 17}
     assert cursor.base is None
     assert cursor.snapshot_micros == to_micros(at(17))
+
+
+def test_a_write_cursor_applies_an_amend_of_its_mutation_without_the_log() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    log.amend(Entry(at(1), M, {"b": 1}))
+    log.fetched = 0
+    assert cursor.advance() == {"a": 0, "b": 1}
+    assert cursor.base == {"a": 0}
+    assert log.fetched == 0  # from changes_since alone: no recovery
+
+
+def test_a_write_cursor_places_itself_on_a_mutation_one_microsecond_after_its_snapshot() -> None:
+    t0 = to_micros(at(0))
+    log = MemoryLog([Entry.from_micros(t0, S, {"a": 0}), Entry.from_micros(t0 + 1, M, {"a": 1})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert cursor.state == {"a": 1}
+    assert cursor.micros == t0 + 1
 
 
 def test_a_write_cursor_far_behind_catches_up() -> None:
@@ -471,6 +490,45 @@ def test_a_write_cursor_rebuilds_when_the_log_changed_its_past() -> None:
     assert cursor.snapshot_micros == to_micros(at(1))
     assert cursor.base == {"z": 9}
     assert cursor.rev == 5
+
+
+def test_a_write_cursor_rebuilds_when_entries_appear_before_its_own() -> None:
+    log = PlainLog(MemoryLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})]))
+    cursor = Cursor(log, CursorKind.WRITE)
+    # Restored from another copy: revisions 3 and 4 sit before and at the cursor's
+    # entry. Only a rebuild from the log gives the state there.
+    log.inner = MemoryLog(
+        [
+            Entry(at(0), S, {"a": 0}),
+            Entry(at(0.5), M, {"x": 1}),
+            Entry(at(0.7), M, {"x": 2}),
+            Entry(at(1), M, {"a": 5}),
+        ]
+    )
+    assert cursor.advance() == {"a": 5, "x": 2}
+    assert cursor.rev == 4
+    assert cursor.base == {"a": 0, "x": 2}
+
+
+class RevlessLog(PlainLog):
+    """A broken Log: its entries come without the rev they were written at."""
+
+    @staticmethod
+    def strip(entry: Entry | None) -> Entry | None:
+        return None if entry is None else Entry.from_micros(entry.micros, entry.kind, entry.data)
+
+    def snapshot_before(self, ts: TimeLike) -> Entry | None:
+        return self.strip(self.inner.snapshot_before(ts))
+
+    def last(self) -> Entry | None:
+        return self.strip(self.inner.last())
+
+
+@pytest.mark.parametrize("kind", list(CursorKind))
+def test_a_log_that_returns_entries_without_revs_is_a_storage_error(kind: CursorKind) -> None:
+    log = RevlessLog(MemoryLog([Entry(at(0), S, {"a": 0})]))
+    with pytest.raises(rstream.StorageError, match="without its rev"):
+        Cursor(log, kind).state_at(at(1))
 
 
 def test_a_write_cursor_over_a_log_without_a_snapshot_says_so() -> None:

@@ -36,7 +36,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log
 from rstream.core.mutation import apply_mutation, apply_mutation_with_inverse
 from rstream.core.timestamps import TimeLike, format_rfc3339, from_micros, to_micros
-from rstream.errors import OutOfRange
+from rstream.errors import OutOfRange, StorageError
 
 __all__ = ["TRANSITIONS", "Cursor", "CursorKind", "Move", "Where", "plan"]
 
@@ -329,7 +329,7 @@ class Cursor:
         self._unplace()
         self._state = anchor.data  # never modified: applying copies the changed paths
         self._micros = self._anchor = anchor.micros
-        self._rev = anchor.rev if anchor.rev is not None else -1
+        self._rev = _rev_of(anchor)
         self._forward(micros)
 
     def _forward(self, micros: int) -> None:
@@ -355,7 +355,7 @@ class Cursor:
                 added.append((at, rev, is_mutation, inverse))
             else:
                 state = apply_mutation(state, entry.data)
-            at, rev = entry.micros, entry.rev if entry.rev is not None else -1
+            at, rev = entry.micros, _rev_of(entry)
             is_mutation = entry.kind is EntryKind.MUTATION
         if restarted:
             self._inverses = added
@@ -398,19 +398,17 @@ class Cursor:
             )
         self._state = anchor.data
         self._micros = self._anchor = anchor.micros
-        self._rev = anchor.rev if anchor.rev is not None else -1
-        if not self._catch_up(
-            self._fetch(anchor.micros + 1, last.micros + 1)
-        ):  # pragma: no cover - the log changed its past under us
-            self._unplace()
-            raise OutOfRange("the log changed while the cursor was placed; try again")
+        self._rev = _rev_of(anchor)
+        # The entries after the snapshot, in time order, always fit.
+        self._catch_up(self._fetch(anchor.micros + 1, last.micros + 1))
 
     def _catch_up(self, changes: list[Entry] | Any) -> bool:
         """Apply ``changes`` (in revision order) to a placed WRITE cursor.
 
-        Entries at or before the cursor that it has already seen are skipped; an
-        amend of the cursor's own mutation is applied to its base. Returns False
-        when the changes do not fit (the caller then recovers from the log).
+        An amend of the cursor's own mutation is applied to its base. Returns
+        False when the changes do not fit, which only happens when the log's past
+        changed (an entry before the cursor's, or a snapshot in place of its
+        mutation): the caller then recovers from the log.
         """
         state, base = self._state, self._base
         at, rev, anchor, is_mutation = self._micros, self._rev, self._anchor, self._is_mutation
@@ -423,18 +421,27 @@ class Cursor:
                 start = i
                 break
         for entry in changes[start:]:
-            entry_rev = entry.rev if entry.rev is not None else -1
-            if entry.micros < at or (entry.micros == at and entry_rev == rev):
-                continue  # already in the state
-            if entry.micros == at:
-                if not (is_mutation and base is not None and not entry.is_snapshot):
-                    return False
+            if entry.micros > at:
+                if entry.is_snapshot:
+                    state, base, anchor = entry.data, None, entry.micros
+                else:
+                    base, state = state, apply_mutation(state, entry.data)
+            elif entry.micros == at and is_mutation and base is not None and not entry.is_snapshot:
                 state = apply_mutation(base, entry.data)  # our mutation was amended
-            elif entry.is_snapshot:
-                state, base, anchor = entry.data, None, entry.micros
             else:
-                base, state = state, apply_mutation(state, entry.data)
-            at, rev, is_mutation = entry.micros, entry_rev, not entry.is_snapshot
+                return False  # the log changed its past (restored from another copy)
+            at, rev, is_mutation = entry.micros, _rev_of(entry), not entry.is_snapshot
         self._state, self._base, self._micros, self._rev = state, base, at, rev
         self._anchor, self._is_mutation = anchor, is_mutation
         return True
+
+
+def _rev_of(entry: Entry) -> int:
+    """The ``rev`` of an entry the log returned; raises StorageError if it has none."""
+    rev = entry.rev
+    if rev is None:
+        raise StorageError(
+            f"the log returned the entry at {format_rfc3339(entry.micros)} without its rev; "
+            "a Log must return entries with the revision it wrote them at"
+        )
+    return rev
