@@ -141,7 +141,10 @@ def test_out_of_range_before_the_first_snapshot(kind: CursorKind) -> None:
         Cursor(MemoryLog(), kind).state_at(at(0))
     assert info.value.when == at(0)
     log = MemoryLog([Entry(at(5), S, {})])
-    with pytest.raises(rstream.OutOfRange) as info:
+    with pytest.raises(
+        rstream.OutOfRange,
+        match=r"^no snapshot at or before 2024-05-01T12:00:04\.5Z: the stream has no state then$",
+    ) as info:
         Cursor(log, kind).state_at(at(4.5))
     assert isinstance(info.value, LookupError)
     assert info.value.when == at(4.5)
@@ -191,6 +194,25 @@ def test_forward_moves_fetch_only_the_entries_in_between() -> None:
     assert log.fetched == 4
     log.fetched = 0
     cursor.state_at(at(12))  # backward: a forward cursor re-anchors
+    assert log.fetched == 2
+    log.fetched = 0
+    cursor.state_at(at(12))  # where it is: nothing to fetch
+    assert log.fetched == 0
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_checks_its_newest_entry_once_the_log_moved_on(kind: CursorKind) -> None:
+    t0 = to_micros(at(0))
+    log = CountingLog([Entry.from_micros(t0, S, {"a": 0})])
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(0)) == {"a": 0}  # the newest entry: it could be amended
+    log.append(Entry.from_micros(t0 + 1, M, {"a": 1}))
+    log.fetched = 0
+    assert cursor.state_at(at(1)) == {"a": 1}
+    assert log.fetched == 2  # its own entry (unchanged), then the one after it
+    log.append(Entry.from_micros(t0 + 2, M, {"a": 2}))
+    log.fetched = 0
+    assert cursor.state_at(at(1)) == {"a": 2}
     assert log.fetched == 2
 
 
@@ -335,8 +357,10 @@ def test_a_write_cursor_applies_an_amend_of_its_mutation_without_the_log() -> No
 
 def test_a_write_cursor_places_itself_on_a_mutation_one_microsecond_after_its_snapshot() -> None:
     t0 = to_micros(at(0))
-    log = MemoryLog([Entry.from_micros(t0, S, {"a": 0}), Entry.from_micros(t0 + 1, M, {"a": 1})])
+    log = CountingLog([Entry.from_micros(t0, S, {"a": 0}), Entry.from_micros(t0 + 1, M, {"a": 1})])
+    log.fetched = 0
     cursor = Cursor(log, CursorKind.WRITE)
+    assert log.fetched == 1  # placed from the log, not caught up from changes_since
     assert cursor.state == {"a": 1}
     assert cursor.micros == t0 + 1
 
@@ -500,14 +524,14 @@ def test_a_write_cursor_rebuilds_when_entries_appear_before_its_own() -> None:
     log.inner = MemoryLog(
         [
             Entry(at(0), S, {"a": 0}),
-            Entry(at(0.5), M, {"x": 1}),
+            Entry(at(0.5), M, {"y": 1}),
             Entry(at(0.7), M, {"x": 2}),
             Entry(at(1), M, {"a": 5}),
         ]
     )
-    assert cursor.advance() == {"a": 5, "x": 2}
+    assert cursor.advance() == {"a": 5, "x": 2, "y": 1}
     assert cursor.rev == 4
-    assert cursor.base == {"a": 0, "x": 2}
+    assert cursor.base == {"a": 0, "x": 2, "y": 1}
 
 
 class RevlessLog(PlainLog):
@@ -527,7 +551,11 @@ class RevlessLog(PlainLog):
 @pytest.mark.parametrize("kind", list(CursorKind))
 def test_a_log_that_returns_entries_without_revs_is_a_storage_error(kind: CursorKind) -> None:
     log = RevlessLog(MemoryLog([Entry(at(0), S, {"a": 0})]))
-    with pytest.raises(rstream.StorageError, match="without its rev"):
+    with pytest.raises(
+        rstream.StorageError,
+        match=r"^the log returned the entry at 2024-05-01T12:00:00Z without its rev; "
+        "a Log must return entries with the revision it wrote them at$",
+    ):
         Cursor(log, kind).state_at(at(1))
 
 

@@ -260,7 +260,7 @@ class Cursor:
         if self.kind is not CursorKind.WRITE:
             raise TypeError("wrote() is for WRITE cursors")
         rev = entry.rev
-        if self._micros is None or rev is None or rev != self._rev + 1:
+        if self._micros is None or rev != self._rev + 1:
             self.advance()
             return
         if entry.micros == self._micros and self._is_mutation and not entry.is_snapshot:
@@ -307,9 +307,7 @@ class Cursor:
     def _settle(self, placed_at: int | None, revision: int) -> None:
         """After a read cursor moved from ``placed_at``: note whether its entry can
         still be amended, given the log's ``revision`` before the move."""
-        if self._micros != placed_at:
-            self._settled = False  # a new entry: not known to be followed yet
-        if not self._settled:
+        if self._micros != placed_at or not self._settled:
             # Only the newest entry can be amended, and the newest entry's rev
             # is the log's revision: an older rev means an entry followed ours.
             self._settled = self._rev < revision
@@ -320,10 +318,8 @@ class Cursor:
         if micros is None or self._settled or revision == self._rev:
             return
         here = self._fetch(micros, micros + 1)
-        if here and here[0].rev == self._rev:
-            self._settled = True  # unchanged, and no longer the newest
-        else:
-            self._unplace()
+        if not here or here[0].rev != self._rev:
+            self._unplace()  # amended (_settle marks an unchanged entry settled)
 
     def _reanchor(self, anchor: Entry, micros: int) -> None:
         self._unplace()
