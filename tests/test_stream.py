@@ -137,6 +137,30 @@ def test_rate_config_micros_and_json_are_exact() -> None:
         RateConfig.from_json([])  # type: ignore[arg-type]
 
 
+def test_retention_is_optional_milliseconds_in_the_rates_range() -> None:
+    assert RateConfig().retention is None
+    assert RateConfig().retention_json() is None
+    assert RateConfig().retention_micros is None
+    day = RateConfig(retention=timedelta(days=1))
+    assert json_equal(day.retention_json(), 86_400_000)
+    assert day.retention_micros == 86_400 * SECOND
+    assert json_equal(RateConfig(retention=timedelta(microseconds=1500)).retention_json(), 1.5)
+    assert RateConfig.retention_from_json(None) is None
+    assert RateConfig.retention_from_json(1500) == timedelta(seconds=1.5)
+    assert RateConfig.retention_from_json(MAX_RATE_MS) == timedelta(milliseconds=MAX_RATE_MS)
+    with pytest.raises(
+        rstream.ConfigError,
+        match=f"^retention must be a number of milliseconds from 0 to {MAX_RATE_MS}, not -1$",
+    ):
+        RateConfig.retention_from_json(-1)
+    with pytest.raises(rstream.ConfigError, match=r"^retention must not be negative, got -1 day"):
+        RateConfig(retention=timedelta(days=-1))
+    with pytest.raises(TypeError, match=r"^retention must be a timedelta, not int$"):
+        RateConfig(retention=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^change_frequency must be a timedelta, not NoneType$"):
+        RateConfig(change_frequency=None)  # type: ignore[arg-type]
+
+
 def test_decide_is_the_rule_table() -> None:
     def run(when: int, changed: bool = True, **kw: Any) -> WriteAction:
         args: dict[str, Any] = {
@@ -148,6 +172,8 @@ def test_decide_is_the_rule_table() -> None:
         return decide(RATE, when=when, changed=lambda: changed, **args)
 
     assert run(1, last_micros=None, snapshot_micros=None) is WriteAction.SNAPSHOT
+    # a log that begins with mutations has no snapshot to count from yet
+    assert run(5 * SECOND + 1, snapshot_micros=None) is WriteAction.SNAPSHOT
     assert run(10 * SECOND + 1, changed=False) is WriteAction.SNAPSHOT
     # not *more* than the keyframe frequency after the snapshot
     assert run(10 * SECOND, last_micros=10 * SECOND - 1) is WriteAction.AMEND
