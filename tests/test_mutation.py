@@ -416,10 +416,25 @@ def test_copy_json_copies_any_depth(levels: int) -> None:
     [
         (float("nan"), rstream.InvalidJSON, "$", "nan is not a JSON number"),
         ({"a": [1, {"b": float("-inf")}]}, rstream.InvalidJSON, "$.a[1].b", "-inf"),
-        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "keys must be strings, not int"),
-        ({"a": {"\ud800": 1}}, rstream.InvalidJSON, "$.a.'\\ud800'", "key holds a lone"),
-        ({"a": ["é", "\udc00"]}, rstream.InvalidJSON, "$.a[1]", "lone surrogate"),
-        ({"a": [{"b": {1, 2}}]}, rstream.InvalidJSONType, "$.a[0].b", "set is not a JSON"),
+        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "object keys must be strings, not int"),
+        (
+            {"a": {"\ud800": 1}},
+            rstream.InvalidJSON,
+            "$.a.'\\ud800'",
+            "key holds a lone surrogate (at",
+        ),
+        (
+            {"a": ["é", "\udc00"]},
+            rstream.InvalidJSON,
+            "$.a[1]",
+            "string holds a lone surrogate (not valid UTF-8) (at",
+        ),
+        (
+            {"a": [{"b": {1, 2}}]},
+            rstream.InvalidJSONType,
+            "$.a[0].b",
+            "set is not a JSON value (use dict, list, str, int, float, bool or None) (at",
+        ),
         ([[[]]], rstream.InvalidJSON, "$[0][0]", "nested deeper than 2 levels"),
         ({"a": {"b": {}}}, rstream.InvalidJSON, "$.a.b", "nested deeper than 2 levels"),
         (nest(10_000), rstream.InvalidJSON, "$" + ".a" * 2, "nested deeper"),
@@ -431,7 +446,7 @@ def test_check_json_names_the_path(
     with pytest.raises(error) as info:
         check_json(value, max_depth=2 if "nested" in fragment else MAX_DEPTH)
     assert info.value.path == path  # type: ignore[attr-defined]
-    assert fragment in str(info.value)
+    assert str(info.value).startswith(fragment)
     with pytest.raises(error) as info:
         check_json({"top": value}, max_depth=3 if "nested" in fragment else MAX_DEPTH, path="state")
     assert info.value.path == "state.top" + path[1:]  # type: ignore[attr-defined]
