@@ -153,6 +153,12 @@ def test_mutate_idx_recurses_into_items() -> None:
     assert same(check_apply(state, mutation), {"tasks": [{"id": 1, "p": 1}, {"id": 2}, {}]})
 
 
+def test_an_empty_mutate_idx_changes_nothing_whatever_the_value() -> None:
+    state: dict[str, Any] = {"n": 1, "s": "x", "z": None, "o": {"k": 1}}
+    mutation: dict[str, Any] = {key: {"$mutateIdx": {}} for key in [*state, "missing"]}
+    assert same(check_apply(state, mutation), state)
+
+
 def test_mutate_idx_applies_every_key_plain_values_and_empty_changes_alike() -> None:
     state = {"a": [0, 1, 2, 3]}
     mutation: dict[str, Any] = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
