@@ -209,8 +209,9 @@ def test_from_micros_out_of_range_is_an_overflow(micros: int) -> None:
 
 
 def test_parse_time_reads_only_ascii_digits() -> None:
-    with pytest.raises(rstream.InvalidTimestamp):
-        parse_time("\u0661\u0667\u0661\u0664")
+    for text in ("\u0661\u0667\u0661\u0664", "1\u0667", "-\u0661"):
+        with pytest.raises(rstream.InvalidTimestamp):
+            parse_time(text)
     assert parse_time(" 12 ") == 12_000_000
 
 
