@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import rstream
 from rstream import Entry, EntryKind
 from rstream.core.log import Log, MemoryLog
-from rstream.core.timestamps import from_micros, to_micros
+from rstream.core.timestamps import format_rfc3339, from_micros, to_micros
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +73,10 @@ def test_append_not_after_the_last_raises_and_changes_nothing(when: datetime) ->
     with pytest.raises(rstream.OutOfOrder) as info:
         log.append(Entry(when, M, {"x": 1}))
     assert isinstance(info.value, ValueError)
+    assert str(info.value) == (
+        f"entry at {format_rfc3339(to_micros(when))} is not after the last entry "
+        "(2024-05-01T12:00:00Z)"
+    )
     assert info.value.last == at(0)
     assert info.value.given == when
     assert log.revision == 1

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 from hypothesis import example, given, settings
@@ -30,10 +30,48 @@ def test_aware_datetimes_of_any_zone_compare_exactly() -> None:
     assert from_micros(to_micros(utc)) == utc
 
 
+class NoOffset(tzinfo):
+    """A time zone that does not know its offset: the datetime is naive after all."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+
+class Seconds(int):
+    """An int subclass, as a library may hand out."""
+
+
 def test_naive_datetime_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"tzinfo=timezone\.utc") as info:
-        to_micros(datetime(2024, 5, 1))
-    assert isinstance(info.value, rstream.RStreamError)
+    for naive in (datetime(2024, 5, 1), datetime(2024, 5, 1, tzinfo=NoOffset())):
+        with pytest.raises(rstream.InvalidTimestamp) as info:
+            to_micros(naive)
+        assert str(info.value) == (
+            "naive datetime '2024-05-01T00:00:00' has no time zone; pass an aware one, "
+            "e.g. datetime.now(timezone.utc) or value.replace(tzinfo=timezone.utc)"
+        )
+        assert isinstance(info.value, ValueError)
+
+
+def test_epoch_seconds_of_every_number_type() -> None:
+    assert to_micros(Seconds(2)) == 2_000_000
+    assert type(to_micros(Seconds(2))) is int
+    assert to_micros(1.5e-06) == 1  # below a microsecond: floored
+    assert to_micros(-5e-07) == -1
+    for bad, message in [
+        (float("nan"), "timestamp nan is not a finite number of seconds"),
+        (float("-inf"), "timestamp -inf is not a finite number of seconds"),
+        (True, "a bool (True) is not a timestamp"),
+        ("1", "timestamp must be an aware datetime or epoch seconds, not str"),
+    ]:
+        with pytest.raises(rstream.InvalidTimestamp) as info:
+            to_micros(bad)  # type: ignore[arg-type]
+        assert str(info.value) == message
 
 
 @pytest.mark.parametrize("bad", [True, "2024-01-01", None, float("nan"), float("inf")])
