@@ -115,7 +115,7 @@ def test_every_kind_has_a_move_for_every_place() -> None:
 
 
 def test_kind_must_be_a_cursor_kind() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^kind must be a CursorKind, not 'write'$"):
         Cursor(MemoryLog(), "write")  # type: ignore[arg-type]
 
 
@@ -206,6 +206,9 @@ def test_a_cursor_checks_its_newest_entry_once_the_log_moved_on(kind: CursorKind
     log = CountingLog([Entry.from_micros(t0, S, {"a": 0})])
     cursor = Cursor(log, kind)
     assert cursor.state_at(at(0)) == {"a": 0}  # the newest entry: it could be amended
+    log.fetched = 0
+    assert cursor.state_at(at(0)) == {"a": 0}
+    assert log.fetched == 0  # the log did not change: nothing to check
     log.append(Entry.from_micros(t0 + 1, M, {"a": 1}))
     log.fetched = 0
     assert cursor.state_at(at(1)) == {"a": 1}
@@ -214,6 +217,27 @@ def test_a_cursor_checks_its_newest_entry_once_the_log_moved_on(kind: CursorKind
     log.fetched = 0
     assert cursor.state_at(at(1)) == {"a": 2}
     assert log.fetched == 2
+    # Checked once: an entry followed it, so it can no longer be amended.
+    log.append(Entry.from_micros(t0 + 3, M, {"a": 3}))
+    log.fetched = 0
+    assert cursor.state_at(from_micros(t0 + 2)) == {"a": 2}
+    assert log.fetched == 1  # its own entry
+    log.append(Entry.from_micros(t0 + 4, M, {"a": 4}))
+    log.fetched = 0
+    assert cursor.state_at(from_micros(t0 + 2)) == {"a": 2}
+    assert log.fetched == 0
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_that_moves_onto_the_newest_entry_sees_it_amended(kind: CursorKind) -> None:
+    log = MemoryLog(
+        [Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1}), Entry(at(2), M, {"a": 2})]
+    )
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(1)) == {"a": 1}  # followed by another entry: settled
+    assert cursor.state_at(at(2)) == {"a": 2}  # the newest: it can still be amended
+    log.amend(Entry(at(2), M, {"a": 20}))
+    assert cursor.state_at(at(2)) == {"a": 20}
 
 
 def test_a_bidirectional_cursor_moves_back_without_the_log() -> None:
@@ -313,8 +337,9 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
     assert cursor.base["i"] == 13
     assert cursor.state_at(at(14))["i"] == 14
     assert cursor.state_at(at(99))["i"] == 14
-    with pytest.raises(rstream.OutOfRange, match="WRITE cursor"):
+    with pytest.raises(rstream.OutOfRange, match="WRITE cursor") as info:
         cursor.state_at(at(13))
+    assert info.value.when == at(13)
 
 
 def test_a_write_cursor_over_a_log_ending_in_a_snapshot_has_its_rev() -> None:
@@ -429,7 +454,7 @@ def test_wrote_records_the_owners_entries() -> None:
     stored = log.append(Entry(at(3), M, {"c": 1}))
     cursor.wrote(stored, {"wrong": True})
     assert cursor.state == {"a": 3, "b": 1, "c": 1}
-    with pytest.raises(TypeError, match=r"wrote\(\) is for WRITE cursors"):
+    with pytest.raises(TypeError, match=r"^wrote\(\) is for WRITE cursors$"):
         Cursor(log).wrote(stored, {})
 
 
