@@ -9,8 +9,9 @@ server's pace and applies every mutation. Measured, each with private copies
 
 - a callback subscriber: states per second delivered, and the CPU per state of
   the tail's reader thread (SSE, entries, apply) and of the dispatcher thread
-  (the subscriber's copy, the call); also with the copy used before
-  :func:`~rstream.core.jsontype.private_copy` (``copy_json``), in the same run;
+  (the subscriber's copy, the call); also with the plain walk that
+  :func:`~rstream.core.jsontype.copy_json` used before its fast paths
+  (:func:`~rstream.core.jsontype.copy_walk`), in the same run;
 - an ``overflow="latest"`` queue read by a thread as fast as it can: states
   per second the tail applied (the queue skips what its reader had no time
   for), states the reader got, and the reader's CPU per state it got.
@@ -46,8 +47,8 @@ from rstream.client.live import LiveTail
 from rstream.client.subscription import Subscription
 from rstream.client.transport import Transport
 from rstream.core.entry import Entry, EntryKind
-from rstream.core.jsontype import private_copy
-from rstream.core.mutation import build_mutation, copy_json
+from rstream.core.jsontype import copy_json, copy_walk
+from rstream.core.mutation import build_mutation
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
 from tests.serverutil import ServerProcess
@@ -97,7 +98,7 @@ def callback_rate(
     url: str, stream_id: str, last: dict[str, Any], *, copy: Callable[[Any], Any]
 ) -> Rate:
     """A callback subscriber on a fresh tail, until it gets the window's last state;
-    ``copy`` makes what it is handed (``private_copy``, ``copy_json``, or none)."""
+    ``copy`` makes what it is handed (``copy_json``, ``copy_walk``, or none)."""
     done = threading.Event()
     seen = 0
     consumer_cpu = 0.0
@@ -192,8 +193,8 @@ def show(label: str, rates: list[Rate], target: str) -> Rate:
 
 def main() -> None:
     copiers: dict[str, Callable[[Any], Any]] = {
-        "copy_json": copy_json,
-        "private": private_copy,
+        "walk": copy_walk,
+        "private": copy_json,
         "shared": lambda state: state,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +212,7 @@ def main() -> None:
                         latest_rate(server.url, "device", last, copy=copy)
                     )
     print(f"   {COUNT:,} changes of a 690-field state, 1-5% of the fields each (best of {ROUNDS})")
-    old = show("callback, copy_json copies", runs["copy_json"], "(the copy before private_copy)")
+    old = show("callback, walked copies", runs["walk"], "(copy_walk: the copy before)")
     copied = show(
         "callback, private copies",
         runs["private"],
@@ -219,7 +220,7 @@ def main() -> None:
     )
     shared = show("callback, copy=False", runs["shared"], "(target >= 20,000)")
     print(
-        f"   by CPU, same run: private copies {by_cpu(copied) / by_cpu(old):.2f}x copy_json's;"
+        f"   by CPU, same run: private copies {by_cpu(copied) / by_cpu(old):.2f}x walked ones;"
         f" copy=False {by_cpu(shared) / by_cpu(copied):.2f}x private copies;"
         f" private copies {by_cpu(copied) / BEFORE:.2f}x the figure before (target 1.5x)"
     )

@@ -39,7 +39,7 @@ from rstream.client.livestate import LiveState
 from rstream.client.sse import EventStream
 from rstream.client.transport import Transport
 from rstream.core.entry import Entry, EntryKind
-from rstream.core.jsontype import private_copy
+from rstream.core.jsontype import copy_json
 from rstream.core.mutation import apply_mutation
 from rstream.core.timestamps import from_micros, parse_rfc3339
 from tests.serverutil import ServerProcess
@@ -246,7 +246,7 @@ def contract_floor(chunks: Iterator[bytes]) -> int:
         micros = parse_rfc3339(obj["timestamp"])
         data = obj["data"]
         state = data if obj["type"] == 0 else apply_mutation(state, data)
-        _deliver(from_micros(micros), private_copy(state))
+        _deliver(from_micros(micros), copy_json(state))
         count += 1
     return count
 

@@ -114,52 +114,69 @@ def is_index(value: object) -> bool:
 
 
 def apply_operators(old: Any, ops: dict[str, Any], depth: int) -> Any:
+    """The value after the operators in ``ops``, in the order of ``OPERATORS``."""
     value = copy.deepcopy(ops["$set"]) if "$set" in ops else old
     if "$push" in ops:
-        items = ops["$push"]
-        if type(items) is not list:
-            raise Invalid("$push takes an array")
-        value = value + copy.deepcopy(items) if type(value) is list else copy.deepcopy(items)
+        value = push(value, ops["$push"])
     if "$pull" in ops:
-        indexes = ops["$pull"]
-        if type(indexes) is not list or not all(is_index(i) for i in indexes):
-            raise Invalid("$pull takes an array of indexes")
-        if indexes and value is not None and value is not MISSING:
-            if type(value) is not list or max(indexes) >= len(value):
-                raise Invalid("$pull needs an array long enough")
-            value = [item for i, item in enumerate(value) if i not in indexes]
+        value = pull(value, ops["$pull"])
     if "$truncate" in ops:
-        size = ops["$truncate"]
-        if not is_index(size):
-            raise Invalid("$truncate takes a non-negative integer")
-        if value is not None and value is not MISSING:
-            if type(value) is not list:
-                raise Invalid("$truncate needs an array")
-            value = value[:size]
+        value = truncate(value, ops["$truncate"])
     if "$mutateIdx" in ops:
-        changes = ops["$mutateIdx"]
-        if type(changes) is not dict:
-            raise Invalid("$mutateIdx takes an object")
-        if changes:
-            if type(value) is not list:
-                raise Invalid("$mutateIdx needs an array")
-            if depth > MAX_DEPTH:
-                raise Invalid("deeper than a state may be")
-            value = list(value)
-            for key, change in changes.items():
-                index = parse_index(key)
-                if index >= len(value):
-                    raise Invalid("$mutateIdx index out of range")
-                item = apply_value(value[index], change, depth + 1)
-                if item is MISSING:
-                    raise Invalid("an item cannot be unset")
-                value[index] = item
+        value = mutate_indexes(value, ops["$mutateIdx"], depth)
     if "$unset" in ops:
         flag = ops["$unset"]
         if flag is True or flag is None:
             value = MISSING
         elif flag is not False:
             raise Invalid("$unset takes true, false or null")
+    return value
+
+
+def push(value: Any, items: Any) -> Any:
+    if type(items) is not list:
+        raise Invalid("$push takes an array")
+    return value + copy.deepcopy(items) if type(value) is list else copy.deepcopy(items)
+
+
+def pull(value: Any, indexes: Any) -> Any:
+    if type(indexes) is not list or not all(is_index(i) for i in indexes):
+        raise Invalid("$pull takes an array of indexes")
+    if not indexes or value is None or value is MISSING:
+        return value
+    if type(value) is not list or max(indexes) >= len(value):
+        raise Invalid("$pull needs an array long enough")
+    return [item for i, item in enumerate(value) if i not in indexes]
+
+
+def truncate(value: Any, size: Any) -> Any:
+    if not is_index(size):
+        raise Invalid("$truncate takes a non-negative integer")
+    if value is None or value is MISSING:
+        return value
+    if type(value) is not list:
+        raise Invalid("$truncate needs an array")
+    return value[:size]
+
+
+def mutate_indexes(value: Any, changes: Any, depth: int) -> Any:
+    if type(changes) is not dict:
+        raise Invalid("$mutateIdx takes an object")
+    if not changes:
+        return value
+    if type(value) is not list:
+        raise Invalid("$mutateIdx needs an array")
+    if depth > MAX_DEPTH:
+        raise Invalid("deeper than a state may be")
+    value = list(value)
+    for key, change in changes.items():
+        index = parse_index(key)
+        if index >= len(value):
+            raise Invalid("$mutateIdx index out of range")
+        item = apply_value(value[index], change, depth + 1)
+        if item is MISSING:
+            raise Invalid("an item cannot be unset")
+        value[index] = item
     return value
 
 

@@ -115,7 +115,7 @@ def test_every_kind_has_a_move_for_every_place() -> None:
 
 
 def test_kind_must_be_a_cursor_kind() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^kind must be a CursorKind, not 'write'$"):
         Cursor(MemoryLog(), "write")  # type: ignore[arg-type]
 
 
@@ -141,7 +141,10 @@ def test_out_of_range_before_the_first_snapshot(kind: CursorKind) -> None:
         Cursor(MemoryLog(), kind).state_at(at(0))
     assert info.value.when == at(0)
     log = MemoryLog([Entry(at(5), S, {})])
-    with pytest.raises(rstream.OutOfRange) as info:
+    with pytest.raises(
+        rstream.OutOfRange,
+        match=r"^no snapshot at or before 2024-05-01T12:00:04\.5Z: the stream has no state then$",
+    ) as info:
         Cursor(log, kind).state_at(at(4.5))
     assert isinstance(info.value, LookupError)
     assert info.value.when == at(4.5)
@@ -192,6 +195,49 @@ def test_forward_moves_fetch_only_the_entries_in_between() -> None:
     log.fetched = 0
     cursor.state_at(at(12))  # backward: a forward cursor re-anchors
     assert log.fetched == 2
+    log.fetched = 0
+    cursor.state_at(at(12))  # where it is: nothing to fetch
+    assert log.fetched == 0
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_checks_its_newest_entry_once_the_log_moved_on(kind: CursorKind) -> None:
+    t0 = to_micros(at(0))
+    log = CountingLog([Entry.from_micros(t0, S, {"a": 0})])
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(0)) == {"a": 0}  # the newest entry: it could be amended
+    log.fetched = 0
+    assert cursor.state_at(at(0)) == {"a": 0}
+    assert log.fetched == 0  # the log did not change: nothing to check
+    log.append(Entry.from_micros(t0 + 1, M, {"a": 1}))
+    log.fetched = 0
+    assert cursor.state_at(at(1)) == {"a": 1}
+    assert log.fetched == 2  # its own entry (unchanged), then the one after it
+    log.append(Entry.from_micros(t0 + 2, M, {"a": 2}))
+    log.fetched = 0
+    assert cursor.state_at(at(1)) == {"a": 2}
+    assert log.fetched == 2
+    # Checked once: an entry followed it, so it can no longer be amended.
+    log.append(Entry.from_micros(t0 + 3, M, {"a": 3}))
+    log.fetched = 0
+    assert cursor.state_at(from_micros(t0 + 2)) == {"a": 2}
+    assert log.fetched == 1  # its own entry
+    log.append(Entry.from_micros(t0 + 4, M, {"a": 4}))
+    log.fetched = 0
+    assert cursor.state_at(from_micros(t0 + 2)) == {"a": 2}
+    assert log.fetched == 0
+
+
+@pytest.mark.parametrize("kind", READ_KINDS)
+def test_a_cursor_that_moves_onto_the_newest_entry_sees_it_amended(kind: CursorKind) -> None:
+    log = MemoryLog(
+        [Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1}), Entry(at(2), M, {"a": 2})]
+    )
+    cursor = Cursor(log, kind)
+    assert cursor.state_at(at(1)) == {"a": 1}  # followed by another entry: settled
+    assert cursor.state_at(at(2)) == {"a": 2}  # the newest: it can still be amended
+    log.amend(Entry(at(2), M, {"a": 20}))
+    assert cursor.state_at(at(2)) == {"a": 20}
 
 
 def test_a_bidirectional_cursor_moves_back_without_the_log() -> None:
@@ -278,8 +324,9 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
     cursor = Cursor(empty, CursorKind.WRITE)
     assert cursor.state is None
     assert cursor.advance() is None
-    with pytest.raises(rstream.OutOfRange):
+    with pytest.raises(rstream.OutOfRange, match="the log is empty") as info:
         cursor.state_at(at(0))
+    assert info.value.when == at(0)
 
     log = counter_log(n=15)
     cursor = Cursor(log, CursorKind.WRITE)
@@ -290,8 +337,9 @@ def test_a_write_cursor_sits_at_the_newest_state() -> None:
     assert cursor.base["i"] == 13
     assert cursor.state_at(at(14))["i"] == 14
     assert cursor.state_at(at(99))["i"] == 14
-    with pytest.raises(rstream.OutOfRange, match="WRITE cursor"):
+    with pytest.raises(rstream.OutOfRange, match="WRITE cursor") as info:
         cursor.state_at(at(13))
+    assert info.value.when == at(13)
 
 
 def test_a_write_cursor_over_a_log_ending_in_a_snapshot_has_its_rev() -> None:
@@ -320,6 +368,26 @@ def test_a_write_cursor_catches_up_with_appends_and_amends() -> None:
     assert cursor.advance() == {"i": 17}
     assert cursor.base is None
     assert cursor.snapshot_micros == to_micros(at(17))
+
+
+def test_a_write_cursor_applies_an_amend_of_its_mutation_without_the_log() -> None:
+    log = CountingLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})])
+    cursor = Cursor(log, CursorKind.WRITE)
+    log.amend(Entry(at(1), M, {"b": 1}))
+    log.fetched = 0
+    assert cursor.advance() == {"a": 0, "b": 1}
+    assert cursor.base == {"a": 0}
+    assert log.fetched == 0  # from changes_since alone: no recovery
+
+
+def test_a_write_cursor_places_itself_on_a_mutation_one_microsecond_after_its_snapshot() -> None:
+    t0 = to_micros(at(0))
+    log = CountingLog([Entry.from_micros(t0, S, {"a": 0}), Entry.from_micros(t0 + 1, M, {"a": 1})])
+    log.fetched = 0
+    cursor = Cursor(log, CursorKind.WRITE)
+    assert log.fetched == 1  # placed from the log, not caught up from changes_since
+    assert cursor.state == {"a": 1}
+    assert cursor.micros == t0 + 1
 
 
 def test_a_write_cursor_far_behind_catches_up() -> None:
@@ -386,7 +454,7 @@ def test_wrote_records_the_owners_entries() -> None:
     stored = log.append(Entry(at(3), M, {"c": 1}))
     cursor.wrote(stored, {"wrong": True})
     assert cursor.state == {"a": 3, "b": 1, "c": 1}
-    with pytest.raises(TypeError, match=r"wrote\(\) is for WRITE cursors"):
+    with pytest.raises(TypeError, match=r"^wrote\(\) is for WRITE cursors$"):
         Cursor(log).wrote(stored, {})
 
 
@@ -471,6 +539,49 @@ def test_a_write_cursor_rebuilds_when_the_log_changed_its_past() -> None:
     assert cursor.snapshot_micros == to_micros(at(1))
     assert cursor.base == {"z": 9}
     assert cursor.rev == 5
+
+
+def test_a_write_cursor_rebuilds_when_entries_appear_before_its_own() -> None:
+    log = PlainLog(MemoryLog([Entry(at(0), S, {"a": 0}), Entry(at(1), M, {"a": 1})]))
+    cursor = Cursor(log, CursorKind.WRITE)
+    # Restored from another copy: revisions 3 and 4 sit before and at the cursor's
+    # entry. Only a rebuild from the log gives the state there.
+    log.inner = MemoryLog(
+        [
+            Entry(at(0), S, {"a": 0}),
+            Entry(at(0.5), M, {"y": 1}),
+            Entry(at(0.7), M, {"x": 2}),
+            Entry(at(1), M, {"a": 5}),
+        ]
+    )
+    assert cursor.advance() == {"a": 5, "x": 2, "y": 1}
+    assert cursor.rev == 4
+    assert cursor.base == {"a": 0, "x": 2, "y": 1}
+
+
+class RevlessLog(PlainLog):
+    """A broken Log: its entries come without the rev they were written at."""
+
+    @staticmethod
+    def strip(entry: Entry | None) -> Entry | None:
+        return None if entry is None else Entry.from_micros(entry.micros, entry.kind, entry.data)
+
+    def snapshot_before(self, ts: TimeLike) -> Entry | None:
+        return self.strip(self.inner.snapshot_before(ts))
+
+    def last(self) -> Entry | None:
+        return self.strip(self.inner.last())
+
+
+@pytest.mark.parametrize("kind", list(CursorKind))
+def test_a_log_that_returns_entries_without_revs_is_a_storage_error(kind: CursorKind) -> None:
+    log = RevlessLog(MemoryLog([Entry(at(0), S, {"a": 0})]))
+    with pytest.raises(
+        rstream.StorageError,
+        match=r"^the log returned the entry at 2024-05-01T12:00:00Z without its rev; "
+        "a Log must return entries with the revision it wrote them at$",
+    ):
+        Cursor(log, kind).state_at(at(1))
 
 
 def test_a_write_cursor_over_a_log_without_a_snapshot_says_so() -> None:

@@ -1,6 +1,8 @@
 import json
 import pickle
+import re
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 import pytest
 
@@ -47,7 +49,7 @@ def test_malformed_entries_say_what_and_where(obj: object, fragment: str) -> Non
 def test_entries_are_immutable_and_rev_is_not_part_of_equality() -> None:
     entry = Entry(10, EntryKind.MUTATION, {"a": 1}, rev=3)
     with pytest.raises(AttributeError):
-        entry.rev = 4  # type: ignore[misc]
+        entry.rev = 4
     assert entry == entry.replace(rev=9)
     assert entry != entry.replace(data={"a": 2})
     assert entry != entry.replace(data={"a": True})  # equal as JSON, type for type
@@ -60,3 +62,71 @@ def test_entries_are_immutable_and_rev_is_not_part_of_equality() -> None:
 def test_naive_timestamp_is_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         Entry(datetime(2024, 5, 1), EntryKind.SNAPSHOT, {})
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (0, EntryKind.SNAPSHOT),
+        (1, EntryKind.MUTATION),
+        ("snapshot", EntryKind.SNAPSHOT),
+        ("Mutation", EntryKind.MUTATION),
+        (EntryKind.MUTATION, EntryKind.MUTATION),
+    ],
+)
+def test_kinds_are_read_from_go_numbers_names_and_kinds(value: object, kind: EntryKind) -> None:
+    assert EntryKind.parse(value) is kind
+    assert Entry(0, value, {}).kind is kind  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [2, -1, True, 1.0, "snap", "", None])
+def test_other_kinds_are_refused_with_the_allowed_forms(value: object) -> None:
+    with pytest.raises(
+        rstream.EntryFormatError,
+        match="^" + re.escape(f"entry type must be 0, 1, 'snapshot' or 'mutation', not {value!r}"),
+    ):
+        EntryKind.parse(value)
+
+
+def test_entry_data_is_kept_as_given_or_copied_into_a_dict() -> None:
+    data = {"a": [1]}
+    assert Entry(0, EntryKind.SNAPSHOT, data).data is data
+    proxy = MappingProxyType({"a": 1})
+    copied = Entry(0, EntryKind.SNAPSHOT, proxy).data
+    assert type(copied) is dict
+    assert copied == {"a": 1}
+    with pytest.raises(TypeError, match=r"^entry data must be a JSON object \(dict\), not list$"):
+        Entry(0, EntryKind.SNAPSHOT, [1])  # type: ignore[arg-type]
+
+
+def test_entries_cannot_lose_a_part() -> None:
+    entry = Entry(0, EntryKind.SNAPSHOT, {})
+    with pytest.raises(AttributeError, match=r"^Entry is immutable$"):
+        del entry.rev
+    assert entry.rev is None
+
+
+def test_replace_changes_only_the_parts_named() -> None:
+    entry = Entry.from_micros(10, EntryKind.MUTATION, {"a": 1}, rev=3)
+    for copy, expected in [
+        (entry.replace(), (10, EntryKind.MUTATION, {"a": 1}, 3)),
+        (entry.replace(micros=20), (20, EntryKind.MUTATION, {"a": 1}, 3)),
+        (entry.replace(kind=EntryKind.SNAPSHOT), (10, EntryKind.SNAPSHOT, {"a": 1}, 3)),
+        (entry.replace(data={"b": 2}), (10, EntryKind.MUTATION, {"b": 2}, 3)),
+        (entry.replace(rev=4), (10, EntryKind.MUTATION, {"a": 1}, 4)),
+    ]:
+        assert (copy.micros, copy.kind, copy.data, copy.rev) == expected
+
+
+def test_repr_shows_time_kind_data_and_rev_when_stored() -> None:
+    assert repr(Entry(1.5, EntryKind.MUTATION, {"a": 1}, rev=3)) == (
+        "Entry('1970-01-01T00:00:01.5Z', MUTATION, {'a': 1}, rev=3)"
+    )
+    assert repr(Entry(0, EntryKind.SNAPSHOT, {})) == "Entry('1970-01-01T00:00:00Z', SNAPSHOT, {})"
+
+
+def test_the_json_form_has_a_rev_only_when_asked() -> None:
+    entry = Entry(0, EntryKind.SNAPSHOT, {}, rev=3)
+    assert "rev" not in entry.to_json()
+    with pytest.raises(rstream.EntryFormatError, match=r"^malformed entry \(entry\): expected"):
+        Entry.from_json([])

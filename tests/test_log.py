@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import rstream
 from rstream import Entry, EntryKind
 from rstream.core.log import Log, MemoryLog
-from rstream.core.timestamps import from_micros
+from rstream.core.timestamps import format_rfc3339, from_micros, to_micros
 
 S, M = EntryKind.SNAPSHOT, EntryKind.MUTATION
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +73,10 @@ def test_append_not_after_the_last_raises_and_changes_nothing(when: datetime) ->
     with pytest.raises(rstream.OutOfOrder) as info:
         log.append(Entry(when, M, {"x": 1}))
     assert isinstance(info.value, ValueError)
+    assert str(info.value) == (
+        f"entry at {format_rfc3339(to_micros(when))} is not after the last entry "
+        "(2024-05-01T12:00:00Z)"
+    )
     assert info.value.last == at(0)
     assert info.value.given == when
     assert log.revision == 1
@@ -168,9 +172,17 @@ def test_amend_stores_a_copy() -> None:
 @pytest.mark.parametrize(
     ("entries", "amend", "fragment"),
     [
-        ([], Entry(at(0), M, {}), "empty"),
-        ([Entry(at(0), S, {})], Entry(at(0), M, {}), "is a snapshot"),
-        ([Entry(at(0), S, {}), Entry(at(1), M, {})], Entry(at(1), S, {}), "with a snapshot"),
+        ([], Entry(at(0), M, {}), "^cannot amend an empty log$"),
+        (
+            [Entry(at(0), S, {})],
+            Entry(at(0), M, {}),
+            r"^cannot amend the last entry: it is a snapshot \(only a mutation can be amended\)$",
+        ),
+        (
+            [Entry(at(0), S, {}), Entry(at(1), M, {})],
+            Entry(at(1), S, {}),
+            "^cannot amend with a snapshot: an amend replaces a mutation by a mutation$",
+        ),
         ([Entry(at(0), S, {}), Entry(at(1), M, {})], Entry(at(2), M, {}), "another time"),
         ([Entry(at(0), S, {}), Entry(at(1), M, {})], Entry(at(0), M, {}), "another time"),
     ],
@@ -187,6 +199,20 @@ def test_bad_amends_raise_out_of_order_and_change_nothing(
     assert log.revision == len(entries)
     assert list(log) == before
     assert [e.rev for e in log] == [e.rev for e in before]
+
+
+def test_drop_before_forgets_the_oldest_entries_and_keeps_the_rest_findable() -> None:
+    log = sample_log()
+    dropped = log.drop_before(to_micros(at(10)))
+    assert [e.data["n"] for e in dropped] == [0, 1, 2]
+    assert log.drop_before(0) == []
+    assert [e.rev for e in log] == [4, 5]
+    assert log.revision == 5
+    assert log.snapshot_before(at(99)) == Entry(at(10), S, {"n": 10})
+    assert log.snapshot_before(at(9)) is None
+    assert log.entry_after(at(0), M) == Entry(at(11), M, {"n": 11})
+    assert log.range(at(0), at(99)) == list(log)
+    assert log.changes_since(0) == list(log)
 
 
 def test_changes_since_after_appends() -> None:
@@ -228,12 +254,14 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(0, 3), st.booleans(), st.integers(0, 9)),
         st.tuples(st.just("amend"), st.integers(-1, 1), st.booleans(), st.integers(0, 9)),
+        # drop_before(last - value): retention forgets the entries before that time
+        st.tuples(st.just("drop"), st.just(0), st.just(False), st.integers(0, 9)),
     ),
     max_size=40,
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops, st.lists(st.integers(-2, 130), min_size=1, max_size=10))
 def test_log_matches_a_list_model(
     steps: list[tuple[str, int, bool, int]], probes: list[int]
@@ -242,6 +270,12 @@ def test_log_matches_a_list_model(
     model: list[Entry] = []  # the entries, with the rev each should have
     revision = 0
     for op, shift, snapshot, value in steps:
+        if op == "drop":
+            cutoff = (model[-1].micros if model else 0) - value
+            assert log.drop_before(cutoff) == [e for e in model if e.micros < cutoff]
+            model = [e for e in model if e.micros >= cutoff]
+            assert log.revision == revision
+            continue
         kind = S if snapshot else M
         last = model[-1].micros if model else 0
         if op == "append":
@@ -264,7 +298,8 @@ def test_log_matches_a_list_model(
                 model[-1] = stored
         assert log.revision == revision
         last_entry = log.last()
-        assert (last_entry.rev if last_entry else 0) == revision
+        assert last_entry == (model[-1] if model else None)
+        assert (last_entry.rev if last_entry else None) == (model[-1].rev if model else None)
 
     assert list(log) == model
     assert [e.rev for e in log] == [e.rev for e in model]

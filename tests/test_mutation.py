@@ -153,9 +153,15 @@ def test_mutate_idx_recurses_into_items() -> None:
     assert same(check_apply(state, mutation), {"tasks": [{"id": 1, "p": 1}, {"id": 2}, {}]})
 
 
+def test_an_empty_mutate_idx_changes_nothing_whatever_the_value() -> None:
+    state: dict[str, Any] = {"n": 1, "s": "x", "z": None, "o": {"k": 1}}
+    mutation: dict[str, Any] = {key: {"$mutateIdx": {}} for key in [*state, "missing"]}
+    assert same(check_apply(state, mutation), state)
+
+
 def test_mutate_idx_applies_every_key_plain_values_and_empty_changes_alike() -> None:
     state = {"a": [0, 1, 2, 3]}
-    mutation = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
+    mutation: dict[str, Any] = {"a": {"$mutateIdx": {"0": "x", "1": {}, "2": [2], "3": None}}}
     assert same(check_apply(state, mutation), {"a": ["x", 1, [2], None]})
 
 
@@ -317,6 +323,7 @@ def test_unset_null_deletes_as_in_the_go_test_suite() -> None:
 @pytest.mark.parametrize("levels", DEEP)
 def test_a_mutation_too_deep_is_a_mutation_error(levels: int) -> None:
     too_deep = "$" + ".a" * MAX_DEPTH  # the object at level 65
+    state: dict[str, Any]
     for state in ({}, nest(levels)):
         for fn in (apply_mutation, apply_mutation_with_inverse):
             with pytest.raises(MutationError, match="nested too deeply") as info:
@@ -415,10 +422,25 @@ def test_copy_json_copies_any_depth(levels: int) -> None:
     [
         (float("nan"), rstream.InvalidJSON, "$", "nan is not a JSON number"),
         ({"a": [1, {"b": float("-inf")}]}, rstream.InvalidJSON, "$.a[1].b", "-inf"),
-        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "keys must be strings, not int"),
-        ({"a": {"\ud800": 1}}, rstream.InvalidJSON, "$.a.'\\ud800'", "key holds a lone"),
-        ({"a": ["é", "\udc00"]}, rstream.InvalidJSON, "$.a[1]", "lone surrogate"),
-        ({"a": [{"b": {1, 2}}]}, rstream.InvalidJSONType, "$.a[0].b", "set is not a JSON"),
+        ({"a": {1: 2}}, rstream.InvalidJSONType, "$.a", "object keys must be strings, not int"),
+        (
+            {"a": {"\ud800": 1}},
+            rstream.InvalidJSON,
+            "$.a.'\\ud800'",
+            "key holds a lone surrogate (at",
+        ),
+        (
+            {"a": ["é", "\udc00"]},
+            rstream.InvalidJSON,
+            "$.a[1]",
+            "string holds a lone surrogate (not valid UTF-8) (at",
+        ),
+        (
+            {"a": [{"b": {1, 2}}]},
+            rstream.InvalidJSONType,
+            "$.a[0].b",
+            "set is not a JSON value (use dict, list, str, int, float, bool or None) (at",
+        ),
         ([[[]]], rstream.InvalidJSON, "$[0][0]", "nested deeper than 2 levels"),
         ({"a": {"b": {}}}, rstream.InvalidJSON, "$.a.b", "nested deeper than 2 levels"),
         (nest(10_000), rstream.InvalidJSON, "$" + ".a" * 2, "nested deeper"),
@@ -430,7 +452,7 @@ def test_check_json_names_the_path(
     with pytest.raises(error) as info:
         check_json(value, max_depth=2 if "nested" in fragment else MAX_DEPTH)
     assert info.value.path == path  # type: ignore[attr-defined]
-    assert fragment in str(info.value)
+    assert str(info.value).startswith(fragment)
     with pytest.raises(error) as info:
         check_json({"top": value}, max_depth=3 if "nested" in fragment else MAX_DEPTH, path="state")
     assert info.value.path == "state.top" + path[1:]  # type: ignore[attr-defined]

@@ -55,6 +55,12 @@ def make(rate: RateConfig = RATE) -> tuple[MemoryLog, Stream, Clock]:
     return log, Stream(log, rate, clock=clock), clock
 
 
+def last_action(stream: Stream) -> WriteAction:
+    """``stream.last_action``, read afresh: after ``assert stream.last_action is X``
+    mypy takes the attribute to stay X, though a write changes it."""
+    return stream.last_action
+
+
 # -- RateConfig ---------------------------------------------------------------------
 
 
@@ -113,7 +119,7 @@ def test_rate_config_bounds_are_zero_and_max_rate_ms_inclusive(name: str) -> Non
         with pytest.raises(rstream.ConfigError, match=name):
             RateConfig.from_json({name: bad_ms})
     with pytest.raises(TypeError, match=f"{name} must be a timedelta, not int"):
-        RateConfig(**{name: 1})
+        RateConfig(**{name: 1})  # type: ignore[arg-type]
     with pytest.raises(rstream.ConfigError, match=f"{name} must be a number"):
         RateConfig.from_json({name: None})
 
@@ -131,6 +137,30 @@ def test_rate_config_micros_and_json_are_exact() -> None:
         RateConfig.from_json([])  # type: ignore[arg-type]
 
 
+def test_retention_is_optional_milliseconds_in_the_rates_range() -> None:
+    assert RateConfig().retention is None
+    assert RateConfig().retention_json() is None
+    assert RateConfig().retention_micros is None
+    day = RateConfig(retention=timedelta(days=1))
+    assert json_equal(day.retention_json(), 86_400_000)
+    assert day.retention_micros == 86_400 * SECOND
+    assert json_equal(RateConfig(retention=timedelta(microseconds=1500)).retention_json(), 1.5)
+    assert RateConfig.retention_from_json(None) is None
+    assert RateConfig.retention_from_json(1500) == timedelta(seconds=1.5)
+    assert RateConfig.retention_from_json(MAX_RATE_MS) == timedelta(milliseconds=MAX_RATE_MS)
+    with pytest.raises(
+        rstream.ConfigError,
+        match=f"^retention must be a number of milliseconds from 0 to {MAX_RATE_MS}, not -1$",
+    ):
+        RateConfig.retention_from_json(-1)
+    with pytest.raises(rstream.ConfigError, match=r"^retention must not be negative, got -1 day"):
+        RateConfig(retention=timedelta(days=-1))
+    with pytest.raises(TypeError, match=r"^retention must be a timedelta, not int$"):
+        RateConfig(retention=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^change_frequency must be a timedelta, not NoneType$"):
+        RateConfig(change_frequency=None)  # type: ignore[arg-type]
+
+
 def test_decide_is_the_rule_table() -> None:
     def run(when: int, changed: bool = True, **kw: Any) -> WriteAction:
         args: dict[str, Any] = {
@@ -142,6 +172,8 @@ def test_decide_is_the_rule_table() -> None:
         return decide(RATE, when=when, changed=lambda: changed, **args)
 
     assert run(1, last_micros=None, snapshot_micros=None) is WriteAction.SNAPSHOT
+    # a log that begins with mutations has no snapshot to count from yet
+    assert run(5 * SECOND + 1, snapshot_micros=None) is WriteAction.SNAPSHOT
     assert run(10 * SECOND + 1, changed=False) is WriteAction.SNAPSHOT
     # not *more* than the keyframe frequency after the snapshot
     assert run(10 * SECOND, last_micros=10 * SECOND - 1) is WriteAction.AMEND
@@ -161,7 +193,7 @@ def test_first_write_is_a_snapshot_then_mutations_amends_and_nothing() -> None:
     state = {"battery": 0.9, "pos": {"x": 0, "y": 0}}
     first = stream.write_state(state)
     assert first is not None
-    assert stream.last_action is WriteAction.SNAPSHOT
+    assert last_action(stream) is WriteAction.SNAPSHOT
     assert stream.last_write == first
     assert first.kind is S
     assert first.rev == 1
@@ -170,13 +202,13 @@ def test_first_write_is_a_snapshot_then_mutations_amends_and_nothing() -> None:
 
     clock.tick(0.5)
     assert stream.write_state(state) is None  # unchanged
-    assert stream.last_action is WriteAction.NONE
+    assert last_action(stream) is WriteAction.NONE
     assert stream.last_write is None
 
     state["pos"]["x"] = 1  # the Stream copied the state, so this is a change
     clock.tick(1)
     mutation = stream.write_state(state)
-    assert stream.last_action is WriteAction.MUTATION
+    assert last_action(stream) is WriteAction.MUTATION
     assert mutation is not None
     assert mutation.kind is M
     mutation_time = clock.now
@@ -184,7 +216,7 @@ def test_first_write_is_a_snapshot_then_mutations_amends_and_nothing() -> None:
     state["pos"]["y"] = 2
     clock.tick(0.5)
     amended = stream.write_state(state)
-    assert stream.last_action is WriteAction.AMEND
+    assert last_action(stream) is WriteAction.AMEND
     assert amended is not None
     assert amended.micros == mutation_time  # an amend keeps the mutation's timestamp
     assert amended.rev == 3
@@ -195,12 +227,12 @@ def test_first_write_is_a_snapshot_then_mutations_amends_and_nothing() -> None:
     state["battery"] = 0.8
     clock.tick(0.6)  # 1.1 s after the mutation: a new one
     assert stream.write_state(state) is not None
-    assert stream.last_action is WriteAction.MUTATION
+    assert last_action(stream) is WriteAction.MUTATION
     assert len(log) == 3
 
     clock.tick(10)
     assert stream.write_state(state) is not None  # unchanged, but a keyframe is due
-    assert stream.last_action is WriteAction.SNAPSHOT
+    assert last_action(stream) is WriteAction.SNAPSHOT
     assert replay(log, clock.now) == state
 
 
@@ -331,9 +363,9 @@ def test_write_entry_appends_raw_entries() -> None:
         stream.write_entry(Entry(1, M, {"a": 1}))
     snap = stream.write_entry(Entry(1, S, {"a": [1]}))
     assert snap.rev == 1
-    assert stream.last_action is WriteAction.SNAPSHOT
+    assert last_action(stream) is WriteAction.SNAPSHOT
     mut = stream.write_entry(Entry(2, M, {"a": {"$push": [2]}}))
-    assert stream.last_action is WriteAction.MUTATION
+    assert last_action(stream) is WriteAction.MUTATION
     assert stream.last_write == mut
     assert stream.state == {"a": [1, 2]}
     with pytest.raises(rstream.MutationError):
@@ -636,7 +668,7 @@ def test_states_deeper_than_the_limit_are_refused(levels: int) -> None:
     # A mutation that would make the state too deep, or is itself too deep.
     with pytest.raises((rstream.InvalidJSON, rstream.MutationError)) as failed:
         stream.write_entry(Entry(at(100), M, nest(levels)))
-    assert isinstance(failed.value, ValueError)
+    assert isinstance(failed.value, (rstream.InvalidJSON, rstream.MutationError))
     assert failed.value.path.startswith("$.a.a")
     with pytest.raises(rstream.InvalidJSON) as info:
         stream.write_entry(Entry(at(100), M, {"c": {"$set": nest(levels)}}))

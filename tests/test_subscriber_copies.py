@@ -1,7 +1,7 @@
 """What live subscribers are handed (against a real server): private copies by
 default, which never change under their owner and share nothing with another
 subscriber; with ``copy=False``, the tail's own shared, read-only states. And
-the copy itself (:func:`~rstream.core.jsontype.private_copy`), on every shape
+the copy itself (:func:`~rstream.core.jsontype.copy_json`), on every shape
 it copies by a path of its own."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from rstream.client.client import Client
 from rstream.core.entry import Entry, EntryKind
-from rstream.core.jsontype import MAX_DEPTH, json_equal, private_copy
+from rstream.core.jsontype import MAX_DEPTH, copy_json, json_equal
 from rstream.core.mutation import build_mutation
 from tests.serverutil import running_server
 from tests.threadutil import Collector
@@ -183,9 +183,9 @@ COPY_CASES = {
 
 
 @pytest.mark.parametrize("value", COPY_CASES.values(), ids=list(COPY_CASES))
-def test_private_copy_is_exact_and_shares_no_container(value: dict[str, Any]) -> None:
+def test_copy_json_is_exact_and_shares_no_container(value: dict[str, Any]) -> None:
     frozen = json.dumps(value)
-    copy = private_copy(value)
+    copy = copy_json(value)
     assert json_equal(copy, value)  # type for type: True is not 1, -0.0 keeps its sign
     assert not set(containers(copy)) & set(containers(value))
     # Changing every container of the copy leaves the original alone.
@@ -197,26 +197,26 @@ def test_private_copy_is_exact_and_shares_no_container(value: dict[str, Any]) ->
     assert json.dumps(value) == frozen
 
 
-def test_private_copy_keeps_the_very_scalars_and_shares_other_types() -> None:
+def test_copy_json_keeps_the_very_scalars_and_shares_other_types() -> None:
     big, text = 2**100 + 1, "a string that is not interned, " * 3
     custom = type("Custom", (dict,), {})(x=[1])
     value = {"big": big, "text": text, "rows": [{"b": big, "t": text}] * 10, "custom": custom}
-    copy = private_copy(value)
+    copy = copy_json(value)
     assert copy["big"] is big
     assert copy["text"] is text
     assert all(row["b"] is big and row["t"] is text for row in copy["rows"])
     assert copy["custom"] is custom  # a dict subclass is not JSON: shared, like copy_json
-    assert private_copy(7) == 7
-    assert private_copy([]) == []
+    assert copy_json(7) == 7
+    assert copy_json([]) == []
 
 
-def test_private_copy_of_a_list_and_of_a_very_deep_value() -> None:
+def test_copy_json_of_a_list_and_of_a_very_deep_value() -> None:
     rows = [{"n": n} for n in range(10)]
-    copy = private_copy(rows)
+    copy = copy_json(rows)
     assert copy == rows
     assert not set(map(id, copy)) & set(map(id, rows))
     deep = nested(3000)  # past the interpreter's recursion limit
-    copied = private_copy(deep)
+    copied = copy_json(deep)
     assert not set(containers(copied)) & set(containers(deep))
 
 

@@ -56,7 +56,7 @@ from rstream.client.subscription import (
 )
 from rstream.client.transport import quote_stream_id
 from rstream.core.entry import Entry
-from rstream.core.jsontype import private_copy
+from rstream.core.jsontype import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed, ConfigError, RStreamError, Timeout
 
@@ -242,7 +242,7 @@ class LiveTail:
                 f"its current state (connection {health.state.name}, last error: "
                 f"{health.last_error}); is the server up? pass a longer timeout= to wait more"
             )
-        return from_micros(current.micros), private_copy(current.state)
+        return from_micros(current.micros), copy_json(current.state)
 
     def live_window(self) -> list[Entry] | None:
         """The live window received so far (snapshot first; read-only entries), or None."""

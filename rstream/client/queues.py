@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 from rstream.client.changelog import OVERFLOW_POLICIES, Overflow, Reader
 from rstream.client.notices import NoticeReporter
 from rstream.client.reader import ReaderView
-from rstream.core.jsontype import private_copy
+from rstream.core.jsontype import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
 
@@ -63,7 +63,7 @@ class StateQueue(ReaderView):
         reader: Reader,
         *,
         on_error: ErrorHandler | None = None,
-        copy: Callable[[Any], Any] = private_copy,
+        copy: Callable[[Any], Any] = copy_json,
     ) -> None:
         self._reader = reader
         self._copy = copy

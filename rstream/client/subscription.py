@@ -23,7 +23,7 @@ from typing import Any
 from rstream.client.changelog import Reader
 from rstream.client.notices import NoticeReporter
 from rstream.client.reader import ReaderView
-from rstream.core.jsontype import private_copy
+from rstream.core.jsontype import copy_json
 from rstream.core.timestamps import from_micros
 from rstream.errors import ClientClosed
 
@@ -59,9 +59,9 @@ def check_callback(callback: object, name: str, arguments: int) -> None:
 
 def state_copier(copy: bool) -> Callable[[Any], Any]:
     """What a subscriber hands out for a state of the log: a private copy
-    (``copy=True``, :func:`~rstream.core.jsontype.private_copy`) or the shared,
+    (``copy=True``, :func:`~rstream.core.jsontype.copy_json`) or the shared,
     read-only state itself (``copy=False``)."""
-    return private_copy if copy else _shared
+    return copy_json if copy else _shared
 
 
 def _shared(state: Any) -> Any:
@@ -87,7 +87,7 @@ class Subscription(ReaderView):
         on_state: StateCallback,
         on_error: ErrorCallback | None = None,
         *,
-        copy: Callable[[Any], Any] = private_copy,
+        copy: Callable[[Any], Any] = copy_json,
     ) -> None:
         check_callback(on_state, "on_state", 2)
         if on_error is not None:

@@ -36,7 +36,7 @@ from rstream.core.entry import Entry, EntryKind
 from rstream.core.log import Log
 from rstream.core.mutation import apply_mutation, apply_mutation_with_inverse
 from rstream.core.timestamps import TimeLike, format_rfc3339, from_micros, to_micros
-from rstream.errors import OutOfRange
+from rstream.errors import OutOfRange, StorageError
 
 __all__ = ["TRANSITIONS", "Cursor", "CursorKind", "Move", "Where", "plan"]
 
@@ -199,34 +199,15 @@ class Cursor:
         newest entry (a WRITE cursor only knows the newest state).
         """
         micros = to_micros(t)
-        log = self.log
-        revision = -1
         if self.kind is CursorKind.WRITE:
             self.advance()
-            if self._micros is None:
-                raise OutOfRange(
-                    f"no state at {format_rfc3339(micros)}: the log is empty",
-                    when=from_micros(micros),
-                )
-            where = Where.AHEAD if micros >= self._micros else Where.BEHIND
-            anchor = None
+            anchor, revision = None, -1
+            where = self._where_written(micros)
         else:
-            revision = log.revision
+            revision = self.log.revision
             self._check_amended(revision)
-            anchor = self._find_snapshot(micros)
-            if anchor is None:
-                raise OutOfRange(
-                    f"no snapshot at or before {format_rfc3339(micros)}: "
-                    "the stream has no state then",
-                    when=from_micros(micros),
-                )
-            if self._micros is None or anchor.micros != self._anchor:
-                where = Where.ELSEWHERE
-            elif micros >= self._micros:
-                where = Where.AHEAD
-            else:
-                where = Where.BEHIND
-
+            anchor = self._snapshot_for(micros)
+            where = self._where_read(micros, anchor)
         placed_at = self._micros
         move = plan(self.kind, where)
         if move is Move.REFUSE:
@@ -243,12 +224,7 @@ class Cursor:
             assert anchor is not None
             self._reanchor(anchor, micros)
         if self.kind is not CursorKind.WRITE:
-            if self._micros != placed_at:
-                self._settled = False  # a new entry: not known to be followed yet
-            if not self._settled:
-                # Only the newest entry can be amended, and the newest entry's rev
-                # is the log's revision: an older rev means an entry followed ours.
-                self._settled = self._rev < revision
+            self._settle(placed_at, revision)
         assert self._state is not None
         return self._state
 
@@ -284,7 +260,7 @@ class Cursor:
         if self.kind is not CursorKind.WRITE:
             raise TypeError("wrote() is for WRITE cursors")
         rev = entry.rev
-        if self._micros is None or rev is None or rev != self._rev + 1:
+        if self._micros is None or rev != self._rev + 1:
             self.advance()
             return
         if entry.micros == self._micros and self._is_mutation and not entry.is_snapshot:
@@ -303,22 +279,53 @@ class Cursor:
 
     # -- the moves --------------------------------------------------------------------
 
+    def _where_written(self, micros: int) -> Where:
+        """Where ``micros`` lies for a WRITE cursor that has caught up with the log."""
+        if self._micros is None:
+            raise OutOfRange(
+                f"no state at {format_rfc3339(micros)}: the log is empty",
+                when=from_micros(micros),
+            )
+        return Where.AHEAD if micros >= self._micros else Where.BEHIND
+
+    def _snapshot_for(self, micros: int) -> Entry:
+        """The snapshot a read cursor starts from to reach ``micros``."""
+        anchor = self._find_snapshot(micros)
+        if anchor is None:
+            raise OutOfRange(
+                f"no snapshot at or before {format_rfc3339(micros)}: the stream has no state then",
+                when=from_micros(micros),
+            )
+        return anchor
+
+    def _where_read(self, micros: int, anchor: Entry) -> Where:
+        """Where ``micros``, whose window starts at ``anchor``, lies for a read cursor."""
+        if self._micros is None or anchor.micros != self._anchor:
+            return Where.ELSEWHERE
+        return Where.AHEAD if micros >= self._micros else Where.BEHIND
+
+    def _settle(self, placed_at: int | None, revision: int) -> None:
+        """After a read cursor moved from ``placed_at``: note whether its entry can
+        still be amended, given the log's ``revision`` before the move."""
+        if self._micros != placed_at or not self._settled:
+            # Only the newest entry can be amended, and the newest entry's rev
+            # is the log's revision: an older rev means an entry followed ours.
+            self._settled = self._rev < revision
+
     def _check_amended(self, revision: int) -> None:
         """Unplace the cursor if its entry was amended since it was read."""
         micros = self._micros
         if micros is None or self._settled or revision == self._rev:
             return
         here = self._fetch(micros, micros + 1)
-        if here and here[0].rev == self._rev:
-            self._settled = True  # unchanged, and no longer the newest
-        else:
-            self._unplace()
+        if not here or here[0].rev != self._rev:
+            self._unplace()  # amended (_settle marks an unchanged entry settled)
 
     def _reanchor(self, anchor: Entry, micros: int) -> None:
         self._unplace()
         self._state = anchor.data  # never modified: applying copies the changed paths
         self._micros = self._anchor = anchor.micros
-        self._rev = anchor.rev if anchor.rev is not None else -1
+        self._rev = _rev_of(anchor)
         self._forward(micros)
 
     def _forward(self, micros: int) -> None:
@@ -344,7 +351,7 @@ class Cursor:
                 added.append((at, rev, is_mutation, inverse))
             else:
                 state = apply_mutation(state, entry.data)
-            at, rev = entry.micros, entry.rev if entry.rev is not None else -1
+            at, rev = entry.micros, _rev_of(entry)
             is_mutation = entry.kind is EntryKind.MUTATION
         if restarted:
             self._inverses = added
@@ -368,10 +375,6 @@ class Cursor:
             state = apply_mutation(state, inverse)
         del inverses[n:]
         self._state, self._micros, self._rev, self._is_mutation = state, at, rev, is_mutation
-        if at > micros:  # cannot happen: the inverses reach back to the snapshot
-            anchor = self._find_snapshot(micros)
-            assert anchor is not None
-            self._reanchor(anchor, micros)
 
     # -- WRITE cursors ------------------------------------------------------------
 
@@ -391,19 +394,17 @@ class Cursor:
             )
         self._state = anchor.data
         self._micros = self._anchor = anchor.micros
-        self._rev = anchor.rev if anchor.rev is not None else -1
-        if not self._catch_up(
-            self._fetch(anchor.micros + 1, last.micros + 1)
-        ):  # pragma: no cover - the log changed its past under us
-            self._unplace()
-            raise OutOfRange("the log changed while the cursor was placed; try again")
+        self._rev = _rev_of(anchor)
+        # The entries after the snapshot, in time order, always fit.
+        self._catch_up(self._fetch(anchor.micros + 1, last.micros + 1))
 
     def _catch_up(self, changes: list[Entry] | Any) -> bool:
         """Apply ``changes`` (in revision order) to a placed WRITE cursor.
 
-        Entries at or before the cursor that it has already seen are skipped; an
-        amend of the cursor's own mutation is applied to its base. Returns False
-        when the changes do not fit (the caller then recovers from the log).
+        An amend of the cursor's own mutation is applied to its base. Returns
+        False when the changes do not fit, which only happens when the log's past
+        changed (an entry before the cursor's, or a snapshot in place of its
+        mutation): the caller then recovers from the log.
         """
         state, base = self._state, self._base
         at, rev, anchor, is_mutation = self._micros, self._rev, self._anchor, self._is_mutation
@@ -416,18 +417,27 @@ class Cursor:
                 start = i
                 break
         for entry in changes[start:]:
-            entry_rev = entry.rev if entry.rev is not None else -1
-            if entry.micros < at or (entry.micros == at and entry_rev == rev):
-                continue  # already in the state
-            if entry.micros == at:
-                if not (is_mutation and base is not None and not entry.is_snapshot):
-                    return False
+            if entry.micros > at:
+                if entry.is_snapshot:
+                    state, base, anchor = entry.data, None, entry.micros
+                else:
+                    base, state = state, apply_mutation(state, entry.data)
+            elif entry.micros == at and is_mutation and base is not None and not entry.is_snapshot:
                 state = apply_mutation(base, entry.data)  # our mutation was amended
-            elif entry.is_snapshot:
-                state, base, anchor = entry.data, None, entry.micros
             else:
-                base, state = state, apply_mutation(state, entry.data)
-            at, rev, is_mutation = entry.micros, entry_rev, not entry.is_snapshot
+                return False  # the log changed its past (restored from another copy)
+            at, rev, is_mutation = entry.micros, _rev_of(entry), not entry.is_snapshot
         self._state, self._base, self._micros, self._rev = state, base, at, rev
         self._anchor, self._is_mutation = anchor, is_mutation
         return True
+
+
+def _rev_of(entry: Entry) -> int:
+    """The ``rev`` of an entry the log returned; raises StorageError if it has none."""
+    rev = entry.rev
+    if rev is None:
+        raise StorageError(
+            f"the log returned the entry at {format_rfc3339(entry.micros)} without its rev; "
+            "a Log must return entries with the revision it wrote them at"
+        )
+    return rev

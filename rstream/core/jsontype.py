@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 from rstream.errors import InvalidJSON, InvalidJSONType
 
-__all__ = ["MAX_DEPTH", "check_json", "json_equal", "json_type", "private_copy"]
+__all__ = ["MAX_DEPTH", "check_json", "copy_json", "copy_walk", "json_equal", "json_type"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects a state may have (the top object is depth 1)."""
@@ -58,21 +58,19 @@ def check_json(value: object, *, max_depth: int = MAX_DEPTH, path: str = "$") ->
     # list with no parent. Scalars are checked where they are met, and a path is
     # only spelled out for an error, from the chain of parents.
     stack: list[_Node] = [([value], 0, None, None)]
+    key: Any  # a str when is_dict, else an int
     while stack:
         node = stack.pop()
         container, depth = node[0], node[1]
         is_dict = type(container) is dict
         for key, item in container.items() if is_dict else enumerate(container):
-            if is_dict:
-                if type(key) is not str:
-                    raise InvalidJSONType(
-                        f"object keys must be strings, not {type(key).__name__}",
-                        path=_path(node, path),
-                    )
-                if not key.isascii() and _bad_string(key):
-                    raise InvalidJSON(
-                        "key holds a lone surrogate", path=f"{_path(node, path)}.{key!r}"
-                    )
+            if is_dict and type(key) is not str:
+                raise InvalidJSONType(
+                    f"object keys must be strings, not {type(key).__name__}",
+                    path=_path(node, path),
+                )
+            if is_dict and not key.isascii() and _bad_string(key):
+                raise InvalidJSON("key holds a lone surrogate", path=f"{_path(node, path)}.{key!r}")
             kind = type(item)
             if kind is dict or kind is list:
                 if depth >= max_depth:
@@ -131,15 +129,9 @@ def json_equal(a: object, b: object) -> bool:
     """
     if a is b:
         return True
-    # Equal as JSON implies equal by ==, which C checks quickly: when == says
-    # yes, only the types and the signs of zeros are left to check. C's == gives
-    # up on values nested about a thousand deep; then the walk checks it all.
-    try:
-        if a != b:
-            return False
-        same = True
-    except RecursionError:
-        same = False
+    same = _equal_by_value(a, b)
+    if same is False:
+        return False
     stack: list[tuple[Any, Any]] = [([a], [b])]
     pairs: Iterable[tuple[Any, Any]]
     while stack:
@@ -173,14 +165,13 @@ _values_of_all = chain.from_iterable
 _FEW = 8  # containers this small are walked item by item: cheaper than the C calls' setup
 
 
-def private_copy(value: Any) -> Any:
+def copy_json(value: Any) -> Any:
     """A deep copy of a JSON value that shares no dict or list with it.
 
     Dicts and lists are copied at every depth; scalars (immutable) are shared,
     and so are objects of any other type, dict and list subclasses included.
     Exact: the copy holds the very same scalars, so ``True`` stays a bool,
-    ``-0.0`` keeps its sign and big ints are untouched. Any depth (past
-    :data:`MAX_DEPTH`, by :func:`~rstream.core.mutation.copy_json`). Safe from
+    ``-0.0`` keeps its sign and big ints are untouched. Any depth. Safe from
     any thread, as long as nobody changes ``value`` meanwhile.
     """
     kind = type(value)
@@ -190,7 +181,7 @@ def private_copy(value: Any) -> Any:
 
 
 def _copy_container(value: Any, depth: int) -> Any:
-    """``private_copy`` of a dict or list, recursing at most ``depth`` levels."""
+    """``copy_json`` of a dict or list, recursing at most ``depth`` levels."""
     if len(value) > _FEW:
         # Flat containers and containers of flat dicts copied by C calls: a quarter less CPU.
         items = value.values() if type(value) is dict else value
@@ -203,13 +194,43 @@ def _copy_container(value: Any, depth: int) -> Any:
             copies = map(dict.copy, items)
             return dict(zip(value, copies, strict=True)) if type(value) is dict else list(copies)
     if depth <= 0:
-        # Deeper than any state may be: the iterative walk, which has no depth limit.
-        from rstream.core.mutation import copy_json  # mutation imports this module
-
-        return copy_json(value)
+        return copy_walk(value)  # deeper than any state may be
     copy = value.copy()
     # Replacing the value of an existing key does not disturb iterating a dict.
     for key, item in copy.items() if type(copy) is dict else enumerate(copy):
         if type(item) is dict or type(item) is list:
             copy[key] = _copy_container(item, depth - 1)
     return copy
+
+
+def copy_walk(value: Any) -> Any:
+    """:func:`copy_json` without its fast paths, iterative (no depth limit): the
+    plain walk, kept for values deeper than :data:`MAX_DEPTH` and as the
+    benchmarks' baseline."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    top = value.copy()
+    todo: list[Any] = [top]  # copies whose own children are still the originals
+    while todo:
+        container = todo.pop()
+        # Replacing the value of an existing key does not disturb iterating a dict.
+        for key, item in container.items() if type(container) is dict else enumerate(container):
+            kind = type(item)
+            if kind is dict or kind is list:
+                item = item.copy()
+                container[key] = item
+                todo.append(item)
+    return top
+
+
+def _equal_by_value(a: object, b: object) -> bool | None:
+    """``a == b``, or None when ``==`` gives up (values nested about a thousand deep).
+
+    Equal as JSON implies equal by ``==``, which C checks quickly: when it says
+    yes, only the types and the signs of zeros are left to check.
+    """
+    try:
+        return a == b
+    except RecursionError:
+        return None

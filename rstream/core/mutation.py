@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from math import copysign
 from typing import Any, NoReturn, TypeAlias
 
-from rstream.core.jsontype import MAX_DEPTH, json_equal, json_type
+from rstream.core.jsontype import MAX_DEPTH, copy_json, json_equal, json_type
 from rstream.errors import MutationError
 
 __all__ = [
@@ -53,33 +54,6 @@ the state costs at most two (``{"$mutateIdx": {"3": ...}}``), ``$set`` one more.
 _MISSING: Any = object()  # a key that is absent (or removed by $unset)
 _SAME: Any = object()  # build: nothing to change
 _EMPTY: dict[str, Any] = {}  # recursion into a missing or null value starts here; never changed
-
-
-# -- copy ----------------------------------------------------------------------
-
-
-def copy_json(value: Any) -> Any:
-    """A deep copy of a JSON value: dicts and lists are copied, everything else shared.
-
-    Several times faster than :func:`copy.deepcopy`, which it replaces for JSON
-    (dict, list, str, int, float, bool, None). Other objects, dict and list
-    subclasses included, are shared like scalars. Iterative: any depth.
-    """
-    kind = type(value)
-    if kind is not dict and kind is not list:
-        return value
-    top = value.copy()
-    todo: list[Any] = [top]  # copies whose own children are still the originals
-    while todo:
-        container = todo.pop()
-        # Replacing the value of an existing key does not disturb iterating a dict.
-        for key, item in container.items() if type(container) is dict else enumerate(container):
-            kind = type(item)
-            if kind is dict or kind is list:
-                item = item.copy()
-                container[key] = item
-                todo.append(item)
-    return top
 
 
 # -- apply ---------------------------------------------------------------------
@@ -202,58 +176,81 @@ def _apply_nested(prev: Any, change: dict[Any, Any], depth: int) -> Any:
 
 
 def _apply_operators(prev: Any, ops: dict[Any, Any], depth: int) -> Any:
+    """The new value of ``prev`` after the operator object ``ops``, at ``depth``:
+    each operator present, in the fixed order of :data:`_OPERATORS`."""
     for key in ops:
         if type(key) is not str or key[:1] != "$":
             _fail(f"mutation object mixes operators ({next(iter(ops))}) with fields ({key!r})")
-    value = ops.get("$set", prev)
-
-    arg = ops.get("$push", _MISSING)
-    if arg is not _MISSING:
-        if type(arg) is not list:
-            _fail(f"$push takes an array, not {_json_type(arg)}")
-        value = value + arg if type(value) is list else arg
-
-    arg = ops.get("$pull", _MISSING)
-    if arg is not _MISSING:
-        if type(arg) is not list:
-            _fail(f"$pull takes an array of indexes, not {_json_type(arg)}")
-        for index in arg:
-            if type(index) is not int or index < 0:
-                _fail(f"$pull index {index!r} is not a non-negative integer")
-        if arg and value is not None and value is not _MISSING:
-            if type(value) is not list:
-                _fail(f"$pull needs an array, found {_json_type(value)}")
-            size = len(value)
-            if max(arg) >= size:
-                _fail(f"$pull index {max(arg)} is out of range for {size} item(s)")
-            drop = set(arg)
-            value = [item for i, item in enumerate(value) if i not in drop]
-
-    arg = ops.get("$truncate", _MISSING)
-    if arg is not _MISSING:
-        if type(arg) is not int or arg < 0:
-            _fail(f"$truncate takes a non-negative integer, not {arg!r}")
-        if value is not None and value is not _MISSING:
-            if type(value) is not list:
-                _fail(f"$truncate needs an array, found {_json_type(value)}")
-            if arg < len(value):
-                value = value[:arg]
-
-    arg = ops.get("$mutateIdx", _MISSING)
-    if arg is not _MISSING:
-        if type(arg) is not dict:
-            _fail(f"$mutateIdx takes an object of index to mutation, not {_json_type(arg)}")
-        if arg:
-            value = _apply_indexes(value, arg, depth)
-
-    arg = ops.get("$unset", _MISSING)
-    if arg is not _MISSING:
-        # null deletes too, as in the Go and JavaScript implementations.
-        if arg is None or arg is True:
-            value = _MISSING
-        elif arg is not False:
-            _fail(f"$unset takes true or null (false does nothing), not {_json_type(arg)}")
+    value = prev
+    for name, operator in _OPERATORS:
+        arg = ops.get(name, _MISSING)
+        if arg is not _MISSING:
+            value = operator(value, arg, depth)
     return value
+
+
+def _set(value: Any, arg: Any, depth: int) -> Any:
+    return arg
+
+
+def _push(value: Any, arg: Any, depth: int) -> Any:
+    if type(arg) is not list:
+        _fail(f"$push takes an array, not {_json_type(arg)}")
+    return value + arg if type(value) is list else arg
+
+
+def _pull(value: Any, arg: Any, depth: int) -> Any:
+    if type(arg) is not list:
+        _fail(f"$pull takes an array of indexes, not {_json_type(arg)}")
+    for index in arg:
+        if type(index) is not int or index < 0:
+            _fail(f"$pull index {index!r} is not a non-negative integer")
+    if not arg or value is None or value is _MISSING:
+        return value
+    if type(value) is not list:
+        _fail(f"$pull needs an array, found {_json_type(value)}")
+    size = len(value)
+    if max(arg) >= size:
+        _fail(f"$pull index {max(arg)} is out of range for {size} item(s)")
+    drop = set(arg)
+    return [item for i, item in enumerate(value) if i not in drop]
+
+
+def _truncate(value: Any, arg: Any, depth: int) -> Any:
+    if type(arg) is not int or arg < 0:
+        _fail(f"$truncate takes a non-negative integer, not {arg!r}")
+    if value is None or value is _MISSING:
+        return value
+    if type(value) is not list:
+        _fail(f"$truncate needs an array, found {_json_type(value)}")
+    return value[:arg] if arg < len(value) else value
+
+
+def _mutate_idx(value: Any, arg: Any, depth: int) -> Any:
+    if type(arg) is not dict:
+        _fail(f"$mutateIdx takes an object of index to mutation, not {_json_type(arg)}")
+    return _apply_indexes(value, arg, depth) if arg else value
+
+
+def _unset(value: Any, arg: Any, depth: int) -> Any:
+    # null deletes too, as in the Go and JavaScript implementations.
+    if arg is None or arg is True:
+        return _MISSING
+    if arg is not False:
+        _fail(f"$unset takes true or null (false does nothing), not {_json_type(arg)}")
+    return value
+
+
+_OPERATORS: tuple[tuple[str, Callable[[Any, Any, int], Any]], ...] = (
+    ("$set", _set),
+    ("$push", _push),
+    ("$pull", _pull),
+    ("$truncate", _truncate),
+    ("$mutateIdx", _mutate_idx),
+    ("$unset", _unset),
+)
+"""The operators in the order they apply, whatever the order of the keys:
+``(key, function(value, argument, depth) -> new value)``."""
 
 
 def _apply_indexes(items: Any, changes: dict[Any, Any], depth: int) -> list[Any]:
