@@ -16,13 +16,18 @@ spent on its busiest thread (``loop``: the event loop's HTTP, parsing and
 answers; the rest is the worker threads' storage calls), and the ratio of
 writes/s to (c), with the targets on SQLite beside them. Also the batch import
 rate on SQLite (entries appended in batches of 10,000) and the server's CPU
-per batch. Skipped with a note
-when ``wrk`` is missing.
+per batch, and the event loop's CPU per write of the apps alone (rstream on
+SQLite and the bare endpoint driven in-process through ASGI, no sockets: the
+part of ``loop`` that is not HTTP parsing or system calls, with less noise).
+Skipped with a note when ``wrk`` is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import json
 import math
 import os
 import shutil
@@ -36,9 +41,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message
+
 from bench.bench_fanout_pg import DEFAULT_PG_URL, pg_schema
 from bench.bench_history import BATCH, cpu_seconds, make_ndjson
 from rstream.client import Client
+from rstream.server import create_app
+from rstream.server.storage import SQLiteStorage
 from tests.serverutil import ServerProcess
 
 SECONDS = 4
@@ -79,20 +92,28 @@ LUA = (
 
 BARE_APP = textwrap.dedent(
     """
-    import json, sys
+    import sys
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
+    sys.path.insert(0, sys.argv[2])
+    from bench.bench_ingest import bare_app
 
-    async def post_state(request):
-        body = json.loads(await request.body())
-        return JSONResponse({"action": "snapshot", "revision": len(body)})
-
-    app = Starlette(routes=[Route("/v1/streams/{stream_id}/state", post_state, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    uvicorn.run(bare_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     """
 )
+ROOT = str(Path(__file__).resolve().parent.parent)
+IN_PROCESS_WRITES = 4_000
+
+
+async def _bare_post_state(request: Request) -> Response:
+    body = json.loads(await request.body())
+    return JSONResponse({"action": "snapshot", "revision": len(body)})
+
+
+def bare_app() -> Starlette:
+    """(c): a Starlette endpoint that only parses the JSON body of a state."""
+    return Starlette(
+        routes=[Route("/v1/streams/{stream_id}/state", _bare_post_state, methods=["POST"])]
+    )
 
 
 class Load(NamedTuple):
@@ -115,7 +136,7 @@ def free_port() -> int:
 def bare_endpoint() -> Iterator[tuple[str, int]]:
     """The bare Starlette + uvicorn endpoint in a subprocess; its URL and pid."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), ROOT])
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -201,6 +222,92 @@ def batch_import(server: ServerProcess) -> Import:
     return Import(IMPORT_COUNT / elapsed, cpu)
 
 
+# -- the app alone: its event loop's CPU per write, without sockets or HTTP parsing --
+
+
+def _scope(n: int) -> tuple[dict[str, object], bytes]:
+    """The ASGI scope and body of the ``n``th state the wrk script would post."""
+    body = json.dumps(
+        {"state": {"battery": n % 100 / 100, "pos": {"x": n, "y": 2.5}, "status": "ok", "seq": n}}
+    ).encode()
+    path = f"/v1/streams/dev-{n % STREAMS}/state"
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope: dict[str, object] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+        "headers": headers, "state": {},
+    }  # fmt: skip
+    return scope, body
+
+
+async def _post(app: ASGIApp, n: int) -> None:
+    scope, body = _scope(n)
+    messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    if statuses[0] not in (200, 201):
+        raise RuntimeError(f"POST .../state answered {statuses[0]}")
+
+
+async def _drive_in_process(app: ASGIApp, writes: int, connections: int) -> float:
+    """``writes`` POSTs from ``connections`` concurrent tasks: the loop's CPU
+    seconds per write (the thread's time: the workers' is not counted)."""
+    counter = itertools.count()
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            await _post(app, next(counter))
+
+    await asyncio.gather(*(client(100) for _ in range(connections)))  # warm up
+    started = time.thread_time()
+    await asyncio.gather(*(client(writes // connections) for _ in range(connections)))
+    return (time.thread_time() - started) / (writes // connections * connections)
+
+
+async def _with_lifespan(app: ASGIApp, writes: int) -> float:
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    outbox: asyncio.Queue[Message] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+
+    async def run_lifespan() -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        await app(scope, inbox.get, outbox.put)
+
+    lifespan = asyncio.create_task(run_lifespan())
+    if (await outbox.get())["type"] != "lifespan.startup.complete":
+        raise RuntimeError("the app did not start")
+    try:
+        return await _drive_in_process(app, writes, 8)
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await lifespan
+
+
+def app_loop_us(tmp: str) -> tuple[float, float]:
+    """The event loop's CPU per write in microseconds, the ASGI apps driven
+    in-process at 8 concurrent writes: (rstream on SQLite, the bare endpoint)."""
+    storage = SQLiteStorage(str(Path(tmp) / "in-process.db"))
+    try:
+        ours = asyncio.run(_with_lifespan(create_app(storage), IN_PROCESS_WRITES))
+    finally:
+        storage.close()
+    bare = asyncio.run(_with_lifespan(bare_app(), IN_PROCESS_WRITES))
+    return ours * 1e6, bare * 1e6
+
+
 def postgres_url() -> str | None:
     url = os.environ.get("RSTREAM_BENCH_PG_URL") or os.environ.get("RSTREAM_TEST_POSTGRES_URL")
     if url is None:
@@ -221,6 +328,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post_state.lua"
         script.write_text(LUA)
+        in_process = app_loop_us(tmp)
         with bare_endpoint() as (url, pid):
             results["bare"] = {c: drive(url, pid, c, script) for c in CONNECTIONS}
         with ServerProcess(f"sqlite:///{Path(tmp) / 'ingest.db'}") as server:
@@ -245,6 +353,11 @@ def main() -> None:
                 f" {load.per_second / bare[c].per_second:>6.2f}x"
                 f"  {target}"
             )
+    print(
+        f"   the apps alone (ASGI in-process, no sockets or HTTP parsing, 8 at once),"
+        f" event loop CPU per write: rstream on SQLite {in_process[0]:.0f} us,"
+        f" bare {in_process[1]:.0f} us"
+    )
     if "postgres" not in results:
         print("   postgres: skipped (set RSTREAM_BENCH_PG_URL or RSTREAM_TEST_POSTGRES_URL)")
     print(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from contextvars import Context
+from typing import TypeVarTuple, Unpack
 
 import pytest
 
@@ -159,3 +162,40 @@ def test_notify_from_other_threads_and_before_bind() -> None:
         await asyncio.wait_for(sub.wake.wait(), 5)
 
     run(main())
+
+
+_Ts = TypeVarTuple("_Ts")
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that records what other threads ask it to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.woken: list[object] = []
+
+    def call_soon_threadsafe(
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
+    ) -> asyncio.Handle:
+        self.woken.append(callback)
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def test_a_write_nobody_follows_does_not_wake_the_loop() -> None:
+    loop = CountingLoop()
+    try:
+        hub = Hub(Limits())
+        hub.bind(loop)
+        hub.notify("s", 1)
+        assert loop.woken == []
+        subscriber = hub.subscribe("s")
+        hub.notify("s", 2)
+        assert len(loop.woken) == 1
+        hub.unsubscribe(subscriber)
+        hub.notify("s", 3)
+        assert len(loop.woken) == 1
+    finally:
+        loop.close()

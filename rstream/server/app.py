@@ -160,6 +160,10 @@ class _Server:
         reads, writes = ReadRoutes(ctx), WriteRoutes(ctx)
         stream = "/v1/streams/{stream_id}"
         routes = [
+            # First: the router tries routes in order, and devices post states
+            # far more often than anything else is asked (no other route
+            # matches its path, so the order changes no answer).
+            Route(stream + "/state", writes.post_state, methods=["POST"]),
             Route("/v1/health", _health, methods=["GET"]),
             Route("/v1/openapi.json", _openapi, methods=["GET"]),
             Route("/v1/streams", reads.list_streams, methods=["GET"]),
@@ -168,7 +172,6 @@ class _Server:
             Route(stream + "/window", reads.window, methods=["GET"]),
             _route(stream + "/entries", {"GET": reads.get_entries, "POST": writes.post_entries}),
             Route(stream + "/live", reads.live, methods=["GET"]),
-            Route(stream + "/state", writes.post_state, methods=["POST"]),
             # Ids with a "/" (decoded %2F, "../x") match no route above.
             Route(
                 "/v1/streams/{rest:path}",

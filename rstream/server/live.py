@@ -172,10 +172,15 @@ class Hub:
     def notify(self, stream_id: str, rev: int, nbytes: int = 0) -> None:
         """Revision ``rev`` of ``stream_id`` was written (``nbytes``: its encoded size).
 
-        Thread-safe and non-blocking; a no-op before :meth:`bind` or after close.
+        Thread-safe and non-blocking; a no-op before :meth:`bind`, after close,
+        and for a stream without subscribers.
         """
         loop = self._loop
-        if loop is None or self._closed:
+        # Nobody follows the stream: no need to wake the loop (a write's own
+        # answer wakes it already). A subscriber registered after this check
+        # reads the log after it, so it still sees this revision; ``in`` on a
+        # dict is atomic under CPython's GIL, like streams()' copy.
+        if loop is None or self._closed or stream_id not in self._topics:
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
             loop.call_soon_threadsafe(self._dispatch, stream_id, rev, nbytes)
