@@ -158,10 +158,8 @@ class EventStream:
 
     def _normalised(self) -> Iterator[bytes]:
         """The chunks, non-empty, with one leading BOM stripped and every line ending
-        (CR, LF or CRLF, even one split between chunks) turned into LF.
-
-        sseclient-py neither strips a BOM nor finds a blank line after mixed endings.
-        """
+        (CR, LF or CRLF, even one split between chunks) turned into LF."""
+        # sseclient-py neither strips a BOM nor finds a blank line after mixed endings.
         after_cr = False  # the previous chunk ended with CR: drop an LF that starts this one
         head: bytes | None = b""  # the first bytes, until we know whether they are a BOM
         for raw in itertools.chain(self._chunks, [None]):
@@ -256,10 +254,8 @@ class EventStream:
             )
 
     def _dispatch(self) -> SSEEvent | None:
-        """A blank line: the event whose lines :meth:`_field` took, None if it has no data.
-
-        sseclient-py keeps no id on events without data, so ids are tracked here.
-        """
+        """A blank line: the event whose lines :meth:`_field` took, None if it has no data."""
+        # sseclient-py keeps no id on events without data, so ids are tracked here.
         self.last_event_id = self._id_buffer
         data_lines, event_line = self._data_lines, self._event_line
         event = None
@@ -285,7 +281,8 @@ def _drain(blocks: collections.deque[bytes]) -> Iterator[bytes]:
 
 
 def _valid_utf8(block: bytes) -> bytes:
-    """``block`` with invalid UTF-8 replaced by U+FFFD: sseclient-py decodes strictly."""
+    """``block`` with invalid UTF-8 replaced by U+FFFD."""
+    # sseclient-py decodes strictly: one bad byte would end the stream.
     return block.decode("utf-8", "replace").encode()
 
 

@@ -196,7 +196,7 @@ class RemoteStream:
         unchanged parts with the one before it): modifying one corrupts every
         later ``history``/``state_at`` answer. To change a state, copy it first
         (``rstream.core.mutation.copy_json(state)``), or pass ``copy=True`` to
-        get private copies (several times slower). ``state_at`` and the
+        get private copies (each costs a deep copy). ``state_at`` and the
         subscribers of the live tail always get private copies.
         """
         step_us = None if step is None else step_micros(step)

@@ -323,8 +323,8 @@ def states_weight(states: Iterable[State]) -> int:
 
     Each state is a new top-level object (the path copy of ``apply_mutation``)
     and a datetime; its other parts are shared with the state before it or with
-    the entry's mutation. Measured, that is about as much memory as an entry,
-    so a state weighs one entry, plus one per :data:`STATE_FIELDS_PER_ENTRY`
+    the entry's mutation: about as much memory as an entry, so a state weighs
+    one entry, plus one per :data:`STATE_FIELDS_PER_ENTRY`
     top-level fields: a state of 300 fields copies a dict of 300 slots, however
     small the mutation that made it.
     """
