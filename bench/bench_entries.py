@@ -94,7 +94,7 @@ def timed_pages(build: Callable[..., Any], cpu: list[float]) -> Iterator[None]:
         cpu.append(time.thread_time() - t0)
         return result
 
-    reads.ReadRoutes._page = page  # type: ignore[method-assign]
+    reads.ReadRoutes._page = page  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
