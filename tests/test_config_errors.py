@@ -6,7 +6,8 @@ import pytest
 
 import rstream
 from rstream.server import Limits, create_app
-from rstream.server.storage import MemoryStorage
+from rstream.server.storage import MemoryStorage, open_storage
+from rstream.server.storage.pg_url import redact
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,23 @@ def test_bad_configuration_is_an_rstream_error(make: Callable[[], object]) -> No
     with pytest.raises(rstream.RStreamError) as info:
         make()
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cret@db:5432/rs", "postgresql://app:***@db:5432/rs"),
+        ("postgresql://app:p@ss@db/rs", "postgresql://app:***@db/rs"),
+        ("postgresql://app@db/rs", "postgresql://app@db/rs"),
+        ("postgresql:///rs?host=/run/pg", "postgresql:///rs?host=/run/pg"),
+    ],
+)
+def test_storage_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+def test_an_unknown_storage_url_is_refused_without_its_password() -> None:
+    with pytest.raises(rstream.RStreamError) as caught:
+        open_storage("mysql://app:s3cret@db/rs")
+    assert "s3cret" not in str(caught.value)
+    assert "mysql://app:***@db/rs" in str(caught.value)

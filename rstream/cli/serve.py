@@ -210,6 +210,7 @@ def serve(
     from rstream.server.compaction import Compactor
     from rstream.server.connections import ConnectionLimits
     from rstream.server.logs import RepeatFilter
+    from rstream.server.storage.pg_url import redact
 
     read_token = _token(read_token_file, "RSTREAM_READ_TOKEN")
     write_token = _token(write_token_file, "RSTREAM_WRITE_TOKEN")
@@ -264,7 +265,7 @@ def serve(
             "keep everything" if default_retention is None else f"{default_retention}",
         )
         with server:
-            click.echo(f"rstream serve: {_redacted(url)} listening on {server.url}")
+            click.echo(f"rstream serve: {redact(url)} listening on {server.url}")
             stop.wait()
             click.echo("rstream serve: stopping", err=True)
     finally:
@@ -283,11 +284,3 @@ def _check_origins(origins: tuple[str, ...]) -> None:
             normalize_origin(origin)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--cors-origin") from None
-
-
-def _redacted(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if at and ":" in userinfo:
-        return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
-    return url

@@ -24,6 +24,7 @@ from rstream.server.storage.base import (
     is_valid_stream_id,
 )
 from rstream.server.storage.memory import MemoryStorage, MemoryStreamLog
+from rstream.server.storage.pg_url import redact
 from rstream.server.storage.sqlite import SQLiteLog, SQLiteStorage
 
 __all__ = [
@@ -61,11 +62,11 @@ def open_storage(url: str) -> Storage:
             from rstream.server.storage.postgres import PostgresStorage
         except ImportError as exc:  # psycopg is the optional "postgres" extra
             raise RStreamError(
-                f"storage URL {_redact(url)!r}: PostgreSQL needs psycopg and psycopg-pool "
+                f"storage URL {redact(url)!r}: PostgreSQL needs psycopg and psycopg-pool "
                 f"({exc}); pip install 'remote-state-stream[postgres]'"
             ) from None
         return PostgresStorage(url)
-    raise RStreamError(f"storage URL {_redact(url)!r}: unknown scheme {scheme!r}; {_FORMS}")
+    raise RStreamError(f"storage URL {redact(url)!r}: unknown scheme {scheme!r}; {_FORMS}")
 
 
 _FORMS = (
@@ -88,12 +89,3 @@ def sqlite_path(url: str) -> str:
             "sqlite:////absolute/path.db (in-memory SQLite is memory://)"
         )
     return unquote(rest[1:])
-
-
-def _redact(url: str) -> str:
-    """``url`` without a password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
