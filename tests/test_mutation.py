@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rstream
-from rstream.core.jsontype import MAX_DEPTH, check_json, json_equal, json_type
+from rstream.core.jsontype import MAX_DEPTH, check_json, copy_walk, json_equal, json_type
 from rstream.core.mutation import MAX_MUTATION_DEPTH
 from rstream.mutation import (
     MutationError,
@@ -605,6 +605,73 @@ def test_copy_json_copies_containers_only() -> None:
     assert copied["a"][0]["b"] is not value["a"][0]["b"]
     assert copy_json(5) == 5
     assert copy_json([[1]]) == [[1]]
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list in ``value``, ``value`` included (depth first)."""
+    found, todo = [], [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is dict or type(item) is list:
+            found.append(item)
+            todo.extend(item.values() if type(item) is dict else item)
+    return found
+
+
+def _leaves(value: Any) -> list[Any]:
+    """Every scalar of ``value``, in a fixed order."""
+    if type(value) is dict:
+        return [leaf for key in value for leaf in _leaves(value[key])]
+    if type(value) is list:
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+FLAT = st.dictionaries(
+    KEYS_SMALL := st.text(max_size=3), st.integers() | st.booleans(), max_size=12
+)
+WIDE = st.one_of(
+    st.lists(
+        st.integers() | st.floats(allow_nan=False) | st.none() | st.text(max_size=2), max_size=14
+    ),
+    FLAT,
+    st.lists(FLAT, max_size=12),
+    st.dictionaries(KEYS_SMALL, FLAT, max_size=12),
+    st.dictionaries(KEYS_SMALL, st.lists(FLAT, max_size=10) | FLAT | st.integers(), max_size=12),
+)
+
+
+@pytest.mark.parametrize("copier", [copy_json, copy_walk])
+@given(value=WIDE)
+def test_a_copy_is_exact_and_shares_no_container(copier: Any, value: Any) -> None:
+    copied = copier(value)
+    assert json_equal(copied, value)
+    assert not {id(c) for c in _containers(copied)} & {id(c) for c in _containers(value)}
+    assert all(a is b for a, b in zip(_leaves(copied), _leaves(value), strict=True))
+
+
+@pytest.mark.parametrize("copier", [copy_json, copy_walk])
+def test_a_copy_shares_scalars_and_other_types(copier: Any) -> None:
+    class Mine(dict[str, int]):
+        pass
+
+    mine, big = Mine(a=1), 10**30
+    for value in ({"m": mine, "b": big}, {str(i): mine for i in range(12)}, [mine] * 12):
+        copied = copier(value)
+        assert all(
+            item is mine
+            for item in (copied.values() if type(copied) is dict else copied)
+            if item is not big
+        )
+    assert copier(7) == 7
+    assert copier("s") == "s"
+    assert copier(mine) is mine
+    deep: Any = 1
+    for _ in range(MAX_DEPTH * 3):
+        deep = [deep, {"k": list(range(10))}]
+    copied = copier(deep)
+    assert json_equal(copied, deep)
+    assert not {id(c) for c in _containers(copied)} & {id(c) for c in _containers(deep)}
 
 
 # -- properties ------------------------------------------------------------------
