@@ -30,6 +30,7 @@ import pytest
 import requests
 
 import rstream
+from rstream.client import cachefile
 from rstream.client.cachefile import APPLICATION_ID, FORMAT
 from rstream.client.diskcache import FILE_NAME, DiskCache
 from rstream.client.storecache import StoreCache
@@ -445,6 +446,28 @@ def test_a_cache_of_a_newer_format_is_left_alone(
         assert _read_in_process(url, cache, caplog) == expected(url)
     assert len(_warnings(caplog)) == 1, _warnings(caplog)
     assert (cache / FILE_NAME).read_bytes() == before
+
+
+def test_a_file_locked_while_opening_is_tried_again_not_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(cachefile, "BUSY_TIMEOUT", 0.05)
+    disk = DiskCache(cache)
+    # Another process holds the new file's lock while it creates the tables.
+    with contextlib.closing(sqlite3.connect(cache / FILE_NAME, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        assert disk.find("store", "robot", 0) is None  # skipped: busy
+        assert disk.broken is None
+        other.execute("ROLLBACK")
+    disk.put("store", "robot", [10, 20], [{"i": 1}, {"i": 2}], 30)
+    disk.flush()
+    found = disk.find("store", "robot", 15)
+    assert found is not None
+    assert [state for _, state in found.pairs] == [{"i": 1}, {"i": 2}]
+    assert disk.broken is None
+    disk.close()
 
 
 def test_a_directory_that_cannot_be_written_falls_back_to_memory(

@@ -374,6 +374,11 @@ class LiveConnection:
         except _CONNECTION_ERRORS as exc:
             self._check_stop()  # the dying read after close() is not news
             cause = TransportError(f"the live stream from {url} broke: {exc}")
+        except AttributeError:
+            # http.client reading a response that close() closed under it (the
+            # fallback of _interrupt): the end of the tail, not a bug.
+            self._check_stop()
+            raise
         finally:
             self._sink.flush()  # what was applied is delivered, whatever ended the connection
             if events.retry_ms is not None:

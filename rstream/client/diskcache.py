@@ -107,7 +107,13 @@ class DiskCache:
             self._opened = True
             try:
                 self._conn = open_file(self.directory)
-            except (sqlite3.Error, OSError) as exc:
+            except sqlite3.Error as exc:
+                if is_busy(exc):  # another process is creating the file: try again later
+                    self._opened = False
+                    logger.debug("disk cache %s busy while opening: %s", self.path, exc)
+                else:
+                    self._off(exc)
+            except OSError as exc:
                 self._off(exc)
         return self._conn
 
