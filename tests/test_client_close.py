@@ -23,6 +23,7 @@ from rstream.client import Client, RemoteStream
 from rstream.client.interrupt import Interrupter
 from rstream.errors import ClientClosed
 from tests.serverutil import ServerProcess
+from tests.threadutil import new_client_threads
 
 T0 = 1_700_000_000
 BOUND = 0.1  # the feature: close() wakes every call, and returns, within 100 ms
@@ -113,7 +114,7 @@ def test_close_wakes_every_blocked_call_of_a_stopped_server(
         assert isinstance(exc, ClientClosed), (name, exc)
         assert ended - began < BOUND, (name, ended - began)
     assert {name for name, _, _ in results} == set(CALLS)
-    assert [t for t in threading.enumerate() if t not in before] == []
+    assert new_client_threads(before) == []
 
 
 def test_a_call_after_close_raises_at_once(server: ServerProcess) -> None:

@@ -30,6 +30,7 @@ from rstream.errors import (
 )
 from rstream.server.limits import Limits
 from tests.serverutil import running_server
+from tests.threadutil import new_client_threads
 
 T0 = 1_700_000_000  # epoch seconds of the first entry
 PER_WINDOW = 10
@@ -618,8 +619,7 @@ def test_stopping_early_leaves_nothing_running(client: Client, robot: RemoteStre
             break
     assert robot.state_at(at(8)) == expected_state(8)
     # The server runs in this process: its worker threads may grow too.
-    new = [t.name for t in threading.enumerate() if t not in before]
-    new = [n for n in new if n != "AnyIO worker thread" and not n.startswith("rstream-server-")]
+    new = [t.name for t in new_client_threads(before)]
     assert all(name.startswith("rstream-fetch") for name in new), new
 
 
@@ -678,8 +678,7 @@ def test_close_joins_threads_and_later_calls_raise(server_url: str) -> None:
     next(items)  # pages in flight on the pool
     client.close()
     client.close()
-    leaked = [t for t in threading.enumerate() if t not in before]
-    assert leaked == []
+    assert new_client_threads(before) == []
     with pytest.raises(ClientClosed):
         robot.state_at(at(1))
     with pytest.raises(ClientClosed):

@@ -16,7 +16,19 @@ from typing import Any
 from rstream import Entry
 from rstream.core.timestamps import to_micros
 
-__all__ = ["Collector", "run_threads", "wait_for"]
+__all__ = ["Collector", "new_client_threads", "run_threads", "wait_for"]
+
+
+def new_client_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads started since ``before`` was taken, leaving out those of a server
+    running in this process: its worker pools grow when requests need them."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in before
+        and t.name != "AnyIO worker thread"
+        and not t.name.startswith("rstream-server-")
+    ]
 
 
 def run_threads(*targets: Callable[[], object], timeout: float = 30.0) -> list[BaseException]:
