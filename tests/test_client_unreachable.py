@@ -4,6 +4,8 @@ connection within a short deadline, with messages in plain words; ping() says Fa
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 import time
 
 import pytest
@@ -13,6 +15,8 @@ from rstream.client import Client
 from rstream.client.retry import REFUSED_DEADLINE
 from rstream.client.transport import Transport, describe_failure
 from rstream.errors import TransportError
+from rstream.server import ServerThread, create_app
+from rstream.server.storage import MemoryStorage
 from tests.serverutil import running_server
 
 # Names urllib3 puts in its messages, which mean nothing to a user.
@@ -112,4 +116,81 @@ def test_a_server_that_never_answers_is_a_timeout_that_says_so() -> None:
             client.stream("robot").info()
     assert len(waits) == 4  # a read timeout is worth retrying: 5 attempts
     assert "after 5 attempt(s)" in str(info.value)
+    assert_plain(str(info.value))
+
+
+# -- writes: sent again only when the failure proves the server never saw them --
+
+
+def test_a_write_whose_connection_was_refused_is_sent_again_and_stored_once() -> None:
+    """Refused: the request never left, so the retry cannot duplicate it. The
+    server comes up on the refused port during the client's first backoff."""
+    url = closed_port_url()
+    port = int(url.rsplit(":", 1)[1])
+    storage = MemoryStorage()
+    server = ServerThread(create_app(storage), port=port)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the backoff: start the server, no real wait
+        waits.append(seconds)
+        if len(waits) == 1:
+            server.start()
+
+    try:
+        with Client(url, sleep=sleep) as client:
+            stream = client.stream("robot")
+            assert stream.write_state({"x": 1}, timestamp=1.0) is not None
+            assert stream.info().revision == 1
+            assert stream.latest()[1] == {"x": 1}
+    finally:
+        server.stop()
+        storage.close()
+    assert len(waits) >= 1
+
+
+def test_a_write_whose_connection_broke_after_sending_is_not_sent_again() -> None:
+    """Reset once the request was sent: the server may have applied it, so the
+    client says so instead of sending it again (which could store it twice)."""
+    requests_seen: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+
+        def reset_after_reading() -> None:
+            # One connection at a time: read the request, then reset (RST), no answer.
+            listener.settimeout(2.0)
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # closed by the test, or no further attempt came
+                    return
+                with conn:
+                    conn.settimeout(5.0)
+                    data = b""
+                    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    requests_seen.append(data)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        waits: list[float] = []
+        thread = threading.Thread(target=reset_after_reading)
+        thread.start()
+        try:
+            with (
+                Client(f"http://127.0.0.1:{port}", sleep=waits.append) as client,
+                pytest.raises(TransportError, match="may or may not have taken effect") as info,
+            ):
+                client.stream("robot").write_state({"x": 1}, timestamp=1.0)
+        finally:
+            listener.close()
+            thread.join(10)
+        assert not thread.is_alive()
+    posts = [r for r in requests_seen if r.startswith(b"POST ")]
+    assert len(posts) == 1, requests_seen  # sent once, never again
+    assert b"/v1/streams/robot/state" in posts[0]
+    assert waits == []
     assert_plain(str(info.value))
