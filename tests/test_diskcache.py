@@ -409,16 +409,22 @@ def test_a_foreign_file_is_left_alone(
     assert path.read_bytes() == before
 
 
-def test_a_cache_of_an_older_format_is_made_anew(
-    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cache = tmp_path / "cache"
+def _rstream_cache_of_format(cache: Path, version: int) -> None:
+    """A cache file in ``cache`` that rstream wrote in format ``version``: its own
+    ``application_id``, a ``windows`` table of another layout, one row."""
     cache.mkdir()
     with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn, conn:
         conn.execute("CREATE TABLE windows (store, stream, start, blob)")
         conn.execute("INSERT INTO windows VALUES ('s', 'robot', 0, x'00')")
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {FORMAT - 1}")
+        conn.execute(f"PRAGMA user_version = {version}")
+
+
+def test_a_cache_of_an_older_format_is_made_anew(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    _rstream_cache_of_format(cache, FORMAT - 1)
     with serving(storage) as (url, _):
         write(url, 0, 45)
         assert _read_in_process(url, cache, caplog) == expected(url)
@@ -435,11 +441,7 @@ def test_a_cache_of_a_newer_format_is_left_alone(
     storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = tmp_path / "cache"
-    cache.mkdir()
-    with contextlib.closing(sqlite3.connect(cache / FILE_NAME)) as conn, conn:
-        conn.execute("CREATE TABLE windows (x)")
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    _rstream_cache_of_format(cache, FORMAT + 1)
     before = (cache / FILE_NAME).read_bytes()
     with serving(storage) as (url, _):
         write(url, 0, 45)
